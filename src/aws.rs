@@ -1,0 +1,434 @@
+//! The Supply Chain API as flowwatch sees it: the [`FlowExecutions`] trait (one call), the SDK
+//! implementation, and the classification of every way that call can fail into an [`ApiError`]
+//! with a bounded metric label.
+
+use std::future::Future;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_supplychain::Client;
+use aws_sdk_supplychain::config::http::HttpResponse;
+use aws_sdk_supplychain::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_supplychain::operation::get_data_integration_flow_execution::GetDataIntegrationFlowExecutionError;
+use aws_sdk_supplychain::types::DataIntegrationFlowExecution;
+use aws_smithy_types::retry::{ErrorKind, ProvideErrorKind};
+use serde::Serialize;
+
+use crate::config::AwsSettings;
+use crate::watchlist::ExecutionKey;
+
+/// The operation name used in metric labels.
+pub const OPERATION: &str = "GetDataIntegrationFlowExecution";
+
+/// Reads the state of one flow execution. The SDK implements it for real; tests implement it
+/// in memory to drive the scheduler without HTTP.
+pub trait FlowExecutions: Send + Sync + 'static {
+    fn get(
+        &self,
+        key: &ExecutionKey,
+    ) -> impl Future<Output = Result<Observation, ApiError>> + Send;
+}
+
+/// The status string the API returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiStatus {
+    InProgress,
+    Succeeded,
+    Failed,
+    /// A value the model does not (yet) list; kept so it can be logged.
+    Unrecognised(String),
+}
+
+/// Where the execution's data came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceInfo {
+    pub source_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_source: Option<S3Source>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset_source: Option<DatasetSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct S3Source {
+    pub bucket_name: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DatasetSource {
+    pub dataset_identifier: String,
+}
+
+/// Everything one successful call told us about an execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub status: ApiStatus,
+    pub source_info: Option<SourceInfo>,
+    pub message: Option<String>,
+    /// Unix time in seconds (the API may send fractions).
+    pub start_time: Option<f64>,
+    pub end_time: Option<f64>,
+    pub diagnostic_reports_root_s3_uri: Option<String>,
+}
+
+/// The bounded set of API outcomes, used as the `outcome` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Success,
+    Throttled,
+    QuotaExceeded,
+    NotFound,
+    AccessDenied,
+    Validation,
+    Conflict,
+    InternalError,
+    Timeout,
+    TransportError,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Success,
+        Outcome::Throttled,
+        Outcome::QuotaExceeded,
+        Outcome::NotFound,
+        Outcome::AccessDenied,
+        Outcome::Validation,
+        Outcome::Conflict,
+        Outcome::InternalError,
+        Outcome::Timeout,
+        Outcome::TransportError,
+    ];
+
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Throttled => "throttled",
+            Outcome::QuotaExceeded => "quota_exceeded",
+            Outcome::NotFound => "not_found",
+            Outcome::AccessDenied => "access_denied",
+            Outcome::Validation => "validation",
+            Outcome::Conflict => "conflict",
+            Outcome::InternalError => "internal_error",
+            Outcome::Timeout => "timeout",
+            Outcome::TransportError => "transport_error",
+        }
+    }
+}
+
+/// A failed call, classified by what flowwatch should do about it (DESIGN §3).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("throttled (ThrottlingException): {message}")]
+    Throttled {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("service quota exceeded (ServiceQuotaExceededException): {message}")]
+    QuotaExceeded {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("not found (ResourceNotFoundException): {message}")]
+    NotFound { message: String },
+    #[error("access denied (AccessDeniedException): {message}")]
+    AccessDenied { message: String },
+    #[error("rejected as invalid (ValidationException): {message}")]
+    Validation { message: String },
+    #[error("conflict (ConflictException): {message}")]
+    Conflict { message: String },
+    #[error("server error: {message}")]
+    Internal { message: String },
+    /// A response that does not follow the wire format: not JSON, HTML, no `flowExecution`,
+    /// or an answer about another execution. Counted as `internal_error`: it is the server's fault.
+    #[error("invalid response: {message}")]
+    InvalidResponse { message: String },
+    #[error("request timed out")]
+    Timeout,
+    #[error("transport error: {message}")]
+    Transport { message: String },
+}
+
+impl ApiError {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            ApiError::Throttled { .. } => Outcome::Throttled,
+            ApiError::QuotaExceeded { .. } => Outcome::QuotaExceeded,
+            ApiError::NotFound { .. } => Outcome::NotFound,
+            ApiError::AccessDenied { .. } => Outcome::AccessDenied,
+            ApiError::Validation { .. } => Outcome::Validation,
+            ApiError::Conflict { .. } => Outcome::Conflict,
+            ApiError::Internal { .. } | ApiError::InvalidResponse { .. } => Outcome::InternalError,
+            ApiError::Timeout => Outcome::Timeout,
+            ApiError::Transport { .. } => Outcome::TransportError,
+        }
+    }
+
+    /// The server's `x-amz-retry-after` hint, for throttling errors.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Throttled { retry_after, .. } | ApiError::QuotaExceeded { retry_after, .. } => {
+                *retry_after
+            }
+            _ => None,
+        }
+    }
+
+    /// The error's kind and the status code or error type it carries, for matching from a
+    /// service error's code (after the SDK has cleaned it) and the HTTP status.
+    fn from_code(code: Option<&str>, status: Option<u16>, message: String, retry_after: Option<Duration>) -> Option<Self> {
+        let by_code = match code {
+            Some("ThrottlingException") => Some(ApiError::Throttled { message: message.clone(), retry_after }),
+            Some("ServiceQuotaExceededException") => {
+                Some(ApiError::QuotaExceeded { message: message.clone(), retry_after })
+            }
+            Some("ResourceNotFoundException") => Some(ApiError::NotFound { message: message.clone() }),
+            Some("AccessDeniedException") => Some(ApiError::AccessDenied { message: message.clone() }),
+            Some("ValidationException") => Some(ApiError::Validation { message: message.clone() }),
+            Some("ConflictException") => Some(ApiError::Conflict { message: message.clone() }),
+            Some("InternalServerException") => Some(ApiError::Internal { message: message.clone() }),
+            _ => None,
+        };
+        by_code.or_else(|| {
+            Some(match status? {
+                429 => ApiError::Throttled { message, retry_after },
+                402 => ApiError::QuotaExceeded { message, retry_after },
+                403 => ApiError::AccessDenied { message },
+                404 => ApiError::NotFound { message },
+                409 => ApiError::Conflict { message },
+                400 => ApiError::Validation { message },
+                200..=299 => ApiError::InvalidResponse { message },
+                _ => ApiError::Internal { message },
+            })
+        })
+    }
+}
+
+/// The SDK implementation of [`FlowExecutions`].
+#[derive(Clone, Debug)]
+pub struct SdkFlowExecutions {
+    client: Client,
+}
+
+impl SdkFlowExecutions {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// Builds the client from aws-config's default provider chain (environment, profile, SSO,
+    /// web identity, IMDS) with the region, profile and endpoint of `settings`. SDK retries are
+    /// off: flowwatch's own pacing is the single source of retries.
+    pub async fn from_settings(
+        settings: &AwsSettings,
+        request_timeout: Duration,
+    ) -> Result<Self, String> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeouts(request_timeout));
+        if let Some(region) = &settings.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(profile) = &settings.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(url) = &settings.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        let config = loader.load().await;
+        if config.region().is_none() {
+            return Err("no AWS region configured: set aws.region in the config, \
+                        FLOWWATCH_AWS__REGION, AWS_REGION, or a region in the AWS profile"
+                .to_string());
+        }
+        if config.credentials_provider().is_none() {
+            return Err("no AWS credentials provider is available".to_string());
+        }
+        Ok(Self::new(Client::new(&config)))
+    }
+}
+
+/// The per-request timeout covers the whole call; connecting gets a tighter bound of its own.
+pub fn timeouts(request_timeout: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .operation_timeout(request_timeout)
+        .operation_attempt_timeout(request_timeout)
+        .connect_timeout(request_timeout.min(Duration::from_secs(5)))
+        .build()
+}
+
+impl FlowExecutions for SdkFlowExecutions {
+    async fn get(&self, key: &ExecutionKey) -> Result<Observation, ApiError> {
+        let result = self
+            .client
+            .get_data_integration_flow_execution()
+            .instance_id(&key.instance_id)
+            .flow_name(&key.flow_name)
+            .execution_id(&key.execution_id)
+            .send()
+            .await;
+        match result {
+            Ok(output) => observation_from(key, output.flow_execution()),
+            Err(e) => Err(classify(e)),
+        }
+    }
+}
+
+fn observation_from(
+    key: &ExecutionKey,
+    execution: Option<&DataIntegrationFlowExecution>,
+) -> Result<Observation, ApiError> {
+    let Some(fe) = execution else {
+        return Err(ApiError::InvalidResponse {
+            message: "the response has no flowExecution".to_string(),
+        });
+    };
+    // A `{}` body parses into empty ids rather than failing, so check what the answer is about.
+    if fe.instance_id().is_empty() && fe.execution_id().is_empty() {
+        return Err(ApiError::InvalidResponse {
+            message: "the response's flowExecution has no instanceId or executionId".to_string(),
+        });
+    }
+    if fe.instance_id() != key.instance_id
+        || fe.flow_name() != key.flow_name
+        || fe.execution_id() != key.execution_id
+    {
+        return Err(ApiError::InvalidResponse {
+            message: format!(
+                "the response describes {}/{}/{}, not the execution asked for",
+                fe.instance_id(),
+                fe.flow_name(),
+                fe.execution_id()
+            ),
+        });
+    }
+    let status = match fe.status().map(|s| s.as_str()) {
+        Some("IN_PROGRESS") => ApiStatus::InProgress,
+        Some("SUCCEEDED") => ApiStatus::Succeeded,
+        Some("FAILED") => ApiStatus::Failed,
+        Some(other) => ApiStatus::Unrecognised(other.to_string()),
+        None => {
+            return Err(ApiError::InvalidResponse {
+                message: "the response's flowExecution has no status".to_string(),
+            });
+        }
+    };
+    let source_info = fe.source_info().map(|si| SourceInfo {
+        source_type: si.source_type().as_str().to_string(),
+        s3_source: si.s3_source().map(|s| S3Source {
+            bucket_name: s.bucket_name().to_string(),
+            key: s.key().to_string(),
+        }),
+        dataset_source: si.dataset_source().map(|d| DatasetSource {
+            dataset_identifier: d.dataset_identifier().to_string(),
+        }),
+    });
+    Ok(Observation {
+        status,
+        source_info,
+        message: fe.message().map(str::to_string),
+        start_time: fe.start_time().map(|t| t.as_secs_f64()),
+        end_time: fe.end_time().map(|t| t.as_secs_f64()),
+        diagnostic_reports_root_s3_uri: fe
+            .output_metadata()
+            .and_then(|m| m.diagnostic_reports_root_s3_uri())
+            .map(str::to_string),
+    })
+}
+
+/// `x-amz-retry-after` carries milliseconds, as the AWS SDKs read it.
+fn retry_after(response: &HttpResponse) -> Option<Duration> {
+    response
+        .headers()
+        .get("x-amz-retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
+}
+
+/// Classifies by the error code first, then the SDK's retry kind, then the HTTP status.
+pub fn classify(error: SdkError<GetDataIntegrationFlowExecutionError, HttpResponse>) -> ApiError {
+    match &error {
+        SdkError::TimeoutError(_) => return ApiError::Timeout,
+        SdkError::DispatchFailure(failure) => {
+            if failure.is_timeout() {
+                return ApiError::Timeout;
+            }
+            return ApiError::Transport {
+                message: DisplayErrorContext(&error).to_string(),
+            };
+        }
+        SdkError::ConstructionFailure(_) => {
+            return ApiError::Validation {
+                message: DisplayErrorContext(&error).to_string(),
+            };
+        }
+        _ => {}
+    }
+    let raw = error.raw_response();
+    let status = raw.map(|r| r.status().as_u16());
+    let hint = raw.and_then(retry_after);
+    if let SdkError::ServiceError(service) = &error {
+        let err = service.err();
+        let code = ProvideErrorMetadata::code(err);
+        let message = err
+            .message()
+            .map(str::to_string)
+            .unwrap_or_else(|| match code {
+                Some(code) => code.to_string(),
+                None => format!(
+                    "unexpected response (HTTP {})",
+                    status.map_or("?".to_string(), |s| s.to_string())
+                ),
+            });
+        if code.is_none()
+            && matches!(
+                ProvideErrorKind::retryable_error_kind(err),
+                Some(ErrorKind::ThrottlingError)
+            ) {
+            return ApiError::Throttled {
+                message,
+                retry_after: hint,
+            };
+        }
+        if let Some(classified) = ApiError::from_code(code, status, message, hint) {
+            return classified;
+        }
+    }
+    if let SdkError::ResponseError(_) = &error {
+        let message = format!(
+            "unreadable response (HTTP {}): {}",
+            status.map_or("?".to_string(), |s| s.to_string()),
+            DisplayErrorContext(&error)
+        );
+        return match status {
+            Some(s) if (200..300).contains(&s) => ApiError::InvalidResponse { message },
+            _ => ApiError::Internal { message },
+        };
+    }
+    ApiError::Transport {
+        message: DisplayErrorContext(&error).to_string(),
+    }
+}
+
+/// A client for a local endpoint with fixed credentials and region, bypassing the provider
+/// chain: for `flowwatch demo` and the tests, which talk to the fake server.
+pub fn static_client(endpoint_url: &str, request_timeout: Duration) -> SdkFlowExecutions {
+    let credentials = aws_sdk_supplychain::config::Credentials::new(
+        "AKIDFLOWWATCHLOCAL",
+        "local-fake-secret-not-a-real-key",
+        None,
+        None,
+        "flowwatch-static",
+    );
+    let config = aws_sdk_supplychain::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(credentials)
+        .endpoint_url(endpoint_url)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(timeouts(request_timeout))
+        .build();
+    SdkFlowExecutions::new(Client::from_conf(config))
+}

@@ -1,0 +1,106 @@
+//! `flowwatch demo`: the daemon against the bundled fake Supply Chain API and scenario, so a
+//! newcomer sees transitions, metrics and `/status` within a minute, with no AWS account.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::static_client;
+use crate::config::{LogFormat, LogSettings, Settings};
+use crate::fake::{FakeServer, parse_scenario};
+use crate::{Finish, RunOptions};
+
+const SCENARIO: &str = include_str!("../config/demo/scenario.toml");
+
+pub fn log_settings() -> LogSettings {
+    LogSettings {
+        level: "info".into(),
+        format: LogFormat::Text,
+    }
+}
+
+/// Plays the demo scenario; returns when every execution is terminal (or at Ctrl-C with `hold`).
+pub async fn run(listen: SocketAddr, hold: bool, shutdown: CancellationToken) -> Result<(), String> {
+    let scenario = parse_scenario(SCENARIO).map_err(|e| format!("bundled scenario: {e}"))?;
+    let fake = FakeServer::start(scenario.clone())
+        .await
+        .map_err(|e| format!("cannot start the fake API: {e}"))?;
+    let dir = std::env::temp_dir().join(format!("flowwatch-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let config = write_files(&dir, &scenario, &fake.endpoint_url(), listen)?;
+    let settings = Settings::load(&config).map_err(|e| e.to_string())?;
+    let client = Arc::new(static_client(&fake.endpoint_url(), settings.polling.request_timeout));
+
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let events_file = settings.events.file.clone();
+    let options = RunOptions {
+        exit_when_done: !hold,
+        reload_on_sighup: false,
+        bound: Some(bound_tx),
+    };
+    let daemon = tokio::spawn(crate::run_with(settings, client, options, shutdown));
+    if let Ok(addr) = bound_rx.await {
+        eprintln!(
+            "\nflowwatch demo: a fake Supply Chain API runs at {}; flowwatch watches {} executions.\n\
+             While it runs, look at:\n  curl http://{addr}/metrics\n  curl http://{addr}/status\n  curl http://{addr}/readyz\n\
+             Events (CloudEvents JSON Lines) print on stdout and go to {}.\n",
+            fake.endpoint_url(),
+            scenario.executions.len(),
+            events_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+        );
+    }
+    let finish = daemon
+        .await
+        .map_err(|e| format!("the daemon task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+
+    let stats = fake.stats();
+    let transitions = events_file
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map_or(0, |text| text.lines().count());
+    eprintln!(
+        "\nflowwatch demo finished in {:.1}s: {transitions} transitions seen, {} API calls made, {} throttles absorbed ({:?}).\n\
+         `flowwatch run --exit-when-done` would exit {} here, since one execution FAILED.",
+        fake.elapsed().as_secs_f64(),
+        stats.requests,
+        stats.throttled,
+        finish,
+        if matches!(finish, Finish::AllDone { failed: true }) { 1 } else { 0 },
+    );
+    fake.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Writes the demo's config and watchlist; the watchlist lists every scripted execution.
+fn write_files(
+    dir: &std::path::Path,
+    scenario: &crate::fake::Scenario,
+    endpoint: &str,
+    listen: SocketAddr,
+) -> Result<PathBuf, String> {
+    let mut watchlist = String::from("# Written by `flowwatch demo`.\n");
+    for e in &scenario.executions {
+        watchlist.push_str(&format!(
+            "\n[[execution]]\ninstance_id = \"{}\"\nflow_name = \"{}\"\nexecution_id = \"{}\"\nlabels = {{ team = \"demo\" }}\n",
+            e.instance_id, e.flow_name, e.execution_id
+        ));
+    }
+    let config = format!(
+        "# Written by `flowwatch demo`.\nwatchlist = \"watchlist.toml\"\n\n[server]\nlisten = \"{listen}\"\n\n\
+         [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n\n\
+         [polling]\ninitial_interval = \"1s\"\nmax_interval = \"4s\"\nmultiplier = 2.0\nmax_requests_per_second = 5.0\n\
+         max_in_flight = 4\nrequest_timeout = \"5s\"\nnot_found_grace = \"30s\"\nretain_terminal = \"5m\"\n\n\
+         [state]\npath = \"{dir}\"\n\n[events]\nstdout = true\nfile = \"{dir}/events.jsonl\"\n",
+        dir = dir.display()
+    );
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok::<PathBuf, String>(path)
+    };
+    write("watchlist.toml", &watchlist)?;
+    write("flowwatch.toml", &config)
+}

@@ -1,0 +1,269 @@
+//! Transitions and their CloudEvents 1.0 JSON Lines encoding, and the sinks they are written to
+//! (stdout and an append-only file).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::aws::Observation;
+use crate::metrics::Metrics;
+use crate::state::Status;
+use crate::watchlist::ExecutionKey;
+
+/// The CloudEvents `type` of a status change.
+pub const TRANSITION_TYPE: &str = "flowwatch.execution.transition";
+/// The CloudEvents `type` sent when the API rejects an entry as invalid (ValidationException).
+pub const REJECTED_TYPE: &str = "flowwatch.execution.rejected";
+
+/// A status change of one execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub key: ExecutionKey,
+    pub from: Status,
+    pub to: Status,
+    /// When flowwatch saw it.
+    pub at: SystemTime,
+    /// The API's latest answer, when there is one (a NOT_FOUND transition has none).
+    pub observation: Option<Observation>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Transition {
+    /// Deterministic, so consumers can deduplicate: one id per execution and target status.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.key, self.to)
+    }
+
+    pub fn to_cloud_event(&self) -> Value {
+        let obs = self.observation.as_ref();
+        json!({
+            "specversion": "1.0",
+            "id": self.id(),
+            "source": "flowwatch",
+            "type": TRANSITION_TYPE,
+            "time": rfc3339(self.at),
+            "subject": self.key.to_string(),
+            "datacontenttype": "application/json",
+            "data": {
+                "instance_id": self.key.instance_id,
+                "flow_name": self.key.flow_name,
+                "execution_id": self.key.execution_id,
+                "from_status": self.from,
+                "to_status": self.to,
+                "message": obs.and_then(|o| o.message.clone()),
+                "start_time": obs.and_then(|o| o.start_time).map(rfc3339_from_secs),
+                "end_time": obs.and_then(|o| o.end_time).map(rfc3339_from_secs),
+                "source_info": obs.and_then(|o| o.source_info.clone()),
+                "diagnostic_reports_root_s3_uri": obs.and_then(|o| o.diagnostic_reports_root_s3_uri.clone()),
+                "labels": self.labels,
+            }
+        })
+    }
+}
+
+/// The event sent when the API answers ValidationException: the entry is invalid and polling it
+/// stops. Its id is deterministic too.
+pub fn rejected_event(
+    key: &ExecutionKey,
+    status: Status,
+    message: &str,
+    at: SystemTime,
+    labels: &BTreeMap<String, String>,
+) -> Value {
+    json!({
+        "specversion": "1.0",
+        "id": format!("{key}/REJECTED"),
+        "source": "flowwatch",
+        "type": REJECTED_TYPE,
+        "time": rfc3339(at),
+        "subject": key.to_string(),
+        "datacontenttype": "application/json",
+        "data": {
+            "instance_id": key.instance_id,
+            "flow_name": key.flow_name,
+            "execution_id": key.execution_id,
+            "status": status,
+            "message": message,
+            "labels": labels,
+        }
+    })
+}
+
+/// RFC 3339 in UTC with whole seconds, as in the contract's example.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// RFC 3339 for the API's epoch-second timestamps; fractions are kept to the millisecond.
+pub fn rfc3339_from_secs(secs: f64) -> String {
+    let t = if secs >= 0.0 && secs.is_finite() {
+        UNIX_EPOCH + Duration::from_secs_f64(secs)
+    } else {
+        UNIX_EPOCH
+    };
+    if secs.fract() == 0.0 {
+        rfc3339(t)
+    } else {
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+}
+
+/// Where events go. Each sink is independent: one failing does not stop the other.
+pub struct Sinks {
+    stdout: bool,
+    file: Option<FileSink>,
+}
+
+struct FileSink {
+    path: PathBuf,
+    file: Option<File>,
+    failing: bool,
+}
+
+impl Sinks {
+    /// Opens the event file (creating its directory) so a bad path fails at start-up, not at the
+    /// first transition.
+    pub fn open(stdout: bool, file: Option<&Path>) -> io::Result<Self> {
+        let file = match file {
+            Some(path) => Some(FileSink {
+                path: path.to_path_buf(),
+                file: Some(open_append(path)?),
+                failing: false,
+            }),
+            None => None,
+        };
+        Ok(Self { stdout, file })
+    }
+
+    /// Writes one event as one line to every sink and counts the result per sink.
+    pub fn emit(&mut self, event: &Value, metrics: &Metrics) {
+        let mut line = event.to_string();
+        line.push('\n');
+        if self.stdout {
+            let result = {
+                let mut out = io::stdout().lock();
+                out.write_all(line.as_bytes()).and_then(|()| out.flush())
+            };
+            record(metrics, "stdout", &result);
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cannot write event to stdout");
+            }
+        }
+        if let Some(sink) = &mut self.file {
+            let result = sink.write(line.as_bytes());
+            record(metrics, "file", &result);
+            match result {
+                Ok(()) if sink.failing => {
+                    sink.failing = false;
+                    tracing::info!(path = %sink.path.display(), "event file is writable again");
+                }
+                Ok(()) => {}
+                Err(e) if !sink.failing => {
+                    sink.failing = true;
+                    tracing::error!(path = %sink.path.display(), error = %e,
+                        "cannot write event to file; counting failures until it recovers");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Pushes events to disk before exit.
+    pub fn flush(&mut self) {
+        if let Some(FileSink { file: Some(f), path, .. }) = &mut self.file {
+            if let Err(e) = f.sync_data() {
+                tracing::warn!(path = %path.display(), error = %e, "cannot sync event file");
+            }
+        }
+        let _ = io::stdout().lock().flush();
+    }
+}
+
+impl FileSink {
+    fn write(&mut self, line: &[u8]) -> io::Result<()> {
+        if self.file.is_none() {
+            self.file = Some(open_append(&self.path)?);
+        }
+        let result = match &mut self.file {
+            Some(f) => f.write_all(line),
+            None => Ok(()),
+        };
+        if result.is_err() {
+            // Reopen next time: the file may have been rotated away or its disk replaced.
+            self.file = None;
+        }
+        result
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn record(metrics: &Metrics, sink: &str, result: &io::Result<()>) {
+    let label = if result.is_ok() { "success" } else { "failure" };
+    metrics.events.with_label_values(&[sink, label]).inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::{ApiStatus, S3Source, SourceInfo};
+
+    #[test]
+    fn a_transition_encodes_as_a_cloud_event_with_every_response_field() {
+        let key = ExecutionKey::new(
+            "8850c54e-e187-4fa7-89d4-6370f165174d",
+            "daily-orders",
+            "a1b2c3d4-0000-4000-8000-000000000001",
+        )
+        .expect("valid key");
+        let t = Transition {
+            key,
+            from: Status::InProgress,
+            to: Status::Failed,
+            at: UNIX_EPOCH + Duration::from_secs(1_795_000_000),
+            observation: Some(Observation {
+                status: ApiStatus::Failed,
+                source_info: Some(SourceInfo {
+                    source_type: "S3".into(),
+                    s3_source: Some(S3Source {
+                        bucket_name: "bucket".into(),
+                        key: "orders/day.csv".into(),
+                    }),
+                    dataset_source: None,
+                }),
+                message: Some("schema mismatch".into()),
+                start_time: Some(1_794_999_000.0),
+                end_time: Some(1_794_999_990.5),
+                diagnostic_reports_root_s3_uri: Some("s3://bucket/diag/".into()),
+            }),
+            labels: BTreeMap::from([("team".to_string(), "planning".to_string())]),
+        };
+        let e = t.to_cloud_event();
+        assert_eq!(e["specversion"], "1.0");
+        assert_eq!(
+            e["id"],
+            "8850c54e-e187-4fa7-89d4-6370f165174d/daily-orders/a1b2c3d4-0000-4000-8000-000000000001/FAILED"
+        );
+        assert_eq!(e["type"], TRANSITION_TYPE);
+        assert_eq!(e["time"], "2026-11-18T11:06:40Z");
+        let d = &e["data"];
+        assert_eq!(d["from_status"], "IN_PROGRESS");
+        assert_eq!(d["to_status"], "FAILED");
+        assert_eq!(d["message"], "schema mismatch");
+        assert_eq!(d["start_time"], "2026-11-18T10:50:00Z");
+        assert_eq!(d["end_time"], "2026-11-18T11:06:30.500Z");
+        assert_eq!(d["source_info"]["s3_source"]["key"], "orders/day.csv");
+        assert_eq!(d["diagnostic_reports_root_s3_uri"], "s3://bucket/diag/");
+        assert_eq!(d["labels"]["team"], "planning");
+        assert!(!e.to_string().contains('\n'), "one event, one line");
+    }
+}

@@ -1,0 +1,240 @@
+//! flowwatch watches AWS Supply Chain data integration flow executions until each is terminal,
+//! and makes every state change visible: Prometheus metrics, CloudEvents on stdout and in a file,
+//! and health endpoints.
+//!
+//! [`run`] wires the parts: the watchlist feeds the [`scheduler`], which polls through a
+//! [`aws::FlowExecutions`] client paced by [`pacing`], keeps [`state`], and writes [`events`] and
+//! [`metrics`]; [`http`] serves them. The shutdown signal is passed in.
+
+pub mod aws;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod diagnostic;
+pub mod events;
+pub mod fake;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod pacing;
+pub mod scheduler;
+pub mod state;
+pub mod telemetry;
+pub mod watchlist;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::{FlowExecutions, SdkFlowExecutions};
+use crate::config::Settings;
+use crate::diagnostic::Diagnostics;
+use crate::events::Sinks;
+use crate::health::Health;
+use crate::http::{AppState, ReloadFuture, Reloader};
+use crate::metrics::Metrics;
+use crate::scheduler::{Command, Scheduler};
+use crate::watchlist::Watchlist;
+
+pub use crate::scheduler::Finish;
+
+/// How long the HTTP server may take to close its connections at shutdown.
+const HTTP_SHUTDOWN_BOUND: Duration = Duration::from_secs(5);
+
+/// Errors that end the daemon, each with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Invalid config or watchlist: exit 2.
+    #[error("{0}")]
+    Config(#[from] Diagnostics),
+    /// The daemon cannot run (cannot listen, cannot open the event file, no AWS region): exit 3.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => 2,
+            Error::Fatal(_) => 3,
+        }
+    }
+}
+
+/// Options of one daemon run.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Exit once every execution is terminal.
+    pub exit_when_done: bool,
+    /// Reload the watchlist on SIGHUP (the binary sets this; in-process tests do not).
+    pub reload_on_sighup: bool,
+    /// Told the HTTP server's address once it is listening (useful with port 0).
+    pub bound: Option<oneshot::Sender<SocketAddr>>,
+}
+
+/// Runs the daemon against AWS (or `aws.endpoint_url`) until `shutdown` is cancelled.
+pub async fn run(
+    settings: Settings,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<Finish, Error> {
+    let client = SdkFlowExecutions::from_settings(&settings.aws, settings.polling.request_timeout)
+        .await
+        .map_err(Error::Fatal)?;
+    run_with(settings, Arc::new(client), options, shutdown).await
+}
+
+/// Runs the daemon with a given API client.
+pub async fn run_with<C: FlowExecutions>(
+    settings: Settings,
+    client: Arc<C>,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<Finish, Error> {
+    let watchlist = Watchlist::load(&settings.watchlist)?;
+    let metrics = Arc::new(Metrics::new().map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?);
+    let sinks = Sinks::open(settings.events.stdout, settings.events.file.as_deref()).map_err(|e| {
+        Error::Fatal(format!(
+            "cannot open event file {}: {}",
+            settings
+                .events
+                .file
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            io_error_text(&e)
+        ))
+    })?;
+    let health = Arc::new(Health::new());
+    let listener = TcpListener::bind(settings.server.listen)
+        .await
+        .map_err(|e| Error::Fatal(format!("cannot listen on {}: {}", settings.server.listen, io_error_text(&e))))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Fatal(format!("cannot read the listening address: {e}")))?;
+
+    let (commands, command_rx) = mpsc::channel(16);
+    let reload = reloader(settings.watchlist.clone(), commands.clone());
+    let scheduler = Scheduler::new(
+        client,
+        settings.polling.clone(),
+        watchlist.clone(),
+        metrics.clone(),
+        sinks,
+        health.clone(),
+        options.exit_when_done,
+    );
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        %addr,
+        watchlist = %settings.watchlist.display(),
+        executions = watchlist.entries.len(),
+        "flowwatch is listening"
+    );
+
+    let http_stop = CancellationToken::new();
+    let app = http::app(AppState {
+        metrics,
+        health,
+        commands,
+        reload: reload.clone(),
+    });
+    let server = {
+        let stop = http_stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    };
+    if let Some(bound) = options.bound {
+        let _ = bound.send(addr);
+    }
+    let sighup = options
+        .reload_on_sighup
+        .then(|| tokio::spawn(reload_on_sighup(reload, shutdown.clone())));
+
+    let finish = scheduler.run(command_rx, shutdown).await;
+
+    http_stop.cancel();
+    if let Some(task) = sighup {
+        task.abort();
+    }
+    match tokio::time::timeout(HTTP_SHUTDOWN_BOUND, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "http server task failed"),
+        Err(_) => tracing::warn!("http connections still open at shutdown were closed"),
+    }
+    tracing::info!(?finish, "flowwatch stopped");
+    Ok(finish)
+}
+
+/// Builds the reload action: read and validate the watchlist file, then hand it to the
+/// scheduler. An invalid watchlist is rejected and the old one keeps running.
+fn reloader(path: std::path::PathBuf, commands: mpsc::Sender<Command>) -> Reloader {
+    Arc::new(move || -> ReloadFuture {
+        let path = path.clone();
+        let commands = commands.clone();
+        Box::pin(async move {
+            let watchlist = match Watchlist::load(&path) {
+                Ok(w) => w,
+                Err(problems) => {
+                    tracing::error!(problems = %problems, "reload rejected: the new watchlist is invalid; the old one keeps running");
+                    return Err(problems.to_string());
+                }
+            };
+            let (tx, rx) = oneshot::channel();
+            commands
+                .send(Command::Replace(watchlist, tx))
+                .await
+                .map_err(|_| "the scheduler is not running".to_string())?;
+            let summary = rx
+                .await
+                .map_err(|_| "the scheduler stopped during the reload".to_string())?;
+            tracing::info!(added = summary.added, removed = summary.removed, kept = summary.kept, "watchlist reloaded");
+            Ok(format!(
+                "{} added, {} removed, {} kept",
+                summary.added, summary.removed, summary.kept
+            ))
+        })
+    })
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(reload: Reloader, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; use POST /-/reload instead");
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = hup.recv() => {
+                if received.is_none() {
+                    return;
+                }
+                tracing::info!("SIGHUP: reloading the watchlist");
+                let _ = reload().await;
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_sighup(_reload: Reloader, _shutdown: CancellationToken) {}
+
+/// An I/O error in words, without the `(os error N)` noise.
+pub fn io_error_text(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        std::io::ErrorKind::AddrInUse => "address already in use".to_string(),
+        _ => e.to_string(),
+    }
+}

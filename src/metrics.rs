@@ -1,0 +1,265 @@
+//! The Prometheus metrics of DESIGN §4, in a [`Metrics`] struct that owns its own registry.
+
+use prometheus::{
+    Encoder, GaugeVec, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::aws::{OPERATION, Observation, Outcome};
+use crate::state::Status;
+use crate::watchlist::ExecutionKey;
+
+/// Every metric flowwatch exports.
+pub struct Metrics {
+    registry: Registry,
+    pub execution_status: GaugeVec,
+    pub execution_start_time: GaugeVec,
+    pub execution_end_time: GaugeVec,
+    pub transitions: IntCounterVec,
+    pub watched: IntGaugeVec,
+    pub api_requests: IntCounterVec,
+    pub api_duration: HistogramVec,
+    pub rate_limit: Gauge,
+    pub events: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+const EXECUTION_LABELS: [&str; 3] = ["instance_id", "flow_name", "execution_id"];
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let execution_status = GaugeVec::new(
+            Opts::new(
+                "flowwatch_execution_status",
+                "Current status of a watched flow execution: 1 for its status, 0 for the others.",
+            ),
+            &["instance_id", "flow_name", "execution_id", "status"],
+        )?;
+        let execution_start_time = GaugeVec::new(
+            Opts::new(
+                "flowwatch_execution_start_time_seconds",
+                "Start time of the flow execution as reported by the API (unix seconds).",
+            ),
+            &EXECUTION_LABELS,
+        )?;
+        let execution_end_time = GaugeVec::new(
+            Opts::new(
+                "flowwatch_execution_end_time_seconds",
+                "End time of the flow execution as reported by the API (unix seconds).",
+            ),
+            &EXECUTION_LABELS,
+        )?;
+        let transitions = IntCounterVec::new(
+            Opts::new(
+                "flowwatch_transitions_total",
+                "Status transitions seen, per flow and target status; pre-set to 0 for every watched flow.",
+            ),
+            &["instance_id", "flow_name", "to_status"],
+        )?;
+        let watched = IntGaugeVec::new(
+            Opts::new(
+                "flowwatch_watched_executions",
+                "Watched flow executions by current status.",
+            ),
+            &["status"],
+        )?;
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "flowwatch_api_requests_total",
+                "Supply Chain API requests by operation and outcome.",
+            ),
+            &["operation", "outcome"],
+        )?;
+        let api_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "flowwatch_api_request_duration_seconds",
+                "Duration of Supply Chain API requests, whatever their outcome.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["operation"],
+        )?;
+        let rate_limit = Gauge::new(
+            "flowwatch_rate_limit_requests_per_second",
+            "Current rate of the global API token bucket (cut on throttling, restored on success).",
+        )?;
+        let events = IntCounterVec::new(
+            Opts::new(
+                "flowwatch_events_total",
+                "Events written, per sink and result.",
+            ),
+            &["sink", "result"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("flowwatch_build_info", "Build information; always 1."),
+            &["version"],
+        )?;
+
+        registry.register(Box::new(execution_status.clone()))?;
+        registry.register(Box::new(execution_start_time.clone()))?;
+        registry.register(Box::new(execution_end_time.clone()))?;
+        registry.register(Box::new(transitions.clone()))?;
+        registry.register(Box::new(watched.clone()))?;
+        registry.register(Box::new(api_requests.clone()))?;
+        registry.register(Box::new(api_duration.clone()))?;
+        registry.register(Box::new(rate_limit.clone()))?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for status in Status::ALL {
+            watched.with_label_values(&[status.as_str()]).set(0);
+        }
+        for outcome in Outcome::ALL {
+            api_requests
+                .with_label_values(&[OPERATION, outcome.metric_label()])
+                .reset();
+        }
+        for sink in ["stdout", "file"] {
+            for result in ["success", "failure"] {
+                events.with_label_values(&[sink, result]).reset();
+            }
+        }
+        Ok(Self {
+            registry,
+            execution_status,
+            execution_start_time,
+            execution_end_time,
+            transitions,
+            watched,
+            api_requests,
+            api_duration,
+            rate_limit,
+            events,
+            build_info,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Creates the zero-valued transition counters of a flow, so that `increase()` sees the first
+    /// FAILED transition (a series that appears at 1 has no increase).
+    pub fn watch_flow(&self, instance_id: &str, flow_name: &str) {
+        for to in Status::TARGETS {
+            self.transitions
+                .with_label_values(&[instance_id, flow_name, to.as_str()])
+                .inc_by(0);
+        }
+    }
+
+    /// Sets the one-hot status gauge of an execution.
+    pub fn set_status(&self, key: &ExecutionKey, status: Status) {
+        for s in Status::ALL {
+            self.execution_status
+                .with_label_values(&[
+                    &key.instance_id,
+                    &key.flow_name,
+                    &key.execution_id,
+                    s.as_str(),
+                ])
+                .set(if s == status { 1.0 } else { 0.0 });
+        }
+    }
+
+    pub fn set_times(&self, key: &ExecutionKey, observation: &Observation) {
+        let labels = [
+            key.instance_id.as_str(),
+            key.flow_name.as_str(),
+            key.execution_id.as_str(),
+        ];
+        if let Some(t) = observation.start_time {
+            self.execution_start_time.with_label_values(&labels).set(t);
+        }
+        if let Some(t) = observation.end_time {
+            self.execution_end_time.with_label_values(&labels).set(t);
+        }
+    }
+
+    /// Drops the per-execution series (after `retain_terminal`, or when an entry is removed).
+    /// Counters stay.
+    pub fn drop_execution(&self, key: &ExecutionKey) {
+        let labels = [
+            key.instance_id.as_str(),
+            key.flow_name.as_str(),
+            key.execution_id.as_str(),
+        ];
+        for s in Status::ALL {
+            let _ = self.execution_status.remove_label_values(&[
+                labels[0],
+                labels[1],
+                labels[2],
+                s.as_str(),
+            ]);
+        }
+        let _ = self.execution_start_time.remove_label_values(&labels);
+        let _ = self.execution_end_time.remove_label_values(&labels);
+    }
+
+    pub fn record_request(&self, outcome: Outcome, seconds: f64) {
+        self.api_requests
+            .with_label_values(&[OPERATION, outcome.metric_label()])
+            .inc();
+        self.api_duration
+            .with_label_values(&[OPERATION])
+            .observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_every_contract_metric() {
+        let m = Metrics::new().expect("metrics");
+        m.watch_flow("i", "f");
+        m.record_request(Outcome::Success, 0.01);
+        let key = ExecutionKey {
+            instance_id: "i".into(),
+            flow_name: "f".into(),
+            execution_id: "e".into(),
+        };
+        m.set_status(&key, Status::InProgress);
+        m.set_times(
+            &key,
+            &Observation {
+                status: crate::aws::ApiStatus::InProgress,
+                source_info: None,
+                message: None,
+                start_time: Some(1.0),
+                end_time: Some(2.0),
+                diagnostic_reports_root_s3_uri: None,
+            },
+        );
+        m.rate_limit.set(5.0);
+        let text = m.render();
+        for name in [
+            "flowwatch_execution_status{",
+            "flowwatch_execution_start_time_seconds{",
+            "flowwatch_execution_end_time_seconds{",
+            "flowwatch_transitions_total{flow_name=\"f\",instance_id=\"i\",to_status=\"FAILED\"} 0",
+            "flowwatch_watched_executions{status=\"UNKNOWN\"} 0",
+            "flowwatch_api_requests_total{operation=\"GetDataIntegrationFlowExecution\",outcome=\"throttled\"} 0",
+            "flowwatch_api_request_duration_seconds_bucket{",
+            "flowwatch_rate_limit_requests_per_second 5",
+            "flowwatch_events_total{result=\"failure\",sink=\"file\"} 0",
+            "flowwatch_build_info{version=\"",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+        assert!(text.contains("execution_id=\"e\",flow_name=\"f\",instance_id=\"i\",status=\"IN_PROGRESS\"} 1"));
+        m.drop_execution(&key);
+        assert!(!m.render().contains("flowwatch_execution_status{"));
+    }
+}

@@ -1,0 +1,286 @@
+//! What is known of each watched execution, and the status machine that turns observations into
+//! transitions. The scheduler owns one [`ExecutionState`] per watchlist entry.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::aws::{ApiStatus, Observation, Outcome};
+use crate::events::{Transition, rfc3339, rfc3339_from_secs};
+use crate::pacing::Backoff;
+use crate::watchlist::WatchEntry;
+
+/// An execution's status as flowwatch reports it: the API's three values plus `UNKNOWN` (not yet
+/// observed) and `NOT_FOUND` (the API kept saying ResourceNotFound past the grace period).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Unknown,
+    InProgress,
+    Succeeded,
+    Failed,
+    NotFound,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Unknown,
+        Status::InProgress,
+        Status::Succeeded,
+        Status::Failed,
+        Status::NotFound,
+    ];
+
+    /// The statuses a transition can lead to (nothing transitions back to `UNKNOWN`).
+    pub const TARGETS: [Status; 4] = [
+        Status::InProgress,
+        Status::Succeeded,
+        Status::Failed,
+        Status::NotFound,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Unknown => "UNKNOWN",
+            Status::InProgress => "IN_PROGRESS",
+            Status::Succeeded => "SUCCEEDED",
+            Status::Failed => "FAILED",
+            Status::NotFound => "NOT_FOUND",
+        }
+    }
+
+    /// Terminal executions are not polled again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::NotFound)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one observation did to an execution.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub transition: Option<Transition>,
+    /// A status string the model does not know, newly seen (logged once per value).
+    pub unrecognised: Option<String>,
+}
+
+/// Everything known of one execution.
+#[derive(Debug)]
+pub struct ExecutionState {
+    pub entry: WatchEntry,
+    pub status: Status,
+    pub observation: Option<Observation>,
+    /// Polls that counted as attempts (throttled polls do not).
+    pub attempts: u64,
+    pub last_poll: Option<SystemTime>,
+    pub next_poll: Option<SystemTime>,
+    pub last_error: Option<String>,
+    pub last_outcome: Option<Outcome>,
+    pub not_found_since: Option<Instant>,
+    pub terminal_since: Option<Instant>,
+    /// Set when the API rejected the request as invalid: polling has stopped.
+    pub rejected: Option<String>,
+    pub backoff: Backoff,
+    unrecognised_seen: Option<String>,
+}
+
+impl ExecutionState {
+    pub fn new(entry: WatchEntry, backoff: Backoff) -> Self {
+        Self {
+            entry,
+            status: Status::Unknown,
+            observation: None,
+            attempts: 0,
+            last_poll: None,
+            next_poll: None,
+            last_error: None,
+            last_outcome: None,
+            not_found_since: None,
+            terminal_since: None,
+            rejected: None,
+            backoff,
+            unrecognised_seen: None,
+        }
+    }
+
+    /// No more polls: terminal, or rejected by the API.
+    pub fn is_done(&self) -> bool {
+        self.status.is_terminal() || self.rejected.is_some()
+    }
+
+    /// Records a successful call. A status change becomes a transition; an unrecognised status
+    /// string keeps the last known status.
+    pub fn apply(&mut self, observation: Observation, now: Instant, wall: SystemTime) -> Applied {
+        let mut applied = Applied::default();
+        self.not_found_since = None;
+        let new_status = match &observation.status {
+            ApiStatus::InProgress => Some(Status::InProgress),
+            ApiStatus::Succeeded => Some(Status::Succeeded),
+            ApiStatus::Failed => Some(Status::Failed),
+            ApiStatus::Unrecognised(raw) => {
+                if self.unrecognised_seen.as_deref() != Some(raw.as_str()) {
+                    self.unrecognised_seen = Some(raw.clone());
+                    applied.unrecognised = Some(raw.clone());
+                }
+                self.last_error = Some(format!(
+                    "unrecognised status {raw:?} from the API: keeping {}",
+                    self.status
+                ));
+                None
+            }
+        };
+        self.observation = Some(observation);
+        if new_status.is_some() {
+            self.last_error = None;
+        }
+        if let Some(to) = new_status.filter(|s| *s != self.status) {
+            applied.transition = Some(self.transition_to(to, now, wall));
+        }
+        applied
+    }
+
+    /// Moves to `to` and describes the move.
+    pub fn transition_to(&mut self, to: Status, now: Instant, wall: SystemTime) -> Transition {
+        let from = self.status;
+        self.status = to;
+        self.backoff.reset();
+        if to.is_terminal() {
+            self.terminal_since = Some(now);
+            self.next_poll = None;
+        }
+        Transition {
+            key: self.entry.key.clone(),
+            from,
+            to,
+            at: wall,
+            observation: self.observation.clone(),
+            labels: self.entry.labels.clone(),
+        }
+    }
+
+    /// The `/status` view of this execution.
+    pub fn to_json(&self, retained: bool) -> Value {
+        let key = &self.entry.key;
+        let obs = self.observation.as_ref();
+        json!({
+            "instance_id": key.instance_id,
+            "flow_name": key.flow_name,
+            "execution_id": key.execution_id,
+            "status": self.status,
+            "polling": !self.is_done(),
+            "attempts": self.attempts,
+            "last_poll": self.last_poll.map(rfc3339),
+            "next_poll": self.next_poll.map(rfc3339),
+            "last_outcome": self.last_outcome.map(Outcome::metric_label),
+            "last_error": self.last_error,
+            "rejected": self.rejected,
+            "metrics_retained": retained,
+            "api_status": obs.map(|o| match &o.status {
+                ApiStatus::InProgress => "IN_PROGRESS".to_string(),
+                ApiStatus::Succeeded => "SUCCEEDED".to_string(),
+                ApiStatus::Failed => "FAILED".to_string(),
+                ApiStatus::Unrecognised(raw) => raw.clone(),
+            }),
+            "message": obs.and_then(|o| o.message.clone()),
+            "start_time": obs.and_then(|o| o.start_time).map(rfc3339_from_secs),
+            "end_time": obs.and_then(|o| o.end_time).map(rfc3339_from_secs),
+            "source_info": obs.and_then(|o| o.source_info.clone()),
+            "diagnostic_reports_root_s3_uri": obs.and_then(|o| o.diagnostic_reports_root_s3_uri.clone()),
+            "labels": self.entry.labels,
+        })
+    }
+}
+
+/// How long an execution has been in NOT_FOUND limbo, if at all.
+pub fn not_found_for(state: &ExecutionState, now: Instant) -> Option<Duration> {
+    state.not_found_since.map(|t| now.saturating_duration_since(t))
+}
+
+/// Counts of executions per status, for the `flowwatch_watched_executions` gauge.
+pub fn count_by_status<'a>(states: impl Iterator<Item = &'a ExecutionState>) -> BTreeMap<Status, i64> {
+    let mut counts: BTreeMap<Status, i64> = Status::ALL.iter().map(|s| (*s, 0)).collect();
+    for s in states {
+        *counts.entry(s.status).or_default() += 1;
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pacing::BackoffPolicy;
+    use crate::watchlist::ExecutionKey;
+
+    fn state() -> ExecutionState {
+        let key = ExecutionKey::new(
+            "8850c54e-e187-4fa7-89d4-6370f165174d",
+            "daily-orders",
+            "a1b2c3d4-0000-4000-8000-000000000001",
+        )
+        .expect("valid key");
+        let policy = BackoffPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+            multiplier: 2.0,
+        };
+        ExecutionState::new(
+            WatchEntry {
+                key,
+                labels: BTreeMap::new(),
+            },
+            policy.start(),
+        )
+    }
+
+    fn observed(status: ApiStatus) -> Observation {
+        Observation {
+            status,
+            source_info: None,
+            message: None,
+            start_time: None,
+            end_time: None,
+            diagnostic_reports_root_s3_uri: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_observation_is_a_transition_from_unknown_and_repeats_are_not() {
+        let mut s = state();
+        let now = Instant::now();
+        let t = s
+            .apply(observed(ApiStatus::InProgress), now, SystemTime::now())
+            .transition
+            .expect("first observation");
+        assert_eq!((t.from, t.to), (Status::Unknown, Status::InProgress));
+        assert!(s.apply(observed(ApiStatus::InProgress), now, SystemTime::now()).transition.is_none());
+        let t = s
+            .apply(observed(ApiStatus::Failed), now, SystemTime::now())
+            .transition
+            .expect("terminal");
+        assert_eq!((t.from, t.to), (Status::InProgress, Status::Failed));
+        assert!(s.is_done());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unrecognised_status_keeps_the_known_one_and_is_reported_once() {
+        let mut s = state();
+        let now = Instant::now();
+        s.apply(observed(ApiStatus::InProgress), now, SystemTime::now());
+        let a = s.apply(observed(ApiStatus::Unrecognised("CANCELLED".into())), now, SystemTime::now());
+        assert!(a.transition.is_none());
+        assert_eq!(a.unrecognised.as_deref(), Some("CANCELLED"));
+        assert_eq!(s.status, Status::InProgress);
+        let again = s.apply(observed(ApiStatus::Unrecognised("CANCELLED".into())), now, SystemTime::now());
+        assert!(again.unrecognised.is_none());
+        assert!(s.last_error.as_deref().is_some_and(|e| e.contains("CANCELLED")));
+    }
+}

@@ -1,0 +1,475 @@
+//! The watchlist: which flow executions to watch. It is parsed with spans, so every problem names
+//! `file:line:column`, and every problem in the file is reported at once.
+//!
+//! Ids are checked against the API model's rules here, because the SDK checks none of them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use toml_edit::{Document, Item, Value};
+
+use crate::diagnostic::{Diagnostic, Diagnostics, Location, SourceText, line_of};
+
+/// One flow execution, with ids that satisfy the API model.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExecutionKey {
+    pub instance_id: String,
+    pub flow_name: String,
+    pub execution_id: String,
+}
+
+impl ExecutionKey {
+    /// Builds a key after checking each id against the API model.
+    pub fn new(
+        instance_id: impl Into<String>,
+        flow_name: impl Into<String>,
+        execution_id: impl Into<String>,
+    ) -> Result<Self, String> {
+        let key = Self {
+            instance_id: instance_id.into(),
+            flow_name: flow_name.into(),
+            execution_id: execution_id.into(),
+        };
+        check_uuid("instance_id", &key.instance_id)?;
+        check_flow_name(&key.flow_name)?;
+        check_uuid("execution_id", &key.execution_id)?;
+        Ok(key)
+    }
+}
+
+impl fmt::Display for ExecutionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}",
+            self.instance_id, self.flow_name, self.execution_id
+        )
+    }
+}
+
+/// The model's `UUID` shape: 36 characters, `[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}`.
+pub fn check_uuid(field: &str, value: &str) -> Result<(), String> {
+    let groups = [8, 4, 4, 4, 12];
+    let well_formed = value.len() == 36
+        && value.split('-').count() == groups.len()
+        && value.split('-').zip(groups).all(|(part, len)| {
+            part.len() == len
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {field} {value:?}: must be a lowercase UUID of 36 characters \
+             (8-4-4-4-12 hex digits [a-f0-9])"
+        ))
+    }
+}
+
+/// The model's `DataIntegrationFlowName` shape: 1 to 256 characters of `[A-Za-z0-9-]`.
+pub fn check_flow_name(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > 256 {
+        return Err(format!(
+            "invalid flow_name {value:?}: must be 1 to 256 characters long, not {}",
+            value.chars().count()
+        ));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+    {
+        return Err(format!(
+            "invalid flow_name {value:?}: character {bad:?} is not allowed (only A-Z, a-z, 0-9 and '-')"
+        ));
+    }
+    Ok(())
+}
+
+/// One watchlist entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEntry {
+    pub key: ExecutionKey,
+    /// Free-form labels copied into events and `/status` (not into metrics, to bound cardinality).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A parsed, validated watchlist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watchlist {
+    pub path: PathBuf,
+    pub entries: Vec<WatchEntry>,
+}
+
+impl Watchlist {
+    /// Reads and validates the watchlist file.
+    pub fn load(path: &Path) -> Result<Self, Diagnostics> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostics(vec![Diagnostic::new(
+                Location::Path(path.to_path_buf()),
+                format!("cannot read watchlist: {}", crate::io_error_text(&e)),
+            )])
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates watchlist text; `path` is only used to name locations.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, Diagnostics> {
+        let src = SourceText::new(path, text);
+        let doc = Document::parse(text).map_err(|e| {
+            Diagnostics(vec![src.at(e.span(), toml_message(e.message()))])
+        })?;
+        let mut problems = Vec::new();
+        let mut entries = Vec::new();
+        let mut seen: HashMap<ExecutionKey, usize> = HashMap::new();
+
+        let root = doc.as_table();
+        for (name, _) in root.iter() {
+            if name != "execution" {
+                let span = root.key(name).and_then(|k| k.span());
+                problems.push(src.at(
+                    span,
+                    format!("unknown key `{name}`: a watchlist holds only [[execution]] tables"),
+                ));
+            }
+        }
+
+        let mut tables: Vec<(Option<std::ops::Range<usize>>, EntryFields<'_>)> = Vec::new();
+        match root.get("execution") {
+            None => problems.push(src.at(
+                None,
+                "the watchlist has no [[execution]] entries: add at least one",
+            )),
+            Some(Item::ArrayOfTables(array)) => {
+                for table in array.iter() {
+                    tables.push((table.span(), EntryFields::Table(table)));
+                }
+            }
+            Some(Item::Value(Value::Array(array))) => {
+                for value in array.iter() {
+                    match value {
+                        Value::InlineTable(table) => {
+                            tables.push((table.span(), EntryFields::Inline(table)))
+                        }
+                        other => problems.push(src.at(
+                            other.span(),
+                            format!(
+                                "expected an execution table, found {}",
+                                other.type_name()
+                            ),
+                        )),
+                    }
+                }
+            }
+            Some(other) => {
+                let span = root.key("execution").and_then(|k| k.span());
+                problems.push(src.at(
+                    span.or(other.span()),
+                    format!(
+                        "`execution` must be an array of tables ([[execution]]), found {}",
+                        other.type_name()
+                    ),
+                ));
+            }
+        }
+        if tables.is_empty() && root.get("execution").is_some() && problems.is_empty() {
+            problems.push(src.at(
+                None,
+                "the watchlist has no [[execution]] entries: add at least one",
+            ));
+        }
+
+        for (span, fields) in tables {
+            let before = problems.len();
+            let entry = parse_entry(&src, span.clone(), &fields, &mut problems);
+            let Some(entry) = entry else { continue };
+            if problems.len() > before {
+                continue;
+            }
+            let here = src.at(span.clone(), "");
+            let line = line_of(&here.location).unwrap_or(0);
+            if let Some(first) = seen.get(&entry.key) {
+                problems.push(src.at(
+                    span,
+                    format!(
+                        "duplicate entry for execution {}: already listed at line {first} (this is line {line})",
+                        entry.key
+                    ),
+                ));
+                continue;
+            }
+            seen.insert(entry.key.clone(), line);
+            entries.push(entry);
+        }
+
+        if problems.is_empty() {
+            Ok(Self {
+                path: path.to_path_buf(),
+                entries,
+            })
+        } else {
+            Err(Diagnostics(problems))
+        }
+    }
+}
+
+/// A TOML parser message is several lines with a caret diagram; the first line says what is wrong.
+pub(crate) fn toml_message(message: &str) -> String {
+    let first = message.trim().lines().next().unwrap_or("invalid TOML");
+    format!("invalid TOML: {}", first.trim_end_matches('.'))
+}
+
+/// `[[execution]]` tables and `execution = [{…}]` inline tables, read the same way.
+enum EntryFields<'a> {
+    Table(&'a toml_edit::Table),
+    Inline(&'a toml_edit::InlineTable),
+}
+
+impl EntryFields<'_> {
+    fn keys(&self) -> Vec<(String, Option<std::ops::Range<usize>>)> {
+        match self {
+            Self::Table(t) => t
+                .iter()
+                .map(|(k, _)| (k.to_string(), t.key(k).and_then(|k| k.span())))
+                .collect(),
+            Self::Inline(t) => t
+                .iter()
+                .map(|(k, _)| (k.to_string(), t.key(k).and_then(|k| k.span())))
+                .collect(),
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<FieldValue<'_>> {
+        match self {
+            Self::Table(t) => t.get(key).map(|item| match item {
+                Item::Value(v) => FieldValue::Value(v),
+                Item::Table(t) => FieldValue::Table(t),
+                other => FieldValue::Other(other.type_name(), other.span()),
+            }),
+            Self::Inline(t) => t.get(key).map(FieldValue::Value),
+        }
+    }
+}
+
+enum FieldValue<'a> {
+    Value(&'a Value),
+    Table(&'a toml_edit::Table),
+    Other(&'static str, Option<std::ops::Range<usize>>),
+}
+
+impl FieldValue<'_> {
+    fn span(&self) -> Option<std::ops::Range<usize>> {
+        match self {
+            Self::Value(v) => v.span(),
+            Self::Table(t) => t.span(),
+            Self::Other(_, span) => span.clone(),
+        }
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Self::Value(v) => v.type_name(),
+            Self::Table(_) => "table",
+            Self::Other(name, _) => name,
+        }
+    }
+}
+
+const ENTRY_KEYS: [&str; 4] = ["instance_id", "flow_name", "execution_id", "labels"];
+
+fn parse_entry(
+    src: &SourceText<'_>,
+    span: Option<std::ops::Range<usize>>,
+    fields: &EntryFields<'_>,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<WatchEntry> {
+    for (key, key_span) in fields.keys() {
+        if !ENTRY_KEYS.contains(&key.as_str()) {
+            problems.push(src.at(
+                key_span,
+                format!(
+                    "unknown key `{key}` in [[execution]]: expected one of instance_id, flow_name, execution_id, labels"
+                ),
+            ));
+        }
+    }
+
+    let mut string_field = |name: &str, check: &dyn Fn(&str) -> Result<(), String>| {
+        match fields.get(name) {
+            None => {
+                problems.push(src.at(
+                    span.clone(),
+                    format!("missing field `{name}` in [[execution]]"),
+                ));
+                None
+            }
+            Some(FieldValue::Value(Value::String(s))) => match check(s.value()) {
+                Ok(()) => Some(s.value().to_string()),
+                Err(message) => {
+                    problems.push(src.at(s.span(), message));
+                    None
+                }
+            },
+            Some(other) => {
+                problems.push(src.at(
+                    other.span(),
+                    format!("`{name}` must be a string, found {}", other.type_name()),
+                ));
+                None
+            }
+        }
+    };
+    let instance_id = string_field("instance_id", &|v| check_uuid("instance_id", v));
+    let flow_name = string_field("flow_name", &check_flow_name);
+    let execution_id = string_field("execution_id", &|v| check_uuid("execution_id", v));
+
+    let mut labels = BTreeMap::new();
+    match fields.get("labels") {
+        None => {}
+        Some(FieldValue::Value(Value::InlineTable(t))) => {
+            for (k, v) in t.iter() {
+                label(src, k, v.as_str(), v.span(), v.type_name(), &mut labels, problems);
+            }
+        }
+        Some(FieldValue::Table(t)) => {
+            for (k, item) in t.iter() {
+                let type_name = item.type_name();
+                label(src, k, item.as_str(), item.span(), type_name, &mut labels, problems);
+            }
+        }
+        Some(other) => problems.push(src.at(
+            other.span(),
+            format!(
+                "`labels` must be a table of strings, like labels = {{ team = \"planning\" }}; found {}",
+                other.type_name()
+            ),
+        )),
+    }
+
+    let key = ExecutionKey {
+        instance_id: instance_id?,
+        flow_name: flow_name?,
+        execution_id: execution_id?,
+    };
+    Some(WatchEntry { key, labels })
+}
+
+fn label(
+    src: &SourceText<'_>,
+    key: &str,
+    value: Option<&str>,
+    span: Option<std::ops::Range<usize>>,
+    type_name: &str,
+    labels: &mut BTreeMap<String, String>,
+    problems: &mut Vec<Diagnostic>,
+) {
+    match value {
+        Some(v) if !key.is_empty() => {
+            labels.insert(key.to_string(), v.to_string());
+        }
+        Some(_) => problems.push(src.at(span, "label names must not be empty")),
+        None => problems.push(src.at(
+            span,
+            format!("label `{key}` must be a string, found {type_name}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INSTANCE: &str = "8850c54e-e187-4fa7-89d4-6370f165174d";
+    const EXECUTION: &str = "a1b2c3d4-0000-4000-8000-000000000001";
+
+    fn parse(text: &str) -> Result<Watchlist, Vec<String>> {
+        Watchlist::parse(Path::new("w.toml"), text)
+            .map_err(|d| d.0.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_valid_entry_parses_with_its_labels() {
+        let text = format!(
+            "[[execution]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"daily-orders\"\nexecution_id = \"{EXECUTION}\"\nlabels = {{ team = \"planning\" }}\n"
+        );
+        let w = parse(&text).expect("valid watchlist");
+        assert_eq!(w.entries.len(), 1);
+        assert_eq!(w.entries[0].key.flow_name, "daily-orders");
+        assert_eq!(w.entries[0].labels["team"], "planning");
+    }
+
+    #[test]
+    fn uuid_rules_follow_the_api_model() {
+        assert!(check_uuid("x", INSTANCE).is_ok());
+        assert!(check_uuid("x", &INSTANCE.to_uppercase()).is_err());
+        assert!(check_uuid("x", &INSTANCE[..35]).is_err());
+        assert!(check_uuid("x", "8850c54e-e187-4fa7-89d4-6370f165174g").is_err());
+        assert!(check_uuid("x", "8850c54ee187-4fa7-89d4-6370f165174d0").is_err());
+        assert!(check_flow_name("a-B-9").is_ok());
+        assert!(check_flow_name("").is_err());
+        assert!(check_flow_name(&"a".repeat(256)).is_ok());
+        assert!(check_flow_name(&"a".repeat(257)).is_err());
+        assert!(check_flow_name("daily_orders").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line_and_column() {
+        let text = format!(
+            "[[execution]]\ninstance_id = \"nope\"\nflow_name = \"bad name\"\nexecution_id = 7\ncolour = \"red\"\n\n[[execution]]\nflow_name = \"f\"\nexecution_id = \"{EXECUTION}\"\n"
+        );
+        let errors = parse(&text).expect_err("invalid watchlist");
+        assert_eq!(
+            errors,
+            vec![
+                "w.toml:5:1: unknown key `colour` in [[execution]]: expected one of instance_id, flow_name, execution_id, labels".to_string(),
+                "w.toml:2:15: invalid instance_id \"nope\": must be a lowercase UUID of 36 characters (8-4-4-4-12 hex digits [a-f0-9])".to_string(),
+                "w.toml:3:13: invalid flow_name \"bad name\": character ' ' is not allowed (only A-Z, a-z, 0-9 and '-')".to_string(),
+                "w.toml:4:16: `execution_id` must be a string, found integer".to_string(),
+                "w.toml:7:1: missing field `instance_id` in [[execution]]".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_duplicate_names_both_lines() {
+        let entry = format!(
+            "[[execution]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"f\"\nexecution_id = \"{EXECUTION}\"\n"
+        );
+        let errors = parse(&format!("{entry}\n{entry}")).expect_err("duplicate");
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with("w.toml:6:1: duplicate entry for execution"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].contains("already listed at line 1 (this is line 6)"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_and_empty_files_are_located() {
+        let errors = parse("[[execution]\n").expect_err("syntax");
+        assert!(errors[0].starts_with("w.toml:1:"), "{errors:?}");
+        assert!(errors[0].contains("invalid TOML"), "{errors:?}");
+        let errors = parse("# nothing here\n").expect_err("empty");
+        assert_eq!(
+            errors,
+            vec!["w.toml:1:1: the watchlist has no [[execution]] entries: add at least one"]
+        );
+    }
+
+    #[test]
+    fn labels_must_be_strings() {
+        let text = format!(
+            "[[execution]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"f\"\nexecution_id = \"{EXECUTION}\"\nlabels = {{ team = 3 }}\n"
+        );
+        let errors = parse(&text).expect_err("bad label");
+        assert_eq!(
+            errors,
+            vec!["w.toml:5:19: label `team` must be a string, found integer"]
+        );
+    }
+}
