@@ -25,10 +25,8 @@ pub const OPERATION: &str = "GetDataIntegrationFlowExecution";
 /// Reads the state of one flow execution. The SDK implements it for real; tests implement it
 /// in memory to drive the scheduler without HTTP.
 pub trait FlowExecutions: Send + Sync + 'static {
-    fn get(
-        &self,
-        key: &ExecutionKey,
-    ) -> impl Future<Output = Result<Observation, ApiError>> + Send;
+    fn get(&self, key: &ExecutionKey)
+    -> impl Future<Output = Result<Observation, ApiError>> + Send;
 }
 
 /// The status string the API returned.
@@ -170,32 +168,56 @@ impl ApiError {
     /// The server's `x-amz-retry-after` hint, for throttling errors.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::Throttled { retry_after, .. } | ApiError::QuotaExceeded { retry_after, .. } => {
-                *retry_after
-            }
+            ApiError::Throttled { retry_after, .. }
+            | ApiError::QuotaExceeded { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
 
     /// The error's kind and the status code or error type it carries, for matching from a
     /// service error's code (after the SDK has cleaned it) and the HTTP status.
-    fn from_code(code: Option<&str>, status: Option<u16>, message: String, retry_after: Option<Duration>) -> Option<Self> {
+    fn from_code(
+        code: Option<&str>,
+        status: Option<u16>,
+        message: String,
+        retry_after: Option<Duration>,
+    ) -> Option<Self> {
         let by_code = match code {
-            Some("ThrottlingException") => Some(ApiError::Throttled { message: message.clone(), retry_after }),
-            Some("ServiceQuotaExceededException") => {
-                Some(ApiError::QuotaExceeded { message: message.clone(), retry_after })
-            }
-            Some("ResourceNotFoundException") => Some(ApiError::NotFound { message: message.clone() }),
-            Some("AccessDeniedException") => Some(ApiError::AccessDenied { message: message.clone() }),
-            Some("ValidationException") => Some(ApiError::Validation { message: message.clone() }),
-            Some("ConflictException") => Some(ApiError::Conflict { message: message.clone() }),
-            Some("InternalServerException") => Some(ApiError::Internal { message: message.clone() }),
+            Some("ThrottlingException") => Some(ApiError::Throttled {
+                message: message.clone(),
+                retry_after,
+            }),
+            Some("ServiceQuotaExceededException") => Some(ApiError::QuotaExceeded {
+                message: message.clone(),
+                retry_after,
+            }),
+            Some("ResourceNotFoundException") => Some(ApiError::NotFound {
+                message: message.clone(),
+            }),
+            Some("AccessDeniedException") => Some(ApiError::AccessDenied {
+                message: message.clone(),
+            }),
+            Some("ValidationException") => Some(ApiError::Validation {
+                message: message.clone(),
+            }),
+            Some("ConflictException") => Some(ApiError::Conflict {
+                message: message.clone(),
+            }),
+            Some("InternalServerException") => Some(ApiError::Internal {
+                message: message.clone(),
+            }),
             _ => None,
         };
         by_code.or_else(|| {
             Some(match status? {
-                429 => ApiError::Throttled { message, retry_after },
-                402 => ApiError::QuotaExceeded { message, retry_after },
+                429 => ApiError::Throttled {
+                    message,
+                    retry_after,
+                },
+                402 => ApiError::QuotaExceeded {
+                    message,
+                    retry_after,
+                },
                 403 => ApiError::AccessDenied { message },
                 404 => ApiError::NotFound { message },
                 409 => ApiError::Conflict { message },
@@ -386,7 +408,8 @@ pub fn classify(error: SdkError<GetDataIntegrationFlowExecutionError, HttpRespon
             && matches!(
                 ProvideErrorKind::retryable_error_kind(err),
                 Some(ErrorKind::ThrottlingError)
-            ) {
+            )
+        {
             return ApiError::Throttled {
                 message,
                 retry_after: hint,

@@ -251,7 +251,9 @@ fn base_figment(config_path: &Path) -> Result<Figment, Diagnostics> {
     let text = read_config_text(config_path)?;
     let src = SourceText::new(config_path, &text);
     if let Err(e) = Document::parse(text.as_str()) {
-        return Err(Diagnostics(vec![src.at(e.span(), toml_message(e.message()))]));
+        return Err(Diagnostics(vec![
+            src.at(e.span(), toml_message(e.message())),
+        ]));
     }
     Ok(Figment::new().merge(Toml::file_exact(config_path)))
 }
@@ -311,7 +313,10 @@ fn validate(
     check(
         p.multiplier.is_finite() && p.multiplier >= 1.0 && p.multiplier <= 100.0,
         &["polling", "multiplier"],
-        format!("polling.multiplier must be between 1.0 and 100.0, not {}", p.multiplier),
+        format!(
+            "polling.multiplier must be between 1.0 and 100.0, not {}",
+            p.multiplier
+        ),
     );
     check(
         p.max_requests_per_second.is_finite()
@@ -326,7 +331,10 @@ fn validate(
     check(
         (1..=1024).contains(&p.max_in_flight),
         &["polling", "max_in_flight"],
-        format!("polling.max_in_flight must be between 1 and 1024, not {}", p.max_in_flight),
+        format!(
+            "polling.max_in_flight must be between 1 and 1024, not {}",
+            p.max_in_flight
+        ),
     );
     check(
         !p.request_timeout.0.is_zero(),
@@ -483,7 +491,9 @@ impl<'a> Locator<'a> {
             let last = i + 1 == key.len();
             match table.get(part) {
                 Some(item) if last => {
-                    span = item.span().or_else(|| table.key(part).and_then(|k| k.span()));
+                    span = item
+                        .span()
+                        .or_else(|| table.key(part).and_then(|k| k.span()));
                 }
                 Some(Item::Table(t)) => {
                     span = t.span().or(span);
@@ -545,7 +555,11 @@ pub fn watchlist_path_hint(config_path: &Path) -> Option<PathBuf> {
         .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"));
     let path: PathBuf = figment.extract_inner("watchlist").ok()?;
     let base = config_path.parent().unwrap_or(Path::new("."));
-    Some(if path.is_absolute() { path } else { base.join(path) })
+    Some(if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    })
 }
 
 /// The `check-config` summary of valid settings.
@@ -556,9 +570,16 @@ pub fn summary(settings: &Settings, watchlist: &crate::watchlist::Watchlist) -> 
         .iter()
         .map(|e| (&e.key.instance_id, &e.key.flow_name))
         .collect();
-    let instances: BTreeSet<_> = watchlist.entries.iter().map(|e| &e.key.instance_id).collect();
+    let instances: BTreeSet<_> = watchlist
+        .entries
+        .iter()
+        .map(|e| &e.key.instance_id)
+        .collect();
     let p = &settings.polling;
-    let or_default = |v: &Option<String>| v.clone().unwrap_or_else(|| "(default provider chain)".into());
+    let or_default = |v: &Option<String>| {
+        v.clone()
+            .unwrap_or_else(|| "(default provider chain)".into())
+    };
     let mut sinks = Vec::new();
     if settings.events.stdout {
         sinks.push("stdout".to_string());
@@ -583,7 +604,11 @@ pub fn summary(settings: &Settings, watchlist: &crate::watchlist::Watchlist) -> 
         settings.server.listen,
         or_default(&settings.aws.region),
         or_default(&settings.aws.profile),
-        settings.aws.endpoint_url.clone().unwrap_or_else(|| "(AWS default)".into()),
+        settings
+            .aws
+            .endpoint_url
+            .clone()
+            .unwrap_or_else(|| "(AWS default)".into()),
         humantime::format_duration(p.initial_interval),
         p.multiplier,
         humantime::format_duration(p.max_interval),
@@ -592,7 +617,11 @@ pub fn summary(settings: &Settings, watchlist: &crate::watchlist::Watchlist) -> 
         humantime::format_duration(p.request_timeout),
         humantime::format_duration(p.not_found_grace),
         humantime::format_duration(p.retain_terminal),
-        if sinks.is_empty() { "(none)".to_string() } else { sinks.join(", ") },
+        if sinks.is_empty() {
+            "(none)".to_string()
+        } else {
+            sinks.join(", ")
+        },
         settings.state.path.display(),
         settings.log.level,
         settings.log.format,

@@ -22,7 +22,11 @@ pub fn log_settings() -> LogSettings {
 }
 
 /// Plays the demo scenario; returns when every execution is terminal (or at Ctrl-C with `hold`).
-pub async fn run(listen: SocketAddr, hold: bool, shutdown: CancellationToken) -> Result<(), String> {
+pub async fn run(
+    listen: SocketAddr,
+    hold: bool,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
     let scenario = parse_scenario(SCENARIO).map_err(|e| format!("bundled scenario: {e}"))?;
     let fake = FakeServer::start(scenario.clone())
         .await
@@ -31,7 +35,10 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: CancellationToken) ->
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let config = write_files(&dir, &scenario, &fake.endpoint_url(), listen)?;
     let settings = Settings::load(&config).map_err(|e| e.to_string())?;
-    let client = Arc::new(static_client(&fake.endpoint_url(), settings.polling.request_timeout));
+    let client = Arc::new(static_client(
+        &fake.endpoint_url(),
+        settings.polling.request_timeout,
+    ));
 
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let events_file = settings.events.file.clone();
@@ -48,7 +55,10 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: CancellationToken) ->
              Events (CloudEvents JSON Lines) print on stdout and go to {}.\n",
             fake.endpoint_url(),
             scenario.executions.len(),
-            events_file.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+            events_file
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
         );
     }
     let finish = daemon
@@ -67,7 +77,11 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: CancellationToken) ->
         stats.requests,
         stats.throttled,
         finish,
-        if matches!(finish, Finish::AllDone { failed: true }) { 1 } else { 0 },
+        if matches!(finish, Finish::AllDone { failed: true }) {
+            1
+        } else {
+            0
+        },
     );
     fake.stop().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -126,7 +126,10 @@ mod tests {
         assert_eq!(src.at(Some(eq..eq), "m").to_string(), "f.toml:1:3: m");
         let second_eq = text.rfind('=').unwrap_or(0);
         // "bé " is three characters but four bytes.
-        assert_eq!(src.at(Some(second_eq..second_eq), "m").to_string(), "f.toml:2:4: m");
+        assert_eq!(
+            src.at(Some(second_eq..second_eq), "m").to_string(),
+            "f.toml:2:4: m"
+        );
         assert_eq!(src.at(None, "m").to_string(), "f.toml:1:1: m");
         assert_eq!(src.at(Some(999..1000), "m").to_string(), "f.toml:3:1: m");
     }

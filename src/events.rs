@@ -174,7 +174,12 @@ impl Sinks {
 
     /// Pushes events to disk before exit.
     pub fn flush(&mut self) {
-        if let Some(FileSink { file: Some(f), path, .. }) = &mut self.file {
+        if let Some(FileSink {
+            file: Some(f),
+            path,
+            ..
+        }) = &mut self.file
+        {
             if let Err(e) = f.sync_data() {
                 tracing::warn!(path = %path.display(), error = %e, "cannot sync event file");
             }

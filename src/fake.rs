@@ -338,10 +338,16 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
     if let Some(limit) = &scenario.rate_limit {
         let mut bucket = lock(&shared.bucket);
         let (tokens, at) = *bucket;
-        let refreshed = (tokens + at.elapsed().as_secs_f64() * limit.requests_per_second).min(limit.burst);
+        let refreshed =
+            (tokens + at.elapsed().as_secs_f64() * limit.requests_per_second).min(limit.burst);
         if refreshed < 1.0 {
             *bucket = (refreshed, Instant::now());
-            return Answer::Respond(error(429, "ThrottlingException", "Rate exceeded", limit.retry_after_ms));
+            return Answer::Respond(error(
+                429,
+                "ThrottlingException",
+                "Rate exceeded",
+                limit.retry_after_ms,
+            ));
         }
         *bucket = (refreshed - 1.0, Instant::now());
     }
@@ -367,7 +373,9 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
                 retry_after_ms,
             } => {
                 let code = http_status.or(http_status_of(error_type)).unwrap_or(500);
-                let message = message.clone().unwrap_or_else(|| format!("scripted {error_type}"));
+                let message = message
+                    .clone()
+                    .unwrap_or_else(|| format!("scripted {error_type}"));
                 Answer::Respond(error(code, error_type, &message, *retry_after_ms))
             }
             Fault::Body {
@@ -403,7 +411,8 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
     }
     match &script.source {
         Some(FakeSource::S3 { bucket_name, key }) => {
-            execution["sourceInfo"] = json!({"sourceType": "S3", "s3Source": {"bucketName": bucket_name, "key": key}});
+            execution["sourceInfo"] =
+                json!({"sourceType": "S3", "s3Source": {"bucketName": bucket_name, "key": key}});
         }
         Some(FakeSource::Dataset { dataset_identifier }) => {
             execution["sourceInfo"] = json!({"sourceType": "DATASET", "datasetSource": {"datasetIdentifier": dataset_identifier}});
@@ -421,9 +430,16 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
 fn parse_route(path: &str) -> Option<(String, String, String)> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
-        ["api-data", "data-integration", "instance", i, "data-integration-flows", f, "executions", e] => {
-            Some((percent_decode(i)?, percent_decode(f)?, percent_decode(e)?))
-        }
+        [
+            "api-data",
+            "data-integration",
+            "instance",
+            i,
+            "data-integration-flows",
+            f,
+            "executions",
+            e,
+        ] => Some((percent_decode(i)?, percent_decode(f)?, percent_decode(e)?)),
         _ => None,
     }
 }
@@ -449,13 +465,20 @@ fn not_found(instance_id: &str, flow_name: &str, execution_id: &str) -> Response
     error(
         404,
         "ResourceNotFoundException",
-        &format!("Flow execution {execution_id} of flow {flow_name} in instance {instance_id} does not exist"),
+        &format!(
+            "Flow execution {execution_id} of flow {flow_name} in instance {instance_id} does not exist"
+        ),
         None,
     )
 }
 
 /// A restJson1 error: the type in `x-amzn-errortype`, the text in a JSON `message`.
-fn error(code: u16, error_type: &str, message: &str, retry_after_ms: Option<u64>) -> Response<Full<Bytes>> {
+fn error(
+    code: u16,
+    error_type: &str,
+    message: &str,
+    retry_after_ms: Option<u64>,
+) -> Response<Full<Bytes>> {
     let retry = retry_after_ms.map(|ms| ms.to_string());
     let mut headers = vec![("x-amzn-errortype", error_type.to_string())];
     if let Some(ms) = retry {
@@ -465,9 +488,15 @@ fn error(code: u16, error_type: &str, message: &str, retry_after_ms: Option<u64>
     response(code, "application/json", body.to_string(), &headers)
 }
 
-fn response(code: u16, content_type: &str, body: String, headers: &[(&str, String)]) -> Response<Full<Bytes>> {
+fn response(
+    code: u16,
+    content_type: &str,
+    body: String,
+    headers: &[(&str, String)],
+) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = response.headers_mut();
     if let Ok(v) = content_type.parse() {
         h.insert("content-type", v);

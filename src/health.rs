@@ -86,10 +86,7 @@ impl Health {
     /// 200 on `/livez` while the scheduler loop is beating.
     pub fn is_live(&self) -> bool {
         let inner = self.lock();
-        !inner.stopped
-            && inner
-                .heartbeat
-                .is_some_and(|t| t.elapsed() < STALE_AFTER)
+        !inner.stopped && inner.heartbeat.is_some_and(|t| t.elapsed() < STALE_AFTER)
     }
 
     /// Ready once state is restored and the API has answered with the given credentials; not
@@ -136,7 +133,9 @@ mod tests {
         assert!(matches!(h.readiness(), Readiness::NotReady(r) if r.contains("state")));
         h.set_state_restored();
         h.beat();
-        assert!(matches!(h.readiness(), Readiness::NotReady(r) if r.contains("first API response")));
+        assert!(
+            matches!(h.readiness(), Readiness::NotReady(r) if r.contains("first API response"))
+        );
         h.record(Outcome::AccessDenied, || "denied".into());
         assert!(matches!(h.readiness(), Readiness::NotReady(r) if r.contains("denied access")));
         h.record(Outcome::Success, String::new);
@@ -146,7 +145,11 @@ mod tests {
         }
         assert!(matches!(h.readiness(), Readiness::NotReady(_)));
         h.record(Outcome::Throttled, String::new);
-        assert_eq!(h.readiness(), Readiness::Ready, "throttled still proves access");
+        assert_eq!(
+            h.readiness(),
+            Readiness::Ready,
+            "throttled still proves access"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -47,7 +47,10 @@ pub fn app(state: AppState) -> Router {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
@@ -57,13 +60,19 @@ async fn livez(State(state): State<AppState>) -> Response {
     if state.health.is_live() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "scheduler loop is not running\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "scheduler loop is not running\n",
+        )
+            .into_response()
     }
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.health.readiness() {
-        Readiness::Ready => (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response(),
+        Readiness::Ready => {
+            (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
+        }
         Readiness::NotReady(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({"status": "not ready", "reason": reason})),
@@ -85,7 +94,10 @@ async fn status(State(state): State<AppState>) -> Response {
 
 async fn reload(State(state): State<AppState>) -> Response {
     match (state.reload)().await {
-        Ok(summary) => (StatusCode::OK, axum::Json(json!({"result": "success", "summary": summary})))
+        Ok(summary) => (
+            StatusCode::OK,
+            axum::Json(json!({"result": "success", "summary": summary})),
+        )
             .into_response(),
         Err(error) => (
             StatusCode::BAD_REQUEST,

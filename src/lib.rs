@@ -96,23 +96,31 @@ pub async fn run_with<C: FlowExecutions>(
     shutdown: CancellationToken,
 ) -> Result<Finish, Error> {
     let watchlist = Watchlist::load(&settings.watchlist)?;
-    let metrics = Arc::new(Metrics::new().map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?);
-    let sinks = Sinks::open(settings.events.stdout, settings.events.file.as_deref()).map_err(|e| {
-        Error::Fatal(format!(
-            "cannot open event file {}: {}",
-            settings
-                .events
-                .file
-                .as_deref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            io_error_text(&e)
-        ))
-    })?;
+    let metrics =
+        Arc::new(Metrics::new().map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?);
+    let sinks =
+        Sinks::open(settings.events.stdout, settings.events.file.as_deref()).map_err(|e| {
+            Error::Fatal(format!(
+                "cannot open event file {}: {}",
+                settings
+                    .events
+                    .file
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                io_error_text(&e)
+            ))
+        })?;
     let health = Arc::new(Health::new());
     let listener = TcpListener::bind(settings.server.listen)
         .await
-        .map_err(|e| Error::Fatal(format!("cannot listen on {}: {}", settings.server.listen, io_error_text(&e))))?;
+        .map_err(|e| {
+            Error::Fatal(format!(
+                "cannot listen on {}: {}",
+                settings.server.listen,
+                io_error_text(&e)
+            ))
+        })?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Fatal(format!("cannot read the listening address: {e}")))?;
@@ -196,7 +204,12 @@ fn reloader(path: std::path::PathBuf, commands: mpsc::Sender<Command>) -> Reload
             let summary = rx
                 .await
                 .map_err(|_| "the scheduler stopped during the reload".to_string())?;
-            tracing::info!(added = summary.added, removed = summary.removed, kept = summary.kept, "watchlist reloaded");
+            tracing::info!(
+                added = summary.added,
+                removed = summary.removed,
+                kept = summary.kept,
+                "watchlist reloaded"
+            );
             Ok(format!(
                 "{} added, {} removed, {} kept",
                 summary.added, summary.removed, summary.kept

@@ -51,7 +51,9 @@ fn check_config(config: &Path) -> ExitCode {
             eprintln!("{problems}");
             // The watchlist is checked too when its path can still be read, so one run shows
             // every problem.
-            if let Some(Err(more)) = flowwatch::config::watchlist_path_hint(config).map(|p| Watchlist::load(&p)) {
+            if let Some(Err(more)) =
+                flowwatch::config::watchlist_path_hint(config).map(|p| Watchlist::load(&p))
+            {
                 eprintln!("{more}");
             }
             return ExitCode::from(2);
@@ -102,7 +104,10 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = ExitCode>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("flowwatch: cannot start the async runtime: {e}");
@@ -120,7 +125,10 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             tracing::error!("cannot install signal handlers");
             return;
         };

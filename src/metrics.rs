@@ -1,7 +1,7 @@
 //! The Prometheus metrics of DESIGN §4, in a [`Metrics`] struct that owns its own registry.
 
 use prometheus::{
-    Encoder, GaugeVec, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -258,7 +258,9 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
-        assert!(text.contains("execution_id=\"e\",flow_name=\"f\",instance_id=\"i\",status=\"IN_PROGRESS\"} 1"));
+        assert!(text.contains(
+            "execution_id=\"e\",flow_name=\"f\",instance_id=\"i\",status=\"IN_PROGRESS\"} 1"
+        ));
         m.drop_execution(&key);
         assert!(!m.render().contains("flowwatch_execution_status{"));
     }

@@ -184,7 +184,9 @@ impl RateLimiter {
         let mut b = self.lock();
         let now = Instant::now();
         b.refill(now);
-        if b.last_cut.is_none_or(|t| now.duration_since(t) >= DECREASE_COOLDOWN) {
+        if b.last_cut
+            .is_none_or(|t| now.duration_since(t) >= DECREASE_COOLDOWN)
+        {
             b.rate = (b.rate * DECREASE_FACTOR).max(self.min_rate);
             b.last_cut = Some(now);
             // A throttle means the API saw too much: do not spend a saved token right away.
@@ -199,7 +201,9 @@ impl RateLimiter {
 
 impl Bucket {
     fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.refilled_at).as_secs_f64();
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(CAPACITY);
         self.refilled_at = now;
     }
@@ -242,7 +246,11 @@ mod tests {
         }
         let ceiling = b.ceiling();
         let samples: Vec<Duration> = (0..2000).map(|_| b.jittered(&mut rng)).collect();
-        assert!(samples.iter().all(|d| *d >= policy().initial && *d <= ceiling));
+        assert!(
+            samples
+                .iter()
+                .all(|d| *d >= policy().initial && *d <= ceiling)
+        );
         let low = samples.iter().filter(|d| d.as_secs_f64() < 20.0).count();
         let high = samples.iter().filter(|d| d.as_secs_f64() > 65.0).count();
         // Uniform over [5s, 80s]: both ends are well populated.

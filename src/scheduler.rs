@@ -125,7 +125,8 @@ impl<C: FlowExecutions> Scheduler<C> {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let finish = loop {
             self.health.beat();
-            self.health.set_polling(!self.due.is_empty() || !self.tasks.is_empty());
+            self.health
+                .set_polling(!self.due.is_empty() || !self.tasks.is_empty());
             if self.exit_when_done && self.tasks.is_empty() && self.all_done() {
                 break Finish::AllDone {
                     failed: self.any_failed(),
@@ -259,7 +260,8 @@ impl<C: FlowExecutions> Scheduler<C> {
         self.due.insert(slot, key.clone());
         self.slots.insert(key.clone(), slot);
         if let Some(state) = self.executions.get_mut(key) {
-            state.next_poll = Some(SystemTime::now() + at.saturating_duration_since(Instant::now()));
+            state.next_poll =
+                Some(SystemTime::now() + at.saturating_duration_since(Instant::now()));
         }
     }
 
@@ -318,8 +320,15 @@ impl<C: FlowExecutions> Scheduler<C> {
         }
     }
 
-    fn on_result(&mut self, key: ExecutionKey, result: Result<Observation, ApiError>, elapsed: Duration) {
-        let outcome = result.as_ref().map_or_else(ApiError::outcome, |_| Outcome::Success);
+    fn on_result(
+        &mut self,
+        key: ExecutionKey,
+        result: Result<Observation, ApiError>,
+        elapsed: Duration,
+    ) {
+        let outcome = result
+            .as_ref()
+            .map_or_else(ApiError::outcome, |_| Outcome::Success);
         self.metrics.record_request(outcome, elapsed.as_secs_f64());
         self.health.record(outcome, || match &result {
             Ok(_) => String::new(),
@@ -370,13 +379,17 @@ impl<C: FlowExecutions> Scheduler<C> {
                 state.backoff.next_delay(&mut self.rng)
             }
             Err(error) => {
-                let counted = !matches!(error.outcome(), Outcome::Throttled | Outcome::QuotaExceeded);
+                let counted =
+                    !matches!(error.outcome(), Outcome::Throttled | Outcome::QuotaExceeded);
                 if counted {
                     state.attempts += 1;
                 }
                 let throttled = !counted;
                 if previous != Some(outcome) && !throttled {
-                    let level_error = matches!(error, ApiError::AccessDenied { .. } | ApiError::Validation { .. });
+                    let level_error = matches!(
+                        error,
+                        ApiError::AccessDenied { .. } | ApiError::Validation { .. }
+                    );
                     if level_error {
                         tracing::error!(execution = %key, outcome = outcome.metric_label(), error = %error,
                             "poll failed (repeats are logged at debug until the outcome changes)");
@@ -392,9 +405,13 @@ impl<C: FlowExecutions> Scheduler<C> {
                     state.not_found_since = None;
                 }
                 match &error {
-                    ApiError::Throttled { retry_after, .. } | ApiError::QuotaExceeded { retry_after, .. } => {
+                    ApiError::Throttled { retry_after, .. }
+                    | ApiError::QuotaExceeded { retry_after, .. } => {
                         // Not an attempt: retry at the current step, after the server's hint.
-                        state.backoff.jittered(&mut self.rng).max(retry_after.unwrap_or_default())
+                        state
+                            .backoff
+                            .jittered(&mut self.rng)
+                            .max(retry_after.unwrap_or_default())
                     }
                     ApiError::NotFound { .. } => {
                         state.not_found_since.get_or_insert(now);
@@ -408,7 +425,8 @@ impl<C: FlowExecutions> Scheduler<C> {
                     ApiError::Validation { message } => {
                         state.rejected = Some(message.clone());
                         state.next_poll = None;
-                        let event = rejected_event(&key, state.status, message, wall, &state.entry.labels);
+                        let event =
+                            rejected_event(&key, state.status, message, wall, &state.entry.labels);
                         self.sinks.emit(&event, &self.metrics);
                         Duration::ZERO
                     }
@@ -435,8 +453,14 @@ impl<C: FlowExecutions> Scheduler<C> {
             .with_label_values(&[&key.instance_id, &key.flow_name, t.to.as_str()])
             .inc();
         self.metrics.set_status(key, t.to);
-        self.metrics.watched.with_label_values(&[t.from.as_str()]).dec();
-        self.metrics.watched.with_label_values(&[t.to.as_str()]).inc();
+        self.metrics
+            .watched
+            .with_label_values(&[t.from.as_str()])
+            .dec();
+        self.metrics
+            .watched
+            .with_label_values(&[t.to.as_str()])
+            .inc();
         self.sinks.emit(&t.to_cloud_event(), &self.metrics);
         if t.to.is_terminal() {
             self.seq += 1;

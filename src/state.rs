@@ -202,11 +202,15 @@ impl ExecutionState {
 
 /// How long an execution has been in NOT_FOUND limbo, if at all.
 pub fn not_found_for(state: &ExecutionState, now: Instant) -> Option<Duration> {
-    state.not_found_since.map(|t| now.saturating_duration_since(t))
+    state
+        .not_found_since
+        .map(|t| now.saturating_duration_since(t))
 }
 
 /// Counts of executions per status, for the `flowwatch_watched_executions` gauge.
-pub fn count_by_status<'a>(states: impl Iterator<Item = &'a ExecutionState>) -> BTreeMap<Status, i64> {
+pub fn count_by_status<'a>(
+    states: impl Iterator<Item = &'a ExecutionState>,
+) -> BTreeMap<Status, i64> {
     let mut counts: BTreeMap<Status, i64> = Status::ALL.iter().map(|s| (*s, 0)).collect();
     for s in states {
         *counts.entry(s.status).or_default() += 1;
@@ -261,7 +265,11 @@ mod tests {
             .transition
             .expect("first observation");
         assert_eq!((t.from, t.to), (Status::Unknown, Status::InProgress));
-        assert!(s.apply(observed(ApiStatus::InProgress), now, SystemTime::now()).transition.is_none());
+        assert!(
+            s.apply(observed(ApiStatus::InProgress), now, SystemTime::now())
+                .transition
+                .is_none()
+        );
         let t = s
             .apply(observed(ApiStatus::Failed), now, SystemTime::now())
             .transition
@@ -275,12 +283,24 @@ mod tests {
         let mut s = state();
         let now = Instant::now();
         s.apply(observed(ApiStatus::InProgress), now, SystemTime::now());
-        let a = s.apply(observed(ApiStatus::Unrecognised("CANCELLED".into())), now, SystemTime::now());
+        let a = s.apply(
+            observed(ApiStatus::Unrecognised("CANCELLED".into())),
+            now,
+            SystemTime::now(),
+        );
         assert!(a.transition.is_none());
         assert_eq!(a.unrecognised.as_deref(), Some("CANCELLED"));
         assert_eq!(s.status, Status::InProgress);
-        let again = s.apply(observed(ApiStatus::Unrecognised("CANCELLED".into())), now, SystemTime::now());
+        let again = s.apply(
+            observed(ApiStatus::Unrecognised("CANCELLED".into())),
+            now,
+            SystemTime::now(),
+        );
         assert!(again.unrecognised.is_none());
-        assert!(s.last_error.as_deref().is_some_and(|e| e.contains("CANCELLED")));
+        assert!(
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("CANCELLED"))
+        );
     }
 }

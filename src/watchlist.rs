@@ -118,9 +118,8 @@ impl Watchlist {
     /// Validates watchlist text; `path` is only used to name locations.
     pub fn parse(path: &Path, text: &str) -> Result<Self, Diagnostics> {
         let src = SourceText::new(path, text);
-        let doc = Document::parse(text).map_err(|e| {
-            Diagnostics(vec![src.at(e.span(), toml_message(e.message()))])
-        })?;
+        let doc = Document::parse(text)
+            .map_err(|e| Diagnostics(vec![src.at(e.span(), toml_message(e.message()))]))?;
         let mut problems = Vec::new();
         let mut entries = Vec::new();
         let mut seen: HashMap<ExecutionKey, usize> = HashMap::new();
@@ -155,10 +154,7 @@ impl Watchlist {
                         }
                         other => problems.push(src.at(
                             other.span(),
-                            format!(
-                                "expected an execution table, found {}",
-                                other.type_name()
-                            ),
+                            format!("expected an execution table, found {}", other.type_name()),
                         )),
                     }
                 }
@@ -296,8 +292,8 @@ fn parse_entry(
         }
     }
 
-    let mut string_field = |name: &str, check: &dyn Fn(&str) -> Result<(), String>| {
-        match fields.get(name) {
+    let mut string_field =
+        |name: &str, check: &dyn Fn(&str) -> Result<(), String>| match fields.get(name) {
             None => {
                 problems.push(src.at(
                     span.clone(),
@@ -319,8 +315,7 @@ fn parse_entry(
                 ));
                 None
             }
-        }
-    };
+        };
     let instance_id = string_field("instance_id", &|v| check_uuid("instance_id", v));
     let flow_name = string_field("flow_name", &check_flow_name);
     let execution_id = string_field("execution_id", &|v| check_uuid("execution_id", v));

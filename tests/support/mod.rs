@@ -1,0 +1,322 @@
+//! Helpers shared by the integration tests: a daemon started in-process against the fake
+//! Supply Chain API (through the real SDK over HTTP), and a minimal HTTP client.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowwatch::aws::static_client;
+use flowwatch::config::Settings;
+use flowwatch::fake::{FakeServer, Scenario, ScriptedExecution, Step};
+use flowwatch::{Error, Finish, RunOptions};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const INSTANCE: &str = "8850c54e-e187-4fa7-89d4-6370f165174d";
+
+/// The n-th test execution id.
+pub fn execution_id(n: usize) -> String {
+    format!("a1b2c3d4-0000-4000-8000-{n:012}")
+}
+
+/// A scripted execution of `flow` with the given `(seconds, status)` timeline.
+pub fn scripted(flow: &str, n: usize, timeline: &[(u64, &str)]) -> ScriptedExecution {
+    ScriptedExecution {
+        instance_id: INSTANCE.to_string(),
+        flow_name: flow.to_string(),
+        execution_id: execution_id(n),
+        timeline: timeline
+            .iter()
+            .map(|(at, status)| Step {
+                at: Duration::from_secs(*at),
+                status: status.to_string(),
+                message: (*status == "FAILED").then(|| format!("execution {n} failed")),
+            })
+            .collect(),
+        faults: Vec::new(),
+        source: None,
+        diagnostic_reports_root_s3_uri: None,
+    }
+}
+
+pub fn scenario(executions: Vec<ScriptedExecution>) -> Scenario {
+    Scenario {
+        rate_limit: None,
+        executions,
+    }
+}
+
+/// Polling settings for tests: fast, but with the same shape as production.
+pub const POLLING: &str = r#"
+[polling]
+initial_interval = "1s"
+max_interval = "8s"
+multiplier = 2.0
+max_requests_per_second = 20.0
+max_in_flight = 8
+request_timeout = "2s"
+not_found_grace = "20s"
+retain_terminal = "30s"
+"#;
+
+/// A temporary directory holding a config, a watchlist and the event file.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).expect("write test file");
+        path
+    }
+
+    /// Writes a config pointing at `endpoint`, with `polling` (a `[polling]` table) and a
+    /// watchlist of every execution in `scenario`.
+    pub fn config(&self, endpoint: &str, polling: &str, scenario: &Scenario) -> PathBuf {
+        self.write_watchlist(
+            scenario
+                .executions
+                .iter()
+                .map(|e| (e.flow_name.as_str(), e.execution_id.as_str())),
+        );
+        self.write(
+            "flowwatch.toml",
+            &format!(
+                "watchlist = \"watchlist.toml\"\n[server]\nlisten = \"127.0.0.1:0\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n{polling}\n[state]\npath = \"{dir}\"\n[events]\nstdout = false\nfile = \"{dir}/events.jsonl\"\n[log]\nlevel = \"debug\"\n",
+                dir = self.dir.path().display()
+            ),
+        )
+    }
+
+    pub fn write_watchlist<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a str, &'a str)>,
+    ) -> PathBuf {
+        let mut text = String::new();
+        for (flow, execution) in entries {
+            text.push_str(&format!(
+                "[[execution]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"{flow}\"\nexecution_id = \"{execution}\"\nlabels = {{ team = \"tests\" }}\n\n"
+            ));
+        }
+        self.write("watchlist.toml", &text)
+    }
+
+    /// Every event written so far.
+    pub fn events(&self) -> Vec<Value> {
+        read_events(&self.path("events.jsonl"))
+    }
+}
+
+pub fn read_events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every event line is JSON"))
+        .collect()
+}
+
+/// A daemon running in this test's runtime.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<Finish, Error>>,
+}
+
+impl Daemon {
+    pub async fn start(config: &Path, fake: &FakeServer, exit_when_done: bool) -> Self {
+        let settings = Settings::load(config).expect("valid test config");
+        let client = Arc::new(static_client(
+            &fake.endpoint_url(),
+            settings.polling.request_timeout,
+        ));
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let options = RunOptions {
+            exit_when_done,
+            reload_on_sighup: false,
+            bound: Some(tx),
+        };
+        let task = tokio::spawn(flowwatch::run_with(
+            settings,
+            client,
+            options,
+            shutdown.clone(),
+        ));
+        let addr = rx.await.expect("the daemon starts listening");
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http(self.addr, "GET", path).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.1
+    }
+
+    pub async fn status(&self) -> Value {
+        let (code, body) = self.get("/status").await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("/status is JSON")
+    }
+
+    /// The `/status` entry of execution `n`.
+    pub async fn execution(&self, n: usize) -> Value {
+        let id = execution_id(n);
+        self.status().await["executions"]
+            .as_array()
+            .and_then(|all| {
+                all.iter()
+                    .find(|e| e["execution_id"] == id.as_str())
+                    .cloned()
+            })
+            .unwrap_or(Value::Null)
+    }
+
+    pub async fn stop(self) -> Finish {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("daemon task")
+            .expect("daemon result")
+    }
+
+    pub async fn finish(self) -> Finish {
+        self.task
+            .await
+            .expect("daemon task")
+            .expect("daemon result")
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns the status code and body.
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The value of one sample in a Prometheus exposition, by metric name and label fragments.
+pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            return None;
+        }
+        if !labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        {
+            return None;
+        }
+        rest.rsplit(' ').next()?.parse().ok()
+    })
+}
+
+/// Waits (in test time) until `check` holds, polling every 100 ms, or panics after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Adds a fault window `[from, until)` seconds to an execution's script.
+pub fn with_fault(
+    mut execution: ScriptedExecution,
+    from: u64,
+    until: Option<u64>,
+    probability: f64,
+    fault: flowwatch::fake::Fault,
+) -> ScriptedExecution {
+    execution.faults.push(flowwatch::fake::FaultWindow {
+        from: Duration::from_secs(from),
+        until: until.map(Duration::from_secs),
+        probability,
+        fault,
+    });
+    execution
+}
+
+/// A modelled error fault.
+pub fn api_error(error_type: &str) -> flowwatch::fake::Fault {
+    flowwatch::fake::Fault::Error {
+        error_type: error_type.to_string(),
+        http_status: None,
+        message: None,
+        retry_after_ms: None,
+    }
+}
+
+/// Arrival times (seconds since the fake started) of the requests for execution `n`.
+pub fn arrivals_of(fake: &FakeServer, n: usize) -> Vec<f64> {
+    let id = execution_id(n);
+    fake.stats()
+        .arrivals
+        .iter()
+        .filter(|(_, e)| *e == id)
+        .map(|(t, _)| t.as_secs_f64())
+        .collect()
+}
+
+/// The most requests seen in any window of `window` seconds.
+pub fn peak_in_window(arrivals: &[f64], window: f64) -> usize {
+    let mut sorted = arrivals.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mut peak = 0;
+    let mut start = 0;
+    for end in 0..sorted.len() {
+        while sorted[end] - sorted[start] >= window {
+            start += 1;
+        }
+        peak = peak.max(end - start + 1);
+    }
+    peak
+}
