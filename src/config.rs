@@ -98,122 +98,27 @@ pub enum LogFormat {
     Json,
 }
 
-// What serde reads; defaults are applied here, checks that need several fields happen later.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSettings {
-    watchlist: PathBuf,
-    #[serde(default)]
-    server: RawServer,
-    #[serde(default)]
-    aws: RawAws,
-    #[serde(default)]
-    polling: RawPolling,
-    #[serde(default)]
-    state: RawState,
-    #[serde(default)]
-    events: RawEvents,
-    #[serde(default)]
-    log: RawLog,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawServer {
-    listen: SocketAddr,
-}
-
-impl Default for RawServer {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9726)),
-        }
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawAws {
-    region: Option<String>,
-    endpoint_url: Option<String>,
-    profile: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawPolling {
-    initial_interval: HumanDuration,
-    max_interval: HumanDuration,
-    multiplier: f64,
-    max_requests_per_second: f64,
-    max_in_flight: usize,
-    request_timeout: HumanDuration,
-    not_found_grace: HumanDuration,
-    retain_terminal: HumanDuration,
-}
-
-impl Default for RawPolling {
-    fn default() -> Self {
-        let d = PollingSettings::default();
-        Self {
-            initial_interval: HumanDuration(d.initial_interval),
-            max_interval: HumanDuration(d.max_interval),
-            multiplier: d.multiplier,
-            max_requests_per_second: d.max_requests_per_second,
-            max_in_flight: d.max_in_flight,
-            request_timeout: HumanDuration(d.request_timeout),
-            not_found_grace: HumanDuration(d.not_found_grace),
-            retain_terminal: HumanDuration(d.retain_terminal),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawState {
-    path: PathBuf,
-}
-
-impl Default for RawState {
-    fn default() -> Self {
-        Self {
-            path: PathBuf::from("/var/lib/flowwatch"),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawEvents {
-    stdout: bool,
-    file: PathBuf,
-}
-
-impl Default for RawEvents {
-    fn default() -> Self {
-        Self {
-            stdout: true,
-            file: PathBuf::from("/var/lib/flowwatch/events.jsonl"),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawLog {
-    level: String,
-    format: LogFormat,
-}
-
-impl Default for RawLog {
-    fn default() -> Self {
-        Self {
-            level: "info".to_string(),
-            format: LogFormat::Text,
-        }
-    }
-}
+/// Every key the config accepts, by table; anything else is an error.
+const KNOWN: &[(&str, &[&str])] = &[
+    ("server", &["listen"]),
+    ("aws", &["region", "endpoint_url", "profile"]),
+    (
+        "polling",
+        &[
+            "initial_interval",
+            "max_interval",
+            "multiplier",
+            "max_requests_per_second",
+            "max_in_flight",
+            "request_timeout",
+            "not_found_grace",
+            "retain_terminal",
+        ],
+    ),
+    ("state", &["path"]),
+    ("events", &["stdout", "file"]),
+    ("log", &["level", "format"]),
+];
 
 /// A duration written the humantime way: `"90s"`, `"2m"`, `"1h 30m"`.
 #[derive(Clone, Copy)]
@@ -236,26 +141,33 @@ impl Settings {
     /// Reads the config file, applies `FLOWWATCH_*` overrides from the process environment and
     /// validates the result. The watchlist file is not read here.
     pub fn load(config_path: &Path) -> Result<Self, Diagnostics> {
-        Self::load_with_env(config_path, Env::prefixed(ENV_PREFIX))
-    }
-
-    fn load_with_env(config_path: &Path, env: Env) -> Result<Self, Diagnostics> {
-        let figment = base_figment(config_path)?.merge(env.ignore(&["config"]).split("__"));
-        extract(config_path, figment)
+        let text = read_config_text(config_path)?;
+        let src = SourceText::new(config_path, &text);
+        if let Err(e) = Document::parse(text.as_str()) {
+            return Err(Diagnostics(vec![
+                src.at(e.span(), toml_message(e.message())),
+            ]));
+        }
+        let figment = figment(config_path);
+        let locator = Locator::new(config_path, &text);
+        let mut reader = Reader {
+            figment: &figment,
+            locator: &locator,
+            problems: Vec::new(),
+        };
+        let settings = reader.settings(config_path);
+        match settings {
+            Some(settings) if reader.problems.is_empty() => Ok(settings),
+            _ => Err(Diagnostics(reader.problems)),
+        }
     }
 }
 
-/// Reads the file once ourselves first: a syntax error is then reported with our own location
-/// format, and figment only sees text that parses.
-fn base_figment(config_path: &Path) -> Result<Figment, Diagnostics> {
-    let text = read_config_text(config_path)?;
-    let src = SourceText::new(config_path, &text);
-    if let Err(e) = Document::parse(text.as_str()) {
-        return Err(Diagnostics(vec![
-            src.at(e.span(), toml_message(e.message())),
-        ]));
-    }
-    Ok(Figment::new().merge(Toml::file_exact(config_path)))
+/// The config file with the environment merged over it.
+fn figment(config_path: &Path) -> Figment {
+    Figment::new()
+        .merge(Toml::file_exact(config_path))
+        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"))
 }
 
 fn read_config_text(config_path: &Path) -> Result<String, Diagnostics> {
@@ -267,166 +179,253 @@ fn read_config_text(config_path: &Path) -> Result<String, Diagnostics> {
     })
 }
 
-fn extract(config_path: &Path, figment: Figment) -> Result<Settings, Diagnostics> {
-    let text = read_config_text(config_path)?;
-    let locator = Locator::new(config_path, &text);
-    let raw: RawSettings = match figment.extract() {
-        Ok(raw) => raw,
-        Err(errors) => {
-            let diagnostics = errors
-                .into_iter()
-                .map(|e| locator.figment_error(&figment, e))
-                .collect();
-            return Err(Diagnostics(diagnostics));
-        }
-    };
-    validate(config_path, raw, &locator, &figment)
+/// Reads one key at a time, so that every bad key is reported, not only the first.
+struct Reader<'a> {
+    figment: &'a Figment,
+    locator: &'a Locator<'a>,
+    problems: Vec<Diagnostic>,
 }
 
-fn validate(
-    config_path: &Path,
-    raw: RawSettings,
-    locator: &Locator<'_>,
-    figment: &Figment,
-) -> Result<Settings, Diagnostics> {
-    let mut problems = Vec::new();
-    let mut check = |ok: bool, key: &[&str], message: String| {
-        if !ok {
-            problems.push(Diagnostic::new(locator.locate(figment, key), message));
-        }
-    };
-    let p = &raw.polling;
-    check(
-        !p.initial_interval.0.is_zero(),
-        &["polling", "initial_interval"],
-        "polling.initial_interval must be greater than zero".into(),
-    );
-    check(
-        p.max_interval.0 >= p.initial_interval.0,
-        &["polling", "max_interval"],
-        format!(
-            "polling.max_interval ({}) must not be shorter than polling.initial_interval ({})",
-            humantime::format_duration(p.max_interval.0),
-            humantime::format_duration(p.initial_interval.0)
-        ),
-    );
-    check(
-        p.multiplier.is_finite() && p.multiplier >= 1.0 && p.multiplier <= 100.0,
-        &["polling", "multiplier"],
-        format!(
-            "polling.multiplier must be between 1.0 and 100.0, not {}",
-            p.multiplier
-        ),
-    );
-    check(
-        p.max_requests_per_second.is_finite()
-            && p.max_requests_per_second > 0.0
-            && p.max_requests_per_second <= 10_000.0,
-        &["polling", "max_requests_per_second"],
-        format!(
-            "polling.max_requests_per_second must be greater than 0 and at most 10000, not {}",
-            p.max_requests_per_second
-        ),
-    );
-    check(
-        (1..=1024).contains(&p.max_in_flight),
-        &["polling", "max_in_flight"],
-        format!(
-            "polling.max_in_flight must be between 1 and 1024, not {}",
-            p.max_in_flight
-        ),
-    );
-    check(
-        !p.request_timeout.0.is_zero(),
-        &["polling", "request_timeout"],
-        "polling.request_timeout must be greater than zero".into(),
-    );
-    let endpoint_ok = raw.aws.endpoint_url.as_deref().is_none_or(|url| {
-        (url.starts_with("http://") || url.starts_with("https://"))
-            && url.len() > "https://".len()
-            && !url.contains(char::is_whitespace)
-    });
-    check(
-        endpoint_ok,
-        &["aws", "endpoint_url"],
-        format!(
-            "aws.endpoint_url must be an http:// or https:// URL, not {:?}",
-            raw.aws.endpoint_url.as_deref().unwrap_or_default()
-        ),
-    );
-    for (name, value) in [("region", &raw.aws.region), ("profile", &raw.aws.profile)] {
-        check(
-            value.as_deref().is_none_or(|v| !v.trim().is_empty()),
-            &["aws", name],
-            format!("aws.{name} must not be empty: leave it out to use the default provider chain"),
-        );
-    }
-    check(
-        tracing_subscriber::EnvFilter::builder()
-            .parse(&raw.log.level)
-            .is_ok(),
-        &["log", "level"],
-        format!(
-            "log.level {:?} is not a valid filter: use error, warn, info, debug or trace (or a directive like \"flowwatch=debug,info\")",
-            raw.log.level
-        ),
-    );
-    check(
-        !raw.watchlist.as_os_str().is_empty(),
-        &["watchlist"],
-        "watchlist must name a file".into(),
-    );
-    check(
-        !raw.state.path.as_os_str().is_empty(),
-        &["state", "path"],
-        "state.path must name a directory".into(),
-    );
-    if !problems.is_empty() {
-        return Err(Diagnostics(problems));
+impl Reader<'_> {
+    fn problem(&mut self, key: &str, message: String) {
+        self.problem_at(key, false, message);
     }
 
-    let base = config_path.parent().unwrap_or(Path::new("."));
-    let relative_to_config = |p: &Path| {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            base.join(p)
+    /// `at_key`: point at the key itself rather than its value (for unknown keys).
+    fn problem_at(&mut self, key: &str, at_key: bool, message: String) {
+        let parts: Vec<&str> = key.split('.').collect();
+        let location = self.locator.locate(self.figment, &parts, at_key);
+        self.problems.push(Diagnostic::new(location, message));
+    }
+
+    /// The key's value, `None` if it is absent; a value of the wrong type is reported.
+    fn get<T: serde::de::DeserializeOwned>(&mut self, key: &str) -> Option<T> {
+        let value = self.figment.find_value(key).ok()?;
+        match value.deserialize::<T>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let message = describe(&e.kind, key);
+                self.problem(key, message);
+                None
+            }
         }
-    };
-    Ok(Settings {
-        config_path: config_path.to_path_buf(),
-        watchlist: relative_to_config(&raw.watchlist),
-        server: ServerSettings {
-            listen: raw.server.listen,
-        },
-        aws: AwsSettings {
-            region: raw.aws.region,
-            endpoint_url: raw.aws.endpoint_url,
-            profile: raw.aws.profile,
-        },
-        polling: PollingSettings {
-            initial_interval: p.initial_interval.0,
-            max_interval: p.max_interval.0,
-            multiplier: p.multiplier,
-            max_requests_per_second: p.max_requests_per_second,
-            max_in_flight: p.max_in_flight,
-            request_timeout: p.request_timeout.0,
-            not_found_grace: p.not_found_grace.0,
-            retain_terminal: p.retain_terminal.0,
-        },
-        state: StateSettings {
-            path: relative_to_config(&raw.state.path),
-        },
-        events: EventSettings {
-            stdout: raw.events.stdout,
-            file: (!raw.events.file.as_os_str().is_empty())
-                .then(|| relative_to_config(&raw.events.file)),
-        },
-        log: LogSettings {
-            level: raw.log.level,
-            format: raw.log.format,
-        },
-    })
+    }
+
+    fn or<T: serde::de::DeserializeOwned>(&mut self, key: &str, default: T) -> T {
+        self.get(key).unwrap_or(default)
+    }
+
+    fn duration(&mut self, key: &str, default: Duration) -> Duration {
+        self.get::<HumanDuration>(key).map_or(default, |d| d.0)
+    }
+
+    /// Reports keys and tables the config does not know.
+    fn unknown_keys(&mut self) {
+        let Ok(root) = self.figment.extract::<figment::value::Dict>() else {
+            return;
+        };
+        for (name, value) in &root {
+            if name == "watchlist" {
+                continue;
+            }
+            let Some((_, fields)) = KNOWN.iter().find(|(table, _)| table == name) else {
+                let known: Vec<&str> = std::iter::once("watchlist")
+                    .chain(KNOWN.iter().map(|(t, _)| *t))
+                    .collect();
+                self.problem_at(
+                    name,
+                    true,
+                    format!(
+                        "unknown key `{name}` (expected one of: {})",
+                        known.join(", ")
+                    ),
+                );
+                continue;
+            };
+            let Some(table) = value.as_dict() else {
+                self.problem(name, format!("`{name}` must be a table, like [{name}]"));
+                continue;
+            };
+            for field in table.keys() {
+                if !fields.contains(&field.as_str()) {
+                    self.problem_at(
+                        &format!("{name}.{field}"),
+                        true,
+                        format!(
+                            "unknown key `{name}.{field}` (expected one of: {})",
+                            fields.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn settings(&mut self, config_path: &Path) -> Option<Settings> {
+        self.unknown_keys();
+        let d = PollingSettings::default();
+        let watchlist: Option<PathBuf> = self.get("watchlist");
+        if self.figment.find_value("watchlist").is_err() {
+            self.problem(
+                "watchlist",
+                "missing required key `watchlist`: the path of the watchlist file".into(),
+            );
+        }
+        let listen = self.or("server.listen", SocketAddr::from(([0, 0, 0, 0], 9726)));
+        let region: Option<String> = self.get("aws.region");
+        let endpoint_url: Option<String> = self.get("aws.endpoint_url");
+        let profile: Option<String> = self.get("aws.profile");
+        let polling = PollingSettings {
+            initial_interval: self.duration("polling.initial_interval", d.initial_interval),
+            max_interval: self.duration("polling.max_interval", d.max_interval),
+            multiplier: self.or("polling.multiplier", d.multiplier),
+            max_requests_per_second: self
+                .or("polling.max_requests_per_second", d.max_requests_per_second),
+            max_in_flight: self.or("polling.max_in_flight", d.max_in_flight),
+            request_timeout: self.duration("polling.request_timeout", d.request_timeout),
+            not_found_grace: self.duration("polling.not_found_grace", d.not_found_grace),
+            retain_terminal: self.duration("polling.retain_terminal", d.retain_terminal),
+        };
+        let state_path: PathBuf = self.or("state.path", PathBuf::from("/var/lib/flowwatch"));
+        let events_stdout = self.or("events.stdout", true);
+        let events_file: PathBuf = self.or(
+            "events.file",
+            PathBuf::from("/var/lib/flowwatch/events.jsonl"),
+        );
+        let log = LogSettings {
+            level: self.or("log.level", "info".to_string()),
+            format: self.or("log.format", LogFormat::Text),
+        };
+
+        self.check_polling(&polling);
+        let endpoint_ok = endpoint_url.as_deref().is_none_or(|url| {
+            (url.starts_with("http://") || url.starts_with("https://"))
+                && url.len() > "https://".len()
+                && !url.contains(char::is_whitespace)
+        });
+        if !endpoint_ok {
+            self.problem(
+                "aws.endpoint_url",
+                format!(
+                    "aws.endpoint_url must be an http:// or https:// URL, not {:?}",
+                    endpoint_url.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+        for (key, value) in [("aws.region", &region), ("aws.profile", &profile)] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                self.problem(
+                    key,
+                    format!(
+                        "{key} must not be empty: leave it out to use the default provider chain"
+                    ),
+                );
+            }
+        }
+        if tracing_subscriber::EnvFilter::builder()
+            .parse(&log.level)
+            .is_err()
+        {
+            self.problem(
+                "log.level",
+                format!(
+                    "log.level {:?} is not a valid filter: use error, warn, info, debug or trace (or a directive like \"flowwatch=debug,info\")",
+                    log.level
+                ),
+            );
+        }
+        if watchlist.as_ref().is_some_and(|w| w.as_os_str().is_empty()) {
+            self.problem("watchlist", "watchlist must name a file".into());
+        }
+        if state_path.as_os_str().is_empty() {
+            self.problem("state.path", "state.path must name a directory".into());
+        }
+
+        let base = config_path.parent().unwrap_or(Path::new("."));
+        let relative_to_config = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        Some(Settings {
+            config_path: config_path.to_path_buf(),
+            watchlist: relative_to_config(&watchlist?),
+            server: ServerSettings { listen },
+            aws: AwsSettings {
+                region,
+                endpoint_url,
+                profile,
+            },
+            polling,
+            state: StateSettings {
+                path: relative_to_config(&state_path),
+            },
+            events: EventSettings {
+                stdout: events_stdout,
+                file: (!events_file.as_os_str().is_empty())
+                    .then(|| relative_to_config(&events_file)),
+            },
+            log,
+        })
+    }
+
+    fn check_polling(&mut self, p: &PollingSettings) {
+        let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        let checks = [
+            (
+                p.initial_interval.is_zero(),
+                "polling.initial_interval",
+                "polling.initial_interval must be greater than zero".to_string(),
+            ),
+            (
+                p.max_interval < p.initial_interval,
+                "polling.max_interval",
+                format!(
+                    "polling.max_interval ({}) must not be shorter than polling.initial_interval ({})",
+                    fmt(p.max_interval),
+                    fmt(p.initial_interval)
+                ),
+            ),
+            (
+                !(p.multiplier.is_finite() && (1.0..=100.0).contains(&p.multiplier)),
+                "polling.multiplier",
+                format!(
+                    "polling.multiplier must be between 1.0 and 100.0, not {}",
+                    p.multiplier
+                ),
+            ),
+            (
+                !(p.max_requests_per_second.is_finite()
+                    && p.max_requests_per_second > 0.0
+                    && p.max_requests_per_second <= 10_000.0),
+                "polling.max_requests_per_second",
+                format!(
+                    "polling.max_requests_per_second must be greater than 0 and at most 10000, not {}",
+                    p.max_requests_per_second
+                ),
+            ),
+            (
+                !(1..=1024).contains(&p.max_in_flight),
+                "polling.max_in_flight",
+                format!(
+                    "polling.max_in_flight must be between 1 and 1024, not {}",
+                    p.max_in_flight
+                ),
+            ),
+            (
+                p.request_timeout.is_zero(),
+                "polling.request_timeout",
+                "polling.request_timeout must be greater than zero".to_string(),
+            ),
+        ];
+        for (bad, key, message) in checks {
+            if bad {
+                self.problem(key, message);
+            }
+        }
+    }
 }
 
 /// Finds where a key path was set: a line and column in the config file, or an environment
@@ -444,43 +443,19 @@ impl<'a> Locator<'a> {
         }
     }
 
-    fn figment_error(&self, figment: &Figment, e: figment::Error) -> Diagnostic {
-        let mut path: Vec<String> = e.path.clone();
-        if let figment::error::Kind::UnknownField(field, _) = &e.kind {
-            path.push(field.clone());
-        }
-        let from_env = e
-            .metadata
-            .as_ref()
-            .is_some_and(|m| m.name.contains("environment"));
-        let message = describe(&e.kind, &path);
-        if from_env {
-            let var = format!(
+    /// Where `key` was set; for a key that is not in the file, its nearest enclosing table.
+    fn locate(&self, figment: &Figment, key: &[&str], at_key: bool) -> Location {
+        let dotted = key.join(".");
+        if let Some(meta) = figment.find_metadata(&dotted)
+            && meta.name.contains("environment")
+        {
+            return Location::Env(format!(
                 "{ENV_PREFIX}{}",
-                path.iter()
+                key.iter()
                     .map(|p| p.to_ascii_uppercase())
                     .collect::<Vec<_>>()
                     .join("__")
-            );
-            return Diagnostic::new(Location::Env(var), message);
-        }
-        let keys: Vec<&str> = path.iter().map(String::as_str).collect();
-        Diagnostic::new(self.locate(figment, &keys), message)
-    }
-
-    /// Where `key` was set; for a key that is not in the file, its nearest enclosing table.
-    fn locate(&self, figment: &Figment, key: &[&str]) -> Location {
-        let dotted = key.join(".");
-        if let Some(meta) = figment.find_metadata(&dotted) {
-            if meta.name.contains("environment") {
-                return Location::Env(format!(
-                    "{ENV_PREFIX}{}",
-                    key.iter()
-                        .map(|p| p.to_ascii_uppercase())
-                        .collect::<Vec<_>>()
-                        .join("__")
-                ));
-            }
+            ));
         }
         let Some(doc) = &self.doc else {
             return self.src.location(0);
@@ -491,9 +466,12 @@ impl<'a> Locator<'a> {
             let last = i + 1 == key.len();
             match table.get(part) {
                 Some(item) if last => {
-                    span = item
-                        .span()
-                        .or_else(|| table.key(part).and_then(|k| k.span()));
+                    let key_span = table.key(part).and_then(|k| k.span());
+                    span = if at_key {
+                        key_span.or(item.span())
+                    } else {
+                        item.span().or(key_span)
+                    };
                 }
                 Some(Item::Table(t)) => {
                     span = t.span().or(span);
@@ -510,27 +488,10 @@ impl<'a> Locator<'a> {
     }
 }
 
-/// A message in our own words for each kind of figment error, naming the dotted key.
-fn describe(kind: &figment::error::Kind, path: &[String]) -> String {
+/// A message in our own words for a value figment could not convert, naming the dotted key.
+fn describe(kind: &figment::error::Kind, key: &str) -> String {
     use figment::error::Kind;
-    let key = path.join(".");
     match kind {
-        Kind::UnknownField(field, expected) => {
-            let known = if expected.is_empty() {
-                String::new()
-            } else {
-                format!(" (expected one of: {})", expected.join(", "))
-            };
-            format!("unknown key `{field}`{known}")
-        }
-        Kind::MissingField(field) => {
-            let full = if key.is_empty() {
-                field.to_string()
-            } else {
-                format!("{key}.{field}")
-            };
-            format!("missing required key `{full}`")
-        }
         Kind::InvalidType(actual, expected) => {
             format!("{key}: expected {expected}, found {actual}")
         }
@@ -541,7 +502,6 @@ fn describe(kind: &figment::error::Kind, path: &[String]) -> String {
             "{key}: unknown value {variant:?}, expected one of: {}",
             expected.join(", ")
         ),
-        Kind::Message(message) if key.is_empty() => message.clone(),
         Kind::Message(message) => format!("{key}: {message}"),
         other => format!("{key}: {other}"),
     }
@@ -550,10 +510,7 @@ fn describe(kind: &figment::error::Kind, path: &[String]) -> String {
 /// The watchlist path of a config that failed validation, when the file still names one, so
 /// `check-config` can report the watchlist's problems in the same run.
 pub fn watchlist_path_hint(config_path: &Path) -> Option<PathBuf> {
-    let figment = Figment::new()
-        .merge(Toml::file_exact(config_path))
-        .merge(Env::prefixed(ENV_PREFIX).ignore(&["config"]).split("__"));
-    let path: PathBuf = figment.extract_inner("watchlist").ok()?;
+    let path: PathBuf = figment(config_path).extract_inner("watchlist").ok()?;
     let base = config_path.parent().unwrap_or(Path::new("."));
     Some(if path.is_absolute() {
         path
@@ -589,7 +546,7 @@ pub fn summary(settings: &Settings, watchlist: &crate::watchlist::Watchlist) -> 
     }
     format!(
         "config ok: {}\n\
-         watchlist: {} ({} executions, {} flows, {} instances)\n\
+         watchlist: {} (executions: {}, flows: {}, instances: {})\n\
          listen: {}\n\
          aws: region {}, profile {}, endpoint {}\n\
          polling: every {} growing x{} to {}, at most {} requests/s and {} in flight, timeout {}, not-found grace {}, series kept {} after the end\n\

@@ -179,10 +179,9 @@ impl Sinks {
             path,
             ..
         }) = &mut self.file
+            && let Err(e) = f.sync_data()
         {
-            if let Err(e) = f.sync_data() {
-                tracing::warn!(path = %path.display(), error = %e, "cannot sync event file");
-            }
+            tracing::warn!(path = %path.display(), error = %e, "cannot sync event file");
         }
         let _ = io::stdout().lock().flush();
     }

@@ -90,8 +90,7 @@ fn run(config: &Path, exit_when_done: bool) -> ExitCode {
             Ok(Finish::Shutdown | Finish::AllDone { failed: false }) => ExitCode::SUCCESS,
             Ok(Finish::AllDone { failed: true }) => ExitCode::from(1),
             Err(e) => {
-                tracing::error!(error = %e, "flowwatch cannot run");
-                eprintln!("flowwatch: {e}");
+                tracing::error!("flowwatch cannot run: {e}");
                 ExitCode::from(e.exit_code())
             }
         }

@@ -310,11 +310,11 @@ impl<C: FlowExecutions> Scheduler<C> {
                 let key = self.task_keys.remove(&e.id());
                 tracing::error!(error = %e, execution = ?key.as_ref().map(ToString::to_string),
                     "poll task ended abnormally");
-                if let Some(key) = key {
-                    if self.executions.get(&key).is_some_and(|s| !s.is_done()) {
-                        let at = Instant::now() + self.polling.max_interval;
-                        self.schedule(&key, at);
-                    }
+                if let Some(key) = key
+                    && self.executions.get(&key).is_some_and(|s| !s.is_done())
+                {
+                    let at = Instant::now() + self.polling.max_interval;
+                    self.schedule(&key, at);
                 }
             }
         }

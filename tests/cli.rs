@@ -1,0 +1,407 @@
+//! The `flowwatch` binary as an operator runs it: command line, exit codes, config errors,
+//! environment overrides, signals, and a whole run against the fake API. Each test starts the
+//! real binary; the fake runs in the test process.
+
+mod support;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use flowwatch::fake::FakeServer;
+use support::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowwatch");
+const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETMARKER";
+const SESSION: &str = "SESSIONTOKENMARKER0123456789";
+
+/// A command with no inherited FLOWWATCH_ or AWS_ variables.
+fn flowwatch(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).kill_on_drop(true);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("FLOWWATCH_") || name.starts_with("AWS_") || name == "RUST_LOG" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// The environment of a daemon run against the fake: recognisable secrets, so tests can check
+/// they never leak.
+fn against(cmd: &mut Command, fake: &FakeServer) {
+    cmd.env("AWS_ACCESS_KEY_ID", "AKIDTESTMARKER")
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_SESSION_TOKEN", SESSION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/flowwatch-test")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/flowwatch-test")
+        .env("FLOWWATCH_AWS__ENDPOINT_URL", fake.endpoint_url());
+}
+
+async fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the command finishes")
+        .expect("the command runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+const FAST: &str = r#"
+[polling]
+initial_interval = "200ms"
+max_interval = "1s"
+max_requests_per_second = 50.0
+request_timeout = "2s"
+not_found_grace = "3s"
+retain_terminal = "1m"
+"#;
+
+fn example_config() -> String {
+    format!("{}/config/flowwatch.toml", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn version_help_and_usage_errors_have_their_exit_codes() {
+    let (code, out, _) = output(&mut flowwatch(&["--version"])).await;
+    assert_eq!(
+        (code, out.trim()),
+        (
+            0,
+            format!("flowwatch {}", env!("CARGO_PKG_VERSION")).as_str()
+        )
+    );
+    let (code, out, _) = output(&mut flowwatch(&["--help"])).await;
+    assert_eq!(code, 0);
+    for word in ["run", "check-config", "demo", "Exit codes"] {
+        assert!(out.contains(word), "{word} in --help:\n{out}");
+    }
+    let (code, out, _) = output(&mut flowwatch(&["run", "--help"])).await;
+    assert!(
+        code == 0 && out.contains("--exit-when-done") && out.contains("--config"),
+        "{out}"
+    );
+    let (code, _, err) = output(&mut flowwatch(&["frobnicate"])).await;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = output(&mut flowwatch(&["run", "--no-such-flag"])).await;
+    assert_eq!(code, 2, "{err}");
+}
+
+#[tokio::test]
+async fn the_example_config_passes_check_config_with_a_summary() {
+    let (code, out, err) = output(&mut flowwatch(&[
+        "check-config",
+        "--config",
+        &example_config(),
+    ]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("config ok:"), "{out}");
+    assert!(
+        out.contains("executions: 2, flows: 2, instances: 1"),
+        "{out}"
+    );
+    assert!(out.contains("listen: 0.0.0.0:9726"), "{out}");
+}
+
+#[tokio::test]
+async fn check_config_reports_every_problem_of_both_files_with_locations() {
+    let ws = Workspace::new();
+    ws.write(
+        "watchlist.toml",
+        "[[execution]]\ninstance_id = \"A\"\nflow_name = \"x y\"\n",
+    );
+    let config = ws.write(
+        "flowwatch.toml",
+        "watchlist = \"watchlist.toml\"\ncolour = 1\n[server]\nlisten = \"not-an-address\"\n[polling]\ninitial_interval = \"5 parsecs\"\nmultiplier = \"x\"\n[log]\nformat = \"xml\"\n",
+    );
+    let config = config.to_string_lossy().to_string();
+    let (code, out, err) = output(&mut flowwatch(&["check-config", "--config", &config])).await;
+    assert_eq!(code, 2);
+    assert!(out.is_empty(), "{out}");
+    let dir = ws.dir.path().display();
+    let expected = [
+        format!("{dir}/flowwatch.toml:2:1: unknown key `colour`"),
+        format!("{dir}/flowwatch.toml:4:10: server.listen: invalid socket address syntax"),
+        format!(
+            "{dir}/flowwatch.toml:6:20: polling.initial_interval: invalid duration \"5 parsecs\""
+        ),
+        format!("{dir}/flowwatch.toml:7:14: polling.multiplier: expected f64, found string \"x\""),
+        format!(
+            "{dir}/flowwatch.toml:9:10: log.format: unknown value \"xml\", expected one of: text, json"
+        ),
+        format!("{dir}/watchlist.toml:2:15: invalid instance_id \"A\""),
+        format!("{dir}/watchlist.toml:3:13: invalid flow_name \"x y\""),
+        format!("{dir}/watchlist.toml:1:1: missing field `execution_id` in [[execution]]"),
+    ];
+    for line in &expected {
+        assert!(
+            err.lines().any(|l| l.starts_with(line.as_str())),
+            "missing {line:?} in:\n{err}"
+        );
+    }
+    assert_eq!(err.lines().count(), expected.len(), "{err}");
+    // `run` refuses the same config with the same exit code.
+    let (code, _, _) = output(&mut flowwatch(&["run", "--config", &config])).await;
+    assert_eq!(code, 2);
+}
+
+#[tokio::test]
+async fn environment_overrides_apply_and_bad_ones_name_the_variable() {
+    let mut cmd = flowwatch(&["check-config"]);
+    cmd.env("FLOWWATCH_CONFIG", example_config())
+        .env("FLOWWATCH_POLLING__MAX_INTERVAL", "5m")
+        .env("FLOWWATCH_AWS__ENDPOINT_URL", "http://127.0.0.1:4566");
+    let (code, out, err) = output(&mut cmd).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("growing x2 to 5m"), "{out}");
+    assert!(out.contains("endpoint http://127.0.0.1:4566"), "{out}");
+
+    let mut cmd = flowwatch(&["check-config", "--config", &example_config()]);
+    cmd.env("FLOWWATCH_POLLING__MULTIPLIER", "fast")
+        .env("FLOWWATCH_COLOUR", "red");
+    let (code, _, err) = output(&mut cmd).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("environment variable FLOWWATCH_POLLING__MULTIPLIER: polling.multiplier: expected f64, found string \"fast\""), "{err}");
+    assert!(
+        err.contains("environment variable FLOWWATCH_COLOUR: unknown key `colour`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_config_and_an_address_in_use_fail_clearly() {
+    let (code, _, err) = output(&mut flowwatch(&[
+        "run",
+        "--config",
+        "/nonexistent/flowwatch.toml",
+    ]))
+    .await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(
+            "/nonexistent/flowwatch.toml: cannot read config file: no such file or directory"
+        ),
+        "{err}"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let fake = FakeServer::start(scenario(vec![scripted("f", 1, &[(0, "IN_PROGRESS")])]))
+        .await
+        .expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(
+        &fake.endpoint_url(),
+        FAST,
+        &scenario(vec![scripted("f", 1, &[])]),
+    );
+    let mut cmd = flowwatch(&["run", "--config", &config.to_string_lossy()]);
+    against(&mut cmd, &fake);
+    cmd.env("FLOWWATCH_SERVER__LISTEN", format!("127.0.0.1:{port}"));
+    let (code, _, err) = output(&mut cmd).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot listen on 127.0.0.1:{port}: address already in use"
+        )),
+        "{err}"
+    );
+    fake.stop().await;
+}
+
+fn mixed_scenario() -> flowwatch::fake::Scenario {
+    scenario(vec![
+        scripted("daily-orders", 1, &[(0, "IN_PROGRESS"), (1, "SUCCEEDED")]),
+        scripted("supplier-feed", 2, &[(0, "IN_PROGRESS"), (2, "FAILED")]),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exit_when_done_exits_1_on_a_failure_and_0_when_all_succeed() {
+    let fake = FakeServer::start(mixed_scenario()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), FAST, &mixed_scenario());
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .expect("config")
+            .replace("stdout = false", "stdout = true"),
+    )
+    .expect("write");
+    let mut cmd = flowwatch(&[
+        "run",
+        "--exit-when-done",
+        "--config",
+        &config.to_string_lossy(),
+    ]);
+    against(&mut cmd, &fake);
+    let (code, out, err) = output(&mut cmd).await;
+    assert_eq!(code, 1, "{err}");
+    let stdout_events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("stdout is JSON Lines"))
+        .collect();
+    assert_eq!(stdout_events.len(), 4, "{out}");
+    assert_eq!(
+        stdout_events,
+        ws.events(),
+        "stdout and the file carry the same events"
+    );
+    for leak in [SECRET, SESSION] {
+        assert!(
+            !out.contains(leak) && !err.contains(leak),
+            "a secret leaked:\n{err}"
+        );
+    }
+    fake.stop().await;
+
+    let ok = scenario(vec![scripted(
+        "daily-orders",
+        1,
+        &[(0, "IN_PROGRESS"), (1, "SUCCEEDED")],
+    )]);
+    let fake = FakeServer::start(ok.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), FAST, &ok);
+    let mut cmd = flowwatch(&[
+        "run",
+        "--exit-when-done",
+        "--config",
+        &config.to_string_lossy(),
+    ]);
+    against(&mut cmd, &fake);
+    let (code, _, err) = output(&mut cmd).await;
+    assert_eq!(code, 0, "{err}");
+    fake.stop().await;
+}
+
+/// Starts the daemon and returns it with the address it logged.
+async fn spawn_daemon(
+    config: &Path,
+    fake: &FakeServer,
+    log_level: &str,
+) -> (
+    Child,
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let mut cmd = flowwatch(&["run", "--config", &config.to_string_lossy()]);
+    against(&mut cmd, fake);
+    cmd.env("FLOWWATCH_LOG__LEVEL", log_level)
+        .env("FLOWWATCH_LOG__FORMAT", "json");
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn flowwatch");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = rx.recv().await {
+            let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if log["message"] == "flowwatch is listening" {
+                return log["addr"].as_str().and_then(|a| a.parse().ok());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("flowwatch logs its address");
+    (child, addr, rx)
+}
+
+fn signal(child: &Child, name: &str) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_daemon_cleanly_and_sighup_reloads_the_watchlist() {
+    let script = scenario(vec![
+        scripted("daily-orders", 1, &[(0, "IN_PROGRESS")]),
+        scripted("added-later", 2, &[(0, "IN_PROGRESS")]),
+    ]);
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), FAST, &script);
+    ws.write_watchlist([("daily-orders", execution_id(1).as_str())].into_iter());
+    let (mut child, addr, mut logs) = spawn_daemon(&config, &fake, "debug").await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while http(addr, "GET", "/readyz").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ws.write_watchlist(
+        [
+            ("daily-orders", execution_id(1).as_str()),
+            ("added-later", execution_id(2).as_str()),
+        ]
+        .into_iter(),
+    );
+    signal(&child, "HUP");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http(addr, "GET", "/status").await;
+        if body.contains(&execution_id(2)) && body.contains("\"watched\":2") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (_, metrics) = http(addr, "GET", "/metrics").await;
+    signal(&child, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits within 10 s")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .await
+        .expect("stdout");
+    let mut log = String::new();
+    while let Ok(line) = logs.try_recv() {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(log.contains("watchlist reloaded"), "{log}");
+    assert!(log.contains("SIGTERM"), "{log}");
+    for text in [&stdout, &log, &metrics] {
+        for leak in [SECRET, SESSION] {
+            assert!(
+                !text.contains(leak),
+                "a secret leaked into the output:\n{text}"
+            );
+        }
+    }
+    fake.stop().await;
+}
