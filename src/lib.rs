@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod pacing;
 pub mod scheduler;
 pub mod state;
+pub mod systemd;
 pub mod telemetry;
 pub mod watchlist;
 
@@ -162,11 +163,27 @@ pub async fn run_with<C: FlowExecutions>(
     if let Some(bound) = options.bound {
         let _ = bound.send(addr);
     }
+    systemd::ready(&format!(
+        "watching {} executions; serving on {addr}",
+        watchlist.entries.len()
+    ));
+    let stopping = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            systemd::stopping();
+        })
+    };
     let sighup = options
         .reload_on_sighup
         .then(|| tokio::spawn(reload_on_sighup(reload, shutdown.clone())));
 
-    let finish = scheduler.run(command_rx, shutdown).await;
+    let finish = scheduler.run(command_rx, shutdown.clone()).await;
+    if !shutdown.is_cancelled() {
+        // Every execution is terminal (--exit-when-done): stopping on our own.
+        stopping.abort();
+        systemd::stopping();
+    }
 
     http_stop.cancel();
     if let Some(task) = sighup {

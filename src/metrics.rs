@@ -5,6 +5,9 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use crate::aws::{OPERATION, Observation, Outcome};
 use crate::state::Status;
 use crate::watchlist::ExecutionKey;
@@ -15,6 +18,9 @@ pub struct Metrics {
     pub execution_status: GaugeVec,
     pub execution_start_time: GaugeVec,
     pub execution_end_time: GaugeVec,
+    pub execution_failure: GaugeVec,
+    /// The message label each exported failure series carries, to find the series again.
+    failure_messages: Mutex<HashMap<ExecutionKey, String>>,
     pub transitions: IntCounterVec,
     pub watched: IntGaugeVec,
     pub api_requests: IntCounterVec,
@@ -49,6 +55,13 @@ impl Metrics {
                 "End time of the flow execution as reported by the API (unix seconds).",
             ),
             &EXECUTION_LABELS,
+        )?;
+        let execution_failure = GaugeVec::new(
+            Opts::new(
+                "flowwatch_execution_failure_info",
+                "Always 1 for a FAILED flow execution; its message label carries the API's failure message (at most 256 characters).",
+            ),
+            &["instance_id", "flow_name", "execution_id", "message"],
         )?;
         let transitions = IntCounterVec::new(
             Opts::new(
@@ -100,6 +113,7 @@ impl Metrics {
         registry.register(Box::new(execution_status.clone()))?;
         registry.register(Box::new(execution_start_time.clone()))?;
         registry.register(Box::new(execution_end_time.clone()))?;
+        registry.register(Box::new(execution_failure.clone()))?;
         registry.register(Box::new(transitions.clone()))?;
         registry.register(Box::new(watched.clone()))?;
         registry.register(Box::new(api_requests.clone()))?;
@@ -129,6 +143,8 @@ impl Metrics {
             execution_status,
             execution_start_time,
             execution_end_time,
+            execution_failure,
+            failure_messages: Mutex::new(HashMap::new()),
             transitions,
             watched,
             api_requests,
@@ -186,6 +202,23 @@ impl Metrics {
         }
     }
 
+    /// Exports the failure message of a FAILED execution.
+    pub fn set_failure(&self, key: &ExecutionKey, message: Option<&str>) {
+        let message = failure_label(message.unwrap_or_default());
+        self.execution_failure
+            .with_label_values(&[
+                &key.instance_id,
+                &key.flow_name,
+                &key.execution_id,
+                &message,
+            ])
+            .set(1.0);
+        self.failure_messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), message);
+    }
+
     /// Drops the per-execution series (after `retain_terminal`, or when an entry is removed).
     /// Counters stay.
     pub fn drop_execution(&self, key: &ExecutionKey) {
@@ -202,6 +235,19 @@ impl Metrics {
                 s.as_str(),
             ]);
         }
+        let message = self
+            .failure_messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        if let Some(message) = message {
+            let _ = self.execution_failure.remove_label_values(&[
+                labels[0],
+                labels[1],
+                labels[2],
+                message.as_str(),
+            ]);
+        }
         let _ = self.execution_start_time.remove_label_values(&labels);
         let _ = self.execution_end_time.remove_label_values(&labels);
     }
@@ -213,6 +259,22 @@ impl Metrics {
         self.api_duration
             .with_label_values(&[OPERATION])
             .observe(seconds);
+    }
+}
+
+/// A failure message made fit for a label value: one line, at most 256 characters.
+fn failure_label(message: &str) -> String {
+    let one_line: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let trimmed = one_line.trim();
+    if trimmed.chars().count() > 256 {
+        let mut cut: String = trimmed.chars().take(255).collect();
+        cut.push('…');
+        cut
+    } else {
+        trimmed.to_string()
     }
 }
 
@@ -261,7 +323,12 @@ mod tests {
         assert!(text.contains(
             "execution_id=\"e\",flow_name=\"f\",instance_id=\"i\",status=\"IN_PROGRESS\"} 1"
         ));
+        m.set_failure(&key, Some("line one\nline two"));
+        assert!(m.render().contains("message=\"line one line two\""));
         m.drop_execution(&key);
-        assert!(!m.render().contains("flowwatch_execution_status{"));
+        let text = m.render();
+        assert!(!text.contains("flowwatch_execution_status{"));
+        assert!(!text.contains("flowwatch_execution_failure_info{"));
+        assert_eq!(failure_label(&"x".repeat(300)).chars().count(), 256);
     }
 }

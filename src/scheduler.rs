@@ -19,6 +19,7 @@ use crate::health::{HEARTBEAT, Health};
 use crate::metrics::Metrics;
 use crate::pacing::{BackoffPolicy, RateLimiter, startup_offset};
 use crate::state::{ExecutionState, Status, count_by_status, not_found_for};
+use crate::systemd::Watchdog;
 use crate::watchlist::{ExecutionKey, Watchlist};
 
 /// Requests to the scheduler from the HTTP server and signal handlers.
@@ -69,6 +70,7 @@ pub struct Scheduler<C> {
     health: Arc<Health>,
     rng: fastrand::Rng,
     exit_when_done: bool,
+    watchdog: Watchdog,
 }
 
 impl<C: FlowExecutions> Scheduler<C> {
@@ -102,6 +104,7 @@ impl<C: FlowExecutions> Scheduler<C> {
             health,
             rng: fastrand::Rng::new(),
             exit_when_done,
+            watchdog: Watchdog::from_env(),
         };
         scheduler.replace(watchlist);
         scheduler
@@ -121,10 +124,15 @@ impl<C: FlowExecutions> Scheduler<C> {
         shutdown: CancellationToken,
     ) -> Finish {
         self.health.set_state_restored();
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let beat = self
+            .watchdog
+            .period()
+            .map_or(HEARTBEAT, |p| p.min(HEARTBEAT));
+        let mut heartbeat = tokio::time::interval(beat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let finish = loop {
             self.health.beat();
+            self.watchdog.tick();
             self.health
                 .set_polling(!self.due.is_empty() || !self.tasks.is_empty());
             if self.exit_when_done && self.tasks.is_empty() && self.all_done() {
@@ -453,6 +461,10 @@ impl<C: FlowExecutions> Scheduler<C> {
             .with_label_values(&[&key.instance_id, &key.flow_name, t.to.as_str()])
             .inc();
         self.metrics.set_status(key, t.to);
+        if t.to == Status::Failed {
+            let message = t.observation.as_ref().and_then(|o| o.message.as_deref());
+            self.metrics.set_failure(key, message);
+        }
         self.metrics
             .watched
             .with_label_values(&[t.from.as_str()])

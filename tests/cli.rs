@@ -405,3 +405,79 @@ async fn sigterm_stops_the_daemon_cleanly_and_sighup_reloads_the_watchlist() {
     }
     fake.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_systemd_notify_protocol_sends_ready_watchdog_and_stopping() {
+    let script = scenario(vec![scripted("daily-orders", 1, &[(0, "IN_PROGRESS")])]);
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), FAST, &script);
+    let socket_path = ws.path("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).expect("notify socket");
+
+    let mut cmd = flowwatch(&["run", "--config", &config.to_string_lossy()]);
+    against(&mut cmd, &fake);
+    cmd.env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let started = tokio::time::Instant::now();
+    let mut child = cmd.spawn().expect("spawn flowwatch");
+
+    let mut messages: Vec<(Duration, String)> = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let receive = |socket: &tokio::net::UnixDatagram, buf: &mut Vec<u8>| {
+        let len = socket.try_recv(buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..len]).to_string())
+    };
+    // Collect for three seconds: READY once, then a WATCHDOG about every half second.
+    while started.elapsed() < Duration::from_secs(3) {
+        let _ = tokio::time::timeout(Duration::from_millis(50), socket.readable()).await;
+        while let Some(m) = receive(&socket, &mut buf) {
+            messages.push((started.elapsed(), m));
+        }
+    }
+    signal(&child, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    while let Some(m) = receive(&socket, &mut buf) {
+        messages.push((started.elapsed(), m));
+    }
+
+    let ready: Vec<_> = messages
+        .iter()
+        .filter(|(_, m)| m.lines().any(|l| l == "READY=1"))
+        .collect();
+    assert_eq!(ready.len(), 1, "{messages:?}");
+    assert!(
+        ready[0].1.contains("STATUS=watching 1 executions"),
+        "{messages:?}"
+    );
+    let pings: Vec<Duration> = messages
+        .iter()
+        .filter(|(_, m)| m.trim() == "WATCHDOG=1")
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        pings.len() >= 4,
+        "WATCHDOG=1 at half of WATCHDOG_USEC (0.5 s) for 3 s: {messages:?}"
+    );
+    let gaps: Vec<f64> = pings
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    assert!(
+        gaps.iter().all(|g| *g <= 1.0),
+        "never a full watchdog interval without a ping: {gaps:?}"
+    );
+    assert!(
+        messages
+            .last()
+            .is_some_and(|(_, m)| m.contains("STOPPING=1")),
+        "{messages:?}"
+    );
+    fake.stop().await;
+}

@@ -145,6 +145,18 @@ async fn metrics_status_and_series_retention_follow_the_contract() {
     .await;
     let m = daemon.metrics().await;
     assert_eq!(status_of(&m, 1, "FAILED"), Some(1.0), "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            "flowwatch_execution_failure_info",
+            &[
+                ("execution_id", &execution_id(1)),
+                ("message", "execution 1 failed")
+            ]
+        ),
+        Some(1.0),
+        "the failure message is exported for alerts:\n{m}"
+    );
     for other in ["UNKNOWN", "IN_PROGRESS", "SUCCEEDED", "NOT_FOUND"] {
         assert_eq!(status_of(&m, 1, other), Some(0.0), "one-hot {other}");
     }
@@ -252,6 +264,7 @@ async fn metrics_status_and_series_retention_follow_the_contract() {
         None,
         "series dropped after retain_terminal:\n{m}"
     );
+    assert!(!m.contains("flowwatch_execution_failure_info{"), "{m}");
     assert_eq!(status_of(&m, 2, "IN_PROGRESS"), Some(1.0));
     assert_eq!(
         sample(
