@@ -42,5 +42,5 @@ version=$(bah run --isolation chroot "$ctr" -- /usr/local/bin/flowwatch --versio
 bah run --isolation chroot "$ctr" -- /usr/local/bin/flowwatch check-config --config /etc/flowwatch/flowwatch.toml | head -n 2
 uid=$(bah run --isolation chroot "$ctr" -- /bin/sh -c 'id -u')
 [ "$uid" = 65532 ] || { echo "the container runs as uid $uid"; exit 1; }
-size=$(bah inspect --type image --format '{{.Size}}' "$image" 2>/dev/null || echo "?")
+size=$(bah images --format "{{.Size}}" "$image" 2>/dev/null | head -n 1)
 echo "image $image: $version, runs as uid $uid, check-config ok (size $size)"

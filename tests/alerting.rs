@@ -189,9 +189,15 @@ async fn a_failed_execution_reaches_the_webhook_as_a_firing_alert_and_a_success_
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let latency = arrival.saturating_duration_since(failed_at);
-    println!(
+    let report = format!(
         "alert latency from the fake's FAILED to the webhook: {:.1} s",
         latency.as_secs_f64()
+    );
+    println!("{report}");
+    // .ci/test prints this after the test run, where captured output would be hidden.
+    let _ = std::fs::write(
+        format!("{}/alert-latency.txt", env!("CARGO_TARGET_TMPDIR")),
+        &report,
     );
 
     // Give a wrongly firing alert for the success time to show up, then check it never did.
