@@ -1,4 +1,5 @@
-//! The HTTP routes: `/metrics`, `/livez`, `/readyz`, `/status` and `POST /-/reload`. The router is
+//! The HTTP routes: `/metrics`, `/livez`, `/readyz`, `/status` and `POST /-/reload`, and the
+//! server that bounds what it accepts, so a misbehaving scraper cannot exhaust it. The router is
 //! built by [`app`] so tests can call it directly.
 
 use std::future::Future;
@@ -12,7 +13,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::health::{Health, Readiness};
 use crate::metrics::Metrics;
@@ -20,6 +24,27 @@ use crate::scheduler::Command;
 
 /// How long `/status` and `/-/reload` wait for the scheduler.
 const SCHEDULER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the server accepts from clients.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Connections served at once; more are closed as soon as they are accepted.
+    pub const MAX_CONNECTIONS: usize = 128;
+    /// A client must send a request's headers within this time (also on an idle keep-alive
+    /// connection), or the connection is closed: slowloris clients do not hold slots.
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Header lines per request; more get 431.
+    pub const MAX_HEADERS: usize = 64;
+    /// Read buffer, which bounds the request line and headers together; more get 431.
+    pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+    /// Request bodies larger than this get 413 (no endpoint reads a body).
+    pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+    /// A connection is asked to close after this long, however busy, so none lives forever.
+    pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+    /// How long open connections get to finish at shutdown.
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+}
 
 /// Re-reads the watchlist and hands it to the scheduler; shared by SIGHUP and `POST /-/reload`.
 /// Resolves to a one-line summary, or to the problems that made the new watchlist unusable.
@@ -42,7 +67,83 @@ pub fn app(state: AppState) -> Router {
         .route("/status", get(status))
         .route("/-/reload", post(reload))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(refuse_large_bodies))
         .with_state(state)
+}
+
+async fn refuse_large_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let chunked = request
+        .headers()
+        .get(header::TRANSFER_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    if declared.is_some_and(|n| n > limits::MAX_BODY_BYTES) || chunked {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request bodies are limited to 64 KiB and must declare their length\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// Serves `app` on `listener` until `stop` is cancelled, within [`limits`].
+pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(limits::MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        while connections.try_join_next().is_some() {}
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, usually: wait instead of spinning.
+                tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(
+                limit = limits::MAX_CONNECTIONS,
+                "too many HTTP connections; closing a new one"
+            );
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits::HEADER_READ_TIMEOUT)
+                .max_headers(limits::MAX_HEADERS)
+                .max_buf_size(limits::MAX_HEADER_BYTES);
+            let connection =
+                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(limits::CONNECTION_LIFETIME) => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits::SHUTDOWN_GRACE, connection).await;
+        });
+    }
+    while connections.join_next().await.is_some() {}
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

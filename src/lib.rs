@@ -44,7 +44,7 @@ use crate::watchlist::Watchlist;
 pub use crate::scheduler::Finish;
 
 /// How long the HTTP server may take to close its connections at shutdown.
-const HTTP_SHUTDOWN_BOUND: Duration = Duration::from_secs(5);
+const HTTP_SHUTDOWN_BOUND: Duration = Duration::from_secs(6);
 
 /// Errors that end the daemon, each with its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -154,11 +154,7 @@ pub async fn run_with<C: FlowExecutions>(
     });
     let server = {
         let stop = http_stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
+        tokio::spawn(http::serve(listener, app, stop))
     };
     if let Some(bound) = options.bound {
         let _ = bound.send(addr);
@@ -190,8 +186,7 @@ pub async fn run_with<C: FlowExecutions>(
         task.abort();
     }
     match tokio::time::timeout(HTTP_SHUTDOWN_BOUND, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server ended with an error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "http server task failed"),
         Err(_) => tracing::warn!("http connections still open at shutdown were closed"),
     }

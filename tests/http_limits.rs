@@ -1,0 +1,126 @@
+//! The HTTP server bounds what it accepts: header size and count, request bodies, slow clients
+//! and the number of connections, and keeps serving /metrics and /livez through all of it.
+//! The daemon runs in-process on tokio's paused clock.
+
+mod support;
+
+use std::time::Duration;
+
+use flowwatch::fake::FakeServer;
+use flowwatch::http::limits;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn daemon() -> (FakeServer, Workspace, Daemon) {
+    let script = scenario(vec![scripted("f", 1, &[(0, "IN_PROGRESS")])]);
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
+    let daemon = Daemon::start(&config, &fake, false).await;
+    (fake, ws, daemon)
+}
+
+/// Sends raw bytes and returns what the server answered before closing (or within 30 s).
+async fn raw(daemon: &Daemon, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(daemon.addr).await.expect("connect");
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+async fn still_serving(daemon: &Daemon) {
+    assert_eq!(daemon.get("/livez").await.0, 200);
+    let (code, body) = daemon.get("/metrics").await;
+    assert_eq!(code, 200);
+    assert!(body.contains("flowwatch_build_info"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn oversized_and_too_many_headers_get_431() {
+    let (fake, _ws, daemon) = daemon().await;
+    let big = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(limits::MAX_HEADER_BYTES * 2)
+    );
+    let answer = raw(&daemon, big.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let many: String = (0..limits::MAX_HEADERS + 10)
+        .map(|i| format!("X-H{i}: v\r\n"))
+        .collect();
+    let answer = raw(
+        &daemon,
+        format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    still_serving(&daemon).await;
+    daemon.stop().await;
+    fake.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn large_or_unbounded_bodies_get_413() {
+    let (fake, _ws, daemon) = daemon().await;
+    let answer = raw(&daemon, b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let answer = raw(&daemon, b"POST /-/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    still_serving(&daemon).await;
+    daemon.stop().await;
+    fake.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_client_is_disconnected_after_the_header_timeout() {
+    let (fake, _ws, daemon) = daemon().await;
+    let mut slow = TcpStream::connect(daemon.addr).await.expect("connect");
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("send");
+    let started = tokio::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the server must close a connection that never finishes its headers"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= limits::HEADER_READ_TIMEOUT
+            && waited < limits::HEADER_READ_TIMEOUT + Duration::from_secs(2),
+        "{waited:?}"
+    );
+    still_serving(&daemon).await;
+    daemon.stop().await;
+    fake.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_beyond_the_limit_are_closed_and_idle_ones_expire() {
+    let (fake, _ws, daemon) = daemon().await;
+    let mut idle = Vec::new();
+    for _ in 0..limits::MAX_CONNECTIONS {
+        idle.push(TcpStream::connect(daemon.addr).await.expect("connect"));
+    }
+    // Let the server accept them all.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = TcpStream::connect(daemon.addr).await.expect("connect");
+    let _ = extra
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), extra.read_to_end(&mut answer)).await;
+    assert!(
+        answer.is_empty(),
+        "a connection past the limit is closed unanswered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The idle ones sent no request: they are closed after the header timeout, and slots free up.
+    tokio::time::sleep(limits::HEADER_READ_TIMEOUT + Duration::from_secs(1)).await;
+    still_serving(&daemon).await;
+    drop(idle);
+    daemon.stop().await;
+    fake.stop().await;
+}
