@@ -14,7 +14,7 @@ use aws_sdk_supplychain::error::{DisplayErrorContext, ProvideErrorMetadata, SdkE
 use aws_sdk_supplychain::operation::get_data_integration_flow_execution::GetDataIntegrationFlowExecutionError;
 use aws_sdk_supplychain::types::DataIntegrationFlowExecution;
 use aws_smithy_types::retry::{ErrorKind, ProvideErrorKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::AwsSettings;
 use crate::watchlist::ExecutionKey;
@@ -30,7 +30,8 @@ pub trait FlowExecutions: Send + Sync + 'static {
 }
 
 /// The status string the API returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
 pub enum ApiStatus {
     InProgress,
     Succeeded,
@@ -39,8 +40,36 @@ pub enum ApiStatus {
     Unrecognised(String),
 }
 
+impl ApiStatus {
+    pub fn as_str(&self) -> &str {
+        match self {
+            ApiStatus::InProgress => "IN_PROGRESS",
+            ApiStatus::Succeeded => "SUCCEEDED",
+            ApiStatus::Failed => "FAILED",
+            ApiStatus::Unrecognised(raw) => raw,
+        }
+    }
+}
+
+impl From<String> for ApiStatus {
+    fn from(raw: String) -> Self {
+        match raw.as_str() {
+            "IN_PROGRESS" => ApiStatus::InProgress,
+            "SUCCEEDED" => ApiStatus::Succeeded,
+            "FAILED" => ApiStatus::Failed,
+            _ => ApiStatus::Unrecognised(raw),
+        }
+    }
+}
+
+impl From<ApiStatus> for String {
+    fn from(status: ApiStatus) -> Self {
+        status.as_str().to_string()
+    }
+}
+
 /// Where the execution's data came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceInfo {
     pub source_type: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,19 +78,19 @@ pub struct SourceInfo {
     pub dataset_source: Option<DatasetSource>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct S3Source {
     pub bucket_name: String,
     pub key: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatasetSource {
     pub dataset_identifier: String,
 }
 
 /// Everything one successful call told us about an execution.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     pub status: ApiStatus,
     pub source_info: Option<SourceInfo>,

@@ -139,8 +139,10 @@ impl Sinks {
         Ok(Self { stdout, file })
     }
 
-    /// Writes one event as one line to every sink and counts the result per sink.
-    pub fn emit(&mut self, event: &Value, metrics: &Metrics) {
+    /// Writes one event as one line to every sink and counts the result per sink; true when
+    /// every sink took it.
+    pub fn emit(&mut self, event: &Value, metrics: &Metrics) -> bool {
+        let mut all_ok = true;
         let mut line = event.to_string();
         line.push('\n');
         if self.stdout {
@@ -149,6 +151,7 @@ impl Sinks {
                 out.write_all(line.as_bytes()).and_then(|()| out.flush())
             };
             record(metrics, "stdout", &result);
+            all_ok &= result.is_ok();
             if let Err(e) = result {
                 tracing::error!(error = %e, "cannot write event to stdout");
             }
@@ -156,6 +159,7 @@ impl Sinks {
         if let Some(sink) = &mut self.file {
             let result = sink.write(line.as_bytes());
             record(metrics, "file", &result);
+            all_ok &= result.is_ok();
             match result {
                 Ok(()) if sink.failing => {
                     sink.failing = false;
@@ -170,6 +174,7 @@ impl Sinks {
                 Err(_) => {}
             }
         }
+        all_ok
     }
 
     /// Pushes events to disk before exit.

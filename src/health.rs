@@ -27,6 +27,8 @@ struct Inner {
     recent: VecDeque<(Outcome, String)>,
     /// Whether there is anything left to poll: with nothing to poll, no API answer is awaited.
     polling: bool,
+    /// Why the state database cannot be written, while it cannot.
+    store_error: Option<String>,
 }
 
 /// Why the service is not ready.
@@ -51,6 +53,7 @@ impl Health {
                 state_restored: false,
                 recent: VecDeque::with_capacity(RECENT),
                 polling: true,
+                store_error: None,
             }),
         }
     }
@@ -73,6 +76,10 @@ impl Health {
 
     pub fn set_polling(&self, polling: bool) {
         self.lock().polling = polling;
+    }
+
+    pub fn set_store_error(&self, error: Option<String>) {
+        self.lock().store_error = error;
     }
 
     pub fn record(&self, outcome: Outcome, detail: impl FnOnce() -> String) {
@@ -98,6 +105,9 @@ impl Health {
         }
         if !inner.state_restored || inner.heartbeat.is_none() {
             return Readiness::NotReady("starting: state not restored yet".into());
+        }
+        if let Some(error) = &inner.store_error {
+            return Readiness::NotReady(format!("cannot write state: {error}"));
         }
         let Some((_, last_detail)) = inner.recent.back() else {
             return if inner.polling {

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod pacing;
 pub mod scheduler;
 pub mod state;
+pub mod store;
 pub mod systemd;
 pub mod telemetry;
 pub mod watchlist;
@@ -33,12 +34,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aws::{FlowExecutions, SdkFlowExecutions};
 use crate::config::Settings;
-use crate::diagnostic::Diagnostics;
+use crate::diagnostic::{Diagnostic, Diagnostics, Location};
 use crate::events::Sinks;
 use crate::health::Health;
 use crate::http::{AppState, ReloadFuture, Reloader};
 use crate::metrics::Metrics;
-use crate::scheduler::{Command, Scheduler};
+use crate::scheduler::{Command, Outputs, Scheduler};
+use crate::store::Store;
 use crate::watchlist::Watchlist;
 
 pub use crate::scheduler::Finish;
@@ -113,6 +115,16 @@ pub async fn run_with<C: FlowExecutions>(
             ))
         })?;
     let health = Arc::new(Health::new());
+    let store = Store::open(&settings.state.path).map_err(|e| {
+        Error::Config(Diagnostics(vec![Diagnostic::new(
+            Location::Path(e.path.clone()),
+            format!(
+                "{} (state.path = {})",
+                e.message,
+                settings.state.path.display()
+            ),
+        )]))
+    })?;
     let listener = TcpListener::bind(settings.server.listen)
         .await
         .map_err(|e| {
@@ -132,9 +144,12 @@ pub async fn run_with<C: FlowExecutions>(
         client,
         settings.polling.clone(),
         watchlist.clone(),
-        metrics.clone(),
-        sinks,
-        health.clone(),
+        Outputs {
+            metrics: metrics.clone(),
+            sinks,
+            health: health.clone(),
+            store,
+        },
         options.exit_when_done,
     );
     tracing::info!(

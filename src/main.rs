@@ -59,11 +59,17 @@ fn check_config(config: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match Watchlist::load(&settings.watchlist) {
-        Ok(watchlist) => {
+    let watchlist = Watchlist::load(&settings.watchlist);
+    let store = flowwatch::store::Store::check(&settings.state.path);
+    if let Err(e) = &store {
+        eprintln!("{}: {}", e.path.display(), e.message);
+    }
+    match watchlist {
+        Ok(watchlist) if store.is_ok() => {
             println!("{}", flowwatch::config::summary(&settings, &watchlist));
             ExitCode::SUCCESS
         }
+        Ok(_) => ExitCode::from(2),
         Err(problems) => {
             eprintln!("{problems}");
             ExitCode::from(2)

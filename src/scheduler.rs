@@ -19,6 +19,7 @@ use crate::health::{HEARTBEAT, Health};
 use crate::metrics::Metrics;
 use crate::pacing::{BackoffPolicy, RateLimiter, startup_offset};
 use crate::state::{ExecutionState, Status, count_by_status, not_found_for};
+use crate::store::Store;
 use crate::systemd::Watchdog;
 use crate::watchlist::{ExecutionKey, Watchlist};
 
@@ -71,6 +72,20 @@ pub struct Scheduler<C> {
     rng: fastrand::Rng,
     exit_when_done: bool,
     watchdog: Watchdog,
+    store: Store,
+    store_error: Option<String>,
+    redeliver_after: Option<Instant>,
+}
+
+/// How soon delivery is tried again after a sink failed.
+const REDELIVERY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where the scheduler's results go: metrics, event sinks, health, and the durable store.
+pub struct Outputs {
+    pub metrics: Arc<Metrics>,
+    pub sinks: Sinks,
+    pub health: Arc<Health>,
+    pub store: Store,
 }
 
 impl<C: FlowExecutions> Scheduler<C> {
@@ -78,11 +93,15 @@ impl<C: FlowExecutions> Scheduler<C> {
         client: Arc<C>,
         polling: PollingSettings,
         watchlist: Watchlist,
-        metrics: Arc<Metrics>,
-        sinks: Sinks,
-        health: Arc<Health>,
+        outputs: Outputs,
         exit_when_done: bool,
     ) -> Self {
+        let Outputs {
+            metrics,
+            sinks,
+            health,
+            store,
+        } = outputs;
         let limiter = Arc::new(RateLimiter::new(polling.max_requests_per_second));
         metrics.rate_limit.set(limiter.rate());
         let mut scheduler = Self {
@@ -105,9 +124,29 @@ impl<C: FlowExecutions> Scheduler<C> {
             rng: fastrand::Rng::new(),
             exit_when_done,
             watchdog: Watchdog::from_env(),
+            store,
+            store_error: None,
+            redeliver_after: None,
         };
+        scheduler.restore_counters();
         scheduler.replace(watchlist);
         scheduler
+    }
+
+    /// Brings `flowwatch_transitions_total` back to the stored counts, so `increase()` keeps
+    /// working across a restart: the series come back at their old values, not at 0.
+    fn restore_counters(&mut self) {
+        match self.store.transition_counts() {
+            Ok(counts) => {
+                for (instance_id, flow_name, to_status, count) in counts {
+                    self.metrics
+                        .transitions
+                        .with_label_values(&[&instance_id, &flow_name, &to_status])
+                        .inc_by(count);
+                }
+            }
+            Err(e) => self.store_failed(&e),
+        }
     }
 
     /// Seeds the jitter so tests can reproduce a run.
@@ -123,6 +162,7 @@ impl<C: FlowExecutions> Scheduler<C> {
         mut commands: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) -> Finish {
+        self.deliver_pending();
         self.health.set_state_restored();
         let beat = self
             .watchdog
@@ -154,7 +194,11 @@ impl<C: FlowExecutions> Scheduler<C> {
                 () = sleep_until(next_drop.unwrap_or_else(Instant::now)), if next_drop.is_some() => {
                     self.drop_expired_series();
                 }
-                _ = heartbeat.tick() => {}
+                _ = heartbeat.tick() => {
+                    if self.redeliver_after.is_some_and(|t| t <= Instant::now()) {
+                        self.deliver_pending();
+                    }
+                }
             }
         };
         self.drain().await;
@@ -245,17 +289,38 @@ impl<C: FlowExecutions> Scheduler<C> {
                 continue;
             }
             let key = entry.key.clone();
+            let mut state = ExecutionState::new(entry, self.policy.start());
+            match self.store.execution(&key) {
+                Ok(Some(restored)) => state.restore(restored, now),
+                Ok(None) => {}
+                Err(e) => self.store_failed(&e),
+            }
             self.metrics.watch_flow(&key.instance_id, &key.flow_name);
-            self.metrics.set_status(&key, Status::Unknown);
+            self.metrics.set_status(&key, state.status);
             self.metrics
                 .watched
-                .with_label_values(&[Status::Unknown.as_str()])
+                .with_label_values(&[state.status.as_str()])
                 .inc();
-            self.executions
-                .insert(key.clone(), ExecutionState::new(entry, self.policy.start()));
-            let offset = startup_offset(index, new_count, self.polling.initial_interval);
-            self.schedule(&key, now + offset);
-            index += 1;
+            if let Some(observation) = &state.observation {
+                self.metrics.set_times(&key, observation);
+                if state.status == Status::Failed {
+                    self.metrics
+                        .set_failure(&key, observation.message.as_deref());
+                }
+            }
+            let done = state.is_done();
+            self.executions.insert(key.clone(), state);
+            if done {
+                // Known terminal from an earlier run: not polled again; its series stay for
+                // retain_terminal from now.
+                self.seq += 1;
+                self.series_drops
+                    .insert((now + self.polling.retain_terminal, self.seq), key.clone());
+            } else {
+                let offset = startup_offset(index, new_count, self.polling.initial_interval);
+                self.schedule(&key, now + offset);
+                index += 1;
+            }
             summary.added += 1;
         }
         summary
@@ -371,7 +436,8 @@ impl<C: FlowExecutions> Scheduler<C> {
         let wall = SystemTime::now();
         let previous = state.last_outcome.replace(outcome);
         let mut transitions = Vec::new();
-        let delay = match result {
+        let mut rejection = None;
+        let mut delay = match result {
             Ok(observation) => {
                 state.attempts += 1;
                 self.metrics.set_times(&key, &observation);
@@ -431,21 +497,27 @@ impl<C: FlowExecutions> Scheduler<C> {
                     }
                     ApiError::AccessDenied { .. } => self.polling.max_interval,
                     ApiError::Validation { message } => {
-                        state.rejected = Some(message.clone());
-                        state.next_poll = None;
-                        let event =
-                            rejected_event(&key, state.status, message, wall, &state.entry.labels);
-                        self.sinks.emit(&event, &self.metrics);
+                        rejection = Some(message.clone());
                         Duration::ZERO
                     }
                     _ => state.backoff.next_delay(&mut self.rng),
                 }
             }
         };
-        let done = state.is_done();
         for transition in transitions {
-            self.emit(transition, now);
+            if !self.commit_transition(transition, now) {
+                delay = self.polling.initial_interval;
+            }
         }
+        if let Some(message) = rejection
+            && !self.commit_rejection(&key, &message, wall)
+        {
+            delay = self.polling.initial_interval;
+        }
+        let done = self
+            .executions
+            .get(&key)
+            .is_some_and(ExecutionState::is_done);
         if done {
             self.unschedule(&key);
         } else {
@@ -453,7 +525,123 @@ impl<C: FlowExecutions> Scheduler<C> {
         }
     }
 
-    fn emit(&mut self, t: Transition, now: Instant) {
+    /// Commits a transition to the store, then publishes it. When the store cannot take it, the
+    /// execution goes back to its previous status, so the next poll detects the transition again
+    /// and nothing is published that the store does not hold. Returns whether it was committed.
+    fn commit_transition(&mut self, t: Transition, now: Instant) -> bool {
+        let event = t.to_cloud_event();
+        let committed = self.store.commit(
+            &t.key,
+            t.to,
+            t.observation.as_ref(),
+            None,
+            Some(t.to),
+            &event,
+        );
+        match committed {
+            Ok(seq) => {
+                self.store_recovered();
+                self.publish(&t, now);
+                self.deliver(seq, &event);
+                true
+            }
+            Err(e) => {
+                self.store_failed(&e);
+                if let Some(state) = self.executions.get_mut(&t.key) {
+                    state.revert(&t);
+                }
+                false
+            }
+        }
+    }
+
+    /// Commits and delivers the event of an entry the API rejected (ValidationException).
+    fn commit_rejection(&mut self, key: &ExecutionKey, message: &str, wall: SystemTime) -> bool {
+        let Some(state) = self.executions.get(key) else {
+            return true;
+        };
+        let event = rejected_event(key, state.status, message, wall, &state.entry.labels);
+        let status = state.status;
+        let observation = state.observation.clone();
+        match self.store.commit(
+            key,
+            status,
+            observation.as_ref(),
+            Some(message),
+            None,
+            &event,
+        ) {
+            Ok(seq) => {
+                self.store_recovered();
+                if let Some(state) = self.executions.get_mut(key) {
+                    state.rejected = Some(message.to_string());
+                    state.next_poll = None;
+                }
+                self.deliver(seq, &event);
+                true
+            }
+            Err(e) => {
+                self.store_failed(&e);
+                false
+            }
+        }
+    }
+
+    /// Writes a committed event to the sinks; it leaves the outbox once every sink took it.
+    fn deliver(&mut self, seq: i64, event: &Value) {
+        if self.sinks.emit(event, &self.metrics) {
+            if let Err(e) = self.store.mark_delivered(seq) {
+                // Delivered but not marked: it is delivered again after a restart (same id).
+                self.store_failed(&e);
+            }
+        } else {
+            self.redeliver_after = Some(Instant::now() + REDELIVERY_INTERVAL);
+        }
+    }
+
+    /// Delivers every committed event not delivered yet: at start-up (events of a run that
+    /// stopped between commit and delivery) and after a sink failed.
+    fn deliver_pending(&mut self) {
+        self.redeliver_after = None;
+        let pending = match self.store.pending_events() {
+            Ok(pending) => pending,
+            Err(e) => {
+                self.store_failed(&e);
+                self.redeliver_after = Some(Instant::now() + REDELIVERY_INTERVAL);
+                return;
+            }
+        };
+        if !pending.is_empty() {
+            tracing::info!(
+                events = pending.len(),
+                "delivering events committed but not delivered yet"
+            );
+        }
+        for p in pending {
+            self.deliver(p.seq, &p.event);
+            if self.redeliver_after.is_some() {
+                break;
+            }
+        }
+    }
+
+    fn store_failed(&mut self, e: &crate::store::StoreError) {
+        if self.store_error.as_deref() != Some(e.message.as_str()) {
+            tracing::error!(error = %e, "cannot write the state database; transitions wait until it is writable again");
+            self.store_error = Some(e.message.clone());
+        }
+        self.health.set_store_error(Some(e.to_string()));
+    }
+
+    fn store_recovered(&mut self) {
+        if self.store_error.take().is_some() {
+            tracing::info!("the state database is writable again");
+            self.health.set_store_error(None);
+        }
+    }
+
+    /// Metrics of a committed transition.
+    fn publish(&mut self, t: &Transition, now: Instant) {
         let key = &t.key;
         tracing::info!(execution = %key, from = %t.from, to = %t.to, "status transition");
         self.metrics
@@ -473,7 +661,6 @@ impl<C: FlowExecutions> Scheduler<C> {
             .watched
             .with_label_values(&[t.to.as_str()])
             .inc();
-        self.sinks.emit(&t.to_cloud_event(), &self.metrics);
         if t.to.is_terminal() {
             self.seq += 1;
             self.series_drops

@@ -53,6 +53,10 @@ impl Status {
         }
     }
 
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
     /// Terminal executions are not polled again.
     pub fn is_terminal(self) -> bool {
         matches!(self, Status::Succeeded | Status::Failed | Status::NotFound)
@@ -167,6 +171,22 @@ impl ExecutionState {
         }
     }
 
+    /// Takes what the store knew from an earlier run.
+    pub fn restore(&mut self, restored: crate::store::Restored, now: Instant) {
+        self.status = restored.status;
+        self.observation = restored.observation;
+        self.rejected = restored.rejected;
+        if self.status.is_terminal() {
+            self.terminal_since = Some(now);
+        }
+    }
+
+    /// Undoes a transition the store could not take; the next poll detects it again.
+    pub fn revert(&mut self, t: &Transition) {
+        self.status = t.from;
+        self.terminal_since = None;
+    }
+
     /// The `/status` view of this execution.
     pub fn to_json(&self, retained: bool) -> Value {
         let key = &self.entry.key;
@@ -184,12 +204,7 @@ impl ExecutionState {
             "last_error": self.last_error,
             "rejected": self.rejected,
             "metrics_retained": retained,
-            "api_status": obs.map(|o| match &o.status {
-                ApiStatus::InProgress => "IN_PROGRESS".to_string(),
-                ApiStatus::Succeeded => "SUCCEEDED".to_string(),
-                ApiStatus::Failed => "FAILED".to_string(),
-                ApiStatus::Unrecognised(raw) => raw.clone(),
-            }),
+            "api_status": obs.map(|o| o.status.as_str()),
             "message": obs.and_then(|o| o.message.clone()),
             "start_time": obs.and_then(|o| o.start_time).map(rfc3339_from_secs),
             "end_time": obs.and_then(|o| o.end_time).map(rfc3339_from_secs),

@@ -1,0 +1,416 @@
+//! The durable store in `state.path`: per execution, the last known status and API fields, an
+//! outbox of events, and the transition counts behind `flowwatch_transitions_total`.
+//!
+//! It is SQLite in WAL mode, for three reasons: a transition's new state and its event commit in
+//! one transaction, so a crash can never keep one without the other; a process killed at any
+//! moment leaves a consistent database (WAL recovery), with nothing to repair by hand; and
+//! operators can read it with the `sqlite3` shell. `synchronous = NORMAL` makes commits survive
+//! a process crash; on a power loss the last commits may be lost, and then the next poll simply
+//! sees the transition again (the API still has the status), with the same event id.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde_json::Value;
+
+use crate::aws::Observation;
+use crate::state::Status;
+use crate::watchlist::ExecutionKey;
+
+/// The database file inside `state.path`.
+pub const DB_FILE: &str = "flowwatch.db";
+const SCHEMA_VERSION: i64 = 1;
+
+/// A store failure, in words an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("state database {path}: {message}")]
+pub struct StoreError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// What the store knew of an execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Restored {
+    pub status: Status,
+    pub observation: Option<Observation>,
+    pub rejected: Option<String>,
+}
+
+/// An event committed but not yet delivered to every sink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingEvent {
+    pub seq: i64,
+    pub event: Value,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`, and checks that it is sound.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(DB_FILE);
+        let fail = |message: String| StoreError {
+            path: path.clone(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| {
+            fail(format!(
+                "cannot create the state directory {}: {}",
+                dir.display(),
+                crate::io_error_text(&e)
+            ))
+        })?;
+        let conn = Connection::open(&path)
+            .map_err(|e| fail(why_not_writable(dir).unwrap_or_else(|| describe(&e))))?;
+        let store = Self { conn, path };
+        store.init().map_err(|e| store.error(&e))?;
+        Ok(store)
+    }
+
+    /// Checks an existing database without changing it (for `check-config`). A missing one is
+    /// fine: it is created at start-up.
+    pub fn check(dir: &Path) -> Result<(), StoreError> {
+        let path = dir.join(DB_FILE);
+        if !path.exists() {
+            return Ok(());
+        }
+        let conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| {
+                StoreError {
+                    path: path.clone(),
+                    message: describe(&e),
+                }
+            })?;
+        quick_check(&conn).map_err(|e| StoreError {
+            path,
+            message: describe(&e),
+        })
+    }
+
+    fn error(&self, e: &rusqlite::Error) -> StoreError {
+        StoreError {
+            path: self.path.clone(),
+            message: describe(e),
+        }
+    }
+
+    fn init(&self) -> rusqlite::Result<()> {
+        quick_check(&self.conn)?;
+        self.conn.pragma_update(None, "journal_mode", "WAL")?;
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS executions (
+                 instance_id TEXT NOT NULL,
+                 flow_name TEXT NOT NULL,
+                 execution_id TEXT NOT NULL,
+                 status TEXT NOT NULL,
+                 observation TEXT,
+                 rejected TEXT,
+                 PRIMARY KEY (instance_id, flow_name, execution_id)
+             );
+             CREATE TABLE IF NOT EXISTS outbox (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 event TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS transition_counts (
+                 instance_id TEXT NOT NULL,
+                 flow_name TEXT NOT NULL,
+                 to_status TEXT NOT NULL,
+                 count INTEGER NOT NULL,
+                 PRIMARY KEY (instance_id, flow_name, to_status)
+             );",
+        )?;
+        let version: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match version {
+            None => {
+                self.conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    [SCHEMA_VERSION],
+                )?;
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(rusqlite::Error::InvalidParameterName(format!(
+                    "schema version {v} is not the {SCHEMA_VERSION} this flowwatch understands (written by a newer flowwatch?)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the store knows of one execution.
+    pub fn execution(&self, key: &ExecutionKey) -> Result<Option<Restored>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT status, observation, rejected FROM executions
+                 WHERE instance_id = ?1 AND flow_name = ?2 AND execution_id = ?3",
+                params![key.instance_id, key.flow_name, key.execution_id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| self.error(&e))?;
+        let Some((status, observation, rejected)) = row else {
+            return Ok(None);
+        };
+        let status = Status::parse(&status).ok_or_else(|| StoreError {
+            path: self.path.clone(),
+            message: format!("unknown status {status:?} stored for {key}"),
+        })?;
+        // An unreadable observation loses only the API's extra fields, not the status.
+        let observation = observation.and_then(|text| serde_json::from_str(&text).ok());
+        Ok(Some(Restored {
+            status,
+            observation,
+            rejected,
+        }))
+    }
+
+    /// Every stored transition count: (instance_id, flow_name, to_status, count).
+    pub fn transition_counts(&self) -> Result<Vec<(String, String, String, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT instance_id, flow_name, to_status, count FROM transition_counts")
+            .map_err(|e| self.error(&e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, i64>(3)?.max(0) as u64,
+                ))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.error(&e))?;
+        Ok(rows)
+    }
+
+    /// Events committed but not delivered yet, oldest first.
+    pub fn pending_events(&self) -> Result<Vec<PendingEvent>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, event FROM outbox ORDER BY seq")
+            .map_err(|e| self.error(&e))?;
+        let rows: Vec<(i64, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.error(&e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(seq, text)| {
+                serde_json::from_str(&text)
+                    .ok()
+                    .map(|event| PendingEvent { seq, event })
+            })
+            .collect())
+    }
+
+    /// Commits an execution's new state and its event in one transaction; returns the event's
+    /// outbox sequence number. `transition_to` counts the transition (None for a rejection).
+    pub fn commit(
+        &mut self,
+        key: &ExecutionKey,
+        status: Status,
+        observation: Option<&Observation>,
+        rejected: Option<&str>,
+        transition_to: Option<Status>,
+        event: &Value,
+    ) -> Result<i64, StoreError> {
+        let observation = observation.and_then(|o| serde_json::to_string(o).ok());
+        let path = self.path.clone();
+        let run = |conn: &mut Connection| -> rusqlite::Result<i64> {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO executions (instance_id, flow_name, execution_id, status, observation, rejected)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (instance_id, flow_name, execution_id)
+                 DO UPDATE SET status = excluded.status, observation = excluded.observation, rejected = excluded.rejected",
+                params![key.instance_id, key.flow_name, key.execution_id, status.as_str(), observation, rejected],
+            )?;
+            if let Some(to) = transition_to {
+                tx.execute(
+                    "INSERT INTO transition_counts (instance_id, flow_name, to_status, count) VALUES (?1, ?2, ?3, 1)
+                     ON CONFLICT (instance_id, flow_name, to_status) DO UPDATE SET count = count + 1",
+                    params![key.instance_id, key.flow_name, to.as_str()],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO outbox (event) VALUES (?1)",
+                [event.to_string()],
+            )?;
+            let seq = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(seq)
+        };
+        run(&mut self.conn).map_err(|e| StoreError {
+            path,
+            message: describe(&e),
+        })
+    }
+
+    /// Marks an event delivered to every sink.
+    pub fn mark_delivered(&self, seq: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM outbox WHERE seq = ?1", [seq])
+            .map(|_| ())
+            .map_err(|e| self.error(&e))
+    }
+}
+
+/// The file-system reason a directory cannot take a new file, if there is one: SQLite's own
+/// "unable to open database file" does not say.
+fn why_not_writable(dir: &Path) -> Option<String> {
+    let probe = dir.join(".flowwatch-write-probe");
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => Some(format!(
+            "the state directory {} is on a read-only file system",
+            dir.display()
+        )),
+        Err(e) => Some(format!(
+            "cannot write in the state directory {}: {}",
+            dir.display(),
+            crate::io_error_text(&e)
+        )),
+    }
+}
+
+fn quick_check(conn: &Connection) -> rusqlite::Result<()> {
+    let result: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if result == "ok" {
+        Ok(())
+    } else {
+        Err(rusqlite::Error::InvalidParameterName(format!(
+            "the database is damaged ({result})"
+        )))
+    }
+}
+
+/// SQLite's errors in words, with what to do about the common ones.
+fn describe(e: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode;
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => {
+            "the file is not a flowwatch state database (corrupted?): move it aside to start afresh"
+                .to_string()
+        }
+        Some(ErrorCode::DatabaseCorrupt) => {
+            "the database is corrupted: move it aside to start afresh".to_string()
+        }
+        Some(ErrorCode::ReadOnly) => "the state directory or database is read-only".to_string(),
+        Some(ErrorCode::DiskFull) => "the disk is full".to_string(),
+        Some(ErrorCode::CannotOpen) => {
+            "cannot open the database file (missing directory or permission denied?)".to_string()
+        }
+        Some(ErrorCode::PermissionDenied) => "permission denied".to_string(),
+        _ => match e {
+            rusqlite::Error::InvalidParameterName(message) => message.clone(),
+            other => other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::ApiStatus;
+
+    fn key() -> ExecutionKey {
+        ExecutionKey::new(
+            "8850c54e-e187-4fa7-89d4-6370f165174d",
+            "daily-orders",
+            "a1b2c3d4-0000-4000-8000-000000000001",
+        )
+        .expect("valid key")
+    }
+
+    #[test]
+    fn a_commit_survives_reopening_with_its_event_pending_until_delivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let observation = Observation {
+            status: ApiStatus::Failed,
+            source_info: None,
+            message: Some("boom".into()),
+            start_time: Some(1.5),
+            end_time: None,
+            diagnostic_reports_root_s3_uri: None,
+        };
+        let seq = {
+            let mut store = Store::open(dir.path()).expect("open");
+            store
+                .commit(
+                    &key(),
+                    Status::Failed,
+                    Some(&observation),
+                    None,
+                    Some(Status::Failed),
+                    &serde_json::json!({"id": "x"}),
+                )
+                .expect("commit")
+        };
+        let store = Store::open(dir.path()).expect("reopen");
+        let restored = store.execution(&key()).expect("read").expect("known");
+        assert_eq!(restored.status, Status::Failed);
+        assert_eq!(restored.observation, Some(observation));
+        assert_eq!(
+            store.transition_counts().expect("counts"),
+            vec![(key().instance_id, key().flow_name, "FAILED".to_string(), 1)]
+        );
+        let pending = store.pending_events().expect("pending");
+        assert_eq!(
+            pending,
+            vec![PendingEvent {
+                seq,
+                event: serde_json::json!({"id": "x"})
+            }]
+        );
+        store.mark_delivered(seq).expect("mark");
+        assert!(store.pending_events().expect("pending").is_empty());
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_with_advice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(DB_FILE), "this is not sqlite ".repeat(100)).expect("write");
+        let error = Store::open(dir.path()).expect_err("corrupt");
+        assert!(
+            error.to_string().contains("not a flowwatch state database"),
+            "{error}"
+        );
+        assert!(Store::check(dir.path()).is_err());
+    }
+}
