@@ -139,7 +139,11 @@ pub async fn run_with<C: FlowExecutions>(
         .map_err(|e| Error::Fatal(format!("cannot read the listening address: {e}")))?;
 
     let (commands, command_rx) = mpsc::channel(16);
-    let reload = reloader(settings.watchlist.clone(), commands.clone());
+    let reload = reloader(
+        settings.watchlist.clone(),
+        commands.clone(),
+        metrics.clone(),
+    );
     let scheduler = Scheduler::new(
         client,
         settings.polling.clone(),
@@ -187,7 +191,12 @@ pub async fn run_with<C: FlowExecutions>(
     };
     let sighup = options
         .reload_on_sighup
-        .then(|| tokio::spawn(reload_on_sighup(reload, shutdown.clone())));
+        .then(|| tokio::spawn(reload_on_sighup(reload.clone(), shutdown.clone())));
+    let file_watch = tokio::spawn(reload_on_change(
+        settings.watchlist.clone(),
+        reload,
+        shutdown.clone(),
+    ));
 
     let finish = scheduler.run(command_rx, shutdown.clone()).await;
     if !shutdown.is_cancelled() {
@@ -200,6 +209,7 @@ pub async fn run_with<C: FlowExecutions>(
     if let Some(task) = sighup {
         task.abort();
     }
+    file_watch.abort();
     match tokio::time::timeout(HTTP_SHUTDOWN_BOUND, server).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "http server task failed"),
@@ -211,38 +221,87 @@ pub async fn run_with<C: FlowExecutions>(
 
 /// Builds the reload action: read and validate the watchlist file, then hand it to the
 /// scheduler. An invalid watchlist is rejected and the old one keeps running.
-fn reloader(path: std::path::PathBuf, commands: mpsc::Sender<Command>) -> Reloader {
+fn reloader(
+    path: std::path::PathBuf,
+    commands: mpsc::Sender<Command>,
+    metrics: Arc<Metrics>,
+) -> Reloader {
     Arc::new(move || -> ReloadFuture {
         let path = path.clone();
         let commands = commands.clone();
+        let metrics = metrics.clone();
         Box::pin(async move {
-            let watchlist = match Watchlist::load(&path) {
-                Ok(w) => w,
-                Err(problems) => {
-                    tracing::error!(problems = %problems, "reload rejected: the new watchlist is invalid; the old one keeps running");
-                    return Err(problems.to_string());
-                }
-            };
-            let (tx, rx) = oneshot::channel();
-            commands
-                .send(Command::Replace(watchlist, tx))
-                .await
-                .map_err(|_| "the scheduler is not running".to_string())?;
-            let summary = rx
-                .await
-                .map_err(|_| "the scheduler stopped during the reload".to_string())?;
-            tracing::info!(
-                added = summary.added,
-                removed = summary.removed,
-                kept = summary.kept,
-                "watchlist reloaded"
-            );
-            Ok(format!(
-                "{} added, {} removed, {} kept",
-                summary.added, summary.removed, summary.kept
-            ))
+            let result = reload_once(&path, &commands).await;
+            metrics.record_reload(result.is_ok());
+            result
         })
     })
+}
+
+async fn reload_once(
+    path: &std::path::Path,
+    commands: &mpsc::Sender<Command>,
+) -> Result<String, String> {
+    let watchlist = match Watchlist::load(path) {
+        Ok(w) => w,
+        Err(problems) => {
+            tracing::error!("reload refused, the old watchlist keeps running: {problems}");
+            return Err(problems.to_string());
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    commands
+        .send(Command::Replace(watchlist, tx))
+        .await
+        .map_err(|_| "the scheduler is not running".to_string())?;
+    let summary = rx
+        .await
+        .map_err(|_| "the scheduler stopped during the reload".to_string())?;
+    tracing::info!(
+        added = summary.added,
+        removed = summary.removed,
+        kept = summary.kept,
+        "watchlist reloaded"
+    );
+    Ok(format!(
+        "{} added, {} removed, {} kept",
+        summary.added, summary.removed, summary.kept
+    ))
+}
+
+/// How often the watchlist file is checked for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reloads when the watchlist's content changes on disk. It reads the file by its path every
+/// [`WATCH_INTERVAL`] rather than watching an inode, so an editor's save-by-rename and a
+/// Kubernetes ConfigMap update (an atomic swap of the `..data` symlink) are both seen. A content
+/// that failed to load is not tried again until it changes.
+async fn reload_on_change(path: std::path::PathBuf, reload: Reloader, shutdown: CancellationToken) {
+    let digest = |bytes: &[u8]| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        h.finish()
+    };
+    let mut seen = tokio::fs::read(&path).await.ok().map(|b| digest(&b));
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // Missing for a moment (mid-swap) or unreadable: look again next time.
+        let Ok(bytes) = tokio::fs::read(&path).await else {
+            continue;
+        };
+        let now = Some(digest(&bytes));
+        if now != seen {
+            seen = now;
+            tracing::info!(path = %path.display(), "the watchlist changed on disk: reloading");
+            let _ = reload().await;
+        }
+    }
 }
 
 #[cfg(unix)]

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub rate_limit: Gauge,
     pub events: IntCounterVec,
     pub build_info: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: Gauge,
+    pub config_last_reload_successful: Gauge,
 }
 
 const EXECUTION_LABELS: [&str; 3] = ["instance_id", "flow_name", "execution_id"];
@@ -110,6 +113,24 @@ impl Metrics {
             &["version"],
         )?;
 
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "flowwatch_config_reloads_total",
+                "Watchlist reloads (SIGHUP, POST /-/reload, or a change of the file), by result.",
+            ),
+            &["result"],
+        )?;
+        let config_last_reload_success = Gauge::new(
+            "flowwatch_config_last_reload_success_timestamp_seconds",
+            "When the watchlist was last loaded successfully (unix seconds); start-up counts.",
+        )?;
+        let config_last_reload_successful = Gauge::new(
+            "flowwatch_config_last_reload_successful",
+            "1 if the last watchlist reload succeeded, 0 if it was refused (the old watchlist keeps running).",
+        )?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_last_reload_success.clone()))?;
+        registry.register(Box::new(config_last_reload_successful.clone()))?;
         registry.register(Box::new(execution_status.clone()))?;
         registry.register(Box::new(execution_start_time.clone()))?;
         registry.register(Box::new(execution_end_time.clone()))?;
@@ -133,6 +154,11 @@ impl Metrics {
                 .with_label_values(&[OPERATION, outcome.metric_label()])
                 .reset();
         }
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]).reset();
+        }
+        config_last_reload_success.set(unix_now());
+        config_last_reload_successful.set(1.0);
         for sink in ["stdout", "file"] {
             for result in ["success", "failure"] {
                 events.with_label_values(&[sink, result]).reset();
@@ -152,7 +178,21 @@ impl Metrics {
             rate_limit,
             events,
             build_info,
+            config_reloads,
+            config_last_reload_success,
+            config_last_reload_successful,
         })
+    }
+
+    /// Counts a watchlist reload.
+    pub fn record_reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.config_reloads.with_label_values(&[result]).inc();
+        self.config_last_reload_successful
+            .set(if ok { 1.0 } else { 0.0 });
+        if ok {
+            self.config_last_reload_success.set(unix_now());
+        }
     }
 
     /// The text exposition format.
@@ -260,6 +300,12 @@ impl Metrics {
             .with_label_values(&[OPERATION])
             .observe(seconds);
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A failure message made fit for a label value: one line, at most 256 characters.

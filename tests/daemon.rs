@@ -754,7 +754,9 @@ async fn reload_adds_and_removes_entries_and_keeps_the_state_of_the_rest() {
     );
     let (code, body) = http(daemon.addr, "POST", "/-/reload").await;
     assert_eq!(code, 200, "{body}");
-    assert!(body.contains("1 added, 1 removed, 1 kept"), "{body}");
+    // The file watcher may have applied the change before this request did; either way the
+    // reload succeeds and the result is the same.
+    assert!(body.contains("\"result\":\"success\""), "{body}");
     let doc = daemon.status().await;
     assert_eq!(doc["watched"], 2);
     assert_eq!(daemon.execution(2).await, serde_json::Value::Null);
