@@ -213,7 +213,28 @@ fn open_append(path: &Path) -> io::Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    OpenOptions::new().create(true).append(true).open(path)
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)?;
+    // A process killed in the middle of a line leaves it unterminated: end it, so the next event
+    // starts on a line of its own and readers can skip the torn one.
+    if ends_mid_line(&mut file)? {
+        file.write_all(b"\n")?;
+    }
+    Ok(file)
+}
+
+fn ends_mid_line(file: &mut File) -> io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 fn record(metrics: &Metrics, sink: &str, result: &io::Result<()>) {

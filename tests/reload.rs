@@ -43,7 +43,12 @@ async fn watched(daemon: &Daemon) -> Vec<String> {
 }
 
 fn reloads(metrics: &str, result: &str) -> f64 {
-    sample(metrics, "flowwatch_config_reloads_total", &[("result", result)]).unwrap_or(f64::NAN)
+    sample(
+        metrics,
+        "flowwatch_config_reloads_total",
+        &[("result", result)],
+    )
+    .unwrap_or(f64::NAN)
 }
 
 #[tokio::test(start_paused = true)]
@@ -52,31 +57,73 @@ async fn a_changed_watchlist_file_is_reloaded_and_an_invalid_one_is_refused() {
     let fake = FakeServer::start(script.clone()).await.expect("fake");
     let ws = Workspace::new();
     let config = ws.config(&fake.endpoint_url(), POLLING, &script);
-    ws.write("watchlist.toml", &watchlist_text(&[("keep", 1), ("drop", 2)]));
+    ws.write(
+        "watchlist.toml",
+        &watchlist_text(&[("keep", 1), ("drop", 2)]),
+    );
     let daemon = Daemon::start(&config, &fake, false).await;
-    eventually(Duration::from_secs(10), "both polled", || async { daemon.status().await["by_status"]["IN_PROGRESS"] == 2 }).await;
+    eventually(Duration::from_secs(10), "both polled", || async {
+        daemon.status().await["by_status"]["IN_PROGRESS"] == 2
+    })
+    .await;
     let before = daemon.metrics().await;
-    let started_at = sample(&before, "flowwatch_config_last_reload_success_timestamp_seconds", &[]).expect("gauge");
+    let started_at = sample(
+        &before,
+        "flowwatch_config_last_reload_success_timestamp_seconds",
+        &[],
+    )
+    .expect("gauge");
 
-    ws.write("watchlist.toml", &watchlist_text(&[("keep", 1), ("add", 3)]));
-    eventually(Duration::from_secs(10), "the change on disk", || async { watched(&daemon).await == ["add", "keep"] }).await;
+    ws.write(
+        "watchlist.toml",
+        &watchlist_text(&[("keep", 1), ("add", 3)]),
+    );
+    eventually(Duration::from_secs(10), "the change on disk", || async {
+        watched(&daemon).await == ["add", "keep"]
+    })
+    .await;
     let m = daemon.metrics().await;
     assert_eq!(reloads(&m, "success"), 1.0);
-    assert_eq!(sample(&m, "flowwatch_config_last_reload_successful", &[]), Some(1.0));
+    assert_eq!(
+        sample(&m, "flowwatch_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
 
-    ws.write("watchlist.toml", "[[execution]]\ninstance_id = \"not-a-uuid\"\n");
+    ws.write(
+        "watchlist.toml",
+        "[[execution]]\ninstance_id = \"not-a-uuid\"\n",
+    );
     tokio::time::sleep(Duration::from_secs(6)).await;
     let m = daemon.metrics().await;
-    assert_eq!(reloads(&m, "failure"), 1.0, "counted once, not retried while unchanged:\n{m}");
-    assert_eq!(sample(&m, "flowwatch_config_last_reload_successful", &[]), Some(0.0));
+    assert_eq!(
+        reloads(&m, "failure"),
+        1.0,
+        "counted once, not retried while unchanged:\n{m}"
+    );
+    assert_eq!(
+        sample(&m, "flowwatch_config_last_reload_successful", &[]),
+        Some(0.0)
+    );
     assert!(
-        sample(&m, "flowwatch_config_last_reload_success_timestamp_seconds", &[]).is_some_and(|t| t >= started_at),
+        sample(
+            &m,
+            "flowwatch_config_last_reload_success_timestamp_seconds",
+            &[]
+        )
+        .is_some_and(|t| t >= started_at),
         "the last success stays"
     );
-    assert_eq!(watched(&daemon).await, ["add", "keep"], "the old watchlist keeps running");
+    assert_eq!(
+        watched(&daemon).await,
+        ["add", "keep"],
+        "the old watchlist keeps running"
+    );
     let (code, body) = http(daemon.addr, "POST", "/-/reload").await;
     assert_eq!(code, 400);
-    assert!(body.contains("watchlist.toml:2:15: invalid instance_id"), "{body}");
+    assert!(
+        body.contains("watchlist.toml:2:15: invalid instance_id"),
+        "{body}"
+    );
     daemon.stop().await;
     fake.stop().await;
 }
@@ -105,7 +152,11 @@ async fn a_configmap_update_that_swaps_the_data_symlink_is_reloaded() {
     let config = ws.config(&fake.endpoint_url(), POLLING, &script);
     let mounted = ws.path("configmap");
     std::fs::create_dir_all(&mounted).expect("dir");
-    configmap_version(&mounted, "..2026_11_25_10_00_00.000000001", &watchlist_text(&[("keep", 1)]));
+    configmap_version(
+        &mounted,
+        "..2026_11_25_10_00_00.000000001",
+        &watchlist_text(&[("keep", 1)]),
+    );
     let text = std::fs::read_to_string(&config).expect("config").replace(
         "watchlist = \"watchlist.toml\"",
         "watchlist = \"configmap/watchlist.toml\"",
@@ -114,9 +165,17 @@ async fn a_configmap_update_that_swaps_the_data_symlink_is_reloaded() {
     let daemon = Daemon::start(&config, &fake, false).await;
     assert_eq!(watched(&daemon).await, ["keep"]);
 
-    configmap_version(&mounted, "..2026_11_25_10_05_00.000000002", &watchlist_text(&[("keep", 1), ("add", 3)]));
-    std::fs::remove_dir_all(mounted.join("..2026_11_25_10_00_00.000000001")).expect("old version goes");
-    eventually(Duration::from_secs(10), "the ConfigMap update", || async { watched(&daemon).await == ["add", "keep"] }).await;
+    configmap_version(
+        &mounted,
+        "..2026_11_25_10_05_00.000000002",
+        &watchlist_text(&[("keep", 1), ("add", 3)]),
+    );
+    std::fs::remove_dir_all(mounted.join("..2026_11_25_10_00_00.000000001"))
+        .expect("old version goes");
+    eventually(Duration::from_secs(10), "the ConfigMap update", || async {
+        watched(&daemon).await == ["add", "keep"]
+    })
+    .await;
     assert_eq!(reloads(&daemon.metrics().await, "success"), 1.0);
     daemon.stop().await;
     fake.stop().await;
