@@ -1,0 +1,151 @@
+//! The bad-input corpus (tests/corpus/cases.toml): every case must make both `check-config` and
+//! `run` exit 2 with its expected, located error, and never panic.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Corpus {
+    case: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    config: Option<String>,
+    watchlist: Option<String>,
+    #[serde(default)]
+    no_config: bool,
+    #[serde(default)]
+    no_watchlist: bool,
+    #[serde(default)]
+    config_is_dir: bool,
+    #[serde(default)]
+    watchlist_is_dir: bool,
+    state_db: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    expect: Vec<String>,
+}
+
+const DEFAULT_CONFIG: &str = r#"
+watchlist = "watchlist.toml"
+[server]
+listen = "127.0.0.1:0"
+[aws]
+region = "us-east-1"
+endpoint_url = "http://127.0.0.1:9"
+[state]
+path = "{dir}/state"
+[events]
+stdout = false
+file = "{dir}/events.jsonl"
+"#;
+
+const DEFAULT_WATCHLIST: &str = r#"
+[[execution]]
+instance_id = "8850c54e-e187-4fa7-89d4-6370f165174d"
+flow_name = "daily-orders"
+execution_id = "a1b2c3d4-0000-4000-8000-000000000001"
+"#;
+
+fn lay_out(case: &Case, dir: &Path) {
+    let fill = |text: &str| text.replace("{dir}", &dir.display().to_string());
+    let config = dir.join("flowwatch.toml");
+    let watchlist = dir.join("watchlist.toml");
+    if case.config_is_dir {
+        std::fs::create_dir(&config).expect("dir");
+    } else if !case.no_config {
+        std::fs::write(
+            &config,
+            fill(case.config.as_deref().unwrap_or(DEFAULT_CONFIG)),
+        )
+        .expect("config");
+    }
+    if case.watchlist_is_dir {
+        std::fs::create_dir(&watchlist).expect("dir");
+    } else if !case.no_watchlist {
+        std::fs::write(
+            &watchlist,
+            fill(case.watchlist.as_deref().unwrap_or(DEFAULT_WATCHLIST)),
+        )
+        .expect("watchlist");
+    }
+    if let Some(db) = &case.state_db {
+        std::fs::create_dir_all(dir.join("state")).expect("state dir");
+        std::fs::write(dir.join("state").join("flowwatch.db"), db).expect("db");
+    }
+}
+
+fn flowwatch(case: &Case, dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowwatch"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(dir.join("flowwatch.toml"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("FLOWWATCH_") || name.starts_with("AWS_") || name == "RUST_LOG" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true").envs(&case.env);
+    let out = cmd.output().expect("run flowwatch");
+    let mut text = String::from_utf8_lossy(&out.stderr).to_string();
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    (out.status.code(), text)
+}
+
+#[test]
+fn every_bad_input_is_refused_with_its_located_error_and_exit_code_2() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/cases.toml");
+    let text = std::fs::read_to_string(&manifest).expect("corpus manifest");
+    let corpus: Corpus = toml_edit::de::from_str(&text).expect("the corpus manifest parses");
+    assert!(
+        corpus.case.len() >= 40,
+        "the corpus has {} cases",
+        corpus.case.len()
+    );
+    let mut failures = Vec::new();
+    for case in &corpus.case {
+        let dir = tempfile::tempdir().expect("tempdir");
+        lay_out(case, dir.path());
+        for command in [&["check-config"][..], &["run"][..]] {
+            let (code, output) = flowwatch(case, dir.path(), command);
+            let mut problems = Vec::new();
+            if code != Some(2) {
+                problems.push(format!("exit code {code:?}, not 2"));
+            }
+            if output.contains("panicked") {
+                problems.push("it panicked".to_string());
+            }
+            for expected in &case.expect {
+                let expected = expected.replace("{dir}", &dir.path().display().to_string());
+                if !output.contains(&expected) {
+                    problems.push(format!("missing {expected:?}"));
+                }
+            }
+            if !problems.is_empty() {
+                failures.push(format!(
+                    "{} ({}): {}\n--- output:\n{output}",
+                    case.name,
+                    command[0],
+                    problems.join("; ")
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n\n{}",
+        failures.len(),
+        corpus.case.len(),
+        failures.join("\n\n")
+    );
+    println!(
+        "{} bad-input cases refused correctly by check-config and run",
+        corpus.case.len()
+    );
+}
