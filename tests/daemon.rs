@@ -814,3 +814,32 @@ async fn shutdown_is_bounded_even_with_a_hung_request_in_flight() {
     assert!(took <= Duration::from_secs(11), "shutdown took {took:?}");
     fake.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn thirty_percent_server_errors_still_converge_to_the_right_statuses() {
+    use flowwatch::fake::Fault;
+    let executions: Vec<_> = (1..=20)
+        .map(|n| {
+            let terminal = if n % 5 == 0 { "FAILED" } else { "SUCCEEDED" };
+            let fault = if n % 2 == 0 {
+                api_error("InternalServerException")
+            } else {
+                Fault::Body { http_status: 503, content_type: "text/html".into(), body: "<html>503 Service Unavailable</html>".into() }
+            };
+            with_fault(scripted("flaky", n, &[(0, "IN_PROGRESS"), (20 + n as u64, terminal)]), 0, None, 0.3, fault)
+        })
+        .collect();
+    let (fake, ws, daemon) = start(executions, POLLING, false).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(daemon.get("/livez").await.0, 200);
+    let m = daemon.metrics().await;
+    assert!(sample(&m, "flowwatch_api_requests_total", &[("outcome", "internal_error")]).is_some_and(|n| n >= 5.0), "{m}");
+    eventually(Duration::from_secs(120), "every execution terminal", || async {
+        let doc = daemon.status().await;
+        doc["by_status"]["SUCCEEDED"] == 16 && doc["by_status"]["FAILED"] == 4
+    })
+    .await;
+    assert_eq!(ws.events().len(), 40, "IN_PROGRESS and the terminal status once each");
+    daemon.stop().await;
+    fake.stop().await;
+}
