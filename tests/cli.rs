@@ -486,10 +486,34 @@ async fn the_systemd_notify_protocol_sends_ready_watchdog_and_stopping() {
 async fn outputs_of_a_troubled_run(extra_env: &[(&str, &str)]) -> Vec<(String, String)> {
     use flowwatch::fake::Fault;
     let script = scenario(vec![
-        with_fault(scripted("throttled", 1, &[(0, "IN_PROGRESS"), (2, "SUCCEEDED")]), 0, Some(1), 1.0, api_error("ThrottlingException")),
-        with_fault(scripted("denied", 2, &[(0, "IN_PROGRESS"), (2, "FAILED")]), 0, Some(1), 1.0, api_error("AccessDeniedException")),
-        with_fault(scripted("broken", 3, &[(0, "IN_PROGRESS"), (2, "SUCCEEDED")]), 0, Some(1), 1.0, Fault::Reset),
-        with_fault(scripted("invalid", 4, &[(0, "IN_PROGRESS")]), 0, None, 1.0, api_error("ValidationException")),
+        with_fault(
+            scripted("throttled", 1, &[(0, "IN_PROGRESS"), (2, "SUCCEEDED")]),
+            0,
+            Some(1),
+            1.0,
+            api_error("ThrottlingException"),
+        ),
+        with_fault(
+            scripted("denied", 2, &[(0, "IN_PROGRESS"), (2, "FAILED")]),
+            0,
+            Some(1),
+            1.0,
+            api_error("AccessDeniedException"),
+        ),
+        with_fault(
+            scripted("broken", 3, &[(0, "IN_PROGRESS"), (2, "SUCCEEDED")]),
+            0,
+            Some(1),
+            1.0,
+            Fault::Reset,
+        ),
+        with_fault(
+            scripted("invalid", 4, &[(0, "IN_PROGRESS")]),
+            0,
+            None,
+            1.0,
+            api_error("ValidationException"),
+        ),
         scripted("ghost", 5, &[]),
     ]);
     let fake = FakeServer::start(script.clone()).await.expect("fake");
@@ -497,7 +521,9 @@ async fn outputs_of_a_troubled_run(extra_env: &[(&str, &str)]) -> Vec<(String, S
     let config = ws.config(&fake.endpoint_url(), FAST, &script);
     let mut cmd = flowwatch(&["run", "--config", &config.to_string_lossy()]);
     against(&mut cmd, &fake);
-    cmd.env("FLOWWATCH_LOG__LEVEL", "trace").env("FLOWWATCH_EVENTS__STDOUT", "true").env("DATABASE_PASSWORD", SECRET);
+    cmd.env("FLOWWATCH_LOG__LEVEL", "trace")
+        .env("FLOWWATCH_EVENTS__STDOUT", "true")
+        .env("DATABASE_PASSWORD", SECRET);
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -507,10 +533,19 @@ async fn outputs_of_a_troubled_run(extra_env: &[(&str, &str)]) -> Vec<(String, S
     tokio::time::sleep(Duration::from_secs(5)).await;
     let mut outputs = Vec::new();
     signal(&child, "TERM");
-    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output()).await.expect("exits").expect("output");
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .expect("exits")
+        .expect("output");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    outputs.push(("stdout".to_string(), String::from_utf8_lossy(&out.stdout).to_string()));
-    outputs.push(("events file".to_string(), std::fs::read_to_string(ws.path("events.jsonl")).unwrap_or_default()));
+    outputs.push((
+        "stdout".to_string(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    ));
+    outputs.push((
+        "events file".to_string(),
+        std::fs::read_to_string(ws.path("events.jsonl")).unwrap_or_default(),
+    ));
     outputs.push(("stderr".to_string(), stderr));
     fake.stop().await;
     outputs
@@ -525,8 +560,17 @@ async fn credentials_never_reach_logs_or_events_even_through_errors_and_trace_lo
             assert!(!text.contains(leak), "{leak} leaked into {name}:\n{text}");
         }
         if name == "stderr" {
-            for path in ["throttled", "access denied", "transport error", "ValidationException", "NOT_FOUND"] {
-                assert!(text.contains(path), "the run went through {path:?}:\n{text}");
+            for path in [
+                "throttled",
+                "access denied",
+                "transport error",
+                "ValidationException",
+                "NOT_FOUND",
+            ] {
+                assert!(
+                    text.contains(path),
+                    "the run went through {path:?}:\n{text}"
+                );
             }
         }
     }
@@ -534,7 +578,10 @@ async fn credentials_never_reach_logs_or_events_even_through_errors_and_trace_lo
     // (an identifier, as AWS treats it), but the secret key and session token stay redacted.
     for (name, text) in outputs_of_a_troubled_run(&[("RUST_LOG", "trace")]).await {
         for leak in [SECRET, SESSION] {
-            assert!(!text.contains(leak), "{leak} leaked into {name} with RUST_LOG=trace");
+            assert!(
+                !text.contains(leak),
+                "{leak} leaked into {name} with RUST_LOG=trace"
+            );
         }
     }
 }

@@ -824,22 +824,48 @@ async fn thirty_percent_server_errors_still_converge_to_the_right_statuses() {
             let fault = if n % 2 == 0 {
                 api_error("InternalServerException")
             } else {
-                Fault::Body { http_status: 503, content_type: "text/html".into(), body: "<html>503 Service Unavailable</html>".into() }
+                Fault::Body {
+                    http_status: 503,
+                    content_type: "text/html".into(),
+                    body: "<html>503 Service Unavailable</html>".into(),
+                }
             };
-            with_fault(scripted("flaky", n, &[(0, "IN_PROGRESS"), (20 + n as u64, terminal)]), 0, None, 0.3, fault)
+            with_fault(
+                scripted("flaky", n, &[(0, "IN_PROGRESS"), (20 + n as u64, terminal)]),
+                0,
+                None,
+                0.3,
+                fault,
+            )
         })
         .collect();
     let (fake, ws, daemon) = start(executions, POLLING, false).await;
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert_eq!(daemon.get("/livez").await.0, 200);
     let m = daemon.metrics().await;
-    assert!(sample(&m, "flowwatch_api_requests_total", &[("outcome", "internal_error")]).is_some_and(|n| n >= 5.0), "{m}");
-    eventually(Duration::from_secs(120), "every execution terminal", || async {
-        let doc = daemon.status().await;
-        doc["by_status"]["SUCCEEDED"] == 16 && doc["by_status"]["FAILED"] == 4
-    })
+    assert!(
+        sample(
+            &m,
+            "flowwatch_api_requests_total",
+            &[("outcome", "internal_error")]
+        )
+        .is_some_and(|n| n >= 5.0),
+        "{m}"
+    );
+    eventually(
+        Duration::from_secs(120),
+        "every execution terminal",
+        || async {
+            let doc = daemon.status().await;
+            doc["by_status"]["SUCCEEDED"] == 16 && doc["by_status"]["FAILED"] == 4
+        },
+    )
     .await;
-    assert_eq!(ws.events().len(), 40, "IN_PROGRESS and the terminal status once each");
+    assert_eq!(
+        ws.events().len(),
+        40,
+        "IN_PROGRESS and the terminal status once each"
+    );
     daemon.stop().await;
     fake.stop().await;
 }

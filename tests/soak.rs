@@ -1,6 +1,7 @@
 //! Soak: 5,000 executions under continual reloads (half the watchlist swapped every 2 s), with
 //! the flowwatch binary's resident memory and open file descriptors sampled every 5 s. After a
-//! warm-up both must stay flat. Runs for SOAK_SECONDS (default 90, at most 600).
+//! warm-up both must stay flat. Runs for SOAK_SECONDS (default 150, at most 600); measured here, memory grows while every
+//! execution is seen for the first time (about a minute) and is flat after that.
 
 mod support;
 
@@ -45,8 +46,8 @@ async fn memory_and_file_descriptors_stay_flat_with_5000_executions_and_continua
     let seconds: u64 = std::env::var("SOAK_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(90)
-        .clamp(45, 600);
+        .unwrap_or(150)
+        .clamp(60, 600);
     // 7,500 scripted executions; the watchlist alternates between two 5,000-entry windows, so
     // every reload removes 2,500 entries and adds 2,500. Every tenth one finishes, so terminal
     // series are dropped too.
@@ -54,7 +55,11 @@ async fn memory_and_file_descriptors_stay_flat_with_5000_executions_and_continua
         (1..=WATCHED + WATCHED / 2)
             .map(|n| {
                 if n % 10 == 0 {
-                    scripted(&format!("soak-{}", n % 50), n, &[(0, "IN_PROGRESS"), (5 + (n % 30) as u64, "SUCCEEDED")])
+                    scripted(
+                        &format!("soak-{}", n % 50),
+                        n,
+                        &[(0, "IN_PROGRESS"), (5 + (n % 30) as u64, "SUCCEEDED")],
+                    )
                 } else {
                     scripted(&format!("soak-{}", n % 50), n, &[(0, "IN_PROGRESS")])
                 }
@@ -73,7 +78,9 @@ async fn memory_and_file_descriptors_stay_flat_with_5000_executions_and_continua
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("FLOWWATCH_LOG__LEVEL", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(ws.path("flowwatch.log")).expect("log")))
+        .stderr(Stdio::from(
+            std::fs::File::create(ws.path("flowwatch.log")).expect("log"),
+        ))
         .kill_on_drop(true)
         .spawn()
         .expect("spawn flowwatch");
@@ -86,29 +93,44 @@ async fn memory_and_file_descriptors_stay_flat_with_5000_executions_and_continua
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         reloads += 1;
-        let window = if reloads % 2 == 0 { 1..WATCHED + 1 } else { WATCHED / 2 + 1..WATCHED + WATCHED / 2 + 1 };
+        let window = if reloads % 2 == 0 {
+            1..WATCHED + 1
+        } else {
+            WATCHED / 2 + 1..WATCHED + WATCHED / 2 + 1
+        };
         ws.write("watchlist.toml", &watchlist(window));
         if started.elapsed() >= next_sample {
             next_sample += Duration::from_secs(5);
             let (Some(rss), Some(fds)) = (rss_kib(pid), open_fds(pid)) else {
                 let log = std::fs::read_to_string(ws.path("flowwatch.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                panic!("flowwatch is gone: {:?}; its log ends with:\n{}", child.try_wait(), tail.join("\n"));
+                panic!(
+                    "flowwatch is gone: {:?}; its log ends with:\n{}",
+                    child.try_wait(),
+                    tail.join("\n")
+                );
             };
             samples.push((started.elapsed().as_secs_f64(), rss, fds));
         }
     }
-    assert!(child.try_wait().expect("wait").is_none(), "flowwatch is still running");
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "flowwatch is still running"
+    );
     let requests = fake.stats().requests;
-    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits").expect("wait");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
     assert_eq!(exit.code(), Some(0));
 
-    // Warm-up: the first third. Flat: the last third stays within 15 % (or 8 MiB) of the
-    // warm-up's peak, and descriptors within 20 of it.
-    let third = samples.len() / 3;
-    let warm = &samples[..third.max(1)];
-    let late = &samples[samples.len() - third.max(1)..];
+    // Warm-up: the first 40 %. Flat: after it, memory stays within 10 % (or 8 MiB) of the
+    // warm-up's peak, and descriptors within 20 of theirs.
+    let split = (samples.len() * 2 / 5).max(1);
+    let (warm, late) = samples.split_at(split);
     let warm_rss = warm.iter().map(|s| s.1).max().unwrap_or(0);
     let late_rss = late.iter().map(|s| s.1).max().unwrap_or(0);
     let warm_fds = warm.iter().map(|s| s.2).max().unwrap_or(0);
@@ -120,7 +142,7 @@ async fn memory_and_file_descriptors_stay_flat_with_5000_executions_and_continua
     );
     println!("{report}");
     let _ = std::fs::write(format!("{}/soak.txt", env!("CARGO_TARGET_TMPDIR")), &report);
-    let allowed = (warm_rss as f64 * 1.15).max(warm_rss as f64 + 8.0 * 1024.0);
+    let allowed = (warm_rss as f64 * 1.10).max(warm_rss as f64 + 8.0 * 1024.0);
     assert!((late_rss as f64) <= allowed, "memory grows: {report}");
     assert!(late_fds <= warm_fds + 20, "file descriptors leak: {report}");
     fake.stop().await;
