@@ -149,12 +149,6 @@ impl<C: FlowExecutions> Scheduler<C> {
         }
     }
 
-    /// Seeds the jitter so tests can reproduce a run.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.rng = fastrand::Rng::with_seed(seed);
-        self
-    }
-
     /// Runs until `shutdown` is cancelled, or until every execution is terminal when
     /// `exit_when_done` is set.
     pub async fn run(
