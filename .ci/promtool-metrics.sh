@@ -9,8 +9,19 @@ cargo build --locked --quiet
 ./target/debug/flowwatch demo --hold --listen "127.0.0.1:$port" >"$out" 2>"$log" &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$log" "$out" "$metrics"' EXIT
+# Wait until every execution of the scenario is terminal, so every metric family has data.
+all_terminal() {
+  curl -fsS "http://127.0.0.1:$port/status" 2>/dev/null | python3 -c '
+import json, sys
+try:
+    doc = json.load(sys.stdin)
+except ValueError:
+    sys.exit(1)
+done = sum(doc["by_status"].get(s, 0) for s in ("SUCCEEDED", "FAILED", "NOT_FOUND"))
+sys.exit(0 if doc["watched"] > 0 and done == doc["watched"] else 1)'
+}
 for _ in $(seq 1 120); do
-  if curl -fsS "http://127.0.0.1:$port/status" 2>/dev/null | grep -q '"IN_PROGRESS":0'; then break; fi
+  if all_terminal; then break; fi
   sleep 0.5
 done
 curl -fsS "http://127.0.0.1:$port/metrics" >"$metrics"
