@@ -307,9 +307,7 @@ impl<C: FlowExecutions> Scheduler<C> {
             if done {
                 // Known terminal from an earlier run: not polled again; its series stay for
                 // retain_terminal from now.
-                self.seq += 1;
-                self.series_drops
-                    .insert((now + self.polling.retain_terminal, self.seq), key.clone());
+                self.drop_series_later(&key, now);
             } else {
                 let offset = startup_offset(index, new_count, self.polling.initial_interval);
                 self.schedule(&key, now + offset);
@@ -656,10 +654,15 @@ impl<C: FlowExecutions> Scheduler<C> {
             .with_label_values(&[t.to.as_str()])
             .inc();
         if t.to.is_terminal() {
-            self.seq += 1;
-            self.series_drops
-                .insert((now + self.polling.retain_terminal, self.seq), key.clone());
+            self.drop_series_later(key, now);
         }
+    }
+
+    /// The per-execution series of a terminal execution go `retain_terminal` after `now`.
+    fn drop_series_later(&mut self, key: &ExecutionKey, now: Instant) {
+        self.seq += 1;
+        self.series_drops
+            .insert((now + self.polling.retain_terminal, self.seq), key.clone());
     }
 
     fn drop_expired_series(&mut self) {

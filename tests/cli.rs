@@ -22,7 +22,7 @@ fn flowwatch(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args).kill_on_drop(true);
     for (name, _) in std::env::vars() {
-        if name.starts_with("FLOWWATCH_") || name.starts_with("AWS_") || name == "RUST_LOG" {
+        if is_inherited_override(&name) {
             cmd.env_remove(name);
         }
     }
@@ -228,13 +228,7 @@ async fn run_exit_when_done_exits_1_on_a_failure_and_0_when_all_succeed() {
     let fake = FakeServer::start(mixed_scenario()).await.expect("fake");
     let ws = Workspace::new();
     let config = ws.config(&fake.endpoint_url(), FAST, &mixed_scenario());
-    std::fs::write(
-        &config,
-        std::fs::read_to_string(&config)
-            .expect("config")
-            .replace("stdout = false", "stdout = true"),
-    )
-    .expect("write");
+    ws.edit(&config, "stdout = false", "stdout = true");
     let mut cmd = flowwatch(&[
         "run",
         "--exit-when-done",

@@ -157,11 +157,11 @@ async fn a_configmap_update_that_swaps_the_data_symlink_is_reloaded() {
         "..2026_11_25_10_00_00.000000001",
         &watchlist_text(&[("keep", 1)]),
     );
-    let text = std::fs::read_to_string(&config).expect("config").replace(
+    ws.edit(
+        &config,
         "watchlist = \"watchlist.toml\"",
         "watchlist = \"configmap/watchlist.toml\"",
     );
-    std::fs::write(&config, text).expect("config");
     let daemon = Daemon::start(&config, &fake, false).await;
     assert_eq!(watched(&daemon).await, ["keep"]);
 

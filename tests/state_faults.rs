@@ -66,12 +66,7 @@ async fn scenario_on(state: &Path) -> (FakeServer, Workspace, Daemon) {
     let fake = FakeServer::start(script.clone()).await.expect("fake");
     let ws = Workspace::new();
     let config = ws.config(&fake.endpoint_url(), POLLING, &script);
-    let text = std::fs::read_to_string(&config).expect("config");
-    let text = text.replace(
-        &format!("[state]\npath = \"{}\"", ws.dir.path().display()),
-        &format!("[state]\npath = \"{}\"", state.display()),
-    );
-    std::fs::write(&config, text).expect("config");
+    ws.move_state(&config, state);
     let daemon = Daemon::start(&config, &fake, false).await;
     eventually(Duration::from_secs(10), "IN_PROGRESS", || async {
         daemon.execution(1).await["status"] == "IN_PROGRESS"
@@ -134,11 +129,7 @@ async fn a_read_only_state_directory_is_refused_at_start_up_with_the_reason() {
     let fake = FakeServer::start(script.clone()).await.expect("fake");
     let ws = Workspace::new();
     let config = ws.config(&fake.endpoint_url(), POLLING, &script);
-    let text = std::fs::read_to_string(&config).expect("config").replace(
-        &format!("[state]\npath = \"{}\"", ws.dir.path().display()),
-        &format!("[state]\npath = \"{}\"", tmpfs.0.display()),
-    );
-    std::fs::write(&config, text).expect("config");
+    ws.move_state(&config, &tmpfs.0);
     let settings = flowwatch::config::Settings::load(&config).expect("settings");
     let client = std::sync::Arc::new(flowwatch::aws::static_client(
         &fake.endpoint_url(),

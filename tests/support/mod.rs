@@ -118,6 +118,22 @@ impl Workspace {
         self.write("watchlist.toml", &text)
     }
 
+    /// Replaces `from` with `to` in a file the workspace wrote (a config key, usually).
+    pub fn edit(&self, path: &Path, from: &str, to: &str) {
+        let text = std::fs::read_to_string(path).expect("read test file");
+        assert!(text.contains(from), "{from:?} is not in {}", path.display());
+        std::fs::write(path, text.replace(from, to)).expect("write test file");
+    }
+
+    /// Moves the config's state directory (written by [`Workspace::config`]) to `dir`.
+    pub fn move_state(&self, config: &Path, dir: &Path) {
+        self.edit(
+            config,
+            &format!("[state]\npath = \"{}\"", self.dir.path().display()),
+            &format!("[state]\npath = \"{}\"", dir.display()),
+        );
+    }
+
     /// Every event written so far.
     pub fn events(&self) -> Vec<Value> {
         read_events(&self.path("events.jsonl"))
@@ -130,6 +146,12 @@ pub fn read_events(path: &Path) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("every event line is JSON"))
         .collect()
+}
+
+/// Whether a variable of the test's own environment must not reach a flowwatch it starts:
+/// flowwatch's overrides, AWS settings and credentials, and RUST_LOG.
+pub fn is_inherited_override(name: &str) -> bool {
+    name.starts_with("FLOWWATCH_") || name.starts_with("AWS_") || name == "RUST_LOG"
 }
 
 /// A daemon running in this test's runtime.
