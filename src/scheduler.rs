@@ -158,10 +158,12 @@ impl<C: FlowExecutions> Scheduler<C> {
     ) -> Finish {
         self.deliver_pending();
         self.health.set_state_restored();
+        // The loop turns at least every half ping period, so a ping is never later than 1.5
+        // periods (three quarters of WATCHDOG_USEC), even when a tick lands just short of one.
         let beat = self
             .watchdog
             .period()
-            .map_or(HEARTBEAT, |p| p.min(HEARTBEAT));
+            .map_or(HEARTBEAT, |p| (p / 2).min(HEARTBEAT));
         let mut heartbeat = tokio::time::interval(beat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let finish = loop {

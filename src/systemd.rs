@@ -38,7 +38,8 @@ impl Watchdog {
         }
     }
 
-    /// How often the caller must call [`Watchdog::tick`] at least.
+    /// The ping period (half of `WATCHDOG_USEC`); the caller calls [`Watchdog::tick`] at least
+    /// twice per period.
     pub fn period(&self) -> Option<Duration> {
         self.every
     }
