@@ -223,12 +223,18 @@ fn mixed_scenario() -> flowwatch::fake::Scenario {
     ])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_exit_when_done_exits_1_on_a_failure_and_0_when_all_succeed() {
-    let fake = FakeServer::start(mixed_scenario()).await.expect("fake");
+/// Runs `flowwatch run --exit-when-done` against a fake playing `script` to its end; returns the
+/// workspace, the exit code, stdout and stderr.
+async fn run_to_the_end(
+    script: &flowwatch::fake::Scenario,
+    events_on_stdout: bool,
+) -> (Workspace, i32, String, String) {
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
     let ws = Workspace::new();
-    let config = ws.config(&fake.endpoint_url(), FAST, &mixed_scenario());
-    ws.edit(&config, "stdout = false", "stdout = true");
+    let config = ws.config(&fake.endpoint_url(), FAST, script);
+    if events_on_stdout {
+        ws.edit(&config, "stdout = false", "stdout = true");
+    }
     let mut cmd = flowwatch(&[
         "run",
         "--exit-when-done",
@@ -237,6 +243,13 @@ async fn run_exit_when_done_exits_1_on_a_failure_and_0_when_all_succeed() {
     ]);
     against(&mut cmd, &fake);
     let (code, out, err) = output(&mut cmd).await;
+    fake.stop().await;
+    (ws, code, out, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_exit_when_done_exits_1_on_a_failure_and_0_when_all_succeed() {
+    let (ws, code, out, err) = run_to_the_end(&mixed_scenario(), true).await;
     assert_eq!(code, 1, "{err}");
     let stdout_events: Vec<serde_json::Value> = out
         .lines()
@@ -254,26 +267,14 @@ async fn run_exit_when_done_exits_1_on_a_failure_and_0_when_all_succeed() {
             "a secret leaked:\n{err}"
         );
     }
-    fake.stop().await;
 
     let ok = scenario(vec![scripted(
         "daily-orders",
         1,
         &[(0, "IN_PROGRESS"), (1, "SUCCEEDED")],
     )]);
-    let fake = FakeServer::start(ok.clone()).await.expect("fake");
-    let ws = Workspace::new();
-    let config = ws.config(&fake.endpoint_url(), FAST, &ok);
-    let mut cmd = flowwatch(&[
-        "run",
-        "--exit-when-done",
-        "--config",
-        &config.to_string_lossy(),
-    ]);
-    against(&mut cmd, &fake);
-    let (code, _, err) = output(&mut cmd).await;
+    let (_, code, _, err) = run_to_the_end(&ok, false).await;
     assert_eq!(code, 0, "{err}");
-    fake.stop().await;
 }
 
 /// Starts the daemon and returns it with the address it logged.
