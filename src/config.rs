@@ -28,6 +28,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub aws: AwsSettings,
     pub polling: PollingSettings,
+    pub discovery: DiscoverySettings,
     pub state: StateSettings,
     pub events: EventSettings,
     pub log: LogSettings,
@@ -68,6 +69,27 @@ impl Default for PollingSettings {
             request_timeout: Duration::from_secs(10),
             not_found_grace: Duration::from_secs(600),
             retain_terminal: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How `[[flow]]` entries are listed for new executions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoverySettings {
+    /// Time between two discovery rounds of one flow.
+    pub interval: Duration,
+    /// `maxResults` of each ListDataIntegrationFlowExecutions request (the model allows 1 to 20).
+    pub page_size: i32,
+    /// At most this many pages per flow and round; a longer backlog continues next round.
+    pub max_pages_per_round: u32,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(60),
+            page_size: 20,
+            max_pages_per_round: 10,
         }
     }
 }
@@ -115,6 +137,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "retain_terminal",
         ],
     ),
+    ("discovery", &["interval", "page_size", "max_pages_per_round"]),
     ("state", &["path"]),
     ("events", &["stdout", "file"]),
     ("log", &["level", "format"]),
@@ -286,6 +309,12 @@ impl Reader<'_> {
             not_found_grace: self.duration("polling.not_found_grace", d.not_found_grace),
             retain_terminal: self.duration("polling.retain_terminal", d.retain_terminal),
         };
+        let dd = DiscoverySettings::default();
+        let discovery = DiscoverySettings {
+            interval: self.duration("discovery.interval", dd.interval),
+            page_size: self.or("discovery.page_size", dd.page_size),
+            max_pages_per_round: self.or("discovery.max_pages_per_round", dd.max_pages_per_round),
+        };
         let state_path: PathBuf = self.or("state.path", PathBuf::from("/var/lib/flowwatch"));
         let events_stdout = self.or("events.stdout", true);
         let events_file: PathBuf = self.or(
@@ -298,6 +327,7 @@ impl Reader<'_> {
         };
 
         self.check_polling(&polling);
+        self.check_discovery(&discovery);
         let endpoint_ok = endpoint_url.as_deref().is_none_or(|url| {
             (url.starts_with("http://") || url.starts_with("https://"))
                 && url.len() > "https://".len()
@@ -359,6 +389,7 @@ impl Reader<'_> {
                 profile,
             },
             polling,
+            discovery,
             state: StateSettings {
                 path: relative_to_config(&state_path),
             },
@@ -369,6 +400,36 @@ impl Reader<'_> {
             },
             log,
         })
+    }
+
+    fn check_discovery(&mut self, d: &DiscoverySettings) {
+        if d.interval < Duration::from_secs(1) {
+            self.problem(
+                "discovery.interval",
+                format!(
+                    "discovery.interval must be at least 1s, not {}",
+                    humantime::format_duration(d.interval)
+                ),
+            );
+        }
+        if !(1..=20).contains(&d.page_size) {
+            self.problem(
+                "discovery.page_size",
+                format!(
+                    "discovery.page_size must be between 1 and 20 (the API's maxResults range), not {}",
+                    d.page_size
+                ),
+            );
+        }
+        if !(1..=1000).contains(&d.max_pages_per_round) {
+            self.problem(
+                "discovery.max_pages_per_round",
+                format!(
+                    "discovery.max_pages_per_round must be between 1 and 1000, not {}",
+                    d.max_pages_per_round
+                ),
+            );
+        }
     }
 
     fn check_polling(&mut self, p: &PollingSettings) {
@@ -526,12 +587,14 @@ pub fn summary(settings: &Settings, watchlist: &crate::watchlist::Watchlist) -> 
         .entries
         .iter()
         .map(|e| (&e.key.instance_id, &e.key.flow_name))
+        .chain(
+            watchlist
+                .flows
+                .iter()
+                .map(|f| (&f.key.instance_id, &f.key.flow_name)),
+        )
         .collect();
-    let instances: BTreeSet<_> = watchlist
-        .entries
-        .iter()
-        .map(|e| &e.key.instance_id)
-        .collect();
+    let instances: BTreeSet<_> = flows.iter().map(|(instance, _)| *instance).collect();
     let p = &settings.polling;
     let or_default = |v: &Option<String>| {
         v.clone()
@@ -546,16 +609,18 @@ pub fn summary(settings: &Settings, watchlist: &crate::watchlist::Watchlist) -> 
     }
     format!(
         "config ok: {}\n\
-         watchlist: {} (executions: {}, flows: {}, instances: {})\n\
+         watchlist: {} (executions: {}, discovered flows: {}, flows: {}, instances: {})\n\
          listen: {}\n\
          aws: region {}, profile {}, endpoint {}\n\
          polling: every {} growing x{} to {}, at most {} requests/s and {} in flight, timeout {}, not-found grace {}, series kept {} after the end\n\
+         discovery: every {}, pages of {}, at most {} pages per flow and round\n\
          events: {}\n\
          state: {}\n\
          log: {} ({:?})",
         settings.config_path.display(),
         settings.watchlist.display(),
         watchlist.entries.len(),
+        watchlist.flows.len(),
         flows.len(),
         instances.len(),
         settings.server.listen,
@@ -574,6 +639,9 @@ pub fn summary(settings: &Settings, watchlist: &crate::watchlist::Watchlist) -> 
         humantime::format_duration(p.request_timeout),
         humantime::format_duration(p.not_found_grace),
         humantime::format_duration(p.retain_terminal),
+        humantime::format_duration(settings.discovery.interval),
+        settings.discovery.page_size,
+        settings.discovery.max_pages_per_round,
         if sinks.is_empty() {
             "(none)".to_string()
         } else {

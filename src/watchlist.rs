@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use toml_edit::{Document, Item, Value};
 
@@ -88,6 +89,29 @@ pub fn check_flow_name(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// One flow, named by instance and flow name: what `[[flow]]` entries watch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub instance_id: String,
+    pub flow_name: String,
+}
+
+impl FlowKey {
+    /// The flow an execution belongs to.
+    pub fn of(key: &ExecutionKey) -> Self {
+        Self {
+            instance_id: key.instance_id.clone(),
+            flow_name: key.flow_name.clone(),
+        }
+    }
+}
+
+impl fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.instance_id, self.flow_name)
+    }
+}
+
 /// One watchlist entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchEntry {
@@ -96,12 +120,29 @@ pub struct WatchEntry {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A `[[flow]]` entry: every execution of the flow is discovered and watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub key: FlowKey,
+    /// Executions that started before `now - since` are ignored. `None`: those that started
+    /// before flowwatch first saw the flow are ignored.
+    pub since: Option<Duration>,
+    /// Copied to every discovered execution.
+    pub labels: BTreeMap<String, String>,
+}
+
 /// A parsed, validated watchlist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watchlist {
     pub path: PathBuf,
     pub entries: Vec<WatchEntry>,
+    pub flows: Vec<FlowEntry>,
 }
+
+/// The longest `since` that means anything: the API does not list executions older than a year.
+pub const MAX_SINCE: Duration = Duration::from_secs(366 * 24 * 3600);
+
+type Span = Option<std::ops::Range<usize>>;
 
 impl Watchlist {
     /// Reads and validates the watchlist file.
@@ -121,94 +162,133 @@ impl Watchlist {
         let doc = Document::parse(text)
             .map_err(|e| Diagnostics(vec![src.at(e.span(), toml_message(e.message()))]))?;
         let mut problems = Vec::new();
-        let mut entries = Vec::new();
-        let mut seen: HashMap<ExecutionKey, usize> = HashMap::new();
 
         let root = doc.as_table();
         for (name, _) in root.iter() {
-            if name != "execution" {
+            if name != "execution" && name != "flow" {
                 let span = root.key(name).and_then(|k| k.span());
                 problems.push(src.at(
                     span,
-                    format!("unknown key `{name}`: a watchlist holds only [[execution]] tables"),
-                ));
-            }
-        }
-
-        let mut tables: Vec<(Option<std::ops::Range<usize>>, EntryFields<'_>)> = Vec::new();
-        match root.get("execution") {
-            None => problems.push(src.at(
-                None,
-                "the watchlist has no [[execution]] entries: add at least one",
-            )),
-            Some(Item::ArrayOfTables(array)) => {
-                for table in array.iter() {
-                    tables.push((table.span(), EntryFields::Table(table)));
-                }
-            }
-            Some(Item::Value(Value::Array(array))) => {
-                for value in array.iter() {
-                    match value {
-                        Value::InlineTable(table) => {
-                            tables.push((table.span(), EntryFields::Inline(table)))
-                        }
-                        other => problems.push(src.at(
-                            other.span(),
-                            format!("expected an execution table, found {}", other.type_name()),
-                        )),
-                    }
-                }
-            }
-            Some(other) => {
-                let span = root.key("execution").and_then(|k| k.span());
-                problems.push(src.at(
-                    span.or(other.span()),
                     format!(
-                        "`execution` must be an array of tables ([[execution]]), found {}",
-                        other.type_name()
+                        "unknown key `{name}`: a watchlist holds only [[execution]] and [[flow]] tables"
                     ),
                 ));
             }
         }
-        if tables.is_empty() && root.get("execution").is_some() && problems.is_empty() {
+        let execution_tables = tables_of(&src, root, "execution", &mut problems);
+        let flow_tables = tables_of(&src, root, "flow", &mut problems);
+        if execution_tables.is_empty() && flow_tables.is_empty() && problems.is_empty() {
             problems.push(src.at(
                 None,
-                "the watchlist has no [[execution]] entries: add at least one",
+                "the watchlist has no [[execution]] or [[flow]] entries: add at least one",
             ));
         }
 
-        for (span, fields) in tables {
+        let mut entries = Vec::new();
+        let mut seen: HashMap<ExecutionKey, usize> = HashMap::new();
+        for (span, fields) in execution_tables {
             let before = problems.len();
             let entry = parse_entry(&src, span.clone(), &fields, &mut problems);
             let Some(entry) = entry else { continue };
             if problems.len() > before {
                 continue;
             }
-            let here = src.at(span.clone(), "");
-            let line = line_of(&here.location).unwrap_or(0);
-            if let Some(first) = seen.get(&entry.key) {
-                problems.push(src.at(
-                    span,
-                    format!(
-                        "duplicate entry for execution {}: already listed at line {first} (this is line {line})",
-                        entry.key
-                    ),
-                ));
+            if let Some(duplicate) = duplicate(&src, &span, &mut seen, &entry.key, "execution") {
+                problems.push(duplicate);
                 continue;
             }
-            seen.insert(entry.key.clone(), line);
             entries.push(entry);
+        }
+        let mut flows = Vec::new();
+        let mut seen_flows: HashMap<FlowKey, usize> = HashMap::new();
+        for (span, fields) in flow_tables {
+            let before = problems.len();
+            let flow = parse_flow(&src, span.clone(), &fields, &mut problems);
+            let Some(flow) = flow else { continue };
+            if problems.len() > before {
+                continue;
+            }
+            if let Some(duplicate) = duplicate(&src, &span, &mut seen_flows, &flow.key, "flow") {
+                problems.push(duplicate);
+                continue;
+            }
+            flows.push(flow);
         }
 
         if problems.is_empty() {
             Ok(Self {
                 path: path.to_path_buf(),
                 entries,
+                flows,
             })
         } else {
             Err(Diagnostics(problems))
         }
     }
+}
+
+/// The `[[name]]` tables (or `name = [{…}]` inline tables) of the document.
+fn tables_of<'a>(
+    src: &SourceText<'_>,
+    root: &'a toml_edit::Table,
+    name: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> Vec<(Span, EntryFields<'a>)> {
+    let mut tables = Vec::new();
+    match root.get(name) {
+        None => {}
+        Some(Item::ArrayOfTables(array)) => {
+            for table in array.iter() {
+                tables.push((table.span(), EntryFields::Table(table)));
+            }
+        }
+        Some(Item::Value(Value::Array(array))) => {
+            for value in array.iter() {
+                match value {
+                    Value::InlineTable(table) => {
+                        tables.push((table.span(), EntryFields::Inline(table)))
+                    }
+                    other => problems.push(src.at(
+                        other.span(),
+                        format!("expected a {name} table, found {}", other.type_name()),
+                    )),
+                }
+            }
+        }
+        Some(other) => {
+            let span = root.key(name).and_then(|k| k.span());
+            problems.push(src.at(
+                span.or(other.span()),
+                format!(
+                    "`{name}` must be an array of tables ([[{name}]]), found {}",
+                    other.type_name()
+                ),
+            ));
+        }
+    }
+    tables
+}
+
+/// The problem of an entry listed twice, naming both lines; records the entry's line otherwise.
+fn duplicate<K: Clone + Eq + std::hash::Hash + fmt::Display>(
+    src: &SourceText<'_>,
+    span: &Span,
+    seen: &mut HashMap<K, usize>,
+    key: &K,
+    what: &str,
+) -> Option<Diagnostic> {
+    let here = src.at(span.clone(), "");
+    let line = line_of(&here.location).unwrap_or(0);
+    if let Some(first) = seen.get(key) {
+        return Some(src.at(
+            span.clone(),
+            format!(
+                "duplicate entry for {what} {key}: already listed at line {first} (this is line {line})"
+            ),
+        ));
+    }
+    seen.insert(key.clone(), line);
+    None
 }
 
 /// A TOML parser message is several lines with a caret diagram; the first line says what is wrong.
@@ -274,81 +354,170 @@ impl FieldValue<'_> {
 }
 
 const ENTRY_KEYS: [&str; 4] = ["instance_id", "flow_name", "execution_id", "labels"];
+const FLOW_KEYS: [&str; 4] = ["instance_id", "flow_name", "since", "labels"];
 
-fn parse_entry(
-    src: &SourceText<'_>,
-    span: Option<std::ops::Range<usize>>,
-    fields: &EntryFields<'_>,
-    problems: &mut Vec<Diagnostic>,
-) -> Option<WatchEntry> {
-    for (key, key_span) in fields.keys() {
-        if !ENTRY_KEYS.contains(&key.as_str()) {
-            problems.push(src.at(
-                key_span,
-                format!(
-                    "unknown key `{key}` in [[execution]]: expected one of instance_id, flow_name, execution_id, labels"
-                ),
-            ));
+/// Reads the fields of one `[[table]]`, recording each problem where it sits.
+struct FieldReader<'s, 'f, 'p> {
+    src: &'s SourceText<'s>,
+    span: Span,
+    fields: &'f EntryFields<'f>,
+    table: &'static str,
+    problems: &'p mut Vec<Diagnostic>,
+}
+
+impl FieldReader<'_, '_, '_> {
+    fn unknown_keys(&mut self, allowed: &[&str]) {
+        for (key, key_span) in self.fields.keys() {
+            if !allowed.contains(&key.as_str()) {
+                self.problems.push(self.src.at(
+                    key_span,
+                    format!(
+                        "unknown key `{key}` in [[{}]]: expected one of {}",
+                        self.table,
+                        allowed.join(", ")
+                    ),
+                ));
+            }
         }
     }
 
-    let mut string_field =
-        |name: &str, check: &dyn Fn(&str) -> Result<(), String>| match fields.get(name) {
+    /// A required string, checked by `check`.
+    fn string(&mut self, name: &str, check: &dyn Fn(&str) -> Result<(), String>) -> Option<String> {
+        match self.fields.get(name) {
             None => {
-                problems.push(src.at(
-                    span.clone(),
-                    format!("missing field `{name}` in [[execution]]"),
+                self.problems.push(self.src.at(
+                    self.span.clone(),
+                    format!("missing field `{name}` in [[{}]]", self.table),
                 ));
                 None
             }
             Some(FieldValue::Value(Value::String(s))) => match check(s.value()) {
                 Ok(()) => Some(s.value().to_string()),
                 Err(message) => {
-                    problems.push(src.at(s.span(), message));
+                    self.problems.push(self.src.at(s.span(), message));
                     None
                 }
             },
             Some(other) => {
-                problems.push(src.at(
+                self.problems.push(self.src.at(
                     other.span(),
                     format!("`{name}` must be a string, found {}", other.type_name()),
                 ));
                 None
             }
-        };
-    let instance_id = string_field("instance_id", &|v| check_uuid("instance_id", v));
-    let flow_name = string_field("flow_name", &check_flow_name);
-    let execution_id = string_field("execution_id", &|v| check_uuid("execution_id", v));
-
-    let mut labels = BTreeMap::new();
-    match fields.get("labels") {
-        None => {}
-        Some(FieldValue::Value(Value::InlineTable(t))) => {
-            for (k, v) in t.iter() {
-                label(src, k, v.as_str(), v.span(), v.type_name(), &mut labels, problems);
-            }
         }
-        Some(FieldValue::Table(t)) => {
-            for (k, item) in t.iter() {
-                let type_name = item.type_name();
-                label(src, k, item.as_str(), item.span(), type_name, &mut labels, problems);
-            }
-        }
-        Some(other) => problems.push(src.at(
-            other.span(),
-            format!(
-                "`labels` must be a table of strings, like labels = {{ team = \"planning\" }}; found {}",
-                other.type_name()
-            ),
-        )),
     }
 
+    fn labels(&mut self) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        match self.fields.get("labels") {
+            None => {}
+            Some(FieldValue::Value(Value::InlineTable(t))) => {
+                for (k, v) in t.iter() {
+                    label(self.src, k, v.as_str(), v.span(), v.type_name(), &mut labels, self.problems);
+                }
+            }
+            Some(FieldValue::Table(t)) => {
+                for (k, item) in t.iter() {
+                    let type_name = item.type_name();
+                    label(self.src, k, item.as_str(), item.span(), type_name, &mut labels, self.problems);
+                }
+            }
+            Some(other) => self.problems.push(self.src.at(
+                other.span(),
+                format!(
+                    "`labels` must be a table of strings, like labels = {{ team = \"planning\" }}; found {}",
+                    other.type_name()
+                ),
+            )),
+        }
+        labels
+    }
+}
+
+fn parse_entry(
+    src: &SourceText<'_>,
+    span: Span,
+    fields: &EntryFields<'_>,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<WatchEntry> {
+    let mut r = FieldReader {
+        src,
+        span,
+        fields,
+        table: "execution",
+        problems,
+    };
+    r.unknown_keys(&ENTRY_KEYS);
+    let instance_id = r.string("instance_id", &|v| check_uuid("instance_id", v));
+    let flow_name = r.string("flow_name", &check_flow_name);
+    let execution_id = r.string("execution_id", &|v| check_uuid("execution_id", v));
+    let labels = r.labels();
     let key = ExecutionKey {
         instance_id: instance_id?,
         flow_name: flow_name?,
         execution_id: execution_id?,
     };
     Some(WatchEntry { key, labels })
+}
+
+fn parse_flow(
+    src: &SourceText<'_>,
+    span: Span,
+    fields: &EntryFields<'_>,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<FlowEntry> {
+    let mut r = FieldReader {
+        src,
+        span,
+        fields,
+        table: "flow",
+        problems,
+    };
+    r.unknown_keys(&FLOW_KEYS);
+    let instance_id = r.string("instance_id", &|v| check_uuid("instance_id", v));
+    let flow_name = r.string("flow_name", &check_flow_name);
+    let since = match fields.get("since") {
+        None => None,
+        Some(FieldValue::Value(Value::String(s))) => match parse_since(s.value()) {
+            Ok(since) => Some(since),
+            Err(message) => {
+                r.problems.push(src.at(s.span(), message));
+                None
+            }
+        },
+        Some(other) => {
+            r.problems.push(src.at(
+                other.span(),
+                format!(
+                    "`since` must be a duration string like \"24h\", found {}",
+                    other.type_name()
+                ),
+            ));
+            None
+        }
+    };
+    let labels = r.labels();
+    let key = FlowKey {
+        instance_id: instance_id?,
+        flow_name: flow_name?,
+    };
+    Some(FlowEntry { key, since, labels })
+}
+
+fn parse_since(text: &str) -> Result<Duration, String> {
+    let since = humantime::parse_duration(text).map_err(|e| {
+        format!("invalid since {text:?}: {e} (write a duration like \"24h\" or \"90m\")")
+    })?;
+    if since.is_zero() {
+        return Err("since must be greater than zero: leave it out to watch only executions that start from now on".to_string());
+    }
+    if since > MAX_SINCE {
+        return Err(format!(
+            "since {text:?} reaches back more than a year, further than the API lists executions"
+        ));
+    }
+    Ok(since)
 }
 
 fn label(
@@ -452,7 +621,7 @@ mod tests {
         let errors = parse("# nothing here\n").expect_err("empty");
         assert_eq!(
             errors,
-            vec!["w.toml:1:1: the watchlist has no [[execution]] entries: add at least one"]
+            vec!["w.toml:1:1: the watchlist has no [[execution]] or [[flow]] entries: add at least one"]
         );
     }
 
