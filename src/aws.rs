@@ -11,22 +11,41 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_supplychain::Client;
 use aws_sdk_supplychain::config::http::HttpResponse;
 use aws_sdk_supplychain::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_supplychain::operation::get_data_integration_flow_execution::GetDataIntegrationFlowExecutionError;
 use aws_sdk_supplychain::types::DataIntegrationFlowExecution;
 use aws_smithy_types::retry::{ErrorKind, ProvideErrorKind};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AwsSettings;
-use crate::watchlist::ExecutionKey;
+use crate::watchlist::{ExecutionKey, FlowKey};
 
-/// The operation name used in metric labels.
+/// The operation names used in metric labels.
 pub const OPERATION: &str = "GetDataIntegrationFlowExecution";
+pub const LIST_OPERATION: &str = "ListDataIntegrationFlowExecutions";
 
-/// Reads the state of one flow execution. The SDK implements it for real; tests implement it
-/// in memory to drive the scheduler without HTTP.
+/// The two calls flowwatch makes. The SDK implements them for real; the fake server answers
+/// them over HTTP in tests and the demo.
 pub trait FlowExecutions: Send + Sync + 'static {
+    /// Reads the state of one flow execution.
     fn get(&self, key: &ExecutionKey)
     -> impl Future<Output = Result<Observation, ApiError>> + Send;
+
+    /// Reads one page of a flow's executions.
+    fn list(
+        &self,
+        flow: &FlowKey,
+        next_token: Option<&str>,
+        page_size: i32,
+    ) -> impl Future<Output = Result<ListPage, ApiError>> + Send;
+}
+
+/// One page of ListDataIntegrationFlowExecutions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListPage {
+    pub executions: Vec<(ExecutionKey, Observation)>,
+    /// Items that break the wire format (bad ids, another flow, no status), in words: they are
+    /// skipped and logged, the rest of the page counts.
+    pub invalid: Vec<String>,
+    pub next_token: Option<String>,
 }
 
 /// The status string the API returned.
@@ -325,6 +344,57 @@ impl FlowExecutions for SdkFlowExecutions {
             Err(e) => Err(classify(e)),
         }
     }
+
+    async fn list(
+        &self,
+        flow: &FlowKey,
+        next_token: Option<&str>,
+        page_size: i32,
+    ) -> Result<ListPage, ApiError> {
+        let result = self
+            .client
+            .list_data_integration_flow_executions()
+            .instance_id(&flow.instance_id)
+            .flow_name(&flow.flow_name)
+            .max_results(page_size)
+            .set_next_token(next_token.map(str::to_string))
+            .send()
+            .await;
+        let output = result.map_err(classify)?;
+        let mut page = ListPage {
+            next_token: output
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
+            ..ListPage::default()
+        };
+        if page.next_token.as_deref() == next_token && next_token.is_some() {
+            // A token that leads back to itself would page forever.
+            return Err(ApiError::InvalidResponse {
+                message: "the response's nextToken is the token of the request".to_string(),
+            });
+        }
+        for fe in output.flow_executions() {
+            let key = ExecutionKey::new(fe.instance_id(), fe.flow_name(), fe.execution_id())
+                .map_err(|e| format!("an item with {e}"))
+                .and_then(|key| {
+                    if FlowKey::of(&key) == *flow {
+                        Ok(key)
+                    } else {
+                        Err(format!("an item of another flow ({key})"))
+                    }
+                });
+            match key.and_then(|key| {
+                observation_of(fe)
+                    .map(|o| (key, o))
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok(item) => page.executions.push(item),
+                Err(problem) => page.invalid.push(problem),
+            }
+        }
+        Ok(page)
+    }
 }
 
 fn observation_from(
@@ -355,6 +425,11 @@ fn observation_from(
             ),
         });
     }
+    observation_of(fe)
+}
+
+/// The fields of one flow execution, whose ids the caller has checked.
+fn observation_of(fe: &DataIntegrationFlowExecution) -> Result<Observation, ApiError> {
     let status = match fe.status().map(|s| s.as_str()) {
         Some("IN_PROGRESS") => ApiStatus::InProgress,
         Some("SUCCEEDED") => ApiStatus::Succeeded,
@@ -399,7 +474,10 @@ fn retry_after(response: &HttpResponse) -> Option<Duration> {
 }
 
 /// Classifies by the error code first, then the SDK's retry kind, then the HTTP status.
-pub fn classify(error: SdkError<GetDataIntegrationFlowExecutionError, HttpResponse>) -> ApiError {
+pub fn classify<E>(error: SdkError<E, HttpResponse>) -> ApiError
+where
+    E: ProvideErrorMetadata + ProvideErrorKind + std::error::Error + 'static,
+{
     match &error {
         SdkError::TimeoutError(_) => return ApiError::Timeout,
         SdkError::DispatchFailure(failure) => {

@@ -137,7 +137,10 @@ const KNOWN: &[(&str, &[&str])] = &[
             "retain_terminal",
         ],
     ),
-    ("discovery", &["interval", "page_size", "max_pages_per_round"]),
+    (
+        "discovery",
+        &["interval", "page_size", "max_pages_per_round"],
+    ),
     ("state", &["path"]),
     ("events", &["stdout", "file"]),
     ("log", &["level", "format"]),

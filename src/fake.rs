@@ -1,8 +1,13 @@
-//! A fake of the Supply Chain API's `GetDataIntegrationFlowExecution`, speaking the real restJson1
-//! wire format: the same route, epoch-second timestamps, `x-amzn-errortype` error headers with the
-//! model's HTTP codes, and the `x-amz-retry-after` hint. Each execution follows a scripted status
-//! timeline, with fault windows (errors, throttling, hangs, resets, garbage bodies), behind an
-//! optional global rate limit. It serves the integration tests and `flowwatch demo`.
+//! A fake of the Supply Chain API's `GetDataIntegrationFlowExecution` and
+//! `ListDataIntegrationFlowExecutions`, speaking the real restJson1 wire format: the same routes,
+//! `maxResults`/`nextToken` paging, epoch-second timestamps, `x-amzn-errortype` error headers with
+//! the model's HTTP codes, and the `x-amz-retry-after` hint. Each execution follows a scripted
+//! status timeline, with fault windows (errors, throttling, hangs, resets, garbage bodies), behind
+//! an optional global rate limit. It serves the integration tests and `flowwatch demo`.
+//!
+//! List answers newest first (by start time, then execution id) with a keyset cursor as token,
+//! so executions that start between two pages neither repeat nor shift later pages. flowwatch
+//! does not rely on that order; the model promises none.
 //!
 //! Time is tokio time measured from [`FakeServer::start`], so a paused clock drives it too.
 
@@ -34,6 +39,21 @@ pub struct Scenario {
     pub rate_limit: Option<FakeRateLimit>,
     #[serde(default, rename = "execution")]
     pub executions: Vec<ScriptedExecution>,
+    /// Flows that exist without scripted executions, or whose List requests get faults. A flow
+    /// with neither an entry here nor an execution does not exist (ResourceNotFoundException).
+    #[serde(default, rename = "flow")]
+    pub flows: Vec<ScriptedFlow>,
+}
+
+/// A flow as ListDataIntegrationFlowExecutions sees it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedFlow {
+    pub instance_id: String,
+    pub flow_name: String,
+    /// Faults of List requests for this flow.
+    #[serde(default)]
+    pub faults: Vec<FaultWindow>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +88,10 @@ pub struct ScriptedExecution {
     pub source: Option<FakeSource>,
     #[serde(default)]
     pub diagnostic_reports_root_s3_uri: Option<String>,
+    /// History: the execution started this long before the fake did. Its reported start and end
+    /// times move back by as much; the timeline still says when it is visible and what it shows.
+    #[serde(with = "humantime_opt", default)]
+    pub started_before: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,8 +179,18 @@ pub struct FakeStats {
     pub throttled: u64,
     pub by_http_status: BTreeMap<u16, u64>,
     pub by_execution: HashMap<String, u64>,
-    /// When each request arrived (tokio time since start) and for which execution id.
+    /// When each request arrived (tokio time since start) and for which execution id (empty for
+    /// List requests).
     pub arrivals: Vec<(Duration, String)>,
+    /// ListDataIntegrationFlowExecutions requests, by `instance_id/flow_name`.
+    pub lists_by_flow: HashMap<String, u64>,
+}
+
+impl FakeStats {
+    /// All List requests.
+    pub fn lists(&self) -> u64 {
+        self.lists_by_flow.values().sum()
+    }
 }
 
 struct Shared {
@@ -296,11 +330,25 @@ async fn handle(
 fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
     let now = shared.started.elapsed();
     let path = req.uri().path().to_string();
-    let ids = parse_route(&path);
+    let route = parse_route(&path, req.uri().query());
     {
         let mut stats = lock(&shared.stats);
         stats.requests += 1;
-        let id = ids.as_ref().map_or_else(String::new, |(_, _, e)| e.clone());
+        let id = match &route {
+            Some(Route::Get { execution_id, .. }) => execution_id.clone(),
+            _ => String::new(),
+        };
+        if let Some(Route::List {
+            instance_id,
+            flow_name,
+            ..
+        }) = &route
+        {
+            *stats
+                .lists_by_flow
+                .entry(format!("{instance_id}/{flow_name}"))
+                .or_default() += 1;
+        }
         *stats.by_execution.entry(id.clone()).or_default() += 1;
         stats.arrivals.push((now, id));
     }
@@ -312,7 +360,7 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
             None,
         ));
     }
-    let Some((instance_id, flow_name, execution_id)) = ids else {
+    let Some(route) = route else {
         return Answer::Respond(error(
             404,
             "UnknownOperationException",
@@ -334,7 +382,7 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
         ));
     }
 
-    let scenario = lock(&shared.scenario).clone();
+    let scenario = lock(&shared.scenario);
     if let Some(limit) = &scenario.rate_limit {
         let mut bucket = lock(&shared.bucket);
         let (tokens, at) = *bucket;
@@ -351,19 +399,67 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
         }
         *bucket = (refreshed - 1.0, Instant::now());
     }
+    match route {
+        Route::Get {
+            instance_id,
+            flow_name,
+            execution_id,
+        } => get_execution(
+            shared,
+            &scenario,
+            now,
+            &instance_id,
+            &flow_name,
+            &execution_id,
+        ),
+        Route::List {
+            instance_id,
+            flow_name,
+            max_results,
+            next_token,
+        } => list_executions(
+            shared,
+            &scenario,
+            now,
+            &instance_id,
+            &flow_name,
+            max_results,
+            next_token.as_deref(),
+        ),
+    }
+}
 
+fn get_execution(
+    shared: &Shared,
+    scenario: &Scenario,
+    now: Duration,
+    instance_id: &str,
+    flow_name: &str,
+    execution_id: &str,
+) -> Answer {
     let Some(script) = scenario.executions.iter().find(|e| {
         e.instance_id == instance_id && e.flow_name == flow_name && e.execution_id == execution_id
     }) else {
-        return Answer::Respond(not_found(&instance_id, &flow_name, &execution_id));
+        return Answer::Respond(not_found(instance_id, flow_name, execution_id));
     };
+    if let Some(fault) = active_fault(shared, &script.faults, now) {
+        return fault;
+    }
+    let Some(execution) = describe_execution(shared, script, now) else {
+        return Answer::Respond(not_found(instance_id, flow_name, execution_id));
+    };
+    let body = json!({ "flowExecution": execution }).to_string();
+    Answer::Respond(response(200, "application/json", body, &[]))
+}
 
-    for window in &script.faults {
+/// The fault a request gets now, if any of `faults` strikes.
+fn active_fault(shared: &Shared, faults: &[FaultWindow], now: Duration) -> Option<Answer> {
+    for window in faults {
         let active = now >= window.from && window.until.is_none_or(|u| now < u);
         if !active || lock(&shared.rng).f64() >= window.probability {
             continue;
         }
-        return match &window.fault {
+        return Some(match &window.fault {
             Fault::Hang => Answer::Hang,
             Fault::Reset => Answer::Reset,
             Fault::Error {
@@ -383,22 +479,25 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
                 content_type,
                 body,
             } => Answer::Respond(response(*http_status, content_type, body.clone(), &[])),
-        };
+        });
     }
+    None
+}
 
-    let current = script.timeline.iter().rev().find(|s| s.at <= now);
-    let Some(step) = current else {
-        return Answer::Respond(not_found(&instance_id, &flow_name, &execution_id));
-    };
+/// The wire form of an execution as it is now, or `None` before its first step.
+fn describe_execution(shared: &Shared, script: &ScriptedExecution, now: Duration) -> Option<Value> {
+    let step = script.timeline.iter().rev().find(|s| s.at <= now)?;
+    let back = script.started_before.unwrap_or_default();
     let epoch = |d: Duration| {
         (shared.started_wall + d)
-            .duration_since(UNIX_EPOCH)
+            .checked_sub(back)
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0.0, |t| t.as_secs_f64().floor())
     };
     let mut execution = json!({
-        "instanceId": instance_id,
-        "flowName": flow_name,
-        "executionId": execution_id,
+        "instanceId": script.instance_id,
+        "flowName": script.flow_name,
+        "executionId": script.execution_id,
         "status": step.status,
         "startTime": epoch(script.timeline[0].at),
     });
@@ -422,12 +521,124 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
     if let Some(uri) = &script.diagnostic_reports_root_s3_uri {
         execution["outputMetadata"] = json!({"diagnosticReportsRootS3URI": uri});
     }
-    let body = json!({ "flowExecution": execution }).to_string();
-    Answer::Respond(response(200, "application/json", body, &[]))
+    Some(execution)
 }
 
-/// Splits `/api-data/data-integration/instance/{i}/data-integration-flows/{f}/executions/{e}`.
-fn parse_route(path: &str) -> Option<(String, String, String)> {
+/// One page of a flow's visible executions, newest first, after the cursor in `next_token`.
+fn list_executions(
+    shared: &Shared,
+    scenario: &Scenario,
+    now: Duration,
+    instance_id: &str,
+    flow_name: &str,
+    max_results: Option<Result<u32, String>>,
+    next_token: Option<&str>,
+) -> Answer {
+    let flow = scenario
+        .flows
+        .iter()
+        .find(|f| f.instance_id == instance_id && f.flow_name == flow_name);
+    let has_executions = scenario
+        .executions
+        .iter()
+        .any(|e| e.instance_id == instance_id && e.flow_name == flow_name);
+    if flow.is_none() && !has_executions {
+        return Answer::Respond(error(
+            404,
+            "ResourceNotFoundException",
+            &format!("Flow {flow_name} in instance {instance_id} does not exist"),
+            None,
+        ));
+    }
+    let page_size = match max_results {
+        None => 20,
+        Some(Ok(n)) if (1..=20).contains(&n) => n as usize,
+        Some(Ok(n)) => {
+            return Answer::Respond(validation(&format!(
+                "maxResults {n} is not between 1 and 20"
+            )));
+        }
+        Some(Err(raw)) => {
+            return Answer::Respond(validation(&format!("maxResults {raw:?} is not a number")));
+        }
+    };
+    let cursor = match next_token.map(parse_cursor) {
+        None => None,
+        Some(Some(cursor)) => Some(cursor),
+        Some(None) => return Answer::Respond(validation("Invalid nextToken")),
+    };
+    if let Some(fault) = flow.and_then(|f| active_fault(shared, &f.faults, now)) {
+        return fault;
+    }
+    let mut visible: Vec<((i64, String), Value)> = scenario
+        .executions
+        .iter()
+        .filter(|e| e.instance_id == instance_id && e.flow_name == flow_name)
+        .filter_map(|e| {
+            let described = describe_execution(shared, e, now)?;
+            let start_ms = (described["startTime"].as_f64().unwrap_or(0.0) * 1000.0) as i64;
+            Some(((start_ms, e.execution_id.clone()), described))
+        })
+        .collect();
+    // Newest first.
+    visible.sort_by(|a, b| b.0.cmp(&a.0));
+    let after: Vec<_> = visible
+        .into_iter()
+        .filter(|(position, _)| cursor.as_ref().is_none_or(|c| position < c))
+        .collect();
+    let more = after.len() > page_size;
+    let page: Vec<_> = after.into_iter().take(page_size).collect();
+    let mut body = json!({
+        "flowExecutions": page.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+    });
+    if more && let Some((last, _)) = page.last() {
+        body["nextToken"] = json!(cursor_token(last));
+    }
+    Answer::Respond(response(200, "application/json", body.to_string(), &[]))
+}
+
+/// A page cursor: the position of the last item returned, as an opaque-looking token.
+fn cursor_token((start_ms, execution_id): &(i64, String)) -> String {
+    let text = format!("{start_ms}/{execution_id}");
+    let hex: String = text.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("v1.{hex}")
+}
+
+fn parse_cursor(token: &str) -> Option<(i64, String)> {
+    let hex = token.strip_prefix("v1.")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    let text = String::from_utf8(bytes?).ok()?;
+    let (start, id) = text.split_once('/')?;
+    Some((start.parse().ok()?, id.to_string()))
+}
+
+fn validation(message: &str) -> Response<Full<Bytes>> {
+    error(400, "ValidationException", message, None)
+}
+
+enum Route {
+    Get {
+        instance_id: String,
+        flow_name: String,
+        execution_id: String,
+    },
+    List {
+        instance_id: String,
+        flow_name: String,
+        /// `Err` holds a value that is not a number.
+        max_results: Option<Result<u32, String>>,
+        next_token: Option<String>,
+    },
+}
+
+/// Splits `/api-data/data-integration/instance/{i}/data-integration-flows/{f}/executions[/{e}]`.
+fn parse_route(path: &str, query: Option<&str>) -> Option<Route> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
         [
@@ -439,7 +650,44 @@ fn parse_route(path: &str) -> Option<(String, String, String)> {
             f,
             "executions",
             e,
-        ] => Some((percent_decode(i)?, percent_decode(f)?, percent_decode(e)?)),
+        ] => Some(Route::Get {
+            instance_id: percent_decode(i)?,
+            flow_name: percent_decode(f)?,
+            execution_id: percent_decode(e)?,
+        }),
+        [
+            "api-data",
+            "data-integration",
+            "instance",
+            i,
+            "data-integration-flows",
+            f,
+            "executions",
+        ] => {
+            let mut max_results = None;
+            let mut next_token = None;
+            for pair in query
+                .unwrap_or_default()
+                .split('&')
+                .filter(|p| !p.is_empty())
+            {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                let value = percent_decode(&value.replace('+', " "))?;
+                match name {
+                    "maxResults" => {
+                        max_results = Some(value.parse::<u32>().map_err(|_| value.clone()));
+                    }
+                    "nextToken" => next_token = Some(value),
+                    _ => {}
+                }
+            }
+            Some(Route::List {
+                instance_id: percent_decode(i)?,
+                flow_name: percent_decode(f)?,
+                max_results,
+                next_token,
+            })
+        }
         _ => None,
     }
 }

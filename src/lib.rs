@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod diagnostic;
+pub mod discovery;
 pub mod events;
 pub mod fake;
 pub mod health;
@@ -99,6 +100,15 @@ pub async fn run_with<C: FlowExecutions>(
     shutdown: CancellationToken,
 ) -> Result<Finish, Error> {
     let watchlist = Watchlist::load(&settings.watchlist)?;
+    if options.exit_when_done && !watchlist.flows.is_empty() {
+        return Err(Error::Config(Diagnostics(vec![Diagnostic::new(
+            Location::Path(settings.watchlist.clone()),
+            format!(
+                "--exit-when-done cannot be used with [[flow]] entries ({} in the watchlist): a watched flow never ends",
+                watchlist.flows.len()
+            ),
+        )])));
+    }
     let metrics =
         Arc::new(Metrics::new().map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?);
     let sinks =
@@ -147,6 +157,7 @@ pub async fn run_with<C: FlowExecutions>(
     let scheduler = Scheduler::new(
         client,
         settings.polling.clone(),
+        settings.discovery.clone(),
         watchlist.clone(),
         Outputs {
             metrics: metrics.clone(),
@@ -161,6 +172,7 @@ pub async fn run_with<C: FlowExecutions>(
         %addr,
         watchlist = %settings.watchlist.display(),
         executions = watchlist.entries.len(),
+        flows = watchlist.flows.len(),
         "flowwatch is listening"
     );
 
@@ -179,8 +191,9 @@ pub async fn run_with<C: FlowExecutions>(
         let _ = bound.send(addr);
     }
     systemd::ready(&format!(
-        "watching {} executions; serving on {addr}",
-        watchlist.entries.len()
+        "watching {} executions and {} flows; serving on {addr}",
+        watchlist.entries.len(),
+        watchlist.flows.len()
     ));
     let stopping = {
         let shutdown = shutdown.clone();

@@ -8,7 +8,7 @@ use prometheus::{
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::aws::{OPERATION, Observation, Outcome};
+use crate::aws::{LIST_OPERATION, OPERATION, Observation, Outcome};
 use crate::state::Status;
 use crate::watchlist::ExecutionKey;
 
@@ -31,7 +31,12 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: Gauge,
     pub config_last_reload_successful: Gauge,
+    pub discovered: IntCounterVec,
+    pub discovery_last_success: GaugeVec,
+    pub discovery_flow_not_found: IntGaugeVec,
 }
+
+const FLOW_LABELS: [&str; 2] = ["instance_id", "flow_name"];
 
 const EXECUTION_LABELS: [&str; 3] = ["instance_id", "flow_name", "execution_id"];
 
@@ -128,6 +133,30 @@ impl Metrics {
             "flowwatch_config_last_reload_successful",
             "1 if the last watchlist reload succeeded, 0 if it was refused (the old watchlist keeps running).",
         )?;
+        let discovered = IntCounterVec::new(
+            Opts::new(
+                "flowwatch_discovered_executions_total",
+                "Executions of [[flow]] entries found by ListDataIntegrationFlowExecutions and added to the watch set.",
+            ),
+            &FLOW_LABELS,
+        )?;
+        let discovery_last_success = GaugeVec::new(
+            Opts::new(
+                "flowwatch_discovery_last_success_timestamp_seconds",
+                "When a discovery round of the flow last completed without error (unix seconds).",
+            ),
+            &FLOW_LABELS,
+        )?;
+        let discovery_flow_not_found = IntGaugeVec::new(
+            Opts::new(
+                "flowwatch_discovery_flow_not_found",
+                "1 while the API answers ResourceNotFoundException for the flow of a [[flow]] entry (it does not exist), else 0.",
+            ),
+            &FLOW_LABELS,
+        )?;
+        registry.register(Box::new(discovered.clone()))?;
+        registry.register(Box::new(discovery_last_success.clone()))?;
+        registry.register(Box::new(discovery_flow_not_found.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
         registry.register(Box::new(config_last_reload_successful.clone()))?;
@@ -149,10 +178,12 @@ impl Metrics {
         for status in Status::ALL {
             watched.with_label_values(&[status.as_str()]).set(0);
         }
-        for outcome in Outcome::ALL {
-            api_requests
-                .with_label_values(&[OPERATION, outcome.metric_label()])
-                .reset();
+        for operation in [OPERATION, LIST_OPERATION] {
+            for outcome in Outcome::ALL {
+                api_requests
+                    .with_label_values(&[operation, outcome.metric_label()])
+                    .reset();
+            }
         }
         for result in ["success", "failure"] {
             config_reloads.with_label_values(&[result]).reset();
@@ -181,6 +212,9 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
             config_last_reload_successful,
+            discovered,
+            discovery_last_success,
+            discovery_flow_not_found,
         })
     }
 
@@ -292,13 +326,31 @@ impl Metrics {
         let _ = self.execution_end_time.remove_label_values(&labels);
     }
 
-    pub fn record_request(&self, outcome: Outcome, seconds: f64) {
+    pub fn record_request(&self, operation: &str, outcome: Outcome, seconds: f64) {
         self.api_requests
-            .with_label_values(&[OPERATION, outcome.metric_label()])
+            .with_label_values(&[operation, outcome.metric_label()])
             .inc();
         self.api_duration
-            .with_label_values(&[OPERATION])
+            .with_label_values(&[operation])
             .observe(seconds);
+    }
+
+    /// Creates the series of a `[[flow]]` entry, so the first discovery is an increase.
+    pub fn watch_discovered_flow(&self, instance_id: &str, flow_name: &str) {
+        self.watch_flow(instance_id, flow_name);
+        let labels = [instance_id, flow_name];
+        self.discovered.with_label_values(&labels).inc_by(0);
+        self.discovery_flow_not_found
+            .with_label_values(&labels)
+            .set(0);
+    }
+
+    /// Drops the discovery series of a `[[flow]]` entry removed from the watchlist.
+    pub fn drop_discovered_flow(&self, instance_id: &str, flow_name: &str) {
+        let labels = [instance_id, flow_name];
+        let _ = self.discovered.remove_label_values(&labels);
+        let _ = self.discovery_last_success.remove_label_values(&labels);
+        let _ = self.discovery_flow_not_found.remove_label_values(&labels);
     }
 }
 
@@ -332,7 +384,7 @@ mod tests {
     fn the_exposition_has_every_contract_metric() {
         let m = Metrics::new().expect("metrics");
         m.watch_flow("i", "f");
-        m.record_request(Outcome::Success, 0.01);
+        m.record_request(OPERATION, Outcome::Success, 0.01);
         let key = ExecutionKey {
             instance_id: "i".into(),
             flow_name: "f".into(),

@@ -1,6 +1,7 @@
-//! The scheduler: a due-time queue with one slot per execution, and a bounded pool of in-flight
-//! requests, all paced by the global rate limiter. It owns every [`ExecutionState`], turns API
-//! answers into transitions, and writes those to metrics and event sinks.
+//! The scheduler: a due-time queue with one slot per execution and per watched flow, and a
+//! bounded pool of in-flight requests, all paced by the global rate limiter. It owns every
+//! [`ExecutionState`] and [`FlowWatch`], turns API answers into transitions, adds what discovery
+//! finds to the watch set, and writes transitions to metrics and event sinks.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -12,8 +13,11 @@ use tokio::task::{Id, JoinSet};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::{ApiError, FlowExecutions, Observation, Outcome};
-use crate::config::PollingSettings;
+use crate::aws::{
+    ApiError, FlowExecutions, LIST_OPERATION, ListPage, OPERATION, Observation, Outcome,
+};
+use crate::config::{DiscoverySettings, PollingSettings};
+use crate::discovery::{FlowWatch, Listed, Next, classify_listed, unix};
 use crate::events::{Sinks, Transition, rejected_event};
 use crate::health::{HEARTBEAT, Health};
 use crate::metrics::Metrics;
@@ -21,7 +25,7 @@ use crate::pacing::{BackoffPolicy, RateLimiter, startup_offset};
 use crate::state::{ExecutionState, Status, count_by_status, not_found_for};
 use crate::store::Store;
 use crate::systemd::Watchdog;
-use crate::watchlist::{ExecutionKey, Watchlist};
+use crate::watchlist::{ExecutionKey, FlowKey, WatchEntry, Watchlist};
 
 /// Requests to the scheduler from the HTTP server and signal handlers.
 #[derive(Debug)]
@@ -50,22 +54,43 @@ pub enum Finish {
     AllDone { failed: bool },
 }
 
-type PollResult = (ExecutionKey, Result<Observation, ApiError>, Duration);
+/// What the queue holds: a poll of one execution, or the next List page of one flow.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Job {
+    Poll(ExecutionKey),
+    Discover(FlowKey),
+}
+
+/// What a request task brings back.
+enum Answer {
+    Poll(ExecutionKey, Result<Observation, ApiError>),
+    List(FlowKey, Result<ListPage, ApiError>),
+}
+
+type TaskResult = (Answer, Duration);
+
+/// A flow the API says does not exist is asked again this many discovery intervals later.
+const NOT_FOUND_INTERVALS: u32 = 10;
+
+/// The API lists a year of executions; what is known of older ones can go.
+const LISTED_HISTORY: Duration = Duration::from_secs(366 * 24 * 3600);
 
 pub struct Scheduler<C> {
     client: Arc<C>,
     polling: PollingSettings,
+    discovery: DiscoverySettings,
     policy: BackoffPolicy,
     limiter: Arc<RateLimiter>,
     permits: Arc<Semaphore>,
     executions: BTreeMap<ExecutionKey, ExecutionState>,
-    due: BTreeMap<(Instant, u64), ExecutionKey>,
-    slots: HashMap<ExecutionKey, (Instant, u64)>,
+    flows: BTreeMap<FlowKey, FlowWatch>,
+    due: BTreeMap<(Instant, u64), Job>,
+    slots: HashMap<Job, (Instant, u64)>,
     series_drops: BTreeMap<(Instant, u64), ExecutionKey>,
     series_dropped: HashSet<ExecutionKey>,
     seq: u64,
-    tasks: JoinSet<PollResult>,
-    task_keys: HashMap<Id, ExecutionKey>,
+    tasks: JoinSet<TaskResult>,
+    task_jobs: HashMap<Id, Job>,
     metrics: Arc<Metrics>,
     sinks: Sinks,
     health: Arc<Health>,
@@ -92,6 +117,7 @@ impl<C: FlowExecutions> Scheduler<C> {
     pub fn new(
         client: Arc<C>,
         polling: PollingSettings,
+        discovery: DiscoverySettings,
         watchlist: Watchlist,
         outputs: Outputs,
         exit_when_done: bool,
@@ -109,15 +135,17 @@ impl<C: FlowExecutions> Scheduler<C> {
             policy: BackoffPolicy::from_settings(&polling),
             permits: Arc::new(Semaphore::new(polling.max_in_flight)),
             polling,
+            discovery,
             limiter,
             executions: BTreeMap::new(),
+            flows: BTreeMap::new(),
             due: BTreeMap::new(),
             slots: HashMap::new(),
             series_drops: BTreeMap::new(),
             series_dropped: HashSet::new(),
             seq: 0,
             tasks: JoinSet::new(),
-            task_keys: HashMap::new(),
+            task_jobs: HashMap::new(),
             metrics,
             sinks,
             health,
@@ -201,8 +229,9 @@ impl<C: FlowExecutions> Scheduler<C> {
         finish
     }
 
+    /// Every execution is terminal, and no flow is watched (flows never end).
     fn all_done(&self) -> bool {
-        self.executions.values().all(ExecutionState::is_done)
+        self.flows.is_empty() && self.executions.values().all(ExecutionState::is_done)
     }
 
     fn any_failed(&self) -> bool {
@@ -247,26 +276,37 @@ impl<C: FlowExecutions> Scheduler<C> {
     }
 
     /// Installs a new watchlist. New entries' first polls are spread over `initial_interval`.
+    /// Discovered executions stay while their flow does.
     fn replace(&mut self, watchlist: Watchlist) -> ReloadSummary {
         let now = Instant::now();
         let wanted: HashSet<&ExecutionKey> = watchlist.entries.iter().map(|e| &e.key).collect();
+        let wanted_flows: HashSet<&FlowKey> = watchlist.flows.iter().map(|f| &f.key).collect();
         let removed: Vec<ExecutionKey> = self
             .executions
-            .keys()
-            .filter(|k| !wanted.contains(k))
-            .cloned()
+            .iter()
+            .filter(|(k, s)| {
+                !wanted.contains(k) && !(s.discovered && wanted_flows.contains(&FlowKey::of(k)))
+            })
+            .map(|(k, _)| k.clone())
             .collect();
         for key in &removed {
-            if let Some(state) = self.executions.remove(key) {
-                self.metrics
-                    .watched
-                    .with_label_values(&[state.status.as_str()])
-                    .dec();
+            self.forget_execution(key);
+        }
+        let removed_flows: Vec<FlowKey> = self
+            .flows
+            .keys()
+            .filter(|k| !wanted_flows.contains(k))
+            .cloned()
+            .collect();
+        for key in &removed_flows {
+            self.flows.remove(key);
+            self.unschedule(&Job::Discover(key.clone()));
+            self.metrics
+                .drop_discovered_flow(&key.instance_id, &key.flow_name);
+            if let Err(e) = self.store.forget_flow(key) {
+                self.store_failed(&e);
             }
-            self.unschedule(key);
-            self.series_drops.retain(|_, k| k != key);
-            self.series_dropped.remove(key);
-            self.metrics.drop_execution(key);
+            tracing::info!(flow = %key, "flow no longer watched: its discovered executions left the watch set");
         }
         let mut summary = ReloadSummary {
             removed: removed.len(),
@@ -281,11 +321,52 @@ impl<C: FlowExecutions> Scheduler<C> {
         for entry in watchlist.entries {
             if let Some(state) = self.executions.get_mut(&entry.key) {
                 state.entry.labels = entry.labels;
+                state.discovered = false;
                 summary.kept += 1;
                 continue;
             }
+            let offset = startup_offset(index, new_count, self.polling.initial_interval);
+            if self.restore_execution(entry, false, now + offset) {
+                index += 1;
+            }
+            summary.added += 1;
+        }
+        let flow_count = watchlist
+            .flows
+            .iter()
+            .filter(|f| !self.flows.contains_key(&f.key))
+            .count();
+        for (i, entry) in watchlist.flows.into_iter().enumerate() {
+            if let Some(flow) = self.flows.get_mut(&entry.key) {
+                if flow.entry.labels != entry.labels {
+                    for state in self.executions.values_mut() {
+                        if state.discovered && FlowKey::of(&state.entry.key) == entry.key {
+                            state.entry.labels = entry.labels.clone();
+                        }
+                    }
+                }
+                flow.entry = entry;
+                continue;
+            }
+            let offset = startup_offset(i, flow_count, self.polling.initial_interval);
+            self.watch_flow(entry, now, now + offset);
+        }
+        summary
+    }
+
+    /// Adds an execution to the watch set with what the store knows of it; it is polled from
+    /// `first_poll` unless it is done. Returns whether it was scheduled.
+    fn restore_execution(
+        &mut self,
+        entry: WatchEntry,
+        discovered: bool,
+        first_poll: Instant,
+    ) -> bool {
+        let now = Instant::now();
+        {
             let key = entry.key.clone();
             let mut state = ExecutionState::new(entry, self.policy.start());
+            state.discovered = discovered;
             match self.store.execution(&key) {
                 Ok(Some(restored)) => state.restore(restored, now),
                 Ok(None) => {}
@@ -310,81 +391,229 @@ impl<C: FlowExecutions> Scheduler<C> {
                 // Known terminal from an earlier run: not polled again; its series stay for
                 // retain_terminal from now.
                 self.drop_series_later(&key, now);
+                false
             } else {
-                let offset = startup_offset(index, new_count, self.polling.initial_interval);
-                self.schedule(&key, now + offset);
-                index += 1;
+                self.schedule(&key, first_poll);
+                true
             }
-            summary.added += 1;
         }
-        summary
+    }
+
+    /// Takes an execution out of the watch set, with its series.
+    fn forget_execution(&mut self, key: &ExecutionKey) {
+        if let Some(state) = self.executions.remove(key) {
+            self.metrics
+                .watched
+                .with_label_values(&[state.status.as_str()])
+                .dec();
+        }
+        self.unschedule(&Job::Poll(key.clone()));
+        self.series_drops.retain(|_, k| k != key);
+        self.series_dropped.remove(key);
+        self.metrics.drop_execution(key);
+    }
+
+    /// Starts watching a `[[flow]]` entry: its discovered executions come back from the store,
+    /// and its first discovery round is due at `first_round`.
+    fn watch_flow(
+        &mut self,
+        entry: crate::watchlist::FlowEntry,
+        now: Instant,
+        first_round: Instant,
+    ) {
+        let key = entry.key.clone();
+        let wall = SystemTime::now();
+        let first_seen = match self.store.flow_first_seen(&key, wall) {
+            Ok(first_seen) => first_seen,
+            Err(e) => {
+                self.store_failed(&e);
+                wall
+            }
+        };
+        self.metrics
+            .watch_discovered_flow(&key.instance_id, &key.flow_name);
+        let flow = FlowWatch::new(entry, first_seen, self.policy.start());
+        let pruned = self
+            .store
+            .prune_discovered(&key, unix(wall) - LISTED_HISTORY.as_secs_f64());
+        match pruned {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(flow = %key, executions = n, "forgot discovered executions the API no longer lists")
+            }
+            Err(e) => self.store_failed(&e),
+        }
+        let retained_from = unix(wall) - self.polling.retain_terminal.as_secs_f64();
+        let restored = match self.store.discovered_to_restore(&key, retained_from) {
+            Ok(restored) => restored,
+            Err(e) => {
+                self.store_failed(&e);
+                Vec::new()
+            }
+        };
+        let labels = flow.entry.labels.clone();
+        self.flows.insert(key.clone(), flow);
+        let count = restored.len();
+        for (i, (execution, _)) in restored.into_iter().enumerate() {
+            if self.executions.contains_key(&execution) {
+                continue;
+            }
+            let entry = WatchEntry {
+                key: execution,
+                labels: labels.clone(),
+            };
+            let offset = startup_offset(i, count, self.polling.initial_interval);
+            self.restore_execution(entry, true, now + offset);
+        }
+        if count > 0 {
+            tracing::info!(flow = %key, executions = count, "discovered executions restored from the state database");
+        }
+        self.schedule_job(Job::Discover(key), first_round);
     }
 
     fn schedule(&mut self, key: &ExecutionKey, at: Instant) {
-        self.unschedule(key);
-        self.seq += 1;
-        let slot = (at, self.seq);
-        self.due.insert(slot, key.clone());
-        self.slots.insert(key.clone(), slot);
-        if let Some(state) = self.executions.get_mut(key) {
-            state.next_poll =
-                Some(SystemTime::now() + at.saturating_duration_since(Instant::now()));
-        }
+        self.schedule_job(Job::Poll(key.clone()), at);
     }
 
-    fn unschedule(&mut self, key: &ExecutionKey) {
-        if let Some(slot) = self.slots.remove(key) {
+    fn schedule_job(&mut self, job: Job, at: Instant) {
+        self.unschedule(&job);
+        self.seq += 1;
+        let slot = (at, self.seq);
+        let next = Some(SystemTime::now() + at.saturating_duration_since(Instant::now()));
+        match &job {
+            Job::Poll(key) => {
+                if let Some(state) = self.executions.get_mut(key) {
+                    state.next_poll = next;
+                }
+            }
+            Job::Discover(flow) => {
+                if let Some(flow) = self.flows.get_mut(flow) {
+                    flow.next_round = next;
+                }
+            }
+        }
+        self.due.insert(slot, job.clone());
+        self.slots.insert(job, slot);
+    }
+
+    fn unschedule(&mut self, job: &Job) {
+        if let Some(slot) = self.slots.remove(job) {
             self.due.remove(&slot);
         }
     }
 
-    /// Sends the request of the execution at the head of the queue.
+    /// Sends the request at the head of the queue.
     fn dispatch(&mut self, permit: OwnedSemaphorePermit) {
-        let Some((_, key)) = self.due.pop_first() else {
+        let Some((_, job)) = self.due.pop_first() else {
             return;
         };
-        self.slots.remove(&key);
-        let Some(state) = self.executions.get_mut(&key) else {
-            return;
-        };
-        state.last_poll = Some(SystemTime::now());
-        state.next_poll = None;
+        self.slots.remove(&job);
         let client = self.client.clone();
-        // A safety net over the SDK's own timeout: a poll can never hang the pool.
+        // A safety net over the SDK's own timeout: a request can never hang the pool.
         let hard_limit = self.polling.request_timeout + Duration::from_secs(1);
-        let task_key = key.clone();
-        let handle = self.tasks.spawn(async move {
-            let _permit = permit;
-            let started = Instant::now();
-            let result = match tokio::time::timeout(hard_limit, client.get(&task_key)).await {
-                Ok(result) => result,
-                Err(_) => Err(ApiError::Timeout),
-            };
-            (task_key, result, started.elapsed())
-        });
-        self.task_keys.insert(handle.id(), key);
+        let handle = match &job {
+            Job::Poll(key) => {
+                let Some(state) = self.executions.get_mut(key) else {
+                    return;
+                };
+                state.last_poll = Some(SystemTime::now());
+                state.next_poll = None;
+                let key = key.clone();
+                self.tasks.spawn(async move {
+                    let _permit = permit;
+                    let started = Instant::now();
+                    let result = tokio::time::timeout(hard_limit, client.get(&key))
+                        .await
+                        .unwrap_or(Err(ApiError::Timeout));
+                    (Answer::Poll(key, result), started.elapsed())
+                })
+            }
+            Job::Discover(flow_key) => {
+                let Some(flow) = self.flows.get_mut(flow_key) else {
+                    return;
+                };
+                flow.next_round = None;
+                let token = flow.next_token();
+                let page_size = self.discovery.page_size;
+                let flow_key = flow_key.clone();
+                self.tasks.spawn(async move {
+                    let _permit = permit;
+                    let started = Instant::now();
+                    let result = tokio::time::timeout(
+                        hard_limit,
+                        client.list(&flow_key, token.as_deref(), page_size),
+                    )
+                    .await
+                    .unwrap_or(Err(ApiError::Timeout));
+                    (Answer::List(flow_key, result), started.elapsed())
+                })
+            }
+        };
+        self.task_jobs.insert(handle.id(), job);
     }
 
-    fn on_joined(&mut self, joined: Result<(Id, PollResult), tokio::task::JoinError>) {
+    fn on_joined(&mut self, joined: Result<(Id, TaskResult), tokio::task::JoinError>) {
         match joined {
-            Ok((id, (key, result, elapsed))) => {
-                self.task_keys.remove(&id);
-                self.on_result(key, result, elapsed);
+            Ok((id, (answer, elapsed))) => {
+                self.task_jobs.remove(&id);
+                match answer {
+                    Answer::Poll(key, result) => self.on_result(key, result, elapsed),
+                    Answer::List(flow, result) => self.on_page(flow, result, elapsed),
+                }
             }
             Err(e) => {
-                // A poll task does not panic by design; if one does, its execution is polled
-                // again later rather than forgotten.
-                let key = self.task_keys.remove(&e.id());
-                tracing::error!(error = %e, execution = ?key.as_ref().map(ToString::to_string),
-                    "poll task ended abnormally");
-                if let Some(key) = key
-                    && self.executions.get(&key).is_some_and(|s| !s.is_done())
-                {
-                    let at = Instant::now() + self.polling.max_interval;
-                    self.schedule(&key, at);
+                // A request task does not panic by design; if one does, its job is retried
+                // later rather than forgotten.
+                let job = self.task_jobs.remove(&e.id());
+                tracing::error!(error = %e, job = ?job, "request task ended abnormally");
+                let at = Instant::now() + self.polling.max_interval;
+                match job {
+                    Some(Job::Poll(key))
+                        if self.executions.get(&key).is_some_and(|s| !s.is_done()) =>
+                    {
+                        self.schedule(&key, at);
+                    }
+                    Some(job @ Job::Discover(_)) => self.schedule_job(job, at),
+                    _ => {}
                 }
             }
         }
+    }
+
+    /// Counts a request, and adjusts the global rate: cut on throttling, restored on answers.
+    fn account(
+        &mut self,
+        operation: &str,
+        outcome: Outcome,
+        error: Option<&ApiError>,
+        elapsed: Duration,
+        subject: &dyn std::fmt::Display,
+    ) {
+        self.metrics
+            .record_request(operation, outcome, elapsed.as_secs_f64());
+        self.health.record(outcome, || {
+            error.map(ToString::to_string).unwrap_or_default()
+        });
+        match error {
+            Some(e @ (ApiError::Throttled { .. } | ApiError::QuotaExceeded { .. })) => {
+                let before = self.limiter.rate();
+                self.limiter.on_throttle(e.retry_after());
+                let after = self.limiter.rate();
+                if after < before {
+                    tracing::warn!(subject = %subject, operation, error = %e, rate = after, retry_after = ?e.retry_after(),
+                        "the API is throttling: global request rate cut");
+                }
+            }
+            None
+            | Some(
+                ApiError::NotFound { .. }
+                | ApiError::AccessDenied { .. }
+                | ApiError::Validation { .. }
+                | ApiError::Conflict { .. },
+            ) => self.limiter.on_success(),
+            Some(_) => {}
+        }
+        self.metrics.rate_limit.set(self.limiter.rate());
     }
 
     fn on_result(
@@ -396,31 +625,7 @@ impl<C: FlowExecutions> Scheduler<C> {
         let outcome = result
             .as_ref()
             .map_or_else(ApiError::outcome, |_| Outcome::Success);
-        self.metrics.record_request(outcome, elapsed.as_secs_f64());
-        self.health.record(outcome, || match &result {
-            Ok(_) => String::new(),
-            Err(e) => e.to_string(),
-        });
-        match &result {
-            Err(e @ (ApiError::Throttled { .. } | ApiError::QuotaExceeded { .. })) => {
-                let before = self.limiter.rate();
-                self.limiter.on_throttle(e.retry_after());
-                let after = self.limiter.rate();
-                if after < before {
-                    tracing::warn!(execution = %key, error = %e, rate = after, retry_after = ?e.retry_after(),
-                        "the API is throttling: global request rate cut");
-                }
-            }
-            Ok(_)
-            | Err(
-                ApiError::NotFound { .. }
-                | ApiError::AccessDenied { .. }
-                | ApiError::Validation { .. }
-                | ApiError::Conflict { .. },
-            ) => self.limiter.on_success(),
-            Err(_) => {}
-        }
-        self.metrics.rate_limit.set(self.limiter.rate());
+        self.account(OPERATION, outcome, result.as_ref().err(), elapsed, &key);
 
         // The entry may have been removed by a reload while its request was in flight.
         let Some(state) = self.executions.get_mut(&key) else {
@@ -513,9 +718,261 @@ impl<C: FlowExecutions> Scheduler<C> {
             .get(&key)
             .is_some_and(ExecutionState::is_done);
         if done {
-            self.unschedule(&key);
+            self.unschedule(&Job::Poll(key));
         } else {
             self.schedule(&key, now + delay);
+        }
+    }
+
+    /// Handles one page of a flow's discovery round.
+    fn on_page(
+        &mut self,
+        flow_key: FlowKey,
+        result: Result<ListPage, ApiError>,
+        elapsed: Duration,
+    ) {
+        let outcome = result
+            .as_ref()
+            .map_or_else(ApiError::outcome, |_| Outcome::Success);
+        self.account(
+            LIST_OPERATION,
+            outcome,
+            result.as_ref().err(),
+            elapsed,
+            &flow_key,
+        );
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        // The flow may have been removed by a reload while its request was in flight.
+        let Some(flow) = self.flows.get_mut(&flow_key) else {
+            return;
+        };
+        let previous = flow.last_outcome.replace(outcome);
+        let page = match result {
+            Ok(page) => page,
+            Err(error) => {
+                let delay = self.on_list_error(&flow_key, error, previous);
+                self.schedule_job(Job::Discover(flow_key), now + delay);
+                return;
+            }
+        };
+        if flow.not_found {
+            flow.not_found = false;
+            self.metrics
+                .discovery_flow_not_found
+                .with_label_values(&[&flow_key.instance_id, &flow_key.flow_name])
+                .set(0);
+            tracing::info!(flow = %flow_key, "the flow exists: discovery works again");
+        } else if previous.is_some_and(|p| p != Outcome::Success) {
+            tracing::info!(flow = %flow_key, "discovery works again");
+        }
+        flow.last_error = None;
+        flow.backoff.reset();
+        let window_start = flow.window_start(wall);
+        let labels = flow.entry.labels.clone();
+        for problem in &page.invalid {
+            tracing::warn!(flow = %flow_key, problem = %problem,
+                "skipping a listed execution that breaks the wire format");
+        }
+
+        let mut listed = Vec::with_capacity(page.executions.len());
+        for (key, observation) in &page.executions {
+            let known = self.executions.contains_key(key)
+                || self.store.is_known(key).unwrap_or_else(|e| {
+                    // Counted as known, so nothing is announced twice; the next round asks again.
+                    self.store_failed(&e);
+                    true
+                });
+            listed.push(classify_listed(known, observation, window_start));
+        }
+        let mut found = 0;
+        for ((key, observation), how) in page.executions.iter().zip(&listed) {
+            match how {
+                Listed::New => {
+                    let entry = WatchEntry {
+                        key: key.clone(),
+                        labels: labels.clone(),
+                    };
+                    if self.add_discovered(entry, observation.clone(), now, wall) {
+                        found += 1;
+                    }
+                }
+                Listed::Known if !self.executions.contains_key(key) => {
+                    self.adopt(key, &labels, observation, now);
+                }
+                _ => {}
+            }
+        }
+
+        let Some(flow) = self.flows.get_mut(&flow_key) else {
+            return;
+        };
+        flow.discovered += found;
+        let judged: Vec<(Listed, &Observation)> = listed
+            .iter()
+            .copied()
+            .zip(page.executions.iter().map(|(_, o)| o))
+            .collect();
+        let next = flow.after_page(
+            &judged,
+            window_start,
+            page.next_token,
+            self.discovery.max_pages_per_round,
+        );
+        match next {
+            Next::Page(_) => self.schedule_job(Job::Discover(flow_key), now),
+            Next::Done { resume } => {
+                flow.last_success = Some(wall);
+                tracing::debug!(flow = %flow_key, pages = flow.last_round_pages, "discovery round done");
+                if resume.is_some() {
+                    tracing::info!(flow = %flow_key, pages = flow.last_round_pages,
+                        "discovery stopped at discovery.max_pages_per_round with new executions still coming: the next round goes on from there");
+                }
+                self.metrics
+                    .discovery_last_success
+                    .with_label_values(&[&flow_key.instance_id, &flow_key.flow_name])
+                    .set(unix(wall));
+                self.schedule_job(Job::Discover(flow_key), now + self.discovery.interval);
+            }
+        }
+    }
+
+    /// Records a failed List request; returns when to ask again (the same page, unless the
+    /// error says the round cannot go on).
+    fn on_list_error(
+        &mut self,
+        flow_key: &FlowKey,
+        error: ApiError,
+        previous: Option<Outcome>,
+    ) -> Duration {
+        let slow = self.discovery.interval * NOT_FOUND_INTERVALS;
+        let Some(flow) = self.flows.get_mut(flow_key) else {
+            return slow;
+        };
+        let outcome = error.outcome();
+        let throttled = matches!(outcome, Outcome::Throttled | Outcome::QuotaExceeded);
+        flow.last_error = Some(error.to_string());
+        if previous != Some(outcome) && !throttled {
+            let serious = matches!(
+                error,
+                ApiError::NotFound { .. }
+                    | ApiError::AccessDenied { .. }
+                    | ApiError::Validation { .. }
+            );
+            if serious {
+                tracing::error!(flow = %flow_key, outcome = outcome.metric_label(), error = %error,
+                    "discovery failed (repeats are logged at debug until the outcome changes)");
+            } else {
+                tracing::warn!(flow = %flow_key, outcome = outcome.metric_label(), error = %error,
+                    "discovery failed (repeats are logged at debug until the outcome changes)");
+            }
+        } else {
+            tracing::debug!(flow = %flow_key, outcome = outcome.metric_label(), error = %error, "discovery failed again");
+        }
+        match &error {
+            ApiError::Throttled { retry_after, .. }
+            | ApiError::QuotaExceeded { retry_after, .. } => flow
+                .backoff
+                .jittered(&mut self.rng)
+                .max(retry_after.unwrap_or_default()),
+            ApiError::NotFound { .. } => {
+                flow.not_found = true;
+                flow.abandon_round();
+                self.metrics
+                    .discovery_flow_not_found
+                    .with_label_values(&[&flow_key.instance_id, &flow_key.flow_name])
+                    .set(1);
+                slow
+            }
+            ApiError::Validation { .. } => {
+                let had_token = flow.round.as_ref().is_some_and(|r| r.token.is_some());
+                flow.abandon_round();
+                if had_token {
+                    // The token was refused (expired?): start again at the top.
+                    Duration::ZERO
+                } else {
+                    slow
+                }
+            }
+            ApiError::AccessDenied { .. } => self.polling.max_interval,
+            _ => flow.backoff.next_delay(&mut self.rng),
+        }
+    }
+
+    /// Adds an execution found by discovery: its listed state is its first observation (one
+    /// event from UNKNOWN), and it is polled unless that state is terminal. Returns whether it
+    /// joined.
+    fn add_discovered(
+        &mut self,
+        entry: WatchEntry,
+        observation: Observation,
+        now: Instant,
+        wall: SystemTime,
+    ) -> bool {
+        let key = entry.key.clone();
+        if let Err(e) = self
+            .store
+            .record_discovered(&key, wall, observation.start_time)
+        {
+            // Not recorded, so not known: the next round finds it again.
+            self.store_failed(&e);
+            return false;
+        }
+        let mut state = ExecutionState::new(entry, self.policy.start());
+        state.discovered = true;
+        self.metrics
+            .discovered
+            .with_label_values(&[&key.instance_id, &key.flow_name])
+            .inc();
+        self.metrics.set_status(&key, state.status);
+        self.metrics
+            .watched
+            .with_label_values(&[state.status.as_str()])
+            .inc();
+        self.metrics.set_times(&key, &observation);
+        let applied = state.apply(observation, now, wall);
+        if let Some(raw) = applied.unrecognised {
+            tracing::warn!(execution = %key, status = %raw,
+                "the API listed a status flowwatch does not know; polling it until it is known");
+        }
+        tracing::info!(execution = %key, status = %state.status, "discovered a new execution");
+        let first_poll = state.backoff.next_delay(&mut self.rng);
+        self.executions.insert(key.clone(), state);
+        if let Some(transition) = applied.transition {
+            self.commit_transition(transition, now);
+        }
+        if self.executions.get(&key).is_some_and(|s| !s.is_done()) {
+            self.schedule(&key, now + first_poll);
+        }
+        true
+    }
+
+    /// Takes back into the watch set a known execution that left it while it still runs (an
+    /// explicit entry removed while its flow stays watched), without announcing it again.
+    fn adopt(
+        &mut self,
+        key: &ExecutionKey,
+        labels: &std::collections::BTreeMap<String, String>,
+        observation: &Observation,
+        now: Instant,
+    ) {
+        if observation.status != crate::aws::ApiStatus::InProgress {
+            return;
+        }
+        let still_running = match self.store.execution(key) {
+            Ok(Some(r)) => !r.status.is_terminal() && r.rejected.is_none(),
+            Ok(None) => true,
+            Err(e) => {
+                self.store_failed(&e);
+                false
+            }
+        };
+        if still_running {
+            let entry = WatchEntry {
+                key: key.clone(),
+                labels: labels.clone(),
+            };
+            self.restore_execution(entry, true, now);
         }
     }
 
@@ -674,6 +1131,12 @@ impl<C: FlowExecutions> Scheduler<C> {
                 break;
             }
             let key = entry.remove();
+            if self.executions.get(&key).is_some_and(|s| s.discovered) {
+                // Discovered executions leave the watch set too; the store remembers them.
+                tracing::debug!(execution = %key, "a terminal discovered execution leaves the watch set");
+                self.forget_execution(&key);
+                continue;
+            }
             tracing::debug!(execution = %key, "dropping the series of a terminal execution");
             self.metrics.drop_execution(&key);
             self.series_dropped.insert(key);
@@ -687,8 +1150,19 @@ impl<C: FlowExecutions> Scheduler<C> {
             .values()
             .map(|s| s.to_json(!self.series_dropped.contains(&s.entry.key)))
             .collect();
+        let wall = SystemTime::now();
+        let mut per_flow: HashMap<FlowKey, usize> = HashMap::new();
+        for state in self.executions.values().filter(|s| s.discovered) {
+            *per_flow.entry(FlowKey::of(&state.entry.key)).or_default() += 1;
+        }
+        let flows: Vec<Value> = self
+            .flows
+            .iter()
+            .map(|(k, f)| f.to_json(per_flow.get(k).copied().unwrap_or(0), wall))
+            .collect();
         json!({
             "watched": self.executions.len(),
+            "flows": flows,
             "by_status": counts.iter().map(|(s, n)| (s.as_str().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "in_flight": self.tasks.len(),
             "rate_limit_requests_per_second": self.limiter.rate(),

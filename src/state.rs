@@ -94,6 +94,8 @@ pub struct ExecutionState {
     /// Set when the API rejected the request as invalid: polling has stopped.
     pub rejected: Option<String>,
     pub backoff: Backoff,
+    /// Found by discovery of a `[[flow]]` entry rather than listed in the watchlist.
+    pub discovered: bool,
     unrecognised_seen: Option<String>,
 }
 
@@ -112,6 +114,7 @@ impl ExecutionState {
             terminal_since: None,
             rejected: None,
             backoff,
+            discovered: false,
             unrecognised_seen: None,
         }
     }
@@ -196,6 +199,7 @@ impl ExecutionState {
             "flow_name": key.flow_name,
             "execution_id": key.execution_id,
             "status": self.status,
+            "origin": if self.discovered { "discovered" } else { "watchlist" },
             "polling": !self.is_done(),
             "attempts": self.attempts,
             "last_poll": self.last_poll.map(rfc3339),

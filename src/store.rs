@@ -9,13 +9,14 @@
 //! sees the transition again (the API still has the status), with the same event id.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::Value;
 
 use crate::aws::Observation;
 use crate::state::Status;
-use crate::watchlist::ExecutionKey;
+use crate::watchlist::{ExecutionKey, FlowKey};
 
 /// The database file inside `state.path`.
 pub const DB_FILE: &str = "flowwatch.db";
@@ -124,6 +125,20 @@ impl Store {
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
                  event TEXT NOT NULL
              );
+             CREATE TABLE IF NOT EXISTS flows (
+                 instance_id TEXT NOT NULL,
+                 flow_name TEXT NOT NULL,
+                 first_seen REAL NOT NULL,
+                 PRIMARY KEY (instance_id, flow_name)
+             );
+             CREATE TABLE IF NOT EXISTS discovered (
+                 instance_id TEXT NOT NULL,
+                 flow_name TEXT NOT NULL,
+                 execution_id TEXT NOT NULL,
+                 discovered_at REAL NOT NULL,
+                 start_time REAL,
+                 PRIMARY KEY (instance_id, flow_name, execution_id)
+             );
              CREATE TABLE IF NOT EXISTS transition_counts (
                  instance_id TEXT NOT NULL,
                  flow_name TEXT NOT NULL,
@@ -189,6 +204,146 @@ impl Store {
             observation,
             rejected,
         }))
+    }
+
+    /// When flowwatch first watched `flow`, recording `now` if this is the first time.
+    pub fn flow_first_seen(
+        &self,
+        flow: &FlowKey,
+        now: SystemTime,
+    ) -> Result<SystemTime, StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO flows (instance_id, flow_name, first_seen) VALUES (?1, ?2, ?3)",
+                params![flow.instance_id, flow.flow_name, unix(now)],
+            )
+            .map_err(|e| self.error(&e))?;
+        let first_seen: f64 = self
+            .conn
+            .query_row(
+                "SELECT first_seen FROM flows WHERE instance_id = ?1 AND flow_name = ?2",
+                params![flow.instance_id, flow.flow_name],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.error(&e))?;
+        Ok(UNIX_EPOCH + Duration::from_secs_f64(first_seen.max(0.0)))
+    }
+
+    /// Forgets when a flow was first watched (its `[[flow]]` entry was removed): watching it
+    /// again starts from then. What was discovered stays known, so nothing is announced twice.
+    pub fn forget_flow(&self, flow: &FlowKey) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "DELETE FROM flows WHERE instance_id = ?1 AND flow_name = ?2",
+                params![flow.instance_id, flow.flow_name],
+            )
+            .map(|_| ())
+            .map_err(|e| self.error(&e))
+    }
+
+    /// Whether flowwatch has seen this execution: it has a state, or it was discovered.
+    pub fn is_known(&self, key: &ExecutionKey) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM discovered
+                     WHERE instance_id = ?1 AND flow_name = ?2 AND execution_id = ?3)
+                  OR EXISTS (SELECT 1 FROM executions
+                     WHERE instance_id = ?1 AND flow_name = ?2 AND execution_id = ?3)",
+                params![key.instance_id, key.flow_name, key.execution_id],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.error(&e))
+    }
+
+    /// Records a discovered execution, so it is never announced again and comes back to the
+    /// watch set after a restart.
+    pub fn record_discovered(
+        &self,
+        key: &ExecutionKey,
+        now: SystemTime,
+        start_time: Option<f64>,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO discovered (instance_id, flow_name, execution_id, discovered_at, start_time)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![key.instance_id, key.flow_name, key.execution_id, unix(now), start_time],
+            )
+            .map(|_| ())
+            .map_err(|e| self.error(&e))
+    }
+
+    /// The discovered executions of `flow` that belong in the watch set after a restart: those
+    /// not finished, and those that finished at or after `ended_after` (unix seconds), whose
+    /// series are still retained.
+    pub fn discovered_to_restore(
+        &self,
+        flow: &FlowKey,
+        ended_after: f64,
+    ) -> Result<Vec<(ExecutionKey, Option<Restored>)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT d.execution_id FROM discovered d LEFT JOIN executions e
+                   ON e.instance_id = d.instance_id AND e.flow_name = d.flow_name AND e.execution_id = d.execution_id
+                 WHERE d.instance_id = ?1 AND d.flow_name = ?2
+                   AND (e.status IS NULL
+                        OR (e.status NOT IN ('SUCCEEDED', 'FAILED', 'NOT_FOUND') AND e.rejected IS NULL)
+                        OR coalesce(json_extract(e.observation, '$.end_time'), d.discovered_at) >= ?3)
+                 ORDER BY d.discovered_at",
+            )
+            .map_err(|e| self.error(&e))?;
+        let ids: Vec<String> = stmt
+            .query_map(
+                params![flow.instance_id, flow.flow_name, ended_after],
+                |r| r.get(0),
+            )
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.error(&e))?;
+        let mut restored = Vec::with_capacity(ids.len());
+        for execution_id in ids {
+            let key = ExecutionKey {
+                instance_id: flow.instance_id.clone(),
+                flow_name: flow.flow_name.clone(),
+                execution_id,
+            };
+            let state = self.execution(&key)?;
+            restored.push((key, state));
+        }
+        Ok(restored)
+    }
+
+    /// Deletes what is kept of discovered executions of `flow` that started before
+    /// `started_before` (unix seconds) and are finished: the API no longer lists them (it keeps a
+    /// year), so they cannot be announced again. Returns how many went.
+    pub fn prune_discovered(
+        &mut self,
+        flow: &FlowKey,
+        started_before: f64,
+    ) -> Result<usize, StoreError> {
+        let path = self.path.clone();
+        let run = |conn: &mut Connection| -> rusqlite::Result<usize> {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "DELETE FROM executions WHERE (instance_id, flow_name, execution_id) IN (
+                     SELECT instance_id, flow_name, execution_id FROM discovered
+                     WHERE instance_id = ?1 AND flow_name = ?2 AND start_time < ?3)
+                   AND status IN ('SUCCEEDED', 'FAILED', 'NOT_FOUND')",
+                params![flow.instance_id, flow.flow_name, started_before],
+            )?;
+            let n = tx.execute(
+                "DELETE FROM discovered WHERE instance_id = ?1 AND flow_name = ?2 AND start_time < ?3
+                   AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.instance_id = discovered.instance_id
+                       AND e.flow_name = discovered.flow_name AND e.execution_id = discovered.execution_id)",
+                params![flow.instance_id, flow.flow_name, started_before],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        };
+        run(&mut self.conn).map_err(|e| StoreError {
+            path,
+            message: describe(&e),
+        })
     }
 
     /// Every stored transition count: (instance_id, flow_name, to_status, count).
@@ -281,6 +436,11 @@ impl Store {
             .map(|_| ())
             .map_err(|e| self.error(&e))
     }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The file-system reason a directory cannot take a new file, if there is one: SQLite's own

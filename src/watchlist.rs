@@ -621,7 +621,9 @@ mod tests {
         let errors = parse("# nothing here\n").expect_err("empty");
         assert_eq!(
             errors,
-            vec!["w.toml:1:1: the watchlist has no [[execution]] or [[flow]] entries: add at least one"]
+            vec![
+                "w.toml:1:1: the watchlist has no [[execution]] or [[flow]] entries: add at least one"
+            ]
         );
     }
 

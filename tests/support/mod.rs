@@ -42,6 +42,7 @@ pub fn scripted(flow: &str, n: usize, timeline: &[(u64, &str)]) -> ScriptedExecu
         faults: Vec::new(),
         source: None,
         diagnostic_reports_root_s3_uri: None,
+        started_before: None,
     }
 }
 
@@ -49,6 +50,7 @@ pub fn scenario(executions: Vec<ScriptedExecution>) -> Scenario {
     Scenario {
         rate_limit: None,
         executions,
+        flows: Vec::new(),
     }
 }
 
