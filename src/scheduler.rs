@@ -285,7 +285,9 @@ impl<C: FlowExecutions> Scheduler<C> {
             .executions
             .iter()
             .filter(|(k, s)| {
-                !wanted.contains(k) && !(s.discovered && wanted_flows.contains(&FlowKey::of(k)))
+                let listed = wanted.contains(k);
+                let flow_stays = s.discovered && wanted_flows.contains(&FlowKey::of(k));
+                !(listed || flow_stays)
             })
             .map(|(k, _)| k.clone())
             .collect();
