@@ -628,6 +628,48 @@ mod tests {
     }
 
     #[test]
+    fn flow_entries_parse_beside_executions_with_since_and_labels() {
+        let text = format!(
+            "[[flow]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"daily-orders\"\nsince = \"24h\"\nlabels = {{ team = \"orders\" }}\n\n\
+             [[flow]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"returns\"\n\n\
+             [[execution]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"daily-orders\"\nexecution_id = \"{EXECUTION}\"\n"
+        );
+        let w = parse(&text).expect("valid watchlist");
+        assert_eq!(w.entries.len(), 1);
+        assert_eq!(w.flows.len(), 2);
+        assert_eq!(
+            w.flows[0].key.to_string(),
+            format!("{INSTANCE}/daily-orders")
+        );
+        assert_eq!(w.flows[0].since, Some(Duration::from_secs(86_400)));
+        assert_eq!(w.flows[0].labels["team"], "orders");
+        assert_eq!(w.flows[1].since, None);
+        // A watchlist of flows only is fine.
+        let only_flow = format!("[[flow]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"f\"\n");
+        assert_eq!(parse(&only_flow).expect("flows only").flows.len(), 1);
+    }
+
+    #[test]
+    fn a_flow_needs_its_ids_and_a_positive_since() {
+        let errors = parse("[[flow]]\nflow_name = \"f\"\nsince = \"0s\"\n").expect_err("invalid");
+        assert_eq!(
+            errors,
+            vec![
+                "w.toml:1:1: missing field `instance_id` in [[flow]]".to_string(),
+                "w.toml:3:9: since must be greater than zero: leave it out to watch only executions that start from now on".to_string(),
+            ]
+        );
+        let errors = parse(&format!(
+            "[[flow]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"f\"\nsince = 24\n"
+        ))
+        .expect_err("invalid");
+        assert_eq!(
+            errors,
+            vec!["w.toml:4:9: `since` must be a duration string like \"24h\", found integer"]
+        );
+    }
+
+    #[test]
     fn labels_must_be_strings() {
         let text = format!(
             "[[execution]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"f\"\nexecution_id = \"{EXECUTION}\"\nlabels = {{ team = 3 }}\n"

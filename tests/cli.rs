@@ -104,7 +104,7 @@ async fn the_example_config_passes_check_config_with_a_summary() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("config ok:"), "{out}");
     assert!(
-        out.contains("executions: 2, discovered flows: 0, flows: 2, instances: 1"),
+        out.contains("executions: 2, discovered flows: 1, flows: 3, instances: 1"),
         "{out}"
     );
     assert!(out.contains("listen: 0.0.0.0:9726"), "{out}");

@@ -656,3 +656,69 @@ async fn a_flow_removed_by_reload_leaves_with_its_executions_and_series() {
     assert!(arrivals_of(&fake, 1).len() <= polls + 1, "no more polls");
     daemon.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_hour_of_a_flow_with_history_costs_what_the_readme_says() {
+    // Default polling and discovery settings; one execution of 10 minutes in the hour, beside
+    // 1,000 past executions.
+    let mut executions = long_history("orders");
+    executions.push(scripted(
+        "orders",
+        5000,
+        &[(600, "IN_PROGRESS"), (1200, "SUCCEEDED")],
+    ));
+    let fake = FakeServer::start(scenario(executions)).await.expect("fake");
+    let ws = Workspace::new();
+    let defaults = "[polling]\nretain_terminal = \"1h\"\n[discovery]\ninterval = \"1m\"\n";
+    let config = ws.config(&fake.endpoint_url(), defaults, &scenario(Vec::new()));
+    ws.write("watchlist.toml", &flow_entries(&[("orders", None)]));
+    let daemon = Daemon::start(&config, &fake, false).await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let lists = lists_of(&fake, "orders");
+    let gets = arrivals_of(&fake, 5000).len();
+    eprintln!("one hour: {lists} List calls, {gets} Get calls for the one execution");
+    assert!((60..=72).contains(&lists), "{lists} List calls");
+    assert!((5..=20).contains(&gets), "{gets} Get calls");
+    assert_eq!(
+        moves_of(&ws, 5000),
+        vec![
+            pair("UNKNOWN", "IN_PROGRESS"),
+            pair("IN_PROGRESS", "SUCCEEDED")
+        ]
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn exit_when_done_refuses_a_watchlist_with_flows() {
+    let fake = FakeServer::start(scenario(Vec::new())).await.expect("fake");
+    let (_ws, config) = workspace(&fake, "", &flow_entries(&[("orders", None)]));
+    let settings = flowwatch::config::Settings::load(&config).expect("valid config");
+    let client = std::sync::Arc::new(flowwatch::aws::static_client(
+        &fake.endpoint_url(),
+        Duration::from_secs(2),
+    ));
+    let options = flowwatch::RunOptions {
+        exit_when_done: true,
+        reload_on_sighup: false,
+        bound: None,
+    };
+    let result = flowwatch::run_with(
+        settings,
+        client,
+        options,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    match result {
+        Err(e @ flowwatch::Error::Config(_)) => {
+            assert!(
+                e.to_string()
+                    .contains("--exit-when-done cannot be used with [[flow]] entries"),
+                "{e}"
+            );
+            assert_eq!(e.exit_code(), 2);
+        }
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
