@@ -291,6 +291,10 @@ impl<C: FlowExecutions> Scheduler<C> {
             })
             .map(|(k, _)| k.clone())
             .collect();
+        if !removed.is_empty() {
+            let gone: HashSet<&ExecutionKey> = removed.iter().collect();
+            self.series_drops.retain(|_, k| !gone.contains(k));
+        }
         for key in &removed {
             self.forget_execution(key);
         }
@@ -401,7 +405,8 @@ impl<C: FlowExecutions> Scheduler<C> {
         }
     }
 
-    /// Takes an execution out of the watch set, with its series.
+    /// Takes an execution out of the watch set, with its series. The caller takes it out of
+    /// `series_drops`.
     fn forget_execution(&mut self, key: &ExecutionKey) {
         if let Some(state) = self.executions.remove(key) {
             self.metrics
@@ -410,7 +415,6 @@ impl<C: FlowExecutions> Scheduler<C> {
                 .dec();
         }
         self.unschedule(&Job::Poll(key.clone()));
-        self.series_drops.retain(|_, k| k != key);
         self.series_dropped.remove(key);
         self.metrics.drop_execution(key);
     }
