@@ -794,7 +794,8 @@ impl<C: FlowExecutions> Scheduler<C> {
         let mut found = 0;
         for ((key, observation), how) in page.executions.iter().zip(&listed) {
             match how {
-                Listed::New => {
+                // The same id twice in one page is added once.
+                Listed::New if !self.executions.contains_key(key) => {
                     let entry = WatchEntry {
                         key: key.clone(),
                         labels: labels.clone(),

@@ -722,3 +722,26 @@ async fn exit_when_done_refuses_a_watchlist_with_flows() {
         other => panic!("expected a config error, got {other:?}"),
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_repeated_or_malformed_listed_item_is_counted_once_or_skipped() {
+    let mut bad = scripted("orders", 2, &[(3, "IN_PROGRESS")]);
+    bad.execution_id = "NOT-A-UUID".to_string();
+    let twice = scripted("orders", 1, &[(3, "SUCCEEDED")]);
+    let fake = FakeServer::start(scenario(vec![twice.clone(), twice, bad]))
+        .await
+        .expect("fake");
+    let (ws, config) = workspace(
+        &fake,
+        "interval = \"1s\"",
+        &flow_entries(&[("orders", None)]),
+    );
+    let daemon = Daemon::start(&config, &fake, false).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(moves_of(&ws, 1), vec![pair("UNKNOWN", "SUCCEEDED")]);
+    assert_eq!(ws.events().len(), 1, "the malformed item is skipped");
+    let status = daemon.status().await;
+    assert_eq!(flow_status(&status, "orders")["last_outcome"], "success");
+    assert_eq!(flow_status(&status, "orders")["discovered"], 1);
+    daemon.stop().await;
+}
