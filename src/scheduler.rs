@@ -587,14 +587,15 @@ impl<C: FlowExecutions> Scheduler<C> {
     }
 
     /// Counts a request, and adjusts the global rate: cut on throttling, restored on answers.
+    /// Returns the request's outcome.
     fn account(
         &mut self,
         operation: &str,
-        outcome: Outcome,
         error: Option<&ApiError>,
         elapsed: Duration,
         subject: &dyn std::fmt::Display,
-    ) {
+    ) -> Outcome {
+        let outcome = error.map_or(Outcome::Success, ApiError::outcome);
         self.metrics
             .record_request(operation, outcome, elapsed.as_secs_f64());
         self.health.record(outcome, || {
@@ -620,6 +621,7 @@ impl<C: FlowExecutions> Scheduler<C> {
             Some(_) => {}
         }
         self.metrics.rate_limit.set(self.limiter.rate());
+        outcome
     }
 
     fn on_result(
@@ -628,10 +630,7 @@ impl<C: FlowExecutions> Scheduler<C> {
         result: Result<Observation, ApiError>,
         elapsed: Duration,
     ) {
-        let outcome = result
-            .as_ref()
-            .map_or_else(ApiError::outcome, |_| Outcome::Success);
-        self.account(OPERATION, outcome, result.as_ref().err(), elapsed, &key);
+        let outcome = self.account(OPERATION, result.as_ref().err(), elapsed, &key);
 
         // The entry may have been removed by a reload while its request was in flight.
         let Some(state) = self.executions.get_mut(&key) else {
@@ -737,16 +736,7 @@ impl<C: FlowExecutions> Scheduler<C> {
         result: Result<ListPage, ApiError>,
         elapsed: Duration,
     ) {
-        let outcome = result
-            .as_ref()
-            .map_or_else(ApiError::outcome, |_| Outcome::Success);
-        self.account(
-            LIST_OPERATION,
-            outcome,
-            result.as_ref().err(),
-            elapsed,
-            &flow_key,
-        );
+        let outcome = self.account(LIST_OPERATION, result.as_ref().err(), elapsed, &flow_key);
         let now = Instant::now();
         let wall = SystemTime::now();
         // The flow may have been removed by a reload while its request was in flight.
