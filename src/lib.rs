@@ -99,6 +99,8 @@ pub async fn run_with<C: FlowExecutions>(
     options: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<Finish, Error> {
+    // Read before loading, so any change after this moment is seen by the file watch.
+    let watched_digest = std::fs::read(&settings.watchlist).ok().map(|b| digest(&b));
     let watchlist = Watchlist::load(&settings.watchlist)?;
     if options.exit_when_done && !watchlist.flows.is_empty() {
         return Err(Error::Config(Diagnostics(vec![Diagnostic::new(
@@ -207,6 +209,7 @@ pub async fn run_with<C: FlowExecutions>(
         .then(|| tokio::spawn(reload_on_sighup(reload.clone(), shutdown.clone())));
     let file_watch = tokio::spawn(reload_on_change(
         settings.watchlist.clone(),
+        watched_digest,
         reload,
         shutdown.clone(),
     ));
@@ -285,18 +288,24 @@ async fn reload_once(
 /// How often the watchlist file is checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Reloads when the watchlist's content changes on disk. It reads the file by its path every
-/// [`WATCH_INTERVAL`] rather than watching an inode, so an editor's save-by-rename and a
-/// Kubernetes ConfigMap update (an atomic swap of the `..data` symlink) are both seen. A content
-/// that failed to load is not tried again until it changes.
-async fn reload_on_change(path: std::path::PathBuf, reload: Reloader, shutdown: CancellationToken) {
-    let digest = |bytes: &[u8]| {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut h);
-        h.finish()
-    };
-    let mut seen = tokio::fs::read(&path).await.ok().map(|b| digest(&b));
+/// A fingerprint of the watchlist's content.
+fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Reloads when the watchlist's content differs from `seen` (the digest of what was loaded). It
+/// reads the file by its path every [`WATCH_INTERVAL`] rather than watching an inode, so an
+/// editor's save-by-rename and a Kubernetes ConfigMap update (an atomic swap of the `..data`
+/// symlink) are both seen. A content that failed to load is not tried again until it changes.
+async fn reload_on_change(
+    path: std::path::PathBuf,
+    mut seen: Option<u64>,
+    reload: Reloader,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
