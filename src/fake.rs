@@ -193,8 +193,42 @@ impl FakeStats {
     }
 }
 
+/// A scenario with lookups by execution and by flow, so a request costs the same with 100,000
+/// scripted executions as with ten.
+struct Indexed {
+    scenario: Scenario,
+    /// `instance/flow/execution` → index in `scenario.executions`.
+    by_key: HashMap<String, usize>,
+    /// `instance/flow` → indexes of the flow's executions.
+    by_flow: HashMap<String, Vec<usize>>,
+}
+
+impl Indexed {
+    fn new(scenario: Scenario) -> Self {
+        let mut by_key = HashMap::with_capacity(scenario.executions.len());
+        let mut by_flow: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, e) in scenario.executions.iter().enumerate() {
+            by_key
+                .entry(format!(
+                    "{}/{}/{}",
+                    e.instance_id, e.flow_name, e.execution_id
+                ))
+                .or_insert(i);
+            by_flow
+                .entry(format!("{}/{}", e.instance_id, e.flow_name))
+                .or_default()
+                .push(i);
+        }
+        Self {
+            scenario,
+            by_key,
+            by_flow,
+        }
+    }
+}
+
 struct Shared {
-    scenario: Mutex<Scenario>,
+    scenario: Mutex<Indexed>,
     stats: Mutex<FakeStats>,
     bucket: Mutex<(f64, Instant)>,
     started: Instant,
@@ -221,7 +255,7 @@ impl FakeServer {
         let addr = listener.local_addr()?;
         let burst = scenario.rate_limit.as_ref().map_or(1.0, |r| r.burst);
         let shared = Arc::new(Shared {
-            scenario: Mutex::new(scenario),
+            scenario: Mutex::new(Indexed::new(scenario)),
             stats: Mutex::new(FakeStats::default()),
             bucket: Mutex::new((burst, Instant::now())),
             started: Instant::now(),
@@ -246,6 +280,17 @@ impl FakeServer {
         lock(&self.shared.stats).clone()
     }
 
+    /// Requests and throttled requests so far, without copying the stats.
+    pub fn counts(&self) -> (u64, u64) {
+        let stats = lock(&self.shared.stats);
+        (stats.requests, stats.throttled)
+    }
+
+    /// The fake's start, on the wall clock: scripted times are offsets from it.
+    pub fn started_wall(&self) -> SystemTime {
+        self.shared.started_wall
+    }
+
     /// Time since the fake started, on its clock.
     pub fn elapsed(&self) -> Duration {
         self.shared.started.elapsed()
@@ -253,7 +298,7 @@ impl FakeServer {
 
     /// Replaces the script; time keeps counting from the original start.
     pub fn set_scenario(&self, scenario: Scenario) {
-        *lock(&self.shared.scenario) = scenario;
+        *lock(&self.shared.scenario) = Indexed::new(scenario);
     }
 
     pub async fn stop(self) {
@@ -382,8 +427,8 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
         ));
     }
 
-    let scenario = lock(&shared.scenario);
-    if let Some(limit) = &scenario.rate_limit {
+    let indexed = lock(&shared.scenario);
+    if let Some(limit) = &indexed.scenario.rate_limit {
         let mut bucket = lock(&shared.bucket);
         let (tokens, at) = *bucket;
         let refreshed =
@@ -406,7 +451,7 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
             execution_id,
         } => get_execution(
             shared,
-            &scenario,
+            &indexed,
             now,
             &instance_id,
             &flow_name,
@@ -419,7 +464,7 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
             next_token,
         } => list_executions(
             shared,
-            &scenario,
+            &indexed,
             now,
             &instance_id,
             &flow_name,
@@ -431,15 +476,17 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
 
 fn get_execution(
     shared: &Shared,
-    scenario: &Scenario,
+    indexed: &Indexed,
     now: Duration,
     instance_id: &str,
     flow_name: &str,
     execution_id: &str,
 ) -> Answer {
-    let Some(script) = scenario.executions.iter().find(|e| {
-        e.instance_id == instance_id && e.flow_name == flow_name && e.execution_id == execution_id
-    }) else {
+    let script = indexed
+        .by_key
+        .get(&format!("{instance_id}/{flow_name}/{execution_id}"))
+        .map(|&i| &indexed.scenario.executions[i]);
+    let Some(script) = script else {
         return Answer::Respond(not_found(instance_id, flow_name, execution_id));
     };
     if let Some(fault) = active_fault(shared, &script.faults, now) {
@@ -527,22 +574,23 @@ fn describe_execution(shared: &Shared, script: &ScriptedExecution, now: Duration
 /// One page of a flow's visible executions, newest first, after the cursor in `next_token`.
 fn list_executions(
     shared: &Shared,
-    scenario: &Scenario,
+    indexed: &Indexed,
     now: Duration,
     instance_id: &str,
     flow_name: &str,
     max_results: Option<Result<u32, String>>,
     next_token: Option<&str>,
 ) -> Answer {
+    let scenario = &indexed.scenario;
     let flow = scenario
         .flows
         .iter()
         .find(|f| f.instance_id == instance_id && f.flow_name == flow_name);
-    let has_executions = scenario
-        .executions
-        .iter()
-        .any(|e| e.instance_id == instance_id && e.flow_name == flow_name);
-    if flow.is_none() && !has_executions {
+    let members: &[usize] = indexed
+        .by_flow
+        .get(&format!("{instance_id}/{flow_name}"))
+        .map_or(&[], Vec::as_slice);
+    if flow.is_none() && members.is_empty() {
         return Answer::Respond(error(
             404,
             "ResourceNotFoundException",
@@ -570,10 +618,9 @@ fn list_executions(
     if let Some(fault) = flow.and_then(|f| active_fault(shared, &f.faults, now)) {
         return fault;
     }
-    let mut visible: Vec<((i64, String), Value)> = scenario
-        .executions
+    let mut visible: Vec<((i64, String), Value)> = members
         .iter()
-        .filter(|e| e.instance_id == instance_id && e.flow_name == flow_name)
+        .map(|&i| &scenario.executions[i])
         .filter_map(|e| {
             let described = describe_execution(shared, e, now)?;
             let start_ms = (described["startTime"].as_f64().unwrap_or(0.0) * 1000.0) as i64;
@@ -785,6 +832,87 @@ mod humantime_opt {
             .map(Some)
             .map_err(serde::de::Error::custom)
     }
+}
+
+/// How [`generate`] draws the durations of executions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Durations {
+    /// Every execution's duration is uniform in `[min, max]`, whatever its flow.
+    Uniform { min: Duration, max: Duration },
+    /// Each flow has a typical duration, uniform in `[min, max]`; each of its executions lasts
+    /// that within ±`spread` (0.1 for ±10 %).
+    PerFlow {
+        min: Duration,
+        max: Duration,
+        spread: f64,
+    },
+}
+
+/// A generated scenario: `count` executions spread over `flows` flows of one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub count: usize,
+    pub flows: usize,
+    pub seed: u64,
+    pub durations: Durations,
+    /// The share of executions that end FAILED, from 0 to 1.
+    pub failed_share: f64,
+    /// Executions start at a uniform offset in `[0, start_within]` from the fake's start.
+    pub start_within: Duration,
+}
+
+/// The instance id of generated executions.
+pub const GENERATED_INSTANCE: &str = "5eed0000-0000-4000-8000-000000000000";
+
+/// Scripted executions drawn from `spec` with its seed: the same spec gives the same scenario.
+pub fn generate(spec: &Generated) -> Vec<ScriptedExecution> {
+    let mut rng = fastrand::Rng::with_seed(spec.seed);
+    let flows = spec.flows.max(1);
+    let uniform = |rng: &mut fastrand::Rng, min: Duration, max: Duration| {
+        min + (max.saturating_sub(min)).mul_f64(rng.f64())
+    };
+    let typical: Vec<Duration> = (0..flows)
+        .map(|_| match spec.durations {
+            Durations::Uniform { min, max } | Durations::PerFlow { min, max, .. } => {
+                uniform(&mut rng, min, max)
+            }
+        })
+        .collect();
+    (0..spec.count)
+        .map(|n| {
+            let flow = n % flows;
+            let duration = match spec.durations {
+                Durations::Uniform { min, max } => uniform(&mut rng, min, max),
+                Durations::PerFlow { spread, .. } => {
+                    typical[flow].mul_f64(1.0 + spread * (2.0 * rng.f64() - 1.0))
+                }
+            };
+            let start = spec.start_within.mul_f64(rng.f64());
+            let failed = rng.f64() < spec.failed_share;
+            let end_status = if failed { "FAILED" } else { "SUCCEEDED" };
+            ScriptedExecution {
+                instance_id: GENERATED_INSTANCE.to_string(),
+                flow_name: format!("flow-{flow:03}"),
+                execution_id: format!("{:08x}-0000-4000-8000-{n:012x}", spec.seed as u32),
+                timeline: vec![
+                    Step {
+                        at: start,
+                        status: "IN_PROGRESS".to_string(),
+                        message: None,
+                    },
+                    Step {
+                        at: start + duration,
+                        status: end_status.to_string(),
+                        message: failed.then(|| format!("generated failure of execution {n}")),
+                    },
+                ],
+                faults: Vec::new(),
+                source: None,
+                diagnostic_reports_root_s3_uri: None,
+                started_before: None,
+            }
+        })
+        .collect()
 }
 
 /// A scenario in TOML (see `config/demo/scenario.toml`).
