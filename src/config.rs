@@ -29,6 +29,7 @@ pub struct Settings {
     pub aws: AwsSettings,
     pub polling: PollingSettings,
     pub discovery: DiscoverySettings,
+    pub metrics: MetricsSettings,
     pub state: StateSettings,
     pub events: EventSettings,
     pub log: LogSettings,
@@ -56,6 +57,8 @@ pub struct PollingSettings {
     pub request_timeout: Duration,
     pub not_found_grace: Duration,
     pub retain_terminal: Duration,
+    /// Poll running executions around the time runs of their flow end (see `forecast`).
+    pub adaptive: bool,
 }
 
 impl Default for PollingSettings {
@@ -69,8 +72,17 @@ impl Default for PollingSettings {
             request_timeout: Duration::from_secs(10),
             not_found_grace: Duration::from_secs(600),
             retain_terminal: Duration::from_secs(3600),
+            adaptive: true,
         }
     }
+}
+
+/// What `/metrics` exports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsSettings {
+    /// The per-execution series (status, start and end time). Off, a large watchlist costs no
+    /// series per execution; `flowwatch_execution_failure_info` stays, for alerts.
+    pub per_execution: bool,
 }
 
 /// How `[[flow]]` entries are listed for new executions.
@@ -135,8 +147,10 @@ const KNOWN: &[(&str, &[&str])] = &[
             "request_timeout",
             "not_found_grace",
             "retain_terminal",
+            "adaptive",
         ],
     ),
+    ("metrics", &["per_execution"]),
     (
         "discovery",
         &["interval", "page_size", "max_pages_per_round"],
@@ -311,6 +325,10 @@ impl Reader<'_> {
             request_timeout: self.duration("polling.request_timeout", d.request_timeout),
             not_found_grace: self.duration("polling.not_found_grace", d.not_found_grace),
             retain_terminal: self.duration("polling.retain_terminal", d.retain_terminal),
+            adaptive: self.or("polling.adaptive", d.adaptive),
+        };
+        let metrics = MetricsSettings {
+            per_execution: self.or("metrics.per_execution", true),
         };
         let dd = DiscoverySettings::default();
         let discovery = DiscoverySettings {
@@ -393,6 +411,7 @@ impl Reader<'_> {
             },
             polling,
             discovery,
+            metrics,
             state: StateSettings {
                 path: relative_to_config(&state_path),
             },

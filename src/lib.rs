@@ -14,6 +14,7 @@ pub mod diagnostic;
 pub mod discovery;
 pub mod events;
 pub mod fake;
+pub mod forecast;
 pub mod health;
 pub mod http;
 pub mod metrics;
@@ -111,8 +112,10 @@ pub async fn run_with<C: FlowExecutions>(
             ),
         )])));
     }
-    let metrics =
-        Arc::new(Metrics::new().map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?);
+    let metrics = Arc::new(
+        Metrics::with_per_execution(settings.metrics.per_execution)
+            .map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?,
+    );
     let sinks =
         Sinks::open(settings.events.stdout, settings.events.file.as_deref()).map_err(|e| {
             Error::Fatal(format!(

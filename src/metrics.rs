@@ -34,6 +34,8 @@ pub struct Metrics {
     pub discovered: IntCounterVec,
     pub discovery_last_success: GaugeVec,
     pub discovery_flow_not_found: IntGaugeVec,
+    /// Whether per-execution status and time series are exported.
+    per_execution: bool,
 }
 
 const FLOW_LABELS: [&str; 2] = ["instance_id", "flow_name"];
@@ -42,6 +44,11 @@ const EXECUTION_LABELS: [&str; 3] = ["instance_id", "flow_name", "execution_id"]
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
+        Self::with_per_execution(true)
+    }
+
+    /// `per_execution = false` leaves out the per-execution status and time series.
+    pub fn with_per_execution(per_execution: bool) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let execution_status = GaugeVec::new(
             Opts::new(
@@ -215,6 +222,7 @@ impl Metrics {
             discovered,
             discovery_last_success,
             discovery_flow_not_found,
+            per_execution,
         })
     }
 
@@ -250,6 +258,9 @@ impl Metrics {
 
     /// Sets the one-hot status gauge of an execution.
     pub fn set_status(&self, key: &ExecutionKey, status: Status) {
+        if !self.per_execution {
+            return;
+        }
         for s in Status::ALL {
             self.execution_status
                 .with_label_values(&[
@@ -263,6 +274,9 @@ impl Metrics {
     }
 
     pub fn set_times(&self, key: &ExecutionKey, observation: &Observation) {
+        if !self.per_execution {
+            return;
+        }
         let labels = [
             key.instance_id.as_str(),
             key.flow_name.as_str(),

@@ -19,6 +19,7 @@ use crate::aws::{
 use crate::config::{DiscoverySettings, PollingSettings};
 use crate::discovery::{FlowWatch, Listed, Next, classify_listed, unix};
 use crate::events::{Sinks, Transition, rejected_event};
+use crate::forecast::Forecast;
 use crate::health::{HEARTBEAT, Health};
 use crate::metrics::Metrics;
 use crate::pacing::{BackoffPolicy, RateLimiter, startup_offset};
@@ -100,6 +101,7 @@ pub struct Scheduler<C> {
     store: Store,
     store_error: Option<String>,
     redeliver_after: Option<Instant>,
+    forecast: Forecast,
 }
 
 /// How soon delivery is tried again after a sink failed.
@@ -155,6 +157,7 @@ impl<C: FlowExecutions> Scheduler<C> {
             store,
             store_error: None,
             redeliver_after: None,
+            forecast: Forecast::default(),
         };
         scheduler.restore_counters();
         scheduler.replace(watchlist);
@@ -654,7 +657,14 @@ impl<C: FlowExecutions> Scheduler<C> {
                     tracing::info!(execution = %key, "polling works again");
                 }
                 transitions.extend(applied.transition);
-                state.backoff.next_delay(&mut self.rng)
+                poll_delay(
+                    state,
+                    &self.forecast,
+                    &self.polling,
+                    &mut self.rng,
+                    now,
+                    wall,
+                )
             }
             Err(error) => {
                 let counted =
@@ -933,7 +943,14 @@ impl<C: FlowExecutions> Scheduler<C> {
                 "the API listed a status flowwatch does not know; polling it until it is known");
         }
         tracing::info!(execution = %key, status = %state.status, "discovered a new execution");
-        let first_poll = state.backoff.next_delay(&mut self.rng);
+        let first_poll = poll_delay(
+            &mut state,
+            &self.forecast,
+            &self.polling,
+            &mut self.rng,
+            now,
+            wall,
+        );
         self.executions.insert(key.clone(), state);
         if let Some(transition) = applied.transition {
             self.commit_transition(transition, now);
@@ -1111,6 +1128,12 @@ impl<C: FlowExecutions> Scheduler<C> {
             .inc();
         if t.to.is_terminal() {
             self.drop_series_later(key, now);
+            if let Some(o) = &t.observation
+                && let (Some(start), Some(end)) = (o.start_time, o.end_time)
+            {
+                self.forecast
+                    .record(&key.instance_id, &key.flow_name, end - start);
+            }
         }
     }
 
@@ -1166,6 +1189,34 @@ impl<C: FlowExecutions> Scheduler<C> {
             "executions": executions,
         })
     }
+}
+
+/// The delay until a successfully polled execution's next poll: around the time runs of its flow
+/// end when the forecast knows (running executions with a start time, `polling.adaptive`), else
+/// the next step of its backoff ladder. Always within `[initial_interval, max_interval]`.
+fn poll_delay(
+    state: &mut ExecutionState,
+    forecast: &Forecast,
+    polling: &PollingSettings,
+    rng: &mut fastrand::Rng,
+    now: Instant,
+    wall: SystemTime,
+) -> Duration {
+    if polling.adaptive
+        && state.status == Status::InProgress
+        && let Some(start) = state.observation.as_ref().and_then(|o| o.start_time)
+    {
+        let (at, age_then) = *state
+            .age_anchor
+            .get_or_insert_with(|| (now, (unix(wall) - start).max(0.0)));
+        let age = age_then + now.saturating_duration_since(at).as_secs_f64();
+        let key = &state.entry.key;
+        if let Some(wait) = forecast.until_next_check(&key.instance_id, &key.flow_name, age) {
+            return Duration::from_secs_f64(wait.max(0.0))
+                .clamp(polling.initial_interval, polling.max_interval);
+        }
+    }
+    state.backoff.next_delay(rng)
 }
 
 /// Resolves when the head of the queue is due, a request slot is free and the rate limiter

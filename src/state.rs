@@ -96,6 +96,9 @@ pub struct ExecutionState {
     pub backoff: Backoff,
     /// Found by discovery of a `[[flow]]` entry rather than listed in the watchlist.
     pub discovered: bool,
+    /// When the execution's age (seconds since the API's start time) was first taken, and that
+    /// age: later ages count on from it on the monotonic clock.
+    pub age_anchor: Option<(Instant, f64)>,
     unrecognised_seen: Option<String>,
 }
 
@@ -115,6 +118,7 @@ impl ExecutionState {
             rejected: None,
             backoff,
             discovered: false,
+            age_anchor: None,
             unrecognised_seen: None,
         }
     }

@@ -1,0 +1,687 @@
+//! The performance benchmark: flowwatch (a release build, as its own process) against the fake
+//! Supply Chain API with generated executions and a server-side rate limit, beside the fixed-interval
+//! poller a user would otherwise write, against the same scenario and limit. It prints one table.
+//!
+//! ```text
+//! cargo bench --bench scale                          # everything (about 15 minutes on 2 cores)
+//! cargo bench --bench scale -- --sizes 1000,10000    # scale runs of these sizes only
+//! cargo bench --bench scale -- --only efficiency     # the per-flow and uniform scenarios only
+//! ```
+//!
+//! Columns: N; wall time until every execution was detected terminal; API calls (as the server
+//! counted them, throttled ones included); calls per execution; throttled share; the answered
+//! request rate while every execution still waited for its first answer (the backlog), against
+//! the server's limit; p50/p95/max detection latency, from the fake's terminal time to the
+//! moment the poller reported it (flowwatch: its event on stdout); peak RSS (VmHWM); CPU seconds
+//! per 1,000 requests; the slowest `/metrics` scrape and its size.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flowwatch::fake::{
+    Durations, FakeRateLimit, FakeServer, GENERATED_INSTANCE, Generated, Scenario, generate,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Mutex;
+
+/// Who polls.
+#[derive(Debug, Clone)]
+enum Poller {
+    /// flowwatch, with or without duration-aware scheduling and per-execution series.
+    Flowwatch {
+        adaptive: bool,
+        per_execution: bool,
+        max_rps: f64,
+        max_in_flight: usize,
+    },
+    /// Every execution every `interval`, by `workers` tasks, SDK standard retries on.
+    Baseline { interval: Duration, workers: usize },
+}
+
+impl Poller {
+    fn label(&self) -> String {
+        match self {
+            Poller::Flowwatch {
+                adaptive,
+                per_execution,
+                ..
+            } => format!(
+                "flowwatch{}{}",
+                if *adaptive { "" } else { " (plain backoff)" },
+                if *per_execution {
+                    ""
+                } else {
+                    " (per_execution=false)"
+                }
+            ),
+            Poller::Baseline { interval, workers } => format!(
+                "baseline {}s {}",
+                interval.as_secs(),
+                if *workers == 1 {
+                    "sequential".to_string()
+                } else {
+                    format!("{workers} workers")
+                }
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Run {
+    scenario_name: &'static str,
+    scenario: Generated,
+    limit_rps: f64,
+    poller: Poller,
+    /// Give up after this long.
+    timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Row {
+    label: String,
+    scenario: String,
+    n: usize,
+    wall: f64,
+    calls: u64,
+    throttled: u64,
+    backlog_rate: Option<f64>,
+    limit: f64,
+    p50: f64,
+    p95: f64,
+    max: f64,
+    undetected: usize,
+    peak_rss_mib: f64,
+    cpu_seconds: f64,
+    scrape_ms: Option<f64>,
+    scrape_bytes: Option<usize>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--baseline-child") {
+        let spec = args.get(i + 1).expect("--baseline-child takes a spec file");
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(baseline_child(Path::new(spec)));
+        return;
+    }
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let sizes: Vec<usize> = value("--sizes")
+        .unwrap_or_else(|| "1000,10000,100000".to_string())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let only = value("--only");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    runtime.block_on(async {
+        if only.as_deref() != Some("scale") {
+            rows.extend(efficiency_runs().await);
+        }
+        if only.as_deref() != Some("efficiency") {
+            for n in &sizes {
+                rows.extend(scale_runs(*n).await);
+            }
+        }
+    });
+    print_table(&rows);
+    println!(
+        "\nmachine: {} cores, {}; whole benchmark {:.0} s",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The efficiency scenarios: 1,000 executions started together, 50 requests/s, run side by side
+/// (each with its own fake) since the load is light and the durations set the wall time.
+async fn efficiency_runs() -> Vec<Row> {
+    let per_flow = Generated {
+        count: 1000,
+        flows: 5,
+        seed: 20,
+        durations: Durations::PerFlow {
+            min: Duration::from_secs(20),
+            max: Duration::from_secs(120),
+            spread: 0.1,
+        },
+        failed_share: 0.1,
+        start_within: Duration::ZERO,
+    };
+    let uniform = Generated {
+        seed: 21,
+        durations: Durations::Uniform {
+            min: Duration::from_secs(20),
+            max: Duration::from_secs(120),
+        },
+        ..per_flow.clone()
+    };
+    let flowwatch = |adaptive| Poller::Flowwatch {
+        adaptive,
+        per_execution: true,
+        max_rps: 50.0,
+        max_in_flight: 16,
+    };
+    let baseline = Poller::Baseline {
+        interval: Duration::from_secs(5),
+        workers: 1,
+    };
+    let mut runs = Vec::new();
+    for (name, scenario) in [("per-flow", per_flow), ("uniform", uniform)] {
+        for poller in [flowwatch(true), flowwatch(false), baseline.clone()] {
+            runs.push(Run {
+                scenario_name: name,
+                scenario: scenario.clone(),
+                limit_rps: 50.0,
+                poller,
+                timeout: Duration::from_secs(600),
+            });
+        }
+    }
+    let handles: Vec<_> = runs
+        .into_iter()
+        .map(|run| tokio::spawn(async move { measure(run).await }))
+        .collect();
+    let mut rows = Vec::new();
+    for h in handles {
+        rows.push(h.await.expect("run"));
+    }
+    rows
+}
+
+/// The scale runs at N: durations 10–60 s, 10 % FAILED, all started in the first 10 s, against a
+/// 2,000 requests/s limit; flowwatch, flowwatch without per-execution series at 100,000, and the
+/// baseline with a pool of 16 workers. One at a time: these load both cores.
+async fn scale_runs(n: usize) -> Vec<Row> {
+    let scenario = Generated {
+        count: n,
+        flows: (n / 200).max(5),
+        seed: n as u64,
+        durations: Durations::Uniform {
+            min: Duration::from_secs(10),
+            max: Duration::from_secs(60),
+        },
+        failed_share: 0.1,
+        start_within: Duration::from_secs(10),
+    };
+    let flowwatch = |per_execution| Poller::Flowwatch {
+        adaptive: true,
+        per_execution,
+        max_rps: 2000.0,
+        max_in_flight: 64,
+    };
+    let mut pollers = vec![flowwatch(true)];
+    if n >= 100_000 {
+        pollers.push(flowwatch(false));
+    }
+    pollers.push(Poller::Baseline {
+        interval: Duration::from_secs(5),
+        workers: 16,
+    });
+    let mut rows = Vec::new();
+    for poller in pollers {
+        rows.push(
+            measure(Run {
+                scenario_name: "scale",
+                scenario: scenario.clone(),
+                limit_rps: 2000.0,
+                poller,
+                timeout: Duration::from_secs(900),
+            })
+            .await,
+        );
+    }
+    rows
+}
+
+/// Plays one run and measures it.
+async fn measure(run: Run) -> Row {
+    let executions = generate(&run.scenario);
+    let n = executions.len();
+    // When each execution ends, as an offset from the fake's start.
+    let ends: HashMap<String, f64> = executions
+        .iter()
+        .map(|e| {
+            let end = e.timeline.last().map_or(0.0, |s| s.at.as_secs_f64());
+            (e.execution_id.clone(), end)
+        })
+        .collect();
+    let last_end = ends.values().copied().fold(0.0, f64::max);
+    let keys: Vec<(String, String)> = executions
+        .iter()
+        .map(|e| (e.flow_name.clone(), e.execution_id.clone()))
+        .collect();
+    let fake = FakeServer::start(Scenario {
+        rate_limit: Some(FakeRateLimit {
+            requests_per_second: run.limit_rps,
+            burst: (run.limit_rps / 10.0).max(1.0),
+            retry_after_ms: None,
+        }),
+        executions,
+        flows: Vec::new(),
+    })
+    .await
+    .expect("fake");
+    let clock = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = free_port();
+    let mut child = match &run.poller {
+        Poller::Flowwatch {
+            adaptive,
+            per_execution,
+            max_rps,
+            max_in_flight,
+        } => {
+            let config = write_flowwatch_files(
+                dir.path(),
+                listen,
+                &fake.endpoint_url(),
+                &keys,
+                *adaptive,
+                *per_execution,
+                *max_rps,
+                *max_in_flight,
+            );
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_flowwatch"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .env("AWS_ACCESS_KEY_ID", "AKIDBENCHMARK")
+                .env("AWS_SECRET_ACCESS_KEY", "benchmark-secret")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .stdout(Stdio::piped())
+                .stderr(log_file(dir.path(), "flowwatch.log"))
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start flowwatch")
+        }
+        Poller::Baseline { interval, workers } => {
+            let spec = dir.path().join("baseline.json");
+            let ids: Vec<serde_json::Value> = keys
+                .iter()
+                .map(|(f, e)| serde_json::json!([f, e]))
+                .collect();
+            std::fs::write(
+                &spec,
+                serde_json::json!({
+                    "endpoint": fake.endpoint_url(),
+                    "interval_ms": interval.as_millis() as u64,
+                    "workers": workers,
+                    "executions": ids,
+                })
+                .to_string(),
+            )
+            .expect("write baseline spec");
+            tokio::process::Command::new(std::env::current_exe().expect("own path"))
+                .arg("--baseline-child")
+                .arg(&spec)
+                .stdout(Stdio::piped())
+                .stderr(log_file(dir.path(), "baseline.log"))
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start the baseline")
+        }
+    };
+    let pid = child.id().expect("child pid");
+    let stdout = child.stdout.take().expect("child stdout");
+    let detected: Arc<Mutex<HashMap<String, f64>>> = Arc::new(Mutex::new(HashMap::new()));
+    let reader = {
+        let detected = detected.clone();
+        let origin = clock;
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let at = origin.elapsed().as_secs_f64();
+                if let Some(id) = terminal_execution(&line) {
+                    detected.lock().await.entry(id).or_insert(at);
+                }
+            }
+        })
+    };
+    let mut scrape_ms: Option<f64> = None;
+    let mut scrape_bytes = None;
+    let mut last_scrape = Instant::now() - Duration::from_secs(60);
+    let deadline = clock + run.timeout;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let done = detected.lock().await.len();
+        if done >= n || Instant::now() > deadline {
+            break;
+        }
+        if matches!(run.poller, Poller::Flowwatch { .. })
+            && last_scrape.elapsed() > Duration::from_secs(5)
+        {
+            last_scrape = Instant::now();
+            let t = Instant::now();
+            if let Some(size) = scrape(listen).await {
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                if scrape_ms.is_none_or(|m| ms > m) {
+                    scrape_ms = Some(ms);
+                    scrape_bytes = Some(size);
+                }
+            }
+        }
+    }
+    let wall = clock.elapsed().as_secs_f64();
+    let (peak_rss_mib, cpu_seconds) = process_usage(pid);
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    reader.abort();
+    let (calls, throttled) = fake.counts();
+    let stats = fake.stats();
+    fake.stop().await;
+
+    let detected = detected.lock().await;
+    let mut latencies: Vec<f64> = detected
+        .iter()
+        .filter_map(|(id, at)| ends.get(id).map(|end| (at - end).max(0.0)))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Row {
+        label: run.poller.label(),
+        scenario: format!("{} (last end {:.0}s)", run.scenario_name, last_end),
+        n,
+        wall,
+        calls,
+        throttled,
+        backlog_rate: backlog_rate(&stats, n),
+        limit: run.limit_rps,
+        p50: pct(0.50),
+        p95: pct(0.95),
+        max: latencies.last().copied().unwrap_or(f64::NAN),
+        undetected: n - latencies.len(),
+        peak_rss_mib,
+        cpu_seconds,
+        scrape_ms,
+        scrape_bytes,
+    }
+}
+
+/// The answered request rate while some execution still waited for its first answer, when that
+/// lasted long enough to measure (at least 5 s); `None` when there was no such backlog.
+fn backlog_rate(stats: &flowwatch::fake::FakeStats, n: usize) -> Option<f64> {
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut end = None;
+    for (at, id) in &stats.arrivals {
+        if seen.insert(id.as_str()) && seen.len() == n {
+            end = Some(at.as_secs_f64());
+            break;
+        }
+    }
+    let end = end?;
+    if end < 5.0 {
+        return None;
+    }
+    let answered = stats
+        .arrivals
+        .iter()
+        .filter(|(at, _)| at.as_secs_f64() <= end)
+        .count() as f64;
+    // Throttled requests are in the arrivals too; take them out at the overall throttled share.
+    let share = 1.0 - stats.throttled as f64 / stats.requests.max(1) as f64;
+    Some(answered * share / end)
+}
+
+/// The execution id of a terminal report: a flowwatch event to SUCCEEDED/FAILED, or a
+/// baseline line `<execution_id> <status>`.
+fn terminal_execution(line: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let to = v["data"]["to_status"].as_str()?;
+        if matches!(to, "SUCCEEDED" | "FAILED") {
+            return v["data"]["execution_id"].as_str().map(str::to_string);
+        }
+        return None;
+    }
+    let (id, status) = line.split_once(' ')?;
+    matches!(status, "SUCCEEDED" | "FAILED").then(|| id.to_string())
+}
+
+fn log_file(dir: &Path, name: &str) -> Stdio {
+    std::fs::File::create(dir.join(name)).map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_flowwatch_files(
+    dir: &Path,
+    listen: SocketAddr,
+    endpoint: &str,
+    keys: &[(String, String)],
+    adaptive: bool,
+    per_execution: bool,
+    max_rps: f64,
+    max_in_flight: usize,
+) -> PathBuf {
+    let mut watchlist =
+        std::io::BufWriter::new(std::fs::File::create(dir.join("watchlist.toml")).expect("create"));
+    for (flow, execution) in keys {
+        writeln!(
+            watchlist,
+            "[[execution]]\ninstance_id = \"{GENERATED_INSTANCE}\"\nflow_name = \"{flow}\"\nexecution_id = \"{execution}\"\n"
+        )
+        .expect("write watchlist");
+    }
+    watchlist.flush().expect("flush watchlist");
+    let config = dir.join("flowwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "watchlist = \"watchlist.toml\"\n\
+             [server]\nlisten = \"{listen}\"\n\
+             [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n\
+             [polling]\ninitial_interval = \"5s\"\nmax_interval = \"2m\"\nmultiplier = 2.0\n\
+             max_requests_per_second = {max_rps:.1}\nmax_in_flight = {max_in_flight}\nrequest_timeout = \"10s\"\n\
+             retain_terminal = \"1h\"\nadaptive = {adaptive}\n\
+             [metrics]\nper_execution = {per_execution}\n\
+             [state]\npath = \"{dir}\"\n\
+             [events]\nstdout = true\nfile = \"\"\n\
+             [log]\nlevel = \"warn\"\n",
+            dir = dir.display()
+        ),
+    )
+    .expect("write config");
+    config
+}
+
+/// A loopback address with a port free right now, for flowwatch to listen on.
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// One `GET /metrics`; the body's size.
+async fn scrape(addr: SocketAddr) -> Option<usize> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.ok()?;
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some(raw.len() - head_end - 4)
+}
+
+/// Peak RSS (MiB) and CPU seconds (user + system) of a running process.
+fn process_usage(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 14th, stime the 15th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu = (ticks(11) + ticks(12)) / clock_ticks_per_second();
+    (hwm_kib / 1024.0, cpu)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string())
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n| poller | scenario | N | wall s | API calls | calls/exec | throttled | backlog rate / limit | p50 s | p95 s | max s | undetected | peak RSS MiB | CPU s / 1000 calls | /metrics ms | /metrics size |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let backlog = r.backlog_rate.map_or("no backlog".to_string(), |rate| {
+            format!(
+                "{rate:.0} / {:.0} ({:.0} %)",
+                r.limit,
+                100.0 * rate / r.limit
+            )
+        });
+        println!(
+            "| {} | {} | {} | {:.1} | {} | {:.2} | {:.2} % | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.4} | {} | {} |",
+            r.label,
+            r.scenario,
+            r.n,
+            r.wall,
+            r.calls,
+            r.calls as f64 / r.n.max(1) as f64,
+            100.0 * r.throttled as f64 / r.calls.max(1) as f64,
+            backlog,
+            r.p50,
+            r.p95,
+            r.max,
+            r.undetected,
+            r.peak_rss_mib,
+            1000.0 * r.cpu_seconds / r.calls.max(1) as f64,
+            r.scrape_ms.map_or("-".to_string(), |m| format!("{m:.0}")),
+            r.scrape_bytes
+                .map_or("-".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6)),
+        );
+    }
+}
+
+/// The baseline: a fixed-interval poller as a user would write it with the SDK (standard
+/// retries on), printing `<execution_id> <status>` when an execution is terminal.
+async fn baseline_child(spec: &Path) {
+    let text = std::fs::read_to_string(spec).expect("read spec");
+    let spec: serde_json::Value = serde_json::from_str(&text).expect("spec is JSON");
+    let endpoint = spec["endpoint"].as_str().expect("endpoint").to_string();
+    let interval = Duration::from_millis(spec["interval_ms"].as_u64().unwrap_or(5000));
+    let workers = spec["workers"].as_u64().unwrap_or(1).max(1) as usize;
+    let executions: Vec<(String, String)> = spec["executions"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let config = aws_sdk_supplychain::Config::builder()
+        .behavior_version(aws_sdk_supplychain::config::BehaviorVersion::latest())
+        .region(aws_sdk_supplychain::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_supplychain::config::Credentials::new(
+            "AKIDBASELINE",
+            "baseline-secret",
+            None,
+            None,
+            "baseline",
+        ))
+        .endpoint_url(endpoint)
+        .retry_config(aws_sdk_supplychain::config::retry::RetryConfig::standard())
+        .build();
+    let client = aws_sdk_supplychain::Client::from_conf(config);
+    let mut active = executions;
+    let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    while !active.is_empty() {
+        let pass = Instant::now();
+        let queue = Arc::new(std::sync::Mutex::new(std::mem::take(&mut active)));
+        let still: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+        let mut tasks = Vec::new();
+        for _ in 0..workers {
+            let (queue, still, client, out) =
+                (queue.clone(), still.clone(), client.clone(), out.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
+                    let Some((flow, execution)) = next else { break };
+                    let answer = client
+                        .get_data_integration_flow_execution()
+                        .instance_id(GENERATED_INSTANCE)
+                        .flow_name(&flow)
+                        .execution_id(&execution)
+                        .send()
+                        .await;
+                    let status = answer.ok().and_then(|o| {
+                        o.flow_execution()
+                            .and_then(|e| e.status().map(|s| s.as_str().to_string()))
+                    });
+                    match status.as_deref() {
+                        Some(s @ ("SUCCEEDED" | "FAILED")) => {
+                            if let Ok(mut out) = out.lock() {
+                                let _ = writeln!(out, "{execution} {s}");
+                                let _ = out.flush();
+                            }
+                        }
+                        _ => {
+                            if let Ok(mut still) = still.lock() {
+                                still.push((flow, execution));
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        active = still
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
+        let elapsed = pass.elapsed();
+        if elapsed < interval {
+            tokio::time::sleep(interval - elapsed).await;
+        }
+    }
+}
