@@ -311,15 +311,30 @@ async fn reload_on_change(
 ) {
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The file's identity (size, modification time, inode): its content is read again only when
+    // that changes, so a large watchlist costs a stat every interval, not a read and a hash.
+    let identity = |m: &std::fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        (m.len(), m.modified().ok(), m.ino(), m.dev())
+    };
+    let mut last_identity = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let Ok(metadata) = tokio::fs::metadata(&path).await else {
+            continue;
+        };
+        let current = Some(identity(&metadata));
+        if current == last_identity {
+            continue;
+        }
         // Missing for a moment (mid-swap) or unreadable: look again next time.
         let Ok(bytes) = tokio::fs::read(&path).await else {
             continue;
         };
+        last_identity = current;
         let now = Some(digest(&bytes));
         if now != seen {
             seen = now;

@@ -647,7 +647,12 @@ impl<C: FlowExecutions> Scheduler<C> {
         let mut delay = match result {
             Ok(observation) => {
                 state.attempts += 1;
-                self.metrics.set_times(&key, &observation);
+                let times_changed = state.observation.as_ref().is_none_or(|o| {
+                    o.start_time != observation.start_time || o.end_time != observation.end_time
+                });
+                if times_changed {
+                    self.metrics.set_times(&key, &observation);
+                }
                 let applied = state.apply(observation, now, wall);
                 if let Some(raw) = applied.unrecognised {
                     tracing::warn!(execution = %key, status = %raw, keeping = %state.status,

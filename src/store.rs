@@ -176,19 +176,23 @@ impl Store {
     pub fn execution(&self, key: &ExecutionKey) -> Result<Option<Restored>, StoreError> {
         let row = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT status, observation, rejected FROM executions
                  WHERE instance_id = ?1 AND flow_name = ?2 AND execution_id = ?3",
-                params![key.instance_id, key.flow_name, key.execution_id],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Option<String>>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                    ))
-                },
             )
-            .optional()
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![key.instance_id, key.flow_name, key.execution_id],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, Option<String>>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                        ))
+                    },
+                )
+                .optional()
+            })
             .map_err(|e| self.error(&e))?;
         let Some((status, observation, rejected)) = row else {
             return Ok(None);
@@ -244,14 +248,18 @@ impl Store {
     /// Whether flowwatch has seen this execution: it has a state, or it was discovered.
     pub fn is_known(&self, key: &ExecutionKey) -> Result<bool, StoreError> {
         self.conn
-            .query_row(
+            .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM discovered
                      WHERE instance_id = ?1 AND flow_name = ?2 AND execution_id = ?3)
                   OR EXISTS (SELECT 1 FROM executions
                      WHERE instance_id = ?1 AND flow_name = ?2 AND execution_id = ?3)",
-                params![key.instance_id, key.flow_name, key.execution_id],
-                |r| r.get(0),
             )
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![key.instance_id, key.flow_name, key.execution_id],
+                    |r| r.get(0),
+                )
+            })
             .map_err(|e| self.error(&e))
     }
 
@@ -401,24 +409,22 @@ impl Store {
         let path = self.path.clone();
         let run = |conn: &mut Connection| -> rusqlite::Result<i64> {
             let tx = conn.transaction()?;
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO executions (instance_id, flow_name, execution_id, status, observation, rejected)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (instance_id, flow_name, execution_id)
                  DO UPDATE SET status = excluded.status, observation = excluded.observation, rejected = excluded.rejected",
-                params![key.instance_id, key.flow_name, key.execution_id, status.as_str(), observation, rejected],
-            )?;
+            )?
+            .execute(params![key.instance_id, key.flow_name, key.execution_id, status.as_str(), observation, rejected])?;
             if let Some(to) = transition_to {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO transition_counts (instance_id, flow_name, to_status, count) VALUES (?1, ?2, ?3, 1)
                      ON CONFLICT (instance_id, flow_name, to_status) DO UPDATE SET count = count + 1",
-                    params![key.instance_id, key.flow_name, to.as_str()],
-                )?;
+                )?
+                .execute(params![key.instance_id, key.flow_name, to.as_str()])?;
             }
-            tx.execute(
-                "INSERT INTO outbox (event) VALUES (?1)",
-                [event.to_string()],
-            )?;
+            tx.prepare_cached("INSERT INTO outbox (event) VALUES (?1)")?
+                .execute([event.to_string()])?;
             let seq = tx.last_insert_rowid();
             tx.commit()?;
             Ok(seq)
@@ -432,7 +438,8 @@ impl Store {
     /// Marks an event delivered to every sink.
     pub fn mark_delivered(&self, seq: i64) -> Result<(), StoreError> {
         self.conn
-            .execute("DELETE FROM outbox WHERE seq = ?1", [seq])
+            .prepare_cached("DELETE FROM outbox WHERE seq = ?1")
+            .and_then(|mut stmt| stmt.execute([seq]))
             .map(|_| ())
             .map_err(|e| self.error(&e))
     }
