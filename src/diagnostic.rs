@@ -72,7 +72,9 @@ pub struct SourceText<'a> {
     text: &'a str,
     /// The byte offset where each line starts, so a location costs a binary search, not a scan
     /// from the top (a 100,000-entry watchlist has 500,000 lines).
-    line_starts: Vec<usize>,
+    line_starts: std::rc::Rc<[usize]>,
+    /// Added to every offset: the start of the part of `text` that offsets are relative to.
+    base: usize,
 }
 
 impl<'a> SourceText<'a> {
@@ -84,6 +86,17 @@ impl<'a> SourceText<'a> {
             path,
             text,
             line_starts,
+            base: 0,
+        }
+    }
+
+    /// The same text, for offsets relative to byte `base` (a part of it parsed on its own).
+    pub fn shifted(&self, base: usize) -> Self {
+        Self {
+            path: self.path,
+            text: self.text,
+            line_starts: self.line_starts.clone(),
+            base,
         }
     }
 
@@ -93,7 +106,7 @@ impl<'a> SourceText<'a> {
 
     /// The location of a byte offset (clamped to the text, and to a character boundary).
     pub fn location(&self, offset: usize) -> Location {
-        let mut offset = offset.min(self.text.len());
+        let mut offset = (self.base + offset).min(self.text.len());
         while !self.text.is_char_boundary(offset) {
             offset -= 1;
         }

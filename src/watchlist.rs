@@ -157,13 +157,79 @@ impl Watchlist {
     }
 
     /// Validates watchlist text; `path` is only used to name locations.
+    ///
+    /// A large watchlist is parsed one entry group at a time (see [`entry_chunks`]), so its peak
+    /// memory is that of the entries, not of a syntax tree of the whole file; if any group does
+    /// not parse on its own, the whole text is parsed at once and its error reported.
     pub fn parse(path: &Path, text: &str) -> Result<Self, Diagnostics> {
         let src = SourceText::new(path, text);
+        if text.len() >= CHUNKED_FROM
+            && let Some(result) = Self::parse_chunked(&src, path, text)
+        {
+            return result;
+        }
         let doc = Document::parse(text)
             .map_err(|e| Diagnostics(vec![src.at(e.span(), toml_message(e.message()))]))?;
-        let mut problems = Vec::new();
+        let mut collector = Collector::default();
+        collector.take(&src, doc.as_table());
+        collector.finish(&src, path)
+    }
 
-        let root = doc.as_table();
+    /// `None` when some group is not valid TOML on its own.
+    fn parse_chunked(
+        src: &SourceText<'_>,
+        path: &Path,
+        text: &str,
+    ) -> Option<Result<Self, Diagnostics>> {
+        let mut collector = Collector::default();
+        for range in entry_chunks(text, ENTRIES_PER_CHUNK) {
+            let doc = Document::parse(&text[range.clone()]).ok()?;
+            collector.take(&src.shifted(range.start), doc.as_table());
+        }
+        Some(collector.finish(src, path))
+    }
+}
+
+/// Watchlists at least this large are parsed in groups of entries.
+const CHUNKED_FROM: usize = 256 * 1024;
+/// Entries per group.
+const ENTRIES_PER_CHUNK: usize = 512;
+
+/// Byte ranges of `text` that each start at a `[[execution]]` or `[[flow]]` header line (the first
+/// at 0) and hold `per_chunk` such headers, so each is a TOML document of its own.
+fn entry_chunks(text: &str, per_chunk: usize) -> Vec<std::ops::Range<usize>> {
+    let mut bounds = vec![0];
+    let mut headers = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let head = line.trim();
+        let head = head.split_once('#').map_or(head, |(h, _)| h).trim_end();
+        if head == "[[execution]]" || head == "[[flow]]" {
+            if headers > 0 && headers % per_chunk == 0 {
+                bounds.push(offset);
+            }
+            headers += 1;
+        }
+        offset += line.len();
+    }
+    bounds.push(text.len());
+    bounds.windows(2).map(|w| w[0]..w[1]).collect()
+}
+
+/// Gathers entries and problems from one or more parsed documents of one watchlist.
+#[derive(Default)]
+struct Collector {
+    problems: Vec<Diagnostic>,
+    entries: Vec<WatchEntry>,
+    flows: Vec<FlowEntry>,
+    seen: HashMap<ExecutionKey, usize>,
+    seen_flows: HashMap<FlowKey, usize>,
+    any_table: bool,
+}
+
+impl Collector {
+    fn take(&mut self, src: &SourceText<'_>, root: &toml_edit::Table) {
+        let problems = &mut self.problems;
         for (name, _) in root.iter() {
             if name != "execution" && name != "flow" {
                 let span = root.key(name).and_then(|k| k.span());
@@ -175,54 +241,53 @@ impl Watchlist {
                 ));
             }
         }
-        let execution_tables = tables_of(&src, root, "execution", &mut problems);
-        let flow_tables = tables_of(&src, root, "flow", &mut problems);
-        if execution_tables.is_empty() && flow_tables.is_empty() && problems.is_empty() {
-            problems.push(src.at(
+        let execution_tables = tables_of(src, root, "execution", problems);
+        let flow_tables = tables_of(src, root, "flow", problems);
+        self.any_table |= !execution_tables.is_empty() || !flow_tables.is_empty();
+
+        for (span, fields) in execution_tables {
+            let before = self.problems.len();
+            let entry = parse_entry(src, span.clone(), &fields, &mut self.problems);
+            let Some(entry) = entry else { continue };
+            if self.problems.len() > before {
+                continue;
+            }
+            if let Some(d) = duplicate(src, &span, &mut self.seen, &entry.key, "execution") {
+                self.problems.push(d);
+                continue;
+            }
+            self.entries.push(entry);
+        }
+        for (span, fields) in flow_tables {
+            let before = self.problems.len();
+            let flow = parse_flow(src, span.clone(), &fields, &mut self.problems);
+            let Some(flow) = flow else { continue };
+            if self.problems.len() > before {
+                continue;
+            }
+            if let Some(d) = duplicate(src, &span, &mut self.seen_flows, &flow.key, "flow") {
+                self.problems.push(d);
+                continue;
+            }
+            self.flows.push(flow);
+        }
+    }
+
+    fn finish(mut self, src: &SourceText<'_>, path: &Path) -> Result<Watchlist, Diagnostics> {
+        if !self.any_table && self.problems.is_empty() {
+            self.problems.push(src.at(
                 None,
                 "the watchlist has no [[execution]] or [[flow]] entries: add at least one",
             ));
         }
-
-        let mut entries = Vec::new();
-        let mut seen: HashMap<ExecutionKey, usize> = HashMap::new();
-        for (span, fields) in execution_tables {
-            let before = problems.len();
-            let entry = parse_entry(&src, span.clone(), &fields, &mut problems);
-            let Some(entry) = entry else { continue };
-            if problems.len() > before {
-                continue;
-            }
-            if let Some(duplicate) = duplicate(&src, &span, &mut seen, &entry.key, "execution") {
-                problems.push(duplicate);
-                continue;
-            }
-            entries.push(entry);
-        }
-        let mut flows = Vec::new();
-        let mut seen_flows: HashMap<FlowKey, usize> = HashMap::new();
-        for (span, fields) in flow_tables {
-            let before = problems.len();
-            let flow = parse_flow(&src, span.clone(), &fields, &mut problems);
-            let Some(flow) = flow else { continue };
-            if problems.len() > before {
-                continue;
-            }
-            if let Some(duplicate) = duplicate(&src, &span, &mut seen_flows, &flow.key, "flow") {
-                problems.push(duplicate);
-                continue;
-            }
-            flows.push(flow);
-        }
-
-        if problems.is_empty() {
-            Ok(Self {
+        if self.problems.is_empty() {
+            Ok(Watchlist {
                 path: path.to_path_buf(),
-                entries,
-                flows,
+                entries: self.entries,
+                flows: self.flows,
             })
         } else {
-            Err(Diagnostics(problems))
+            Err(Diagnostics(self.problems))
         }
     }
 }
@@ -666,6 +731,65 @@ mod tests {
         assert_eq!(
             errors,
             vec!["w.toml:4:9: `since` must be a duration string like \"24h\", found integer"]
+        );
+    }
+
+    fn many(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "[[execution]] # entry {i}\ninstance_id = \"{INSTANCE}\"\nflow_name = \"f{}\"\nexecution_id = \"a1b2c3d4-0000-4000-8000-{i:012}\"\nlabels = {{ n = \"{i}\" }}\n\n",
+                    i % 7
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_large_watchlist_parses_in_groups_with_the_same_result_and_locations() {
+        let text = many(3000);
+        assert!(text.len() >= CHUNKED_FROM);
+        assert!(entry_chunks(&text, ENTRIES_PER_CHUNK).len() > 5);
+        let chunked = parse(&text).expect("valid");
+        let src = SourceText::new(Path::new("w.toml"), &text);
+        let doc = Document::parse(text.as_str()).expect("toml");
+        let mut whole = Collector::default();
+        whole.take(&src, doc.as_table());
+        let whole = whole.finish(&src, Path::new("w.toml")).expect("valid");
+        assert_eq!(chunked, whole);
+        assert_eq!(chunked.entries[2999].labels["n"], "2999");
+
+        // A problem in a late group keeps its line; a duplicate names both lines across groups.
+        let mut broken = text.replace(
+            "execution_id = \"a1b2c3d4-0000-4000-8000-000000002500\"",
+            "execution_id = \"nope\"",
+        );
+        broken.push_str(&many(1));
+        let errors = parse(&broken).expect_err("invalid");
+        assert_eq!(
+            errors,
+            vec![
+                "w.toml:15004:16: invalid execution_id \"nope\": must be a lowercase UUID of 36 characters (8-4-4-4-12 hex digits [a-f0-9])".to_string(),
+                "w.toml:18001:1: duplicate entry for execution 8850c54e-e187-4fa7-89d4-6370f165174d/f0/a1b2c3d4-0000-4000-8000-000000000000: already listed at line 1 (this is line 18001)".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_header_inside_a_multiline_string_falls_back_to_one_parse() {
+        let mut text = many(2000);
+        text.push_str(
+            "[[execution]]\ninstance_id = \"x\"\nflow_name = \"f\"\nexecution_id = \"\"\"\n[[execution]]\n\"\"\"\n",
+        );
+        let errors = parse(&text).expect_err("invalid");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("w.toml:12002:15: invalid instance_id"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("w.toml:12004:16: invalid execution_id"),
+            "{errors:?}"
         );
     }
 
