@@ -356,8 +356,14 @@ async fn measure(run: Run) -> Row {
     let mut scrape_bytes = None;
     let mut last_scrape = Instant::now() - Duration::from_secs(60);
     let deadline = clock + run.timeout;
+    // Read while the process lives: the baseline exits once it has seen everything.
+    let mut usage = (f64::NAN, f64::NAN);
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        let now_usage = process_usage(pid);
+        if now_usage.0.is_finite() {
+            usage = now_usage;
+        }
         let done = detected.lock().await.len();
         if done >= n || Instant::now() > deadline {
             break;
@@ -377,7 +383,12 @@ async fn measure(run: Run) -> Row {
         }
     }
     let wall = clock.elapsed().as_secs_f64();
-    let (peak_rss_mib, cpu_seconds) = process_usage(pid);
+    let last_usage = process_usage(pid);
+    let (peak_rss_mib, cpu_seconds) = if last_usage.0.is_finite() {
+        last_usage
+    } else {
+        usage
+    };
     let _ = child.start_kill();
     let _ = child.wait().await;
     reader.abort();
@@ -404,7 +415,7 @@ async fn measure(run: Run) -> Row {
         wall,
         calls,
         throttled,
-        backlog_rate: backlog_rate(&stats, n),
+        backlog_rate: backlog_rate(&stats, n, run.limit_rps),
         limit: run.limit_rps,
         p50: pct(0.50),
         p95: pct(0.95),
@@ -417,9 +428,12 @@ async fn measure(run: Run) -> Row {
     }
 }
 
-/// The answered request rate while some execution still waited for its first answer, when that
-/// lasted long enough to measure (at least 5 s); `None` when there was no such backlog.
-fn backlog_rate(stats: &flowwatch::fake::FakeStats, n: usize) -> Option<f64> {
+/// The answered request rate while some execution still waited for its first answer, when the
+/// first answers alone need at least 10 s at the limit; `None` when there was no such backlog.
+fn backlog_rate(stats: &flowwatch::fake::FakeStats, n: usize, limit: f64) -> Option<f64> {
+    if (n as f64) / limit < 10.0 {
+        return None;
+    }
     let mut seen = std::collections::HashSet::with_capacity(n);
     let mut end = None;
     for (at, id) in &stats.arrivals {
@@ -429,9 +443,6 @@ fn backlog_rate(stats: &flowwatch::fake::FakeStats, n: usize) -> Option<f64> {
         }
     }
     let end = end?;
-    if end < 5.0 {
-        return None;
-    }
     let answered = stats
         .arrivals
         .iter()

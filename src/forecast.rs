@@ -7,15 +7,36 @@
 //! the next poll goes at the median of those, so about half of such executions have ended by
 //! then, and the next one again at the median of the rest. An execution is spared while it is
 //! younger than every duration seen (certainly still running) and polled densely around the time
-//! runs like it end. When nothing is known (fewer than [`MIN_SAMPLES`] durations, or the execution
-//! has outlived every one of them), the backoff ladder decides, as without a forecast.
+//! runs like it end. When the execution has outlived every duration seen, the backoff ladder
+//! decides, as without a forecast.
+//!
+//! Before a flow has [`MIN_SAMPLES`] durations, [`SCOUTS`] of its running executions climb the
+//! backoff ladder and the others are spared (polled at `max_interval`): when the scouts have
+//! finished, their durations say when the others are due, and those are rescheduled at once.
+//! A flow with few executions at a time (the usual case) only has scouts, so it is polled exactly
+//! as without a forecast.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::watchlist::ExecutionKey;
 
 /// Durations kept per flow: the recent ones, so a flow that changes speed is followed.
 pub const SAMPLES: usize = 64;
 /// Durations needed before they are trusted.
 pub const MIN_SAMPLES: usize = 3;
+/// Running executions per flow that climb the ladder while the flow has no forecast yet.
+pub const SCOUTS: usize = 3;
+
+/// What to do about a running execution's next poll.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Plan {
+    /// Poll in this many seconds: about when runs like it end.
+    In(f64),
+    /// Climb the backoff ladder.
+    Ladder,
+    /// Poll at `max_interval`, or sooner when the flow's scouts have finished.
+    Spare,
+}
 
 /// The recent durations of one flow.
 #[derive(Debug, Default)]
@@ -47,24 +68,72 @@ impl Durations {
     }
 }
 
+/// What is known of one flow.
+#[derive(Debug, Default)]
+struct FlowForecast {
+    durations: Durations,
+    scouts: HashSet<String>,
+    spared: Vec<ExecutionKey>,
+}
+
 /// Durations per flow, by instance and flow name (looked up without allocating).
 #[derive(Debug, Default)]
 pub struct Forecast {
-    flows: HashMap<String, HashMap<String, Durations>>,
+    flows: HashMap<String, HashMap<String, FlowForecast>>,
 }
 
 impl Forecast {
-    /// Records a finished execution's duration (seconds; ignored unless finite and positive).
-    pub fn record(&mut self, instance_id: &str, flow_name: &str, seconds: f64) {
-        if !(seconds.is_finite() && seconds > 0.0) {
-            return;
-        }
+    fn flow_mut(&mut self, instance_id: &str, flow_name: &str) -> &mut FlowForecast {
         self.flows
             .entry(instance_id.to_string())
             .or_default()
             .entry(flow_name.to_string())
             .or_default()
-            .record(seconds);
+    }
+
+    /// Records a finished execution's duration (seconds; ignored unless finite and positive).
+    /// When this gives the flow its forecast, returns the spared executions, to reschedule.
+    pub fn record(
+        &mut self,
+        instance_id: &str,
+        flow_name: &str,
+        execution_id: &str,
+        seconds: f64,
+    ) -> Vec<ExecutionKey> {
+        let flow = self.flow_mut(instance_id, flow_name);
+        flow.scouts.remove(execution_id);
+        if !(seconds.is_finite() && seconds > 0.0) {
+            return Vec::new();
+        }
+        flow.durations.record(seconds);
+        if flow.durations.sorted.len() >= MIN_SAMPLES {
+            flow.scouts.clear();
+            std::mem::take(&mut flow.spared)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// What to do about the next poll of a running execution of age `age` (seconds).
+    pub fn plan(&mut self, key: &ExecutionKey, age: f64) -> Plan {
+        let flow = self.flow_mut(&key.instance_id, &key.flow_name);
+        if flow.durations.sorted.len() >= MIN_SAMPLES {
+            return flow
+                .durations
+                .until_next_check(age)
+                .map_or(Plan::Ladder, Plan::In);
+        }
+        if flow.scouts.contains(&key.execution_id) {
+            return Plan::Ladder;
+        }
+        if flow.scouts.len() < SCOUTS {
+            flow.scouts.insert(key.execution_id.clone());
+            return Plan::Ladder;
+        }
+        if !flow.spared.iter().any(|k| k == key) {
+            flow.spared.push(key.clone());
+        }
+        Plan::Spare
     }
 
     /// Seconds from now until a running execution of age `age` should be polled, or `None` when
@@ -73,6 +142,7 @@ impl Forecast {
         self.flows
             .get(instance_id)?
             .get(flow_name)?
+            .durations
             .until_next_check(age)
     }
 
@@ -81,7 +151,7 @@ impl Forecast {
         self.flows
             .get(instance_id)
             .and_then(|f| f.get(flow_name))
-            .map_or(0, |d| d.sorted.len())
+            .map_or(0, |f| f.durations.sorted.len())
     }
 
     /// Forgets a flow (it left the watchlist).
@@ -102,10 +172,10 @@ mod tests {
     #[test]
     fn nothing_is_forecast_before_enough_runs_or_past_the_longest() {
         let mut f = Forecast::default();
-        f.record("i", "f", 60.0);
-        f.record("i", "f", 62.0);
+        f.record("i", "f", "a", 60.0);
+        f.record("i", "f", "b", 62.0);
         assert_eq!(f.until_next_check("i", "f", 10.0), None);
-        f.record("i", "f", 58.0);
+        f.record("i", "f", "c", 58.0);
         assert_eq!(f.until_next_check("i", "other", 10.0), None);
         // Younger than every run: wait for the median run.
         assert_eq!(f.until_next_check("i", "f", 10.0), Some(50.0));
@@ -119,15 +189,40 @@ mod tests {
     fn only_recent_durations_count() {
         let mut f = Forecast::default();
         for _ in 0..SAMPLES {
-            f.record("i", "f", 10.0);
+            f.record("i", "f", "x", 10.0);
         }
         for _ in 0..SAMPLES {
-            f.record("i", "f", 100.0);
+            f.record("i", "f", "x", 100.0);
         }
         assert_eq!(f.samples("i", "f"), SAMPLES);
         assert_eq!(f.until_next_check("i", "f", 0.0), Some(100.0));
-        f.record("i", "f", f64::NAN);
-        f.record("i", "f", -1.0);
+        f.record("i", "f", "x", f64::NAN);
+        f.record("i", "f", "x", -1.0);
         assert_eq!(f.samples("i", "f"), SAMPLES);
+    }
+
+    fn key(n: usize) -> ExecutionKey {
+        ExecutionKey {
+            instance_id: "i".into(),
+            flow_name: "f".into(),
+            execution_id: format!("e{n}"),
+        }
+    }
+
+    #[test]
+    fn scouts_climb_the_ladder_and_the_others_wait_for_their_durations() {
+        let mut f = Forecast::default();
+        for n in 0..SCOUTS {
+            assert_eq!(f.plan(&key(n), 1.0), Plan::Ladder);
+        }
+        assert_eq!(f.plan(&key(0), 6.0), Plan::Ladder, "a scout stays a scout");
+        assert_eq!(f.plan(&key(10), 1.0), Plan::Spare);
+        assert_eq!(f.plan(&key(11), 1.0), Plan::Spare);
+        assert_eq!(f.plan(&key(10), 9.0), Plan::Spare, "spared once");
+        assert!(f.record("i", "f", "e0", 30.0).is_empty());
+        assert!(f.record("i", "f", "e1", 31.0).is_empty());
+        let due = f.record("i", "f", "e2", 32.0);
+        assert_eq!(due, vec![key(10), key(11)]);
+        assert_eq!(f.plan(&key(10), 20.0), Plan::In(11.0));
     }
 }

@@ -19,7 +19,7 @@ use crate::aws::{
 use crate::config::{DiscoverySettings, PollingSettings};
 use crate::discovery::{FlowWatch, Listed, Next, classify_listed, unix};
 use crate::events::{Sinks, Transition, rejected_event};
-use crate::forecast::Forecast;
+use crate::forecast::{Forecast, Plan};
 use crate::health::{HEARTBEAT, Health};
 use crate::metrics::Metrics;
 use crate::pacing::{BackoffPolicy, RateLimiter, startup_offset};
@@ -664,7 +664,7 @@ impl<C: FlowExecutions> Scheduler<C> {
                 transitions.extend(applied.transition);
                 poll_delay(
                     state,
-                    &self.forecast,
+                    &mut self.forecast,
                     &self.polling,
                     &mut self.rng,
                     now,
@@ -950,7 +950,7 @@ impl<C: FlowExecutions> Scheduler<C> {
         tracing::info!(execution = %key, status = %state.status, "discovered a new execution");
         let first_poll = poll_delay(
             &mut state,
-            &self.forecast,
+            &mut self.forecast,
             &self.polling,
             &mut self.rng,
             now,
@@ -1133,12 +1133,46 @@ impl<C: FlowExecutions> Scheduler<C> {
             .inc();
         if t.to.is_terminal() {
             self.drop_series_later(key, now);
-            if let Some(o) = &t.observation
-                && let (Some(start), Some(end)) = (o.start_time, o.end_time)
-            {
-                self.forecast
-                    .record(&key.instance_id, &key.flow_name, end - start);
+            let duration = t
+                .observation
+                .as_ref()
+                .and_then(|o| Some(o.end_time? - o.start_time?))
+                .unwrap_or(f64::NAN);
+            let due = self.forecast.record(
+                &key.instance_id,
+                &key.flow_name,
+                &key.execution_id,
+                duration,
+            );
+            if !due.is_empty() {
+                self.reschedule_spared(due, now);
             }
+        }
+    }
+
+    /// The flow of `spared` executions now has a forecast: each is due when it says.
+    fn reschedule_spared(&mut self, spared: Vec<ExecutionKey>, now: Instant) {
+        let wall = SystemTime::now();
+        tracing::debug!(
+            executions = spared.len(),
+            "a flow's durations are known: spared executions rescheduled"
+        );
+        for key in spared {
+            let Some(state) = self.executions.get_mut(&key) else {
+                continue;
+            };
+            if state.is_done() || !self.slots.contains_key(&Job::Poll(key.clone())) {
+                continue;
+            }
+            let delay = poll_delay(
+                state,
+                &mut self.forecast,
+                &self.polling,
+                &mut self.rng,
+                now,
+                wall,
+            );
+            self.schedule(&key, now + delay);
         }
     }
 
@@ -1201,7 +1235,7 @@ impl<C: FlowExecutions> Scheduler<C> {
 /// the next step of its backoff ladder. Always within `[initial_interval, max_interval]`.
 fn poll_delay(
     state: &mut ExecutionState,
-    forecast: &Forecast,
+    forecast: &mut Forecast,
     polling: &PollingSettings,
     rng: &mut fastrand::Rng,
     now: Instant,
@@ -1215,10 +1249,13 @@ fn poll_delay(
             .age_anchor
             .get_or_insert_with(|| (now, (unix(wall) - start).max(0.0)));
         let age = age_then + now.saturating_duration_since(at).as_secs_f64();
-        let key = &state.entry.key;
-        if let Some(wait) = forecast.until_next_check(&key.instance_id, &key.flow_name, age) {
-            return Duration::from_secs_f64(wait.max(0.0))
-                .clamp(polling.initial_interval, polling.max_interval);
+        match forecast.plan(&state.entry.key, age) {
+            Plan::In(wait) => {
+                return Duration::from_secs_f64(wait.max(0.0))
+                    .clamp(polling.initial_interval, polling.max_interval);
+            }
+            Plan::Spare => return polling.max_interval,
+            Plan::Ladder => {}
         }
     }
     state.backoff.next_delay(rng)
