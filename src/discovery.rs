@@ -41,6 +41,8 @@ pub struct FlowWatch {
     pub last_round_pages: u32,
     /// Paces retries of a failing page.
     pub backoff: Backoff,
+    /// Its place in the scheduler's queue, while it is queued.
+    pub slot: Option<(tokio::time::Instant, u64)>,
 }
 
 /// A discovery round in progress.
@@ -87,6 +89,7 @@ impl FlowWatch {
             not_found: false,
             last_round_pages: 0,
             backoff,
+            slot: None,
         }
     }
 

@@ -10,11 +10,12 @@
 //! runs like it end. When the execution has outlived every duration seen, the backoff ladder
 //! decides, as without a forecast.
 //!
-//! Before a flow has [`MIN_SAMPLES`] durations, [`SCOUTS`] of its running executions climb the
-//! backoff ladder and the others are spared (polled at `max_interval`): when the scouts have
-//! finished, their durations say when the others are due, and those are rescheduled at once.
-//! A flow with few executions at a time (the usual case) only has scouts, so it is polled exactly
-//! as without a forecast.
+//! Before a flow has [`MIN_SAMPLES`] durations, [`SCOUTS`] of its running executions are its
+//! scouts and the others are spared (polled at `max_interval`). While others are spared, the
+//! scouts are polled every `initial_interval`, so they end the wait soon after they finish: then
+//! their durations say when the others are due, and those are rescheduled at once. A flow with
+//! few executions at a time (the usual case) only has scouts, which climb the backoff ladder as
+//! without a forecast.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -23,7 +24,7 @@ use crate::watchlist::ExecutionKey;
 /// Durations kept per flow: the recent ones, so a flow that changes speed is followed.
 pub const SAMPLES: usize = 64;
 /// Durations needed before they are trusted.
-pub const MIN_SAMPLES: usize = 3;
+pub const MIN_SAMPLES: usize = 2;
 /// Running executions per flow that climb the ladder while the flow has no forecast yet.
 pub const SCOUTS: usize = 3;
 
@@ -34,6 +35,8 @@ pub enum Plan {
     In(f64),
     /// Climb the backoff ladder.
     Ladder,
+    /// Poll at `initial_interval`: a scout that others wait for.
+    Dense,
     /// Poll at `max_interval`, or sooner when the flow's scouts have finished.
     Spare,
 }
@@ -124,7 +127,11 @@ impl Forecast {
                 .map_or(Plan::Ladder, Plan::In);
         }
         if flow.scouts.contains(&key.execution_id) {
-            return Plan::Ladder;
+            return if flow.spared.is_empty() {
+                Plan::Ladder
+            } else {
+                Plan::Dense
+            };
         }
         if flow.scouts.len() < SCOUTS {
             flow.scouts.insert(key.execution_id.clone());
@@ -173,8 +180,8 @@ mod tests {
     fn nothing_is_forecast_before_enough_runs_or_past_the_longest() {
         let mut f = Forecast::default();
         f.record("i", "f", "a", 60.0);
-        f.record("i", "f", "b", 62.0);
         assert_eq!(f.until_next_check("i", "f", 10.0), None);
+        f.record("i", "f", "b", 62.0);
         f.record("i", "f", "c", 58.0);
         assert_eq!(f.until_next_check("i", "other", 10.0), None);
         // Younger than every run: wait for the median run.
@@ -215,14 +222,23 @@ mod tests {
         for n in 0..SCOUTS {
             assert_eq!(f.plan(&key(n), 1.0), Plan::Ladder);
         }
-        assert_eq!(f.plan(&key(0), 6.0), Plan::Ladder, "a scout stays a scout");
+        assert_eq!(
+            f.plan(&key(0), 6.0),
+            Plan::Ladder,
+            "alone, a scout climbs the ladder"
+        );
         assert_eq!(f.plan(&key(10), 1.0), Plan::Spare);
         assert_eq!(f.plan(&key(11), 1.0), Plan::Spare);
         assert_eq!(f.plan(&key(10), 9.0), Plan::Spare, "spared once");
+        assert_eq!(f.plan(&key(0), 12.0), Plan::Dense, "others wait for it");
         assert!(f.record("i", "f", "e0", 30.0).is_empty());
-        assert!(f.record("i", "f", "e1", 31.0).is_empty());
-        let due = f.record("i", "f", "e2", 32.0);
+        let due = f.record("i", "f", "e1", 32.0);
         assert_eq!(due, vec![key(10), key(11)]);
-        assert_eq!(f.plan(&key(10), 20.0), Plan::In(11.0));
+        assert_eq!(f.plan(&key(10), 20.0), Plan::In(12.0));
+        assert_eq!(
+            f.plan(&key(2), 20.0),
+            Plan::In(12.0),
+            "scouts follow the forecast too"
+        );
     }
 }

@@ -112,6 +112,8 @@ pub async fn run_with<C: FlowExecutions>(
             ),
         )])));
     }
+    // The scheduler takes the watchlist; no 100,000-entry copy is kept for these counts.
+    let (entry_count, flow_count) = (watchlist.entries.len(), watchlist.flows.len());
     let metrics = Arc::new(
         Metrics::with_per_execution(settings.metrics.per_execution)
             .map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?,
@@ -163,7 +165,7 @@ pub async fn run_with<C: FlowExecutions>(
         client,
         settings.polling.clone(),
         settings.discovery.clone(),
-        watchlist.clone(),
+        watchlist,
         Outputs {
             metrics: metrics.clone(),
             sinks,
@@ -176,8 +178,8 @@ pub async fn run_with<C: FlowExecutions>(
         version = env!("CARGO_PKG_VERSION"),
         %addr,
         watchlist = %settings.watchlist.display(),
-        executions = watchlist.entries.len(),
-        flows = watchlist.flows.len(),
+        executions = entry_count,
+        flows = flow_count,
         "flowwatch is listening"
     );
 
@@ -197,8 +199,7 @@ pub async fn run_with<C: FlowExecutions>(
     }
     systemd::ready(&format!(
         "watching {} executions and {} flows; serving on {addr}",
-        watchlist.entries.len(),
-        watchlist.flows.len()
+        entry_count, flow_count
     ));
     let stopping = {
         let shutdown = shutdown.clone();

@@ -86,7 +86,6 @@ pub struct Scheduler<C> {
     executions: BTreeMap<ExecutionKey, ExecutionState>,
     flows: BTreeMap<FlowKey, FlowWatch>,
     due: BTreeMap<(Instant, u64), Job>,
-    slots: HashMap<Job, (Instant, u64)>,
     series_drops: BTreeMap<(Instant, u64), ExecutionKey>,
     series_dropped: HashSet<ExecutionKey>,
     seq: u64,
@@ -142,7 +141,6 @@ impl<C: FlowExecutions> Scheduler<C> {
             executions: BTreeMap::new(),
             flows: BTreeMap::new(),
             due: BTreeMap::new(),
-            slots: HashMap::new(),
             series_drops: BTreeMap::new(),
             series_dropped: HashSet::new(),
             seq: 0,
@@ -308,8 +306,8 @@ impl<C: FlowExecutions> Scheduler<C> {
             .cloned()
             .collect();
         for key in &removed_flows {
-            self.flows.remove(key);
             self.unschedule(&Job::Discover(key.clone()));
+            self.flows.remove(key);
             self.metrics
                 .drop_discovered_flow(&key.instance_id, &key.flow_name);
             if let Err(e) = self.store.forget_flow(key) {
@@ -411,13 +409,13 @@ impl<C: FlowExecutions> Scheduler<C> {
     /// Takes an execution out of the watch set, with its series. The caller takes it out of
     /// `series_drops`.
     fn forget_execution(&mut self, key: &ExecutionKey) {
+        self.unschedule(&Job::Poll(key.clone()));
         if let Some(state) = self.executions.remove(key) {
             self.metrics
                 .watched
                 .with_label_values(&[state.status.as_str()])
                 .dec();
         }
-        self.unschedule(&Job::Poll(key.clone()));
         self.series_dropped.remove(key);
         self.metrics.drop_execution(key);
     }
@@ -484,29 +482,38 @@ impl<C: FlowExecutions> Scheduler<C> {
         self.schedule_job(Job::Poll(key.clone()), at);
     }
 
+    /// Puts `job` in the queue at `at` (moving it if it was queued). Each execution and flow
+    /// keeps its own place in the queue, so moving it needs no index beside the queue.
     fn schedule_job(&mut self, job: Job, at: Instant) {
-        self.unschedule(&job);
         self.seq += 1;
         let slot = (at, self.seq);
         let next = Some(SystemTime::now() + at.saturating_duration_since(Instant::now()));
-        match &job {
-            Job::Poll(key) => {
-                if let Some(state) = self.executions.get_mut(key) {
-                    state.next_poll = next;
-                }
-            }
-            Job::Discover(flow) => {
-                if let Some(flow) = self.flows.get_mut(flow) {
-                    flow.next_round = next;
-                }
-            }
+        let previous = match &job {
+            Job::Poll(key) => self.executions.get_mut(key).map(|state| {
+                state.next_poll = next;
+                state.slot.replace(slot)
+            }),
+            Job::Discover(flow) => self.flows.get_mut(flow).map(|flow| {
+                flow.next_round = next;
+                flow.slot.replace(slot)
+            }),
+        };
+        // Nothing to schedule for an execution or flow that is not watched.
+        let Some(previous) = previous else {
+            return;
+        };
+        if let Some(previous) = previous {
+            self.due.remove(&previous);
         }
-        self.due.insert(slot, job.clone());
-        self.slots.insert(job, slot);
+        self.due.insert(slot, job);
     }
 
     fn unschedule(&mut self, job: &Job) {
-        if let Some(slot) = self.slots.remove(job) {
+        let slot = match job {
+            Job::Poll(key) => self.executions.get_mut(key).and_then(|s| s.slot.take()),
+            Job::Discover(flow) => self.flows.get_mut(flow).and_then(|f| f.slot.take()),
+        };
+        if let Some(slot) = slot {
             self.due.remove(&slot);
         }
     }
@@ -516,7 +523,6 @@ impl<C: FlowExecutions> Scheduler<C> {
         let Some((_, job)) = self.due.pop_first() else {
             return;
         };
-        self.slots.remove(&job);
         let client = self.client.clone();
         // A safety net over the SDK's own timeout: a request can never hang the pool.
         let hard_limit = self.polling.request_timeout + Duration::from_secs(1);
@@ -525,6 +531,7 @@ impl<C: FlowExecutions> Scheduler<C> {
                 let Some(state) = self.executions.get_mut(key) else {
                     return;
                 };
+                state.slot = None;
                 state.last_poll = Some(SystemTime::now());
                 state.next_poll = None;
                 let key = key.clone();
@@ -541,6 +548,7 @@ impl<C: FlowExecutions> Scheduler<C> {
                 let Some(flow) = self.flows.get_mut(flow_key) else {
                     return;
                 };
+                flow.slot = None;
                 flow.next_round = None;
                 let token = flow.next_token();
                 let page_size = self.discovery.page_size;
@@ -1161,7 +1169,7 @@ impl<C: FlowExecutions> Scheduler<C> {
             let Some(state) = self.executions.get_mut(&key) else {
                 continue;
             };
-            if state.is_done() || !self.slots.contains_key(&Job::Poll(key.clone())) {
+            if state.is_done() || state.slot.is_none() {
                 continue;
             }
             let delay = poll_delay(
@@ -1255,6 +1263,7 @@ fn poll_delay(
                     .clamp(polling.initial_interval, polling.max_interval);
             }
             Plan::Spare => return polling.max_interval,
+            Plan::Dense => return polling.initial_interval,
             Plan::Ladder => {}
         }
     }

@@ -99,6 +99,8 @@ pub struct ExecutionState {
     /// When the execution's age (seconds since the API's start time) was first taken, and that
     /// age: later ages count on from it on the monotonic clock.
     pub age_anchor: Option<(Instant, f64)>,
+    /// Its place in the scheduler's queue, while it is queued.
+    pub slot: Option<(Instant, u64)>,
     unrecognised_seen: Option<String>,
 }
 
@@ -119,6 +121,7 @@ impl ExecutionState {
             backoff,
             discovered: false,
             age_anchor: None,
+            slot: None,
             unrecognised_seen: None,
         }
     }
