@@ -77,6 +77,8 @@ struct FlowForecast {
     durations: Durations,
     scouts: HashSet<String>,
     spared: Vec<ExecutionKey>,
+    /// New entries polled at start-up while the flow had no forecast.
+    admitted: usize,
 }
 
 /// Durations per flow, by instance and flow name (looked up without allocating).
@@ -115,6 +117,22 @@ impl Forecast {
         } else {
             Vec::new()
         }
+    }
+
+    /// Whether a newly watched execution waits for its flow's scouts rather than being polled at
+    /// start-up: past the first [`SCOUTS`] new entries of a flow with no forecast, it does (and
+    /// is polled at `max_interval` at the latest).
+    pub fn spare_new(&mut self, key: &ExecutionKey) -> bool {
+        let flow = self.flow_mut(&key.instance_id, &key.flow_name);
+        if flow.durations.sorted.len() >= MIN_SAMPLES {
+            return false;
+        }
+        if flow.admitted < SCOUTS {
+            flow.admitted += 1;
+            return false;
+        }
+        flow.spared.push(key.clone());
+        true
     }
 
     /// What to do about the next poll of a running execution of age `age` (seconds).
@@ -240,5 +258,15 @@ mod tests {
             Plan::In(12.0),
             "scouts follow the forecast too"
         );
+    }
+
+    #[test]
+    fn new_entries_past_the_scouts_wait_until_the_flow_has_a_forecast() {
+        let mut f = Forecast::default();
+        let spared: Vec<bool> = (0..5).map(|n| f.spare_new(&key(n))).collect();
+        assert_eq!(spared, [false, false, false, true, true]);
+        f.record("i", "f", "e0", 30.0);
+        assert_eq!(f.record("i", "f", "e1", 30.0), vec![key(3), key(4)]);
+        assert!(!f.spare_new(&key(5)), "with a forecast, nothing waits");
     }
 }

@@ -333,7 +333,14 @@ impl<C: FlowExecutions> Scheduler<C> {
                 continue;
             }
             let offset = startup_offset(index, new_count, self.polling.initial_interval);
-            if self.restore_execution(entry, false, now + offset) {
+            // Beyond its scouts, a flow with no forecast yet waits for what they learn.
+            let spare = self.polling.adaptive && self.forecast.spare_new(&entry.key);
+            let first_poll = if spare {
+                now + self.polling.max_interval
+            } else {
+                now + offset
+            };
+            if self.restore_execution(entry, false, first_poll) && !spare {
                 index += 1;
             }
             summary.added += 1;
@@ -1170,6 +1177,11 @@ impl<C: FlowExecutions> Scheduler<C> {
                 continue;
             };
             if state.is_done() || state.slot.is_none() {
+                continue;
+            }
+            // Never observed: its first poll is now.
+            if state.observation.is_none() {
+                self.schedule(&key, now);
                 continue;
             }
             let delay = poll_delay(

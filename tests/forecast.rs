@@ -1,0 +1,85 @@
+//! Adaptive polling through the daemon, on tokio's paused clock: executions of one flow that take
+//! about as long every run are polled around their end, with fewer requests and a shorter
+//! detection delay than the backoff ladder alone.
+
+mod support;
+
+use std::time::Duration;
+
+use flowwatch::fake::FakeServer;
+use support::*;
+
+/// Default-shaped polling (5 s growing to 2 m), with or without the forecast.
+fn polling(adaptive: bool) -> String {
+    format!(
+        "[polling]\ninitial_interval = \"5s\"\nmax_interval = \"2m\"\nmax_requests_per_second = 50.0\nretain_terminal = \"1h\"\nadaptive = {adaptive}\n"
+    )
+}
+
+/// Requests made and the worst detection delay, for 30 executions of one flow that all start at
+/// once and take `duration` seconds.
+async fn play(adaptive: bool, duration: u64) -> (usize, f64) {
+    let script = scenario(
+        (1..=30)
+            .map(|n| scripted("batch", n, &[(0, "IN_PROGRESS"), (duration, "SUCCEEDED")]))
+            .collect(),
+    );
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), &polling(adaptive), &script);
+    let daemon = Daemon::start(&config, &fake, false).await;
+    eventually(
+        Duration::from_secs(600),
+        "every execution SUCCEEDED",
+        || async { daemon.status().await["by_status"]["SUCCEEDED"] == 30 },
+    )
+    .await;
+    daemon.stop().await;
+    let mut worst: f64 = 0.0;
+    for n in 1..=30 {
+        let last = arrivals_of(&fake, n).last().copied().unwrap_or(f64::NAN);
+        worst = worst.max(last - duration as f64);
+    }
+    (fake.stats().requests as usize, worst)
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_of_one_shape_are_polled_around_their_end_with_fewer_requests() {
+    let (plain_requests, plain_delay) = play(false, 100).await;
+    let (adaptive_requests, adaptive_delay) = play(true, 100).await;
+    assert!(
+        adaptive_requests * 10 <= plain_requests * 7,
+        "adaptive {adaptive_requests} requests, plain {plain_requests}"
+    );
+    assert!(
+        adaptive_delay < plain_delay && adaptive_delay <= 15.0,
+        "worst detection delay: adaptive {adaptive_delay:.1} s, plain {plain_delay:.1} s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flow_with_few_executions_is_polled_as_without_a_forecast() {
+    // Three executions are all scouts: the ladder, exactly as with adaptive = false.
+    let script = scenario(
+        (1..=3)
+            .map(|n| scripted("few", n, &[(0, "IN_PROGRESS"), (100, "SUCCEEDED")]))
+            .collect(),
+    );
+    let mut requests = Vec::new();
+    for adaptive in [false, true] {
+        let fake = FakeServer::start(script.clone()).await.expect("fake");
+        let ws = Workspace::new();
+        let config = ws.config(&fake.endpoint_url(), &polling(adaptive), &script);
+        let daemon = Daemon::start(&config, &fake, false).await;
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert_eq!(daemon.status().await["by_status"]["SUCCEEDED"], 3);
+        daemon.stop().await;
+        requests.push(fake.stats().requests);
+    }
+    // The ladder is jittered, so the counts are close, not equal.
+    let (plain, adaptive) = (requests[0] as f64, requests[1] as f64);
+    assert!(
+        (adaptive - plain).abs() <= 3.0,
+        "plain {plain}, adaptive {adaptive}"
+    );
+}
