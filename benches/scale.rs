@@ -202,7 +202,7 @@ async fn efficiency_runs() -> Vec<Row> {
     rows
 }
 
-/// The scale runs at N: durations 10–60 s, 10 % FAILED, all started in the first 10 s, against a
+/// The scale runs at N: durations 10–40 s, 10 % FAILED, all started in the first 5 s, against a
 /// 2,000 requests/s limit; flowwatch, flowwatch without per-execution series at 100,000, and the
 /// baseline with a pool of 16 workers. One at a time: these load both cores.
 async fn scale_runs(n: usize) -> Vec<Row> {
@@ -212,10 +212,10 @@ async fn scale_runs(n: usize) -> Vec<Row> {
         seed: n as u64,
         durations: Durations::Uniform {
             min: Duration::from_secs(10),
-            max: Duration::from_secs(60),
+            max: Duration::from_secs(40),
         },
         failed_share: 0.1,
-        start_within: Duration::from_secs(10),
+        start_within: Duration::from_secs(5),
     };
     let flowwatch = |per_execution| Poller::Flowwatch {
         adaptive: true,
