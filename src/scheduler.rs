@@ -333,14 +333,7 @@ impl<C: FlowExecutions> Scheduler<C> {
                 continue;
             }
             let offset = startup_offset(index, new_count, self.polling.initial_interval);
-            // Beyond its scouts, a flow with no forecast yet waits for what they learn.
-            let spare = self.polling.adaptive && self.forecast.spare_new(&entry.key);
-            let first_poll = if spare {
-                now + self.polling.max_interval
-            } else {
-                now + offset
-            };
-            if self.restore_execution(entry, false, first_poll) && !spare {
+            if self.restore_execution(entry, false, now + offset) {
                 index += 1;
             }
             summary.added += 1;
@@ -377,39 +370,59 @@ impl<C: FlowExecutions> Scheduler<C> {
         first_poll: Instant,
     ) -> bool {
         let now = Instant::now();
+        let key = entry.key.clone();
+        let mut state = ExecutionState::new(entry, self.policy.start());
+        state.discovered = discovered;
+        match self.store.execution(&key) {
+            Ok(Some(restored)) => state.restore(restored, now),
+            Ok(None) => {}
+            Err(e) => self.store_failed(&e),
+        }
+        self.metrics.watch_flow(&key.instance_id, &key.flow_name);
+        self.metrics.set_status(&key, state.status);
+        self.metrics
+            .watched
+            .with_label_values(&[state.status.as_str()])
+            .inc();
+        if let Some(observation) = &state.observation {
+            self.metrics.set_times(&key, observation);
+            if state.status == Status::Failed {
+                self.metrics
+                    .set_failure(&key, observation.message.as_deref());
+            }
+            // A run that ended before a restart still says how long the flow's runs take.
+            if state.status.is_terminal()
+                && let (Some(start), Some(end)) = (observation.start_time, observation.end_time)
+            {
+                self.forecast.record(
+                    &key.instance_id,
+                    &key.flow_name,
+                    &key.execution_id,
+                    end - start,
+                );
+            }
+        }
+        // Never observed, in a flow with no forecast yet, past its scouts: it waits for them
+        // (at most max_interval). What the store knows is polled at once.
+        let first_poll = if self.polling.adaptive
+            && state.observation.is_none()
+            && !state.is_done()
+            && self.forecast.spare_new(&key)
         {
-            let key = entry.key.clone();
-            let mut state = ExecutionState::new(entry, self.policy.start());
-            state.discovered = discovered;
-            match self.store.execution(&key) {
-                Ok(Some(restored)) => state.restore(restored, now),
-                Ok(None) => {}
-                Err(e) => self.store_failed(&e),
-            }
-            self.metrics.watch_flow(&key.instance_id, &key.flow_name);
-            self.metrics.set_status(&key, state.status);
-            self.metrics
-                .watched
-                .with_label_values(&[state.status.as_str()])
-                .inc();
-            if let Some(observation) = &state.observation {
-                self.metrics.set_times(&key, observation);
-                if state.status == Status::Failed {
-                    self.metrics
-                        .set_failure(&key, observation.message.as_deref());
-                }
-            }
-            let done = state.is_done();
-            self.executions.insert(key.clone(), state);
-            if done {
-                // Known terminal from an earlier run: not polled again; its series stay for
-                // retain_terminal from now.
-                self.drop_series_later(&key, now);
-                false
-            } else {
-                self.schedule(&key, first_poll);
-                true
-            }
+            now + self.polling.max_interval
+        } else {
+            first_poll
+        };
+        let done = state.is_done();
+        self.executions.insert(key.clone(), state);
+        if done {
+            // Known terminal from an earlier run: not polled again; its series stay for
+            // retain_terminal from now.
+            self.drop_series_later(&key, now);
+            false
+        } else {
+            self.schedule(&key, first_poll);
+            true
         }
     }
 

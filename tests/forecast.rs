@@ -83,3 +83,31 @@ async fn a_flow_with_few_executions_is_polled_as_without_a_forecast() {
         "plain {plain}, adaptive {adaptive}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_known_executions_are_polled_at_once_not_spared() {
+    let script = scenario(
+        (1..=10)
+            .map(|n| scripted("batch", n, &[(0, "IN_PROGRESS"), (300, "SUCCEEDED")]))
+            .collect(),
+    );
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), &polling(true), &script);
+    let first = Daemon::start(&config, &fake, false).await;
+    eventually(Duration::from_secs(200), "all ten seen running", || async {
+        first.status().await["by_status"]["IN_PROGRESS"] == 10
+    })
+    .await;
+    first.stop().await;
+    // They all finish while flowwatch is down; the restarted one knows no durations yet.
+    tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(310)).await;
+    let second = Daemon::start(&config, &fake, false).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        second.status().await["by_status"]["SUCCEEDED"],
+        10,
+        "restored executions are polled within initial_interval, not spared for max_interval"
+    );
+    second.stop().await;
+}
