@@ -76,7 +76,7 @@ impl Durations {
 struct FlowForecast {
     durations: Durations,
     scouts: HashSet<String>,
-    spared: Vec<ExecutionKey>,
+    spared: HashSet<ExecutionKey>,
     /// New entries polled at start-up while the flow had no forecast.
     admitted: usize,
 }
@@ -113,7 +113,9 @@ impl Forecast {
         flow.durations.record(seconds);
         if flow.durations.sorted.len() >= MIN_SAMPLES {
             flow.scouts.clear();
-            std::mem::take(&mut flow.spared)
+            let mut due: Vec<ExecutionKey> = flow.spared.drain().collect();
+            due.sort();
+            due
         } else {
             Vec::new()
         }
@@ -131,8 +133,20 @@ impl Forecast {
             flow.admitted += 1;
             return false;
         }
-        flow.spared.push(key.clone());
+        flow.spared.insert(key.clone());
         true
+    }
+
+    /// Forgets an execution that left the watch set or finished: it neither scouts nor waits.
+    pub fn forget_execution(&mut self, key: &ExecutionKey) {
+        if let Some(flow) = self
+            .flows
+            .get_mut(&key.instance_id)
+            .and_then(|flows| flows.get_mut(&key.flow_name))
+        {
+            flow.scouts.remove(&key.execution_id);
+            flow.spared.remove(key);
+        }
     }
 
     /// What to do about the next poll of a running execution of age `age` (seconds).
@@ -155,9 +169,7 @@ impl Forecast {
             flow.scouts.insert(key.execution_id.clone());
             return Plan::Ladder;
         }
-        if !flow.spared.iter().any(|k| k == key) {
-            flow.spared.push(key.clone());
-        }
+        flow.spared.insert(key.clone());
         Plan::Spare
     }
 
@@ -268,5 +280,18 @@ mod tests {
         f.record("i", "f", "e0", 30.0);
         assert_eq!(f.record("i", "f", "e1", 30.0), vec![key(3), key(4)]);
         assert!(!f.spare_new(&key(5)), "with a forecast, nothing waits");
+    }
+
+    #[test]
+    fn executions_that_leave_are_forgotten_so_nothing_grows() {
+        let mut f = Forecast::default();
+        for n in 0..1000 {
+            f.spare_new(&key(n));
+        }
+        for n in 0..1000 {
+            f.forget_execution(&key(n));
+        }
+        let flow = &f.flows["i"]["f"];
+        assert!(flow.spared.is_empty() && flow.scouts.is_empty());
     }
 }

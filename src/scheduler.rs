@@ -430,6 +430,7 @@ impl<C: FlowExecutions> Scheduler<C> {
     /// `series_drops`.
     fn forget_execution(&mut self, key: &ExecutionKey) {
         self.unschedule(&Job::Poll(key.clone()));
+        self.forecast.forget_execution(key);
         if let Some(state) = self.executions.remove(key) {
             self.metrics
                 .watched
@@ -1166,6 +1167,7 @@ impl<C: FlowExecutions> Scheduler<C> {
                 .as_ref()
                 .and_then(|o| Some(o.end_time? - o.start_time?))
                 .unwrap_or(f64::NAN);
+            self.forecast.forget_execution(key);
             let due = self.forecast.record(
                 &key.instance_id,
                 &key.flow_name,
