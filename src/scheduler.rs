@@ -1286,8 +1286,13 @@ fn poll_delay(
         let age = age_then + now.saturating_duration_since(at).as_secs_f64();
         match forecast.plan(&state.entry.key, age) {
             Plan::In(wait) => {
-                return Duration::from_secs_f64(wait.max(0.0))
-                    .clamp(polling.initial_interval, polling.max_interval);
+                // Clamped as seconds first: absurd API times must not overflow a Duration.
+                let (low, high) = (
+                    polling.initial_interval.as_secs_f64(),
+                    polling.max_interval.as_secs_f64(),
+                );
+                let wait = if wait.is_nan() { high } else { wait };
+                return Duration::from_secs_f64(wait.clamp(low, high));
             }
             Plan::Spare => return polling.max_interval,
             Plan::Dense => return polling.initial_interval,
@@ -1308,4 +1313,53 @@ async fn wait_for_turn(
     let permit = permits.acquire_owned().await.ok()?;
     limiter.acquire().await;
     Some(permit)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::aws::ApiStatus;
+
+    #[tokio::test(start_paused = true)]
+    async fn absurd_api_times_give_a_delay_within_the_bounds_not_a_panic() {
+        let polling = PollingSettings::default();
+        let key = ExecutionKey::new(
+            "8850c54e-e187-4fa7-89d4-6370f165174d",
+            "f",
+            "a1b2c3d4-0000-4000-8000-000000000001",
+        )
+        .expect("valid key");
+        let mut forecast = Forecast::default();
+        for (n, d) in [1e300, 2e300, 3e300].into_iter().enumerate() {
+            forecast.record(&key.instance_id, &key.flow_name, &format!("x{n}"), d);
+        }
+        let mut state = ExecutionState::new(
+            WatchEntry {
+                key,
+                labels: BTreeMap::new(),
+            },
+            BackoffPolicy::from_settings(&polling).start(),
+        );
+        state.status = Status::InProgress;
+        state.observation = Some(Observation {
+            status: ApiStatus::InProgress,
+            source_info: None,
+            message: None,
+            start_time: Some(-1e300),
+            end_time: None,
+            diagnostic_reports_root_s3_uri: None,
+        });
+        let mut rng = fastrand::Rng::with_seed(1);
+        let delay = poll_delay(
+            &mut state,
+            &mut forecast,
+            &polling,
+            &mut rng,
+            Instant::now(),
+            SystemTime::now(),
+        );
+        assert_eq!(delay, polling.max_interval);
+    }
 }
