@@ -98,13 +98,16 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// 9999-12-31T23:59:59Z, the last second RFC 3339 can write; an API time past it (or negative,
+/// or not a number) is shown as the epoch rather than trusted.
+const LAST_RFC3339_SECOND: f64 = 253_402_300_799.0;
+
 /// RFC 3339 for the API's epoch-second timestamps; fractions are kept to the millisecond.
 pub fn rfc3339_from_secs(secs: f64) -> String {
-    let t = if secs >= 0.0 && secs.is_finite() {
-        UNIX_EPOCH + Duration::from_secs_f64(secs)
-    } else {
-        UNIX_EPOCH
-    };
+    if !(0.0..=LAST_RFC3339_SECOND).contains(&secs) {
+        return rfc3339(UNIX_EPOCH);
+    }
+    let t = UNIX_EPOCH + Duration::from_secs_f64(secs);
     if secs.fract() == 0.0 {
         rfc3339(t)
     } else {
@@ -246,6 +249,17 @@ fn record(metrics: &Metrics, sink: &str, result: &io::Result<()>) {
 mod tests {
     use super::*;
     use crate::aws::{ApiStatus, S3Source, SourceInfo};
+
+    #[test]
+    fn absurd_api_times_are_written_as_the_epoch_not_a_panic() {
+        for secs in [1e300, -5.0, f64::NAN, f64::INFINITY, 1e12] {
+            assert_eq!(rfc3339_from_secs(secs), "1970-01-01T00:00:00Z", "{secs}");
+        }
+        assert_eq!(
+            rfc3339_from_secs(1_764_061_200.5),
+            "2025-11-25T09:00:00.500Z"
+        );
+    }
 
     #[test]
     fn a_transition_encodes_as_a_cloud_event_with_every_response_field() {

@@ -230,7 +230,11 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(|e| self.error(&e))?;
-        Ok(UNIX_EPOCH + Duration::from_secs_f64(first_seen.max(0.0)))
+        // A damaged value falls back to now rather than panicking.
+        Ok(Duration::try_from_secs_f64(first_seen)
+            .ok()
+            .and_then(|d| UNIX_EPOCH.checked_add(d))
+            .unwrap_or(now))
     }
 
     /// Forgets when a flow was first watched (its `[[flow]]` entry was removed): watching it
