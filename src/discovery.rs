@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::aws::{ApiStatus, Observation, Outcome};
 use crate::events::rfc3339;
 use crate::pacing::Backoff;
+use crate::unix_seconds;
 use crate::watchlist::FlowEntry;
 
 /// What is known of one `[[flow]]` entry.
@@ -99,7 +100,7 @@ impl FlowWatch {
             Some(since) => now.checked_sub(since).unwrap_or(UNIX_EPOCH),
             None => self.first_seen,
         };
-        unix(start)
+        unix_seconds(start)
     }
 
     /// The token of the next request, starting a round if none is in progress.
@@ -189,11 +190,6 @@ pub fn classify_listed(known: bool, observation: &Observation, window_start: f64
     } else {
         Listed::New
     }
-}
-
-pub fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]

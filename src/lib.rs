@@ -369,6 +369,12 @@ async fn reload_on_sighup(reload: Reloader, shutdown: CancellationToken) {
 #[cfg(not(unix))]
 async fn reload_on_sighup(_reload: Reloader, _shutdown: CancellationToken) {}
 
+/// Seconds since the Unix epoch (0 for a time before it), as metrics and the store keep time.
+pub fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// An I/O error in words, without the `(os error N)` noise.
 pub fn io_error_text(e: &std::io::Error) -> String {
     match e.kind() {

@@ -369,9 +369,7 @@ impl Metrics {
 }
 
 fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    crate::unix_seconds(std::time::SystemTime::now())
 }
 
 /// A failure message made fit for a label value: one line, at most 256 characters.

@@ -17,7 +17,7 @@ use crate::aws::{
     ApiError, FlowExecutions, LIST_OPERATION, ListPage, OPERATION, Observation, Outcome,
 };
 use crate::config::{DiscoverySettings, PollingSettings};
-use crate::discovery::{FlowWatch, Listed, Next, classify_listed, unix};
+use crate::discovery::{FlowWatch, Listed, Next, classify_listed};
 use crate::events::{Sinks, Transition, rejected_event};
 use crate::forecast::{Forecast, Plan};
 use crate::health::{HEARTBEAT, Health};
@@ -26,6 +26,7 @@ use crate::pacing::{BackoffPolicy, RateLimiter, startup_offset};
 use crate::state::{ExecutionState, Status, count_by_status, not_found_for};
 use crate::store::Store;
 use crate::systemd::Watchdog;
+use crate::unix_seconds;
 use crate::watchlist::{ExecutionKey, FlowKey, WatchEntry, Watchlist};
 
 /// Requests to the scheduler from the HTTP server and signal handlers.
@@ -463,7 +464,7 @@ impl<C: FlowExecutions> Scheduler<C> {
         let flow = FlowWatch::new(entry, first_seen, self.policy.start());
         let pruned = self
             .store
-            .prune_discovered(&key, unix(wall) - LISTED_HISTORY.as_secs_f64());
+            .prune_discovered(&key, unix_seconds(wall) - LISTED_HISTORY.as_secs_f64());
         match pruned {
             Ok(0) => {}
             Ok(n) => {
@@ -471,7 +472,7 @@ impl<C: FlowExecutions> Scheduler<C> {
             }
             Err(e) => self.store_failed(&e),
         }
-        let retained_from = unix(wall) - self.polling.retain_terminal.as_secs_f64();
+        let retained_from = unix_seconds(wall) - self.polling.retain_terminal.as_secs_f64();
         let restored = match self.store.discovered_to_restore(&key, retained_from) {
             Ok(restored) => restored,
             Err(e) => {
@@ -872,7 +873,7 @@ impl<C: FlowExecutions> Scheduler<C> {
                 self.metrics
                     .discovery_last_success
                     .with_label_values(&[&flow_key.instance_id, &flow_key.flow_name])
-                    .set(unix(wall));
+                    .set(unix_seconds(wall));
                 self.schedule_job(Job::Discover(flow_key), now + self.discovery.interval);
             }
         }
@@ -1282,7 +1283,7 @@ fn poll_delay(
     {
         let (at, age_then) = *state
             .age_anchor
-            .get_or_insert_with(|| (now, (unix(wall) - start).max(0.0)));
+            .get_or_insert_with(|| (now, (unix_seconds(wall) - start).max(0.0)));
         let age = age_then + now.saturating_duration_since(at).as_secs_f64();
         match forecast.plan(&state.entry.key, age) {
             Plan::In(wait) => {

@@ -219,7 +219,7 @@ impl Store {
         self.conn
             .execute(
                 "INSERT OR IGNORE INTO flows (instance_id, flow_name, first_seen) VALUES (?1, ?2, ?3)",
-                params![flow.instance_id, flow.flow_name, unix(now)],
+                params![flow.instance_id, flow.flow_name, crate::unix_seconds(now)],
             )
             .map_err(|e| self.error(&e))?;
         let first_seen: f64 = self
@@ -279,7 +279,7 @@ impl Store {
             .execute(
                 "INSERT OR IGNORE INTO discovered (instance_id, flow_name, execution_id, discovered_at, start_time)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![key.instance_id, key.flow_name, key.execution_id, unix(now), start_time],
+                params![key.instance_id, key.flow_name, key.execution_id, crate::unix_seconds(now), start_time],
             )
             .map(|_| ())
             .map_err(|e| self.error(&e))
@@ -447,11 +447,6 @@ impl Store {
             .map(|_| ())
             .map_err(|e| self.error(&e))
     }
-}
-
-fn unix(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The file-system reason a directory cannot take a new file, if there is one: SQLite's own
