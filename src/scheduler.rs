@@ -483,7 +483,7 @@ impl<C: FlowExecutions> Scheduler<C> {
         let labels = flow.entry.labels.clone();
         self.flows.insert(key.clone(), flow);
         let count = restored.len();
-        for (i, (execution, _)) in restored.into_iter().enumerate() {
+        for (i, execution) in restored.into_iter().enumerate() {
             if self.executions.contains_key(&execution) {
                 continue;
             }

@@ -287,12 +287,12 @@ impl Store {
 
     /// The discovered executions of `flow` that belong in the watch set after a restart: those
     /// not finished, and those that finished at or after `ended_after` (unix seconds), whose
-    /// series are still retained.
+    /// series are still retained. Their state is read when each joins the watch set.
     pub fn discovered_to_restore(
         &self,
         flow: &FlowKey,
         ended_after: f64,
-    ) -> Result<Vec<(ExecutionKey, Option<Restored>)>, StoreError> {
+    ) -> Result<Vec<ExecutionKey>, StoreError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -312,17 +312,14 @@ impl Store {
             )
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.error(&e))?;
-        let mut restored = Vec::with_capacity(ids.len());
-        for execution_id in ids {
-            let key = ExecutionKey {
+        Ok(ids
+            .into_iter()
+            .map(|execution_id| ExecutionKey {
                 instance_id: flow.instance_id.clone(),
                 flow_name: flow.flow_name.clone(),
                 execution_id,
-            };
-            let state = self.execution(&key)?;
-            restored.push((key, state));
-        }
-        Ok(restored)
+            })
+            .collect())
     }
 
     /// Deletes what is kept of discovered executions of `flow` that started before
