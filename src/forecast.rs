@@ -88,12 +88,22 @@ pub struct Forecast {
 }
 
 impl Forecast {
-    fn flow_mut(&mut self, instance_id: &str, flow_name: &str) -> &mut FlowForecast {
+    /// The flow's forecast, created when missing. A known flow is found without allocating,
+    /// since this runs on every poll of a running execution. Never `None` in practice.
+    fn flow_mut(&mut self, instance_id: &str, flow_name: &str) -> Option<&mut FlowForecast> {
+        let known = self
+            .flows
+            .get(instance_id)
+            .is_some_and(|flows| flows.contains_key(flow_name));
+        if !known {
+            self.flows
+                .entry(instance_id.to_string())
+                .or_default()
+                .insert(flow_name.to_string(), FlowForecast::default());
+        }
         self.flows
-            .entry(instance_id.to_string())
-            .or_default()
-            .entry(flow_name.to_string())
-            .or_default()
+            .get_mut(instance_id)
+            .and_then(|flows| flows.get_mut(flow_name))
     }
 
     /// Records a finished execution's duration (seconds; ignored unless finite and positive).
@@ -105,7 +115,9 @@ impl Forecast {
         execution_id: &str,
         seconds: f64,
     ) -> Vec<ExecutionKey> {
-        let flow = self.flow_mut(instance_id, flow_name);
+        let Some(flow) = self.flow_mut(instance_id, flow_name) else {
+            return Vec::new();
+        };
         flow.scouts.remove(execution_id);
         if !(seconds.is_finite() && seconds > 0.0) {
             return Vec::new();
@@ -125,7 +137,9 @@ impl Forecast {
     /// start-up: past the first [`SCOUTS`] new entries of a flow with no forecast, it does (and
     /// is polled at `max_interval` at the latest).
     pub fn spare_new(&mut self, key: &ExecutionKey) -> bool {
-        let flow = self.flow_mut(&key.instance_id, &key.flow_name);
+        let Some(flow) = self.flow_mut(&key.instance_id, &key.flow_name) else {
+            return false;
+        };
         if flow.durations.sorted.len() >= MIN_SAMPLES {
             return false;
         }
@@ -151,7 +165,9 @@ impl Forecast {
 
     /// What to do about the next poll of a running execution of age `age` (seconds).
     pub fn plan(&mut self, key: &ExecutionKey, age: f64) -> Plan {
-        let flow = self.flow_mut(&key.instance_id, &key.flow_name);
+        let Some(flow) = self.flow_mut(&key.instance_id, &key.flow_name) else {
+            return Plan::Ladder;
+        };
         if flow.durations.sorted.len() >= MIN_SAMPLES {
             return flow
                 .durations
@@ -189,16 +205,6 @@ impl Forecast {
             .get(instance_id)
             .and_then(|f| f.get(flow_name))
             .map_or(0, |f| f.durations.sorted.len())
-    }
-
-    /// Forgets a flow (it left the watchlist).
-    pub fn forget(&mut self, instance_id: &str, flow_name: &str) {
-        if let Some(flows) = self.flows.get_mut(instance_id) {
-            flows.remove(flow_name);
-            if flows.is_empty() {
-                self.flows.remove(instance_id);
-            }
-        }
     }
 }
 
