@@ -77,7 +77,10 @@ async fn scenario_on(state: &Path) -> (FakeServer, Workspace, Daemon) {
 
 /// While the state cannot be written: not ready, still alive and serving, the FAILED held back.
 async fn held_back(daemon: &Daemon, ws: &Workspace, cause: &str) {
-    tokio::time::sleep(Duration::from_secs(25)).await;
+    // The FAILED comes at 20 s; the next poll is at most max_interval (8 s) after the last one
+    // before it, so by 30 s a poll has seen it and tried to store it. (25 s was not always enough:
+    // a poll at 19.9 s could be followed by the next at 27.9 s.)
+    tokio::time::sleep(Duration::from_secs(30)).await;
     let (code, body) = daemon.get("/readyz").await;
     assert_eq!(code, 503, "{body}");
     assert!(
