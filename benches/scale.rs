@@ -6,6 +6,10 @@
 //! cargo bench --bench scale                          # everything (about 15 minutes on 2 cores)
 //! cargo bench --bench scale -- --sizes 1000,10000    # scale runs of these sizes only
 //! cargo bench --bench scale -- --only efficiency     # the per-flow and uniform scenarios only
+//! cargo bench --bench scale -- --only scale --sizes 100000 --pollers lean
+//!                                   # one poller: flowwatch, lean (per_execution=false), baseline
+//! FLOWWATCH_BENCH_TIMELINE=dir      # also write each run's requests per second to dir
+//! FLOWWATCH_BENCH_WRAP="heaptrack -o /tmp/ht"   # run flowwatch under a profiler
 //! ```
 //!
 //! Columns: N; wall time until every execution was detected terminal; API calls (as the server
@@ -121,6 +125,8 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let only = value("--only");
+    let pollers: Option<Vec<String>> =
+        value("--pollers").map(|p| p.split(',').map(|s| s.trim().to_string()).collect());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -133,7 +139,7 @@ fn main() {
         }
         if only.as_deref() != Some("efficiency") {
             for n in &sizes {
-                rows.extend(scale_runs(*n).await);
+                rows.extend(scale_runs(*n, pollers.as_deref()).await);
             }
         }
     });
@@ -205,7 +211,7 @@ async fn efficiency_runs() -> Vec<Row> {
 /// The scale runs at N: durations 10–40 s, 10 % FAILED, all started in the first 5 s, against a
 /// 2,000 requests/s limit; flowwatch, flowwatch without per-execution series at 100,000, and the
 /// baseline with a pool of 16 workers. One at a time: these load both cores.
-async fn scale_runs(n: usize) -> Vec<Row> {
+async fn scale_runs(n: usize, only: Option<&[String]>) -> Vec<Row> {
     let scenario = Generated {
         count: n,
         flows: (n / 200).max(5),
@@ -223,16 +229,22 @@ async fn scale_runs(n: usize) -> Vec<Row> {
         max_rps: 2000.0,
         max_in_flight: 64,
     };
-    let mut pollers = vec![flowwatch(true)];
+    let mut pollers = vec![("flowwatch", flowwatch(true))];
     if n >= 100_000 {
-        pollers.push(flowwatch(false));
+        pollers.push(("lean", flowwatch(false)));
     }
-    pollers.push(Poller::Baseline {
-        interval: Duration::from_secs(5),
-        workers: 16,
-    });
+    pollers.push((
+        "baseline",
+        Poller::Baseline {
+            interval: Duration::from_secs(5),
+            workers: 16,
+        },
+    ));
     let mut rows = Vec::new();
-    for poller in pollers {
+    for (name, poller) in pollers {
+        if only.is_some_and(|only| !only.iter().any(|o| o == name)) {
+            continue;
+        }
         rows.push(
             measure(Run {
                 scenario_name: "scale",
@@ -295,7 +307,18 @@ async fn measure(run: Run) -> Row {
                 *max_rps,
                 *max_in_flight,
             );
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_flowwatch"))
+            // FLOWWATCH_BENCH_WRAP runs flowwatch under a profiler, e.g. "heaptrack -o /tmp/ht".
+            let wrap = std::env::var("FLOWWATCH_BENCH_WRAP").unwrap_or_default();
+            let mut words = wrap.split_whitespace();
+            let mut command = match words.next() {
+                Some(program) => {
+                    let mut c = tokio::process::Command::new(program);
+                    c.args(words).arg(env!("CARGO_BIN_EXE_flowwatch"));
+                    c
+                }
+                None => tokio::process::Command::new(env!("CARGO_BIN_EXE_flowwatch")),
+            };
+            command
                 .args(["run", "--config"])
                 .arg(&config)
                 .env_clear()
@@ -394,6 +417,9 @@ async fn measure(run: Run) -> Row {
     reader.abort();
     let (calls, throttled) = fake.counts();
     let stats = fake.stats();
+    if let Some(dir) = std::env::var_os("FLOWWATCH_BENCH_TIMELINE") {
+        write_timeline(Path::new(&dir), &run, &stats);
+    }
     fake.stop().await;
 
     let detected = detected.lock().await;
@@ -451,6 +477,32 @@ fn backlog_rate(stats: &flowwatch::fake::FakeStats, n: usize, limit: f64) -> Opt
     // Throttled requests are in the arrivals too; take them out at the overall throttled share.
     let share = 1.0 - stats.throttled as f64 / stats.requests.max(1) as f64;
     Some(answered * share / end)
+}
+
+/// Requests per second of the run, one line per second, for looking at how a run went.
+fn write_timeline(dir: &Path, run: &Run, stats: &flowwatch::fake::FakeStats) {
+    let mut per_second: Vec<u64> = Vec::new();
+    for (at, _) in &stats.arrivals {
+        let second = at.as_secs() as usize;
+        if per_second.len() <= second {
+            per_second.resize(second + 1, 0);
+        }
+        per_second[second] += 1;
+    }
+    let name = format!(
+        "{}-{}-{}.txt",
+        run.scenario_name,
+        run.scenario.count,
+        run.poller.label().replace([' ', '(', ')', '='], "_")
+    );
+    let text: String = per_second
+        .iter()
+        .enumerate()
+        .map(|(s, n)| format!("{s} {n}\n"))
+        .collect();
+    if let Err(e) = std::fs::write(dir.join(name), text) {
+        eprintln!("cannot write the timeline: {e}");
+    }
 }
 
 /// The execution id of a terminal report: a flowwatch event to SUCCEEDED/FAILED, or a
