@@ -245,11 +245,7 @@ mod tests {
     }
 
     fn key(n: usize) -> ExecutionKey {
-        ExecutionKey {
-            instance_id: "i".into(),
-            flow_name: "f".into(),
-            execution_id: format!("e{n}"),
-        }
+        ExecutionKey::from_checked("i", "f", format!("e{n}"))
     }
 
     #[test]

@@ -397,11 +397,7 @@ mod tests {
         let m = Metrics::new().expect("metrics");
         m.watch_flow("i", "f");
         m.record_request(OPERATION, Outcome::Success, 0.01);
-        let key = ExecutionKey {
-            instance_id: "i".into(),
-            flow_name: "f".into(),
-            execution_id: "e".into(),
-        };
+        let key = ExecutionKey::from_checked("i", "f", "e");
         m.set_status(&key, Status::InProgress);
         m.set_times(
             &key,

@@ -314,10 +314,8 @@ impl Store {
             .map_err(|e| self.error(&e))?;
         Ok(ids
             .into_iter()
-            .map(|execution_id| ExecutionKey {
-                instance_id: flow.instance_id.clone(),
-                flow_name: flow.flow_name.clone(),
-                execution_id,
+            .map(|execution_id| {
+                ExecutionKey::from_checked(&flow.instance_id, &flow.flow_name, execution_id)
             })
             .collect())
     }
@@ -551,7 +549,12 @@ mod tests {
         assert_eq!(restored.observation, Some(observation));
         assert_eq!(
             store.transition_counts().expect("counts"),
-            vec![(key().instance_id, key().flow_name, "FAILED".to_string(), 1)]
+            vec![(
+                key().instance_id.clone(),
+                key().flow_name.clone(),
+                "FAILED".to_string(),
+                1
+            )]
         );
         let pending = store.pending_events().expect("pending");
         assert_eq!(
