@@ -84,7 +84,8 @@ pub struct Scheduler<C> {
     policy: BackoffPolicy,
     limiter: Arc<RateLimiter>,
     permits: Arc<Semaphore>,
-    executions: BTreeMap<ExecutionKey, ExecutionState>,
+    /// Boxed: the map's nodes stay small (a B-tree leaf holds eleven entries, often half used).
+    executions: BTreeMap<ExecutionKey, Box<ExecutionState>>,
     flows: BTreeMap<FlowKey, FlowWatch>,
     due: BTreeMap<(Instant, u64), Job>,
     series_drops: BTreeMap<(Instant, u64), ExecutionKey>,
@@ -233,7 +234,7 @@ impl<C: FlowExecutions> Scheduler<C> {
 
     /// Every execution is terminal, and no flow is watched (flows never end).
     fn all_done(&self) -> bool {
-        self.flows.is_empty() && self.executions.values().all(ExecutionState::is_done)
+        self.flows.is_empty() && self.executions.values().all(|s| s.is_done())
     }
 
     fn any_failed(&self) -> bool {
@@ -415,7 +416,7 @@ impl<C: FlowExecutions> Scheduler<C> {
             first_poll
         };
         let done = state.is_done();
-        self.executions.insert(key.clone(), state);
+        self.executions.insert(key.clone(), Box::new(state));
         if done {
             // Known terminal from an earlier run: not polled again; its series stay for
             // retain_terminal from now.
@@ -763,10 +764,7 @@ impl<C: FlowExecutions> Scheduler<C> {
         {
             delay = self.polling.initial_interval;
         }
-        let done = self
-            .executions
-            .get(&key)
-            .is_some_and(ExecutionState::is_done);
+        let done = self.executions.get(&key).is_some_and(|s| s.is_done());
         if done {
             self.unschedule(&Job::Poll(key));
         } else {
@@ -986,7 +984,7 @@ impl<C: FlowExecutions> Scheduler<C> {
             now,
             wall,
         );
-        self.executions.insert(key.clone(), state);
+        self.executions.insert(key.clone(), Box::new(state));
         if let Some(transition) = applied.transition {
             self.commit_transition(transition, now);
         }
@@ -1066,7 +1064,7 @@ impl<C: FlowExecutions> Scheduler<C> {
         match self.store.commit(
             key,
             status,
-            observation.as_ref(),
+            observation.as_deref(),
             Some(message),
             None,
             &event,
@@ -1239,7 +1237,7 @@ impl<C: FlowExecutions> Scheduler<C> {
     }
 
     fn status_document(&self) -> Value {
-        let counts = count_by_status(self.executions.values());
+        let counts = count_by_status(self.executions.values().map(|s| &**s));
         let executions: Vec<Value> = self
             .executions
             .values()
@@ -1344,14 +1342,14 @@ mod tests {
             BackoffPolicy::from_settings(&polling).start(),
         );
         state.status = Status::InProgress;
-        state.observation = Some(Observation {
+        state.observation = Some(Box::new(Observation {
             status: ApiStatus::InProgress,
             source_info: None,
             message: None,
             start_time: Some(-1e300),
             end_time: None,
             diagnostic_reports_root_s3_uri: None,
-        });
+        }));
         let mut rng = fastrand::Rng::with_seed(1);
         let delay = poll_delay(
             &mut state,

@@ -82,7 +82,8 @@ pub struct Applied {
 pub struct ExecutionState {
     pub entry: WatchEntry,
     pub status: Status,
-    pub observation: Option<Observation>,
+    /// The last answer. Boxed: it is most of an execution's size, and absent until a first answer.
+    pub observation: Option<Box<Observation>>,
     /// Polls that counted as attempts (throttled polls do not).
     pub attempts: u64,
     pub last_poll: Option<SystemTime>,
@@ -152,7 +153,7 @@ impl ExecutionState {
                 None
             }
         };
-        self.observation = Some(observation);
+        self.observation = Some(Box::new(observation));
         if new_status.is_some() {
             self.last_error = None;
         }
@@ -176,7 +177,7 @@ impl ExecutionState {
             from,
             to,
             at: wall,
-            observation: self.observation.clone(),
+            observation: self.observation.as_deref().cloned(),
             labels: self.entry.labels.clone(),
         }
     }
@@ -184,7 +185,7 @@ impl ExecutionState {
     /// Takes what the store knew from an earlier run.
     pub fn restore(&mut self, restored: crate::store::Restored, now: Instant) {
         self.status = restored.status;
-        self.observation = restored.observation;
+        self.observation = restored.observation.map(Box::new);
         self.rejected = restored.rejected;
         if self.status.is_terminal() {
             self.terminal_since = Some(now);
