@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 
 use crate::config::PollingSettings;
@@ -51,26 +51,40 @@ impl BackoffPolicy {
 #[derive(Debug)]
 pub struct Backoff {
     policy: BackoffPolicy,
-    ladder: ExponentialBackoff,
+    /// Steps climbed. The step's ceiling is read from backon's ladder each time instead of
+    /// keeping backon's iterator in every execution (120 bytes each, 12 MB at 100,000).
+    steps: u32,
     ceiling: Duration,
 }
+
+/// A bound on the ladder's walk, far past any ladder's reach of `max_interval`.
+const MAX_STEPS: u32 = 2_000;
 
 impl Backoff {
     fn new(policy: BackoffPolicy) -> Self {
         Self {
             policy,
-            ladder: policy.builder().build(),
+            steps: 0,
             ceiling: policy.initial,
         }
     }
 
     /// Climbs one step and returns a jittered delay for the next poll.
     pub fn next_delay(&mut self, rng: &mut fastrand::Rng) -> Duration {
-        self.ceiling = self
-            .ladder
-            .next()
-            .unwrap_or(self.policy.max)
-            .clamp(self.policy.initial, self.policy.max);
+        if self.ceiling < self.policy.max && self.steps < MAX_STEPS {
+            let next = self
+                .policy
+                .builder()
+                .build()
+                .nth(self.steps as usize)
+                .unwrap_or(self.policy.max)
+                .clamp(self.policy.initial, self.policy.max);
+            // A ladder that stopped growing (a multiplier of 1) stays on its step.
+            if self.steps == 0 || next > self.ceiling {
+                self.steps += 1;
+            }
+            self.ceiling = next;
+        }
         self.jittered(rng)
     }
 
@@ -263,6 +277,24 @@ mod tests {
         b.reset();
         b.next_delay(&mut rng);
         assert_eq!(b.ceiling(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_multiplier_of_one_stays_on_the_first_step_without_walking_the_ladder() {
+        let mut b = BackoffPolicy {
+            multiplier: 1.0,
+            ..policy()
+        }
+        .start();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..10_000 {
+            b.next_delay(&mut rng);
+        }
+        assert_eq!(b.ceiling(), Duration::from_secs(5));
+        assert_eq!(
+            b.steps, 1,
+            "a flat ladder is not walked again on every poll"
+        );
     }
 
     #[test]
