@@ -14,8 +14,9 @@
 //!
 //! Columns: N; wall time until every execution was detected terminal; API calls (as the server
 //! counted them, throttled ones included); calls per execution; throttled share; the answered
-//! request rate while every execution still waited for its first answer (the backlog), against
-//! the server's limit; p50/p95/max detection latency, from the fake's terminal time to the
+//! request rate while some execution still waited for its first answer (the backlog), and while
+//! flowwatch was behind its own schedule (a due request waited over 1 s, read from
+//! `flowwatch_schedule_lag_seconds` scraped every second), against the server's limit; p50/p95/max detection latency, from the fake's terminal time to the
 //! moment the poller reported it (flowwatch: its event on stdout); peak RSS (VmHWM); CPU seconds
 //! per 1,000 requests; the slowest `/metrics` scrape and its size.
 
@@ -95,6 +96,7 @@ struct Row {
     calls: u64,
     throttled: u64,
     backlog_rate: Option<f64>,
+    behind_rate: Option<f64>,
     limit: f64,
     p50: f64,
     p95: f64,
@@ -378,6 +380,9 @@ async fn measure(run: Run) -> Row {
     let mut scrape_ms: Option<f64> = None;
     let mut scrape_bytes = None;
     let mut last_scrape = Instant::now() - Duration::from_secs(60);
+    // Scrape every second while a scrape is quick, else every 5 s; keep each lag reading.
+    let mut scrape_every = Duration::from_secs(1);
+    let mut lags: Vec<(f64, f64)> = Vec::new();
     let deadline = clock + run.timeout;
     // Read while the process lives: the baseline exits once it has seen everything.
     let mut usage = (f64::NAN, f64::NAN);
@@ -391,13 +396,17 @@ async fn measure(run: Run) -> Row {
         if done >= n || Instant::now() > deadline {
             break;
         }
-        if matches!(run.poller, Poller::Flowwatch { .. })
-            && last_scrape.elapsed() > Duration::from_secs(5)
-        {
+        if matches!(run.poller, Poller::Flowwatch { .. }) && last_scrape.elapsed() > scrape_every {
             last_scrape = Instant::now();
             let t = Instant::now();
-            if let Some(size) = scrape(listen).await {
+            if let Some((size, lag)) = scrape(listen).await {
                 let ms = t.elapsed().as_secs_f64() * 1000.0;
+                if let Some(lag) = lag {
+                    lags.push((t.duration_since(clock).as_secs_f64(), lag));
+                }
+                if ms > 250.0 {
+                    scrape_every = Duration::from_secs(5);
+                }
                 if scrape_ms.is_none_or(|m| ms > m) {
                     scrape_ms = Some(ms);
                     scrape_bytes = Some(size);
@@ -442,6 +451,7 @@ async fn measure(run: Run) -> Row {
         calls,
         throttled,
         backlog_rate: backlog_rate(&stats, n, run.limit_rps),
+        behind_rate: behind_rate(&stats, &lags),
         limit: run.limit_rps,
         p50: pct(0.50),
         p95: pct(0.95),
@@ -574,15 +584,50 @@ fn free_port() -> SocketAddr {
 }
 
 /// One `GET /metrics`; the body's size.
-async fn scrape(addr: SocketAddr) -> Option<usize> {
+/// Scrapes `/metrics`: the body's size and `flowwatch_schedule_lag_seconds`.
+async fn scrape(addr: SocketAddr) -> Option<(usize, Option<f64>)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.ok()?;
     let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    Some(raw.len() - head_end - 4)
+    let body = String::from_utf8_lossy(&raw[head_end + 4..]);
+    let lag = body.lines().find_map(|line| {
+        line.strip_prefix("flowwatch_schedule_lag_seconds ")?
+            .trim()
+            .parse()
+            .ok()
+    });
+    Some((raw.len() - head_end - 4, lag))
 }
+
+/// The answered request rate while flowwatch was behind its schedule: over the spans between
+/// two scrapes that both saw a due request wait more than [`BEHIND`]. `None` when it never was.
+fn behind_rate(stats: &flowwatch::fake::FakeStats, lags: &[(f64, f64)]) -> Option<f64> {
+    let spans: Vec<(f64, f64)> = lags
+        .windows(2)
+        .filter(|w| w[0].1 > BEHIND && w[1].1 > BEHIND)
+        .map(|w| (w[0].0, w[1].0))
+        .collect();
+    let length: f64 = spans.iter().map(|(a, b)| b - a).sum();
+    if length < 5.0 {
+        return None;
+    }
+    let answered = stats
+        .arrivals
+        .iter()
+        .filter(|(at, _)| {
+            let at = at.as_secs_f64();
+            spans.iter().any(|(a, b)| (*a..*b).contains(&at))
+        })
+        .count() as f64;
+    let share = 1.0 - stats.throttled as f64 / stats.requests.max(1) as f64;
+    Some(answered * share / length)
+}
+
+/// Behind schedule: the oldest due request has waited longer than this (seconds).
+const BEHIND: f64 = 1.0;
 
 /// Peak RSS (MiB) and CPU seconds (user + system) of a running process.
 fn process_usage(pid: u32) -> (f64, f64) {
@@ -630,19 +675,30 @@ fn cpu_model() -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n| poller | scenario | N | wall s | API calls | calls/exec | throttled | backlog rate / limit | p50 s | p95 s | max s | undetected | peak RSS MiB | CPU s / 1000 calls | /metrics ms | /metrics size |"
+        "\n| poller | scenario | N | wall s | API calls | calls/exec | throttled | backlog rate / limit | rate while behind / limit | p50 s | p95 s | max s | undetected | peak RSS MiB | CPU s / 1000 calls | /metrics ms | /metrics size |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let backlog = r.backlog_rate.map_or("no backlog".to_string(), |rate| {
-            format!(
-                "{rate:.0} / {:.0} ({:.0} %)",
-                r.limit,
-                100.0 * rate / r.limit
-            )
-        });
+        let of_limit = |rate: Option<f64>, none: &str| {
+            rate.map_or(none.to_string(), |rate| {
+                format!(
+                    "{rate:.0} / {:.0} ({:.0} %)",
+                    r.limit,
+                    100.0 * rate / r.limit
+                )
+            })
+        };
+        let backlog = of_limit(r.backlog_rate, "no backlog");
+        let behind = of_limit(
+            r.behind_rate,
+            if r.label.starts_with("baseline") {
+                "-"
+            } else {
+                "never behind"
+            },
+        );
         println!(
-            "| {} | {} | {} | {:.1} | {} | {:.2} | {:.2} % | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.4} | {} | {} |",
+            "| {} | {} | {} | {:.1} | {} | {:.2} | {:.2} % | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.4} | {} | {} |",
             r.label,
             r.scenario,
             r.n,
@@ -651,6 +707,7 @@ fn print_table(rows: &[Row]) {
             r.calls as f64 / r.n.max(1) as f64,
             100.0 * r.throttled as f64 / r.calls.max(1) as f64,
             backlog,
+            behind,
             r.p50,
             r.p95,
             r.max,

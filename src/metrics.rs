@@ -26,6 +26,7 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     pub api_duration: HistogramVec,
     pub rate_limit: Gauge,
+    pub schedule_lag: Gauge,
     pub events: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub config_reloads: IntCounterVec,
@@ -113,6 +114,11 @@ impl Metrics {
             "flowwatch_rate_limit_requests_per_second",
             "Current rate of the global API token bucket (cut on throttling, restored on success).",
         )?;
+        let schedule_lag = Gauge::new(
+            "flowwatch_schedule_lag_seconds",
+            "How long the most overdue queued request (a poll or a List page) has waited past its \
+             due time for a request slot or a rate-limit token; 0 when none is overdue.",
+        )?;
         let events = IntCounterVec::new(
             Opts::new(
                 "flowwatch_events_total",
@@ -176,6 +182,7 @@ impl Metrics {
         registry.register(Box::new(api_requests.clone()))?;
         registry.register(Box::new(api_duration.clone()))?;
         registry.register(Box::new(rate_limit.clone()))?;
+        registry.register(Box::new(schedule_lag.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
 
@@ -214,6 +221,7 @@ impl Metrics {
             api_requests,
             api_duration,
             rate_limit,
+            schedule_lag,
             events,
             build_info,
             config_reloads,
@@ -421,6 +429,7 @@ mod tests {
             "flowwatch_api_requests_total{operation=\"GetDataIntegrationFlowExecution\",outcome=\"throttled\"} 0",
             "flowwatch_api_request_duration_seconds_bucket{",
             "flowwatch_rate_limit_requests_per_second 5",
+            "flowwatch_schedule_lag_seconds 0",
             "flowwatch_events_total{result=\"failure\",sink=\"file\"} 0",
             "flowwatch_build_info{version=\"",
         ] {

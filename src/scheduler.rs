@@ -208,6 +208,9 @@ impl<C: FlowExecutions> Scheduler<C> {
                 };
             }
             let next_due = self.due.first_key_value().map(|(slot, _)| slot.0);
+            self.metrics.schedule_lag.set(next_due.map_or(0.0, |at| {
+                Instant::now().saturating_duration_since(at).as_secs_f64()
+            }));
             let next_drop = self.series_drops.first_key_value().map(|(slot, _)| slot.0);
             let dispatch = wait_for_turn(next_due, self.permits.clone(), self.limiter.clone());
             tokio::select! {

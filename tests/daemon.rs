@@ -343,6 +343,47 @@ async fn the_api_is_never_polled_faster_than_the_rate_limit_and_startup_is_sprea
 }
 
 #[tokio::test(start_paused = true)]
+async fn schedule_lag_shows_polls_waiting_for_the_rate_limit_and_returns_to_zero() {
+    // 60 first polls due within 1 s and 4 requests a second allowed: 15 s of work. Each
+    // execution is over at its first answer, so the queue empties after that.
+    let executions: Vec<_> = (1..=60)
+        .map(|n| scripted("bulk", n, &[(0, "SUCCEEDED")]))
+        .collect();
+    let polling = POLLING.replace(
+        "max_requests_per_second = 20.0",
+        "max_requests_per_second = 4.0",
+    ) + "adaptive = false\n";
+    let (fake, _ws, daemon) = start(executions, &polling, false).await;
+    let lag = || async {
+        sample(
+            &daemon.metrics().await,
+            "flowwatch_schedule_lag_seconds",
+            &[],
+        )
+    };
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let behind = lag().await.expect("the lag gauge is exported");
+    assert!(
+        (5.0..9.0).contains(&behind),
+        "8 s in, the oldest due poll has waited about 7 s: {behind}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "every execution SUCCEEDED",
+        || async { daemon.status().await["by_status"]["SUCCEEDED"] == 60 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        lag().await,
+        Some(0.0),
+        "nothing is overdue once the queue is empty"
+    );
+    daemon.stop().await;
+    fake.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn backoff_grows_from_initial_to_max_interval_within_jitter_bounds() {
     let (fake, _ws, daemon) = start(
         vec![scripted("slow", 1, &[(0, "IN_PROGRESS")])],
