@@ -907,8 +907,14 @@ pub fn generate(spec: &Generated) -> Vec<ScriptedExecution> {
                     },
                 ],
                 faults: Vec::new(),
-                source: None,
-                diagnostic_reports_root_s3_uri: None,
+                // As real runs carry them: the benchmark's memory figures include them.
+                source: Some(FakeSource::S3 {
+                    bucket_name: "aws-supply-chain-data-bench".to_string(),
+                    key: format!("inbound/flow-{flow:03}/orders-{n:08}.csv"),
+                }),
+                diagnostic_reports_root_s3_uri: Some(format!(
+                    "s3://aws-supply-chain-data-bench/diagnostics/flow-{flow:03}/{n:08}/"
+                )),
                 started_before: None,
             }
         })
