@@ -334,9 +334,9 @@ impl FlowExecutions for SdkFlowExecutions {
         let result = self
             .client
             .get_data_integration_flow_execution()
-            .instance_id(&key.instance_id)
-            .flow_name(&key.flow_name)
-            .execution_id(&key.execution_id)
+            .instance_id(&*key.instance_id)
+            .flow_name(&*key.flow_name)
+            .execution_id(&*key.execution_id)
             .send()
             .await;
         match result {
@@ -412,9 +412,9 @@ fn observation_from(
             message: "the response's flowExecution has no instanceId or executionId".to_string(),
         });
     }
-    if fe.instance_id() != key.instance_id
-        || fe.flow_name() != key.flow_name
-        || fe.execution_id() != key.execution_id
+    if fe.instance_id() != &*key.instance_id
+        || fe.flow_name() != &*key.flow_name
+        || fe.execution_id() != &*key.execution_id
     {
         return Err(ApiError::InvalidResponse {
             message: format!(

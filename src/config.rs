@@ -608,12 +608,12 @@ pub fn summary(settings: &Settings, watchlist: &crate::watchlist::Watchlist) -> 
     let flows: BTreeSet<_> = watchlist
         .entries
         .iter()
-        .map(|e| (&e.key.instance_id, &e.key.flow_name))
+        .map(|e| (&*e.key.instance_id, &*e.key.flow_name))
         .chain(
             watchlist
                 .flows
                 .iter()
-                .map(|f| (&f.key.instance_id, &f.key.flow_name)),
+                .map(|f| (f.key.instance_id.as_str(), f.key.flow_name.as_str())),
         )
         .collect();
     let instances: BTreeSet<_> = flows.iter().map(|(instance, _)| *instance).collect();

@@ -155,10 +155,10 @@ impl Forecast {
     pub fn forget_execution(&mut self, key: &ExecutionKey) {
         if let Some(flow) = self
             .flows
-            .get_mut(&key.instance_id)
-            .and_then(|flows| flows.get_mut(&key.flow_name))
+            .get_mut(&*key.instance_id)
+            .and_then(|flows| flows.get_mut(&*key.flow_name))
         {
-            flow.scouts.remove(&key.execution_id);
+            flow.scouts.remove(&*key.execution_id);
             flow.spared.remove(key);
         }
     }
@@ -174,7 +174,7 @@ impl Forecast {
                 .until_next_check(age)
                 .map_or(Plan::Ladder, Plan::In);
         }
-        if flow.scouts.contains(&key.execution_id) {
+        if flow.scouts.contains(&*key.execution_id) {
             return if flow.spared.is_empty() {
                 Plan::Ladder
             } else {
@@ -182,7 +182,7 @@ impl Forecast {
             };
         }
         if flow.scouts.len() < SCOUTS {
-            flow.scouts.insert(key.execution_id.clone());
+            flow.scouts.insert(key.execution_id.to_string());
             return Plan::Ladder;
         }
         flow.spared.insert(key.clone());

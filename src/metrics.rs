@@ -272,9 +272,9 @@ impl Metrics {
         for s in Status::ALL {
             self.execution_status
                 .with_label_values(&[
-                    &key.instance_id,
-                    &key.flow_name,
-                    &key.execution_id,
+                    &*key.instance_id,
+                    &*key.flow_name,
+                    &*key.execution_id,
                     s.as_str(),
                 ])
                 .set(if s == status { 1.0 } else { 0.0 });
@@ -285,11 +285,7 @@ impl Metrics {
         if !self.per_execution {
             return;
         }
-        let labels = [
-            key.instance_id.as_str(),
-            key.flow_name.as_str(),
-            key.execution_id.as_str(),
-        ];
+        let labels = [&*key.instance_id, &*key.flow_name, &*key.execution_id];
         if let Some(t) = observation.start_time {
             self.execution_start_time.with_label_values(&labels).set(t);
         }
@@ -303,9 +299,9 @@ impl Metrics {
         let message = failure_label(message.unwrap_or_default());
         self.execution_failure
             .with_label_values(&[
-                &key.instance_id,
-                &key.flow_name,
-                &key.execution_id,
+                &*key.instance_id,
+                &*key.flow_name,
+                &*key.execution_id,
                 &message,
             ])
             .set(1.0);
@@ -318,11 +314,7 @@ impl Metrics {
     /// Drops the per-execution series (after `retain_terminal`, or when an entry is removed).
     /// Counters stay.
     pub fn drop_execution(&self, key: &ExecutionKey) {
-        let labels = [
-            key.instance_id.as_str(),
-            key.flow_name.as_str(),
-            key.execution_id.as_str(),
-        ];
+        let labels = [&*key.instance_id, &*key.flow_name, &*key.execution_id];
         for s in Status::ALL {
             let _ = self.execution_status.remove_label_values(&[
                 labels[0],

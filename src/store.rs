@@ -315,7 +315,11 @@ impl Store {
         Ok(ids
             .into_iter()
             .map(|execution_id| {
-                ExecutionKey::from_checked(&flow.instance_id, &flow.flow_name, execution_id)
+                ExecutionKey::from_checked(
+                    flow.instance_id.as_str(),
+                    flow.flow_name.as_str(),
+                    execution_id,
+                )
             })
             .collect())
     }
@@ -550,8 +554,8 @@ mod tests {
         assert_eq!(
             store.transition_counts().expect("counts"),
             vec![(
-                key().instance_id.clone(),
-                key().flow_name.clone(),
+                key().instance_id.to_string(),
+                key().flow_name.to_string(),
                 "FAILED".to_string(),
                 1
             )]

@@ -21,12 +21,13 @@ use crate::diagnostic::{Diagnostic, Diagnostics, Location, SourceText, line_of};
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExecutionKey(Arc<KeyIds>);
 
-/// The three ids of an [`ExecutionKey`].
+/// The three ids of an [`ExecutionKey`]. The instance and flow are shared by every execution of
+/// a flow read from one watchlist (see [`Interner`]).
 #[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyIds {
-    pub instance_id: String,
-    pub flow_name: String,
-    pub execution_id: String,
+    pub instance_id: Arc<str>,
+    pub flow_name: Arc<str>,
+    pub execution_id: Box<str>,
 }
 
 impl ExecutionKey {
@@ -36,6 +37,8 @@ impl ExecutionKey {
         flow_name: impl Into<String>,
         execution_id: impl Into<String>,
     ) -> Result<Self, String> {
+        let (instance_id, flow_name, execution_id): (String, String, String) =
+            (instance_id.into(), flow_name.into(), execution_id.into());
         let key = Self::from_checked(instance_id, flow_name, execution_id);
         check_uuid("instance_id", &key.instance_id)?;
         check_flow_name(&key.flow_name)?;
@@ -45,15 +48,33 @@ impl ExecutionKey {
 
     /// Builds a key from ids already checked (read back from the store, or from a listed flow).
     pub fn from_checked(
-        instance_id: impl Into<String>,
-        flow_name: impl Into<String>,
-        execution_id: impl Into<String>,
+        instance_id: impl Into<Arc<str>>,
+        flow_name: impl Into<Arc<str>>,
+        execution_id: impl Into<Box<str>>,
     ) -> Self {
         Self(Arc::new(KeyIds {
             instance_id: instance_id.into(),
             flow_name: flow_name.into(),
             execution_id: execution_id.into(),
         }))
+    }
+}
+
+/// Hands out one shared copy of each instance id and flow name, so 100,000 executions of a few
+/// hundred flows hold a few hundred copies of them, not 200,000.
+#[derive(Debug, Default)]
+pub struct Interner {
+    seen: std::collections::HashSet<Arc<str>>,
+}
+
+impl Interner {
+    pub fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.seen.get(text) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.seen.insert(shared.clone());
+        shared
     }
 }
 
@@ -132,8 +153,8 @@ impl FlowKey {
     /// The flow an execution belongs to.
     pub fn of(key: &ExecutionKey) -> Self {
         Self {
-            instance_id: key.instance_id.clone(),
-            flow_name: key.flow_name.clone(),
+            instance_id: key.instance_id.to_string(),
+            flow_name: key.flow_name.to_string(),
         }
     }
 }
@@ -257,6 +278,7 @@ struct Collector {
     seen: HashMap<ExecutionKey, usize>,
     seen_flows: HashMap<FlowKey, usize>,
     any_table: bool,
+    names: Interner,
 }
 
 impl Collector {
@@ -279,7 +301,13 @@ impl Collector {
 
         for (span, fields) in execution_tables {
             let before = self.problems.len();
-            let entry = parse_entry(src, span.clone(), &fields, &mut self.problems);
+            let entry = parse_entry(
+                src,
+                span.clone(),
+                &fields,
+                &mut self.problems,
+                &mut self.names,
+            );
             let Some(entry) = entry else { continue };
             if self.problems.len() > before {
                 continue;
@@ -537,6 +565,7 @@ fn parse_entry(
     span: Span,
     fields: &EntryFields<'_>,
     problems: &mut Vec<Diagnostic>,
+    names: &mut Interner,
 ) -> Option<WatchEntry> {
     let mut r = FieldReader {
         src,
@@ -550,7 +579,11 @@ fn parse_entry(
     let flow_name = r.string("flow_name", &check_flow_name);
     let execution_id = r.string("execution_id", &|v| check_uuid("execution_id", v));
     let labels = r.labels();
-    let key = ExecutionKey::from_checked(instance_id?, flow_name?, execution_id?);
+    let key = ExecutionKey::from_checked(
+        names.get(&instance_id?),
+        names.get(&flow_name?),
+        execution_id?,
+    );
     Some(WatchEntry { key, labels })
 }
 
@@ -653,7 +686,7 @@ mod tests {
         );
         let w = parse(&text).expect("valid watchlist");
         assert_eq!(w.entries.len(), 1);
-        assert_eq!(w.entries[0].key.flow_name, "daily-orders");
+        assert_eq!(&*w.entries[0].key.flow_name, "daily-orders");
         assert_eq!(w.entries[0].labels["team"], "planning");
     }
 
@@ -771,6 +804,18 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn executions_of_one_flow_share_its_instance_id_and_name() {
+        let w = parse(&many(3000)).expect("valid");
+        let (a, b) = (&w.entries[0].key, &w.entries[7].key);
+        assert_eq!(a.flow_name, b.flow_name);
+        assert!(Arc::ptr_eq(&a.flow_name, &b.flow_name));
+        assert!(Arc::ptr_eq(
+            &a.instance_id,
+            &w.entries[2999].key.instance_id
+        ));
     }
 
     #[test]
