@@ -587,7 +587,8 @@ fn free_port() -> SocketAddr {
 /// Scrapes `/metrics`: the body's size and `flowwatch_schedule_lag_seconds`.
 async fn scrape(addr: SocketAddr) -> Option<(usize, Option<f64>)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    // HTTP/1.0: the body comes whole until the connection closes, without chunk framing.
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.ok()?;

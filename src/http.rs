@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{Health, Readiness};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SeriesCursor};
 use crate::scheduler::Command;
 
 /// How long `/status` and `/-/reload` wait for the scheduler.
@@ -147,14 +147,44 @@ pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) 
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let body = MetricsBody {
+        head: Some(state.metrics.render_registry()),
+        metrics: state.metrics,
+        cursor: SeriesCursor::default(),
+    };
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        axum::body::Body::from_stream(body),
     )
         .into_response()
+}
+
+/// The `/metrics` body: the aggregate families, then the per-execution families a chunk at a
+/// time as the client reads them, so neither memory nor a lock grows with one scrape of a large
+/// watch set.
+struct MetricsBody {
+    metrics: Arc<Metrics>,
+    head: Option<String>,
+    cursor: SeriesCursor,
+}
+
+impl futures_core::Stream for MetricsBody {
+    type Item = Result<bytes::Bytes, std::convert::Infallible>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let chunk = match this.head.take() {
+            Some(head) => Some(head),
+            None => this.metrics.next_series_chunk(&mut this.cursor),
+        };
+        std::task::Poll::Ready(chunk.map(|text| Ok(bytes::Bytes::from(text))))
+    }
 }
 
 async fn livez(State(state): State<AppState>) -> Response {

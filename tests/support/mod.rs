@@ -249,11 +249,30 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("a status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let chunked = head
+        .lines()
+        .any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     (code, body)
+}
+
+/// The body of a `Transfer-Encoding: chunked` response (`/metrics` streams its body).
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        body.push_str(after.get(..size).expect("a whole chunk"));
+        rest = after.get(size + 2..).unwrap_or_default();
+    }
+    body
 }
 
 /// The value of one sample in a Prometheus exposition, by metric name and label fragments.
