@@ -11,12 +11,6 @@ use flowwatch::watchlist::Watchlist;
 use flowwatch::{Finish, RunOptions};
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc rather than the system allocator: with one arena per thread, glibc kept about 85 MB
-/// of freed memory mapped at 100,000 executions (heap 115 MB, RSS 200 MB), and spent more CPU
-/// per request. See the README's Performance section.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -591,9 +591,7 @@ mod tests {
     type TestRow = (ExecutionKey, Status, f64, Option<f64>, Option<&'static str>);
 
     /// The per-execution families as the prometheus crate writes them, for comparison.
-    fn by_the_prometheus_crate(
-        rows: &[TestRow],
-    ) -> String {
+    fn by_the_prometheus_crate(rows: &[TestRow]) -> String {
         let registry = Registry::new();
         let gauge = |name: &str, labels: &[&str]| {
             let family = FAMILIES.iter().find(|f| f.name == name).expect("family");
