@@ -3,7 +3,7 @@
 //! poller a user would otherwise write, against the same scenario and limit. It prints one table.
 //!
 //! ```text
-//! cargo bench --bench scale                          # everything (about 15 minutes on 2 cores)
+//! cargo bench --bench scale                          # everything (about 12 minutes on 2 cores)
 //! cargo bench --bench scale -- --sizes 1000,10000    # scale runs of these sizes only
 //! cargo bench --bench scale -- --only efficiency     # the per-flow and uniform scenarios only
 //! cargo bench --bench scale -- --only scale --sizes 100000 --pollers lean
