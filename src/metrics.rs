@@ -3,8 +3,8 @@
 //! The aggregate families live in a prometheus-crate registry. The four per-execution families
 //! (status, start and end time, failure info) are one small row per execution, written out by
 //! hand a chunk at a time ([`Metrics::next_series_chunk`]): as 700,000 labelled series of the
-//! prometheus crate at 100,000 executions they took about 1.2 GiB, and each scrape cloned and sorted
-//! them all in one call of about 5 s on a runtime thread.
+//! prometheus crate at 100,000 executions they took about 1.2 GiB, and each scrape cloned and
+//! sorted them all in one call of about 5 s on a runtime thread.
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
