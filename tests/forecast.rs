@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use flowwatch::fake::FakeServer;
+use flowwatch::fake::{FakeServer, Scenario};
 use support::*;
 
 /// Default-shaped polling (5 s growing to 2 m), with or without the forecast.
@@ -16,14 +16,19 @@ fn polling(adaptive: bool) -> String {
     )
 }
 
+/// `count` executions of `flow` that all start at once and succeed after `duration` seconds.
+fn one_flow(flow: &str, count: usize, duration: u64) -> Scenario {
+    scenario(
+        (1..=count)
+            .map(|n| scripted(flow, n, &[(0, "IN_PROGRESS"), (duration, "SUCCEEDED")]))
+            .collect(),
+    )
+}
+
 /// Requests made and the worst detection delay, for 30 executions of one flow that all start at
 /// once and take `duration` seconds.
 async fn play(adaptive: bool, duration: u64) -> (usize, f64) {
-    let script = scenario(
-        (1..=30)
-            .map(|n| scripted("batch", n, &[(0, "IN_PROGRESS"), (duration, "SUCCEEDED")]))
-            .collect(),
-    );
+    let script = one_flow("batch", 30, duration);
     let fake = FakeServer::start(script.clone()).await.expect("fake");
     let ws = Workspace::new();
     let config = ws.config(&fake.endpoint_url(), &polling(adaptive), &script);
@@ -60,11 +65,7 @@ async fn runs_of_one_shape_are_polled_around_their_end_with_fewer_requests() {
 #[tokio::test(start_paused = true)]
 async fn a_flow_with_few_executions_is_polled_as_without_a_forecast() {
     // Three executions are all scouts: the ladder, exactly as with adaptive = false.
-    let script = scenario(
-        (1..=3)
-            .map(|n| scripted("few", n, &[(0, "IN_PROGRESS"), (100, "SUCCEEDED")]))
-            .collect(),
-    );
+    let script = one_flow("few", 3, 100);
     let mut requests = Vec::new();
     for adaptive in [false, true] {
         let fake = FakeServer::start(script.clone()).await.expect("fake");
@@ -86,11 +87,7 @@ async fn a_flow_with_few_executions_is_polled_as_without_a_forecast() {
 
 #[tokio::test(start_paused = true)]
 async fn after_a_restart_known_executions_are_polled_at_once_not_spared() {
-    let script = scenario(
-        (1..=10)
-            .map(|n| scripted("batch", n, &[(0, "IN_PROGRESS"), (300, "SUCCEEDED")]))
-            .collect(),
-    );
+    let script = one_flow("batch", 10, 300);
     let fake = FakeServer::start(script.clone()).await.expect("fake");
     let ws = Workspace::new();
     let config = ws.config(&fake.endpoint_url(), &polling(true), &script);
