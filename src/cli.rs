@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::DEFAULT_CONFIG_PATH;
+use flowwatch::DEFAULT_CONFIG_PATH;
 
 #[derive(Debug, Parser)]
 #[command(

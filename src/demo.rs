@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::static_client;
-use crate::config::{LogFormat, LogSettings, Settings};
+use crate::api::static_client;
 use crate::fake::{FakeServer, parse_scenario};
+use crate::input::config::{LogFormat, LogSettings, Settings};
 use crate::{Finish, RunOptions};
 
 const SCENARIO: &str = include_str!("../config/demo/scenario.toml");

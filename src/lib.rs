@@ -6,25 +6,24 @@
 //! [`aws::FlowExecutions`] client paced by [`pacing`], keeps [`state`], and writes [`events`] and
 //! [`metrics`]; [`http`] serves them. The shutdown signal is passed in.
 
-pub mod aws;
-pub mod cli;
-pub mod config;
+mod api;
 pub mod demo;
-pub mod diagnostic;
-pub mod discovery;
-pub mod events;
+mod engine;
 pub mod fake;
-pub mod forecast;
-pub mod health;
-pub mod http;
-pub mod metrics;
-pub mod pacing;
-pub mod scheduler;
-pub mod state;
-pub mod store;
-pub mod systemd;
-pub mod telemetry;
-pub mod watchlist;
+mod input;
+mod model;
+mod output;
+mod server;
+mod systemd;
+mod telemetry;
+
+pub use crate::api::{ApiError, FlowExecutions, static_client};
+pub use crate::engine::scheduler::Finish;
+pub use crate::input::config::{DEFAULT_CONFIG_PATH, Settings};
+pub use crate::model::{ApiStatus, ExecutionKey, Observation, Outcome, Status};
+pub use crate::output::store::Store;
+pub use crate::server::http::limits;
+pub use crate::telemetry::init as init_logging;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,18 +33,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::{FlowExecutions, SdkFlowExecutions};
-use crate::config::Settings;
-use crate::diagnostic::{Diagnostic, Diagnostics, Location};
-use crate::events::Sinks;
-use crate::health::Health;
-use crate::http::{AppState, ReloadFuture, Reloader};
-use crate::metrics::Metrics;
-use crate::scheduler::{Command, Outputs, Scheduler};
-use crate::store::Store;
-use crate::watchlist::Watchlist;
-
-pub use crate::scheduler::Finish;
+use crate::api::SdkFlowExecutions;
+use crate::engine::scheduler::{Command, Outputs, Scheduler};
+use crate::input::diagnostic::{Diagnostic, Diagnostics, Location};
+use crate::input::watchlist::Watchlist;
+use crate::output::events::Sinks;
+use crate::output::health::Health;
+use crate::output::metrics::Metrics;
+use crate::server::http::{AppState, ReloadFuture, Reloader};
 
 /// How long the HTTP server may take to close its connections at shutdown.
 const HTTP_SHUTDOWN_BOUND: Duration = Duration::from_secs(6);
@@ -67,6 +62,33 @@ impl Error {
             Error::Config(_) => 2,
             Error::Fatal(_) => 3,
         }
+    }
+}
+
+/// `flowwatch check-config`: validates the config, the watchlist and the state directory as
+/// `run` would. Returns the summary, or every problem found, one per line.
+pub fn check_config(config: &std::path::Path) -> Result<String, String> {
+    let settings = match Settings::load(config) {
+        Ok(settings) => settings,
+        Err(problems) => {
+            // The watchlist is checked too when its path can still be read, so one run shows
+            // every problem.
+            let more = input::config::watchlist_path_hint(config)
+                .map(|p| Watchlist::load(&p))
+                .and_then(Result::err)
+                .map(|more| format!("\n{more}"))
+                .unwrap_or_default();
+            return Err(format!("{problems}{more}"));
+        }
+    };
+    let watchlist = Watchlist::load(&settings.watchlist);
+    let store = Store::check(&settings.state.path)
+        .map_err(|e| format!("{}: {}", e.path.display(), e.message));
+    match (watchlist, store) {
+        (Ok(watchlist), Ok(())) => Ok(input::config::summary(&settings, &watchlist)),
+        (Ok(_), Err(store)) => Err(store),
+        (Err(problems), Ok(())) => Err(problems.to_string()),
+        (Err(problems), Err(store)) => Err(format!("{store}\n{problems}")),
     }
 }
 
@@ -184,7 +206,7 @@ pub async fn run_with<C: FlowExecutions>(
     );
 
     let http_stop = CancellationToken::new();
-    let app = http::app(AppState {
+    let app = server::http::app(AppState {
         metrics,
         health,
         commands,
@@ -192,7 +214,7 @@ pub async fn run_with<C: FlowExecutions>(
     });
     let server = {
         let stop = http_stop.clone();
-        tokio::spawn(http::serve(listener, app, stop))
+        tokio::spawn(server::http::serve(listener, app, stop))
     };
     if let Some(bound) = options.bound {
         let _ = bound.send(addr);
@@ -368,12 +390,6 @@ async fn reload_on_sighup(reload: Reloader, shutdown: CancellationToken) {
 
 #[cfg(not(unix))]
 async fn reload_on_sighup(_reload: Reloader, _shutdown: CancellationToken) {}
-
-/// Seconds since the Unix epoch (0 for a time before it), as metrics and the store keep time.
-pub fn unix_seconds(t: std::time::SystemTime) -> f64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 /// An I/O error in words, without the `(os error N)` noise.
 pub fn io_error_text(e: &std::io::Error) -> String {

@@ -4,11 +4,12 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+mod cli;
+
 use clap::Parser;
-use flowwatch::cli::{Cli, Command};
-use flowwatch::config::Settings;
-use flowwatch::watchlist::Watchlist;
-use flowwatch::{Finish, RunOptions};
+use flowwatch::{Finish, RunOptions, Settings};
+
+use crate::cli::{Cli, Command};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
             exit_when_done,
         } => run(&config, exit_when_done),
         Command::Demo { listen, hold } => {
-            flowwatch::telemetry::init(&flowwatch::demo::log_settings());
+            flowwatch::init_logging(&flowwatch::demo::log_settings());
             block_on(|shutdown| async move {
                 match flowwatch::demo::run(listen, hold, shutdown).await {
                     Ok(()) => ExitCode::SUCCESS,
@@ -45,31 +46,11 @@ fn main() -> ExitCode {
 }
 
 fn check_config(config: &Path) -> ExitCode {
-    let settings = match Settings::load(config) {
-        Ok(settings) => settings,
-        Err(problems) => {
-            eprintln!("{problems}");
-            // The watchlist is checked too when its path can still be read, so one run shows
-            // every problem.
-            if let Some(Err(more)) =
-                flowwatch::config::watchlist_path_hint(config).map(|p| Watchlist::load(&p))
-            {
-                eprintln!("{more}");
-            }
-            return ExitCode::from(2);
-        }
-    };
-    let watchlist = Watchlist::load(&settings.watchlist);
-    let store = flowwatch::store::Store::check(&settings.state.path);
-    if let Err(e) = &store {
-        eprintln!("{}: {}", e.path.display(), e.message);
-    }
-    match watchlist {
-        Ok(watchlist) if store.is_ok() => {
-            println!("{}", flowwatch::config::summary(&settings, &watchlist));
+    match flowwatch::check_config(config) {
+        Ok(summary) => {
+            println!("{summary}");
             ExitCode::SUCCESS
         }
-        Ok(_) => ExitCode::from(2),
         Err(problems) => {
             eprintln!("{problems}");
             ExitCode::from(2)
@@ -85,7 +66,7 @@ fn run(config: &Path, exit_when_done: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    flowwatch::telemetry::init(&settings.log);
+    flowwatch::init_logging(&settings.log);
     block_on(|shutdown| async move {
         let options = RunOptions {
             exit_when_done,

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogFormat, LogSettings};
+use crate::input::config::{LogFormat, LogSettings};
 
 const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 

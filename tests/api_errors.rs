@@ -5,16 +5,16 @@ mod support;
 
 use std::time::Duration;
 
-use flowwatch::aws::{ApiError, ApiStatus, FlowExecutions, Outcome, static_client};
+use flowwatch::ExecutionKey;
 use flowwatch::fake::{FakeServer, Fault};
-use flowwatch::watchlist::ExecutionKey;
+use flowwatch::{ApiError, ApiStatus, FlowExecutions, Outcome, static_client};
 use support::*;
 
 fn key(n: usize) -> ExecutionKey {
     ExecutionKey::new(INSTANCE, "flow", execution_id(n)).expect("valid key")
 }
 
-async fn call_with(fault: Option<Fault>) -> Result<flowwatch::aws::Observation, ApiError> {
+async fn call_with(fault: Option<Fault>) -> Result<flowwatch::Observation, ApiError> {
     let mut execution = scripted("flow", 1, &[(0, "IN_PROGRESS")]);
     if let Some(fault) = fault {
         execution = with_fault(execution, 0, None, 1.0, fault);

@@ -674,8 +674,8 @@ async fn an_hour_of_a_flow_with_history_costs_what_the_readme_says() {
 async fn exit_when_done_refuses_a_watchlist_with_flows() {
     let fake = FakeServer::start(scenario(Vec::new())).await.expect("fake");
     let (_ws, config) = workspace(&fake, "", &flow_entries(&[("orders", None)]));
-    let settings = flowwatch::config::Settings::load(&config).expect("valid config");
-    let client = std::sync::Arc::new(flowwatch::aws::static_client(
+    let settings = flowwatch::Settings::load(&config).expect("valid config");
+    let client = std::sync::Arc::new(flowwatch::static_client(
         &fake.endpoint_url(),
         Duration::from_secs(2),
     ));

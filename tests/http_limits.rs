@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use flowwatch::fake::FakeServer;
-use flowwatch::http::limits;
+use flowwatch::limits;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -7,10 +7,10 @@ mod support;
 
 use std::time::Duration;
 
+use flowwatch::ExecutionKey;
+use flowwatch::Status;
+use flowwatch::Store;
 use flowwatch::fake::FakeServer;
-use flowwatch::state::Status;
-use flowwatch::store::Store;
-use flowwatch::watchlist::ExecutionKey;
 use support::*;
 
 fn ids(ws: &Workspace) -> Vec<String> {

@@ -133,8 +133,8 @@ async fn a_read_only_state_directory_is_refused_at_start_up_with_the_reason() {
     let ws = Workspace::new();
     let config = ws.config(&fake.endpoint_url(), POLLING, &script);
     ws.move_state(&config, &tmpfs.0);
-    let settings = flowwatch::config::Settings::load(&config).expect("settings");
-    let client = std::sync::Arc::new(flowwatch::aws::static_client(
+    let settings = flowwatch::Settings::load(&config).expect("settings");
+    let client = std::sync::Arc::new(flowwatch::static_client(
         &fake.endpoint_url(),
         Duration::from_secs(2),
     ));

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowwatch::aws::static_client;
-use flowwatch::config::Settings;
+use flowwatch::Settings;
 use flowwatch::fake::{FakeServer, Scenario, ScriptedExecution, Step};
+use flowwatch::static_client;
 use flowwatch::{Error, Finish, RunOptions};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,32 +5,17 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use crate::aws::Observation;
-use crate::metrics::Metrics;
-use crate::state::Status;
-use crate::watchlist::ExecutionKey;
+use crate::model::{ExecutionKey, Status, Transition, rfc3339, rfc3339_from_secs};
+use crate::output::metrics::Metrics;
 
 /// The CloudEvents `type` of a status change.
 pub const TRANSITION_TYPE: &str = "flowwatch.execution.transition";
 /// The CloudEvents `type` sent when the API rejects an entry as invalid (ValidationException).
 pub const REJECTED_TYPE: &str = "flowwatch.execution.rejected";
-
-/// A status change of one execution.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Transition {
-    pub key: ExecutionKey,
-    pub from: Status,
-    pub to: Status,
-    /// When flowwatch saw it.
-    pub at: SystemTime,
-    /// The API's latest answer, when there is one (a NOT_FOUND transition has none).
-    pub observation: Option<Observation>,
-    pub labels: BTreeMap<String, String>,
-}
 
 impl Transition {
     /// Deterministic, so consumers can deduplicate: one id per execution and target status.
@@ -91,28 +76,6 @@ pub fn rejected_event(
             "labels": labels,
         }
     })
-}
-
-/// RFC 3339 in UTC with whole seconds, as in the contract's example.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// 9999-12-31T23:59:59Z, the last second RFC 3339 can write; an API time past it (or negative,
-/// or not a number) is shown as the epoch rather than trusted.
-const LAST_RFC3339_SECOND: f64 = 253_402_300_799.0;
-
-/// RFC 3339 for the API's epoch-second timestamps; fractions are kept to the millisecond.
-pub fn rfc3339_from_secs(secs: f64) -> String {
-    if !(0.0..=LAST_RFC3339_SECOND).contains(&secs) {
-        return rfc3339(UNIX_EPOCH);
-    }
-    let t = UNIX_EPOCH + Duration::from_secs_f64(secs);
-    if secs.fract() == 0.0 {
-        rfc3339(t)
-    } else {
-        humantime::format_rfc3339_millis(t).to_string()
-    }
 }
 
 /// Where events go. Each sink is independent: one failing does not stop the other.
@@ -248,7 +211,9 @@ fn record(metrics: &Metrics, sink: &str, result: &io::Result<()>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aws::{ApiStatus, S3Source, SourceInfo};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use crate::model::{ApiStatus, Observation, S3Source, SourceInfo};
 
     #[test]
     fn absurd_api_times_are_written_as_the_epoch_not_a_panic() {

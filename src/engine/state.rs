@@ -2,72 +2,16 @@
 //! transitions. The scheduler owns one [`ExecutionState`] per watchlist entry.
 
 use std::collections::BTreeMap;
-use std::fmt;
+
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::aws::{ApiStatus, Observation, Outcome};
-use crate::events::{Transition, rfc3339, rfc3339_from_secs};
-use crate::pacing::Backoff;
-use crate::watchlist::WatchEntry;
-
-/// An execution's status as flowwatch reports it: the API's three values plus `UNKNOWN` (not yet
-/// observed) and `NOT_FOUND` (the API kept saying ResourceNotFound past the grace period).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Status {
-    Unknown,
-    InProgress,
-    Succeeded,
-    Failed,
-    NotFound,
-}
-
-impl Status {
-    pub const ALL: [Status; 5] = [
-        Status::Unknown,
-        Status::InProgress,
-        Status::Succeeded,
-        Status::Failed,
-        Status::NotFound,
-    ];
-
-    /// The statuses a transition can lead to (nothing transitions back to `UNKNOWN`).
-    pub const TARGETS: [Status; 4] = [
-        Status::InProgress,
-        Status::Succeeded,
-        Status::Failed,
-        Status::NotFound,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Unknown => "UNKNOWN",
-            Status::InProgress => "IN_PROGRESS",
-            Status::Succeeded => "SUCCEEDED",
-            Status::Failed => "FAILED",
-            Status::NotFound => "NOT_FOUND",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-
-    /// Terminal executions are not polled again.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Succeeded | Status::Failed | Status::NotFound)
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::engine::pacing::Backoff;
+use crate::model::{
+    ApiStatus, Observation, Outcome, Status, Transition, WatchEntry, rfc3339, rfc3339_from_secs,
+};
 
 /// What one observation did to an execution.
 #[derive(Debug, Default)]
@@ -183,7 +127,7 @@ impl ExecutionState {
     }
 
     /// Takes what the store knew from an earlier run.
-    pub fn restore(&mut self, restored: crate::store::Restored, now: Instant) {
+    pub fn restore(&mut self, restored: crate::output::store::Restored, now: Instant) {
         self.status = restored.status;
         self.observation = restored.observation.map(Box::new);
         self.rejected = restored.rejected;
@@ -248,8 +192,8 @@ pub fn count_by_status<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pacing::BackoffPolicy;
-    use crate::watchlist::ExecutionKey;
+    use crate::engine::pacing::BackoffPolicy;
+    use crate::model::ExecutionKey;
 
     fn state() -> ExecutionState {
         let key = ExecutionKey::new(

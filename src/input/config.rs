@@ -11,8 +11,8 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 use toml_edit::{Document, Item};
 
-use crate::diagnostic::{Diagnostic, Diagnostics, Location, SourceText};
-use crate::watchlist::toml_message;
+use crate::input::diagnostic::{Diagnostic, Diagnostics, Location, SourceText};
+use crate::input::watchlist::toml_message;
 
 /// The default config path when neither `--config` nor `FLOWWATCH_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/flowwatch/flowwatch.toml";
@@ -603,7 +603,7 @@ pub fn watchlist_path_hint(config_path: &Path) -> Option<PathBuf> {
 }
 
 /// The `check-config` summary of valid settings.
-pub fn summary(settings: &Settings, watchlist: &crate::watchlist::Watchlist) -> String {
+pub fn summary(settings: &Settings, watchlist: &crate::input::watchlist::Watchlist) -> String {
     use std::collections::BTreeSet;
     let flows: BTreeSet<_> = watchlist
         .entries

@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use crate::watchlist::ExecutionKey;
+use crate::model::ExecutionKey;
 
 /// Durations kept per flow: the recent ones, so a flow that changes speed is followed.
 pub const SAMPLES: usize = 64;
@@ -191,6 +191,7 @@ impl Forecast {
 
     /// Seconds from now until a running execution of age `age` should be polled, or `None` when
     /// the flow's durations say nothing about it.
+    #[cfg(test)]
     pub fn until_next_check(&self, instance_id: &str, flow_name: &str, age: f64) -> Option<f64> {
         self.flows
             .get(instance_id)?
@@ -200,6 +201,7 @@ impl Forecast {
     }
 
     /// How many durations are known for a flow.
+    #[cfg(test)]
     pub fn samples(&self, instance_id: &str, flow_name: &str) -> usize {
         self.flows
             .get(instance_id)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::aws::Outcome;
+use crate::model::Outcome;
 
 /// How many recent API outcomes readiness looks at.
 const RECENT: usize = 10;

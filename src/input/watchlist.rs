@@ -6,183 +6,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use toml_edit::{Document, Item, Value};
 
-use crate::diagnostic::{Diagnostic, Diagnostics, Location, SourceText, line_of};
-
-/// One flow execution, with ids that satisfy the API model.
-///
-/// The ids live once, behind an `Arc`: the scheduler's table, its due queue, the forecast and every
-/// transition hold the same key, so a copy is a reference count, not three strings (at 100,000
-/// executions that was about 60 MB). The ids are read through `Deref` (`key.flow_name`).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ExecutionKey(Arc<KeyIds>);
-
-/// The three ids of an [`ExecutionKey`]. The instance and flow are shared by every execution of
-/// a flow read from one watchlist (see [`Interner`]).
-#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyIds {
-    pub instance_id: Arc<str>,
-    pub flow_name: Arc<str>,
-    pub execution_id: Box<str>,
-}
-
-impl ExecutionKey {
-    /// Builds a key after checking each id against the API model.
-    pub fn new(
-        instance_id: impl Into<String>,
-        flow_name: impl Into<String>,
-        execution_id: impl Into<String>,
-    ) -> Result<Self, String> {
-        let (instance_id, flow_name, execution_id): (String, String, String) =
-            (instance_id.into(), flow_name.into(), execution_id.into());
-        let key = Self::from_checked(instance_id, flow_name, execution_id);
-        check_uuid("instance_id", &key.instance_id)?;
-        check_flow_name(&key.flow_name)?;
-        check_uuid("execution_id", &key.execution_id)?;
-        Ok(key)
-    }
-
-    /// Builds a key from ids already checked (read back from the store, or from a listed flow).
-    pub fn from_checked(
-        instance_id: impl Into<Arc<str>>,
-        flow_name: impl Into<Arc<str>>,
-        execution_id: impl Into<Box<str>>,
-    ) -> Self {
-        Self(Arc::new(KeyIds {
-            instance_id: instance_id.into(),
-            flow_name: flow_name.into(),
-            execution_id: execution_id.into(),
-        }))
-    }
-}
-
-/// Hands out one shared copy of each instance id and flow name, so 100,000 executions of a few
-/// hundred flows hold a few hundred copies of them, not 200,000.
-#[derive(Debug, Default)]
-pub struct Interner {
-    seen: std::collections::HashSet<Arc<str>>,
-}
-
-impl Interner {
-    pub fn get(&mut self, text: &str) -> Arc<str> {
-        if let Some(shared) = self.seen.get(text) {
-            return shared.clone();
-        }
-        let shared: Arc<str> = Arc::from(text);
-        self.seen.insert(shared.clone());
-        shared
-    }
-}
-
-impl std::ops::Deref for ExecutionKey {
-    type Target = KeyIds;
-
-    fn deref(&self) -> &KeyIds {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ExecutionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl fmt::Display for ExecutionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}/{}",
-            self.instance_id, self.flow_name, self.execution_id
-        )
-    }
-}
-
-/// The model's `UUID` shape: 36 characters, `[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}`.
-pub fn check_uuid(field: &str, value: &str) -> Result<(), String> {
-    let groups = [8, 4, 4, 4, 12];
-    let well_formed = value.len() == 36
-        && value.split('-').count() == groups.len()
-        && value.split('-').zip(groups).all(|(part, len)| {
-            part.len() == len
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        });
-    if well_formed {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid {field} {value:?}: must be a lowercase UUID of 36 characters \
-             (8-4-4-4-12 hex digits [a-f0-9])"
-        ))
-    }
-}
-
-/// The model's `DataIntegrationFlowName` shape: 1 to 256 characters of `[A-Za-z0-9-]`.
-pub fn check_flow_name(value: &str) -> Result<(), String> {
-    if value.is_empty() || value.len() > 256 {
-        return Err(format!(
-            "invalid flow_name {value:?}: must be 1 to 256 characters long, not {}",
-            value.chars().count()
-        ));
-    }
-    if let Some(bad) = value
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
-    {
-        return Err(format!(
-            "invalid flow_name {value:?}: character {bad:?} is not allowed (only A-Z, a-z, 0-9 and '-')"
-        ));
-    }
-    Ok(())
-}
-
-/// One flow, named by instance and flow name: what `[[flow]]` entries watch.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FlowKey {
-    pub instance_id: String,
-    pub flow_name: String,
-}
-
-impl FlowKey {
-    /// The flow an execution belongs to.
-    pub fn of(key: &ExecutionKey) -> Self {
-        Self {
-            instance_id: key.instance_id.to_string(),
-            flow_name: key.flow_name.to_string(),
-        }
-    }
-}
-
-impl fmt::Display for FlowKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.instance_id, self.flow_name)
-    }
-}
-
-/// One watchlist entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchEntry {
-    pub key: ExecutionKey,
-    /// Free-form labels copied into events and `/status` (not into metrics, to bound cardinality).
-    pub labels: BTreeMap<String, String>,
-}
-
-/// A `[[flow]]` entry: every execution of the flow is discovered and watched.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlowEntry {
-    pub key: FlowKey,
-    /// Executions that started before `now - since` are ignored. `None`: those that started
-    /// before flowwatch first saw the flow are ignored.
-    pub since: Option<Duration>,
-    /// Copied to every discovered execution.
-    pub labels: BTreeMap<String, String>,
-}
+use crate::input::diagnostic::{Diagnostic, Diagnostics, Location, SourceText, line_of};
+use crate::model::{
+    ExecutionKey, FlowEntry, FlowKey, Interner, WatchEntry, check_flow_name, check_uuid,
+};
 
 /// A parsed, validated watchlist.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -811,8 +643,8 @@ mod tests {
         let w = parse(&many(3000)).expect("valid");
         let (a, b) = (&w.entries[0].key, &w.entries[7].key);
         assert_eq!(a.flow_name, b.flow_name);
-        assert!(Arc::ptr_eq(&a.flow_name, &b.flow_name));
-        assert!(Arc::ptr_eq(
+        assert!(std::sync::Arc::ptr_eq(&a.flow_name, &b.flow_name));
+        assert!(std::sync::Arc::ptr_eq(
             &a.instance_id,
             &w.entries[2999].key.instance_id
         ));

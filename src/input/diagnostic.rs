@@ -100,10 +100,6 @@ impl<'a> SourceText<'a> {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        self.path
-    }
-
     /// The location of a byte offset (clamped to the text, and to a character boundary).
     pub fn location(&self, offset: usize) -> Location {
         let mut offset = (self.base + offset).min(self.text.len());

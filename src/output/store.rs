@@ -14,9 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::Value;
 
-use crate::aws::Observation;
-use crate::state::Status;
-use crate::watchlist::{ExecutionKey, FlowKey};
+use crate::model::{ExecutionKey, FlowKey, Observation, Status};
 
 /// The database file inside `state.path`.
 pub const DB_FILE: &str = "flowwatch.db";
@@ -219,7 +217,7 @@ impl Store {
         self.conn
             .execute(
                 "INSERT OR IGNORE INTO flows (instance_id, flow_name, first_seen) VALUES (?1, ?2, ?3)",
-                params![flow.instance_id, flow.flow_name, crate::unix_seconds(now)],
+                params![flow.instance_id, flow.flow_name, crate::model::unix_seconds(now)],
             )
             .map_err(|e| self.error(&e))?;
         let first_seen: f64 = self
@@ -279,7 +277,7 @@ impl Store {
             .execute(
                 "INSERT OR IGNORE INTO discovered (instance_id, flow_name, execution_id, discovered_at, start_time)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![key.instance_id, key.flow_name, key.execution_id, crate::unix_seconds(now), start_time],
+                params![key.instance_id, key.flow_name, key.execution_id, crate::model::unix_seconds(now), start_time],
             )
             .map(|_| ())
             .map_err(|e| self.error(&e))
@@ -512,7 +510,7 @@ fn describe(e: &rusqlite::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aws::ApiStatus;
+    use crate::model::ApiStatus;
 
     fn key() -> ExecutionKey {
         ExecutionKey::new(

@@ -13,21 +13,22 @@ use tokio::task::{Id, JoinSet};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::{
-    ApiError, FlowExecutions, LIST_OPERATION, ListPage, OPERATION, Observation, Outcome,
+use crate::api::{ApiError, FlowExecutions, ListPage};
+use crate::engine::discovery::{FlowWatch, Listed, Next, classify_listed};
+use crate::engine::forecast::{Forecast, Plan};
+use crate::engine::pacing::{BackoffPolicy, RateLimiter, startup_offset};
+use crate::engine::state::{ExecutionState, count_by_status, not_found_for};
+use crate::input::config::{DiscoverySettings, PollingSettings};
+use crate::input::watchlist::Watchlist;
+use crate::model::{
+    ExecutionKey, FlowEntry, FlowKey, Observation, Operation, Outcome, Status, Transition,
+    WatchEntry, unix_seconds,
 };
-use crate::config::{DiscoverySettings, PollingSettings};
-use crate::discovery::{FlowWatch, Listed, Next, classify_listed};
-use crate::events::{Sinks, Transition, rejected_event};
-use crate::forecast::{Forecast, Plan};
-use crate::health::{HEARTBEAT, Health};
-use crate::metrics::Metrics;
-use crate::pacing::{BackoffPolicy, RateLimiter, startup_offset};
-use crate::state::{ExecutionState, Status, count_by_status, not_found_for};
-use crate::store::Store;
+use crate::output::events::{Sinks, rejected_event};
+use crate::output::health::{HEARTBEAT, Health};
+use crate::output::metrics::Metrics;
+use crate::output::store::Store;
 use crate::systemd::Watchdog;
-use crate::unix_seconds;
-use crate::watchlist::{ExecutionKey, FlowKey, WatchEntry, Watchlist};
 
 /// Requests to the scheduler from the HTTP server and signal handlers.
 #[derive(Debug)]
@@ -448,12 +449,7 @@ impl<C: FlowExecutions> Scheduler<C> {
 
     /// Starts watching a `[[flow]]` entry: its discovered executions come back from the store,
     /// and its first discovery round is due at `first_round`.
-    fn watch_flow(
-        &mut self,
-        entry: crate::watchlist::FlowEntry,
-        now: Instant,
-        first_round: Instant,
-    ) {
+    fn watch_flow(&mut self, entry: FlowEntry, now: Instant, first_round: Instant) {
         let key = entry.key.clone();
         let wall = SystemTime::now();
         let first_seen = match self.store.flow_first_seen(&key, wall) {
@@ -627,7 +623,7 @@ impl<C: FlowExecutions> Scheduler<C> {
     /// Returns the request's outcome.
     fn account(
         &mut self,
-        operation: &str,
+        operation: Operation,
         error: Option<&ApiError>,
         elapsed: Duration,
         subject: &dyn std::fmt::Display,
@@ -644,7 +640,7 @@ impl<C: FlowExecutions> Scheduler<C> {
                 self.limiter.on_throttle(e.retry_after());
                 let after = self.limiter.rate();
                 if after < before {
-                    tracing::warn!(subject = %subject, operation, error = %e, rate = after, retry_after = ?e.retry_after(),
+                    tracing::warn!(subject = %subject, operation = operation.as_str(), error = %e, rate = after, retry_after = ?e.retry_after(),
                         "the API is throttling: global request rate cut");
                 }
             }
@@ -667,7 +663,12 @@ impl<C: FlowExecutions> Scheduler<C> {
         result: Result<Observation, ApiError>,
         elapsed: Duration,
     ) {
-        let outcome = self.account(OPERATION, result.as_ref().err(), elapsed, &key);
+        let outcome = self.account(
+            Operation::GetExecution,
+            result.as_ref().err(),
+            elapsed,
+            &key,
+        );
 
         // The entry may have been removed by a reload while its request was in flight.
         let Some(state) = self.executions.get_mut(&key) else {
@@ -782,7 +783,12 @@ impl<C: FlowExecutions> Scheduler<C> {
         result: Result<ListPage, ApiError>,
         elapsed: Duration,
     ) {
-        let outcome = self.account(LIST_OPERATION, result.as_ref().err(), elapsed, &flow_key);
+        let outcome = self.account(
+            Operation::ListExecutions,
+            result.as_ref().err(),
+            elapsed,
+            &flow_key,
+        );
         let now = Instant::now();
         let wall = SystemTime::now();
         // The flow may have been removed by a reload while its request was in flight.
@@ -1006,7 +1012,7 @@ impl<C: FlowExecutions> Scheduler<C> {
         observation: &Observation,
         now: Instant,
     ) {
-        if observation.status != crate::aws::ApiStatus::InProgress {
+        if observation.status != crate::model::ApiStatus::InProgress {
             return;
         }
         let still_running = match self.store.execution(key) {
@@ -1126,7 +1132,7 @@ impl<C: FlowExecutions> Scheduler<C> {
         }
     }
 
-    fn store_failed(&mut self, e: &crate::store::StoreError) {
+    fn store_failed(&mut self, e: &crate::output::store::StoreError) {
         if self.store_error.as_deref() != Some(e.message.as_str()) {
             tracing::error!(error = %e, "cannot write the state database; transitions wait until it is writable again");
             self.store_error = Some(e.message.clone());
@@ -1322,7 +1328,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::aws::ApiStatus;
+    use crate::model::ApiStatus;
 
     #[tokio::test(start_paused = true)]
     async fn absurd_api_times_give_a_delay_within_the_bounds_not_a_panic() {

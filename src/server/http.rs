@@ -18,9 +18,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{Health, Readiness};
-use crate::metrics::{Metrics, SeriesCursor};
-use crate::scheduler::Command;
+use crate::engine::scheduler::Command;
+use crate::output::health::{Health, Readiness};
+use crate::output::metrics::{Metrics, SeriesCursor};
 
 /// How long `/status` and `/-/reload` wait for the scheduler.
 const SCHEDULER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -14,11 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::aws::{ApiStatus, Observation, Outcome};
-use crate::events::rfc3339;
-use crate::pacing::Backoff;
-use crate::unix_seconds;
-use crate::watchlist::FlowEntry;
+use crate::engine::pacing::Backoff;
+use crate::model::{ApiStatus, FlowEntry, Observation, Outcome, rfc3339, unix_seconds};
 
 /// What is known of one `[[flow]]` entry.
 #[derive(Debug)]
@@ -197,8 +194,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::pacing::BackoffPolicy;
-    use crate::watchlist::FlowKey;
+    use crate::engine::pacing::BackoffPolicy;
+    use crate::model::FlowKey;
 
     fn flow(since: Option<Duration>) -> FlowWatch {
         let policy = BackoffPolicy {

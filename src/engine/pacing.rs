@@ -7,7 +7,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 
-use crate::config::PollingSettings;
+use crate::input::config::PollingSettings;
 
 /// The longest pause a server's `x-amz-retry-after` hint can impose.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -96,6 +96,7 @@ impl Backoff {
     }
 
     /// The current step before jitter.
+    #[cfg(test)]
     pub fn ceiling(&self) -> Duration {
         self.ceiling
     }

@@ -16,9 +16,7 @@ use std::fmt::Write as _;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
-use crate::aws::{LIST_OPERATION, OPERATION, Observation, Outcome};
-use crate::state::Status;
-use crate::watchlist::ExecutionKey;
+use crate::model::{ExecutionKey, Observation, Operation, Outcome, Status};
 
 /// Every metric flowwatch exports.
 pub struct Metrics {
@@ -32,7 +30,6 @@ pub struct Metrics {
     pub rate_limit: Gauge,
     pub schedule_lag: Gauge,
     pub events: IntCounterVec,
-    pub build_info: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: Gauge,
     pub config_last_reload_successful: Gauge,
@@ -46,6 +43,7 @@ pub struct Metrics {
 const FLOW_LABELS: [&str; 2] = ["instance_id", "flow_name"];
 
 impl Metrics {
+    #[cfg(test)]
     pub fn new() -> Result<Self, prometheus::Error> {
         Self::with_per_execution(true)
     }
@@ -162,10 +160,10 @@ impl Metrics {
         for status in Status::ALL {
             watched.with_label_values(&[status.as_str()]).set(0);
         }
-        for operation in [OPERATION, LIST_OPERATION] {
+        for operation in Operation::ALL {
             for outcome in Outcome::ALL {
                 api_requests
-                    .with_label_values(&[operation, outcome.metric_label()])
+                    .with_label_values(&[operation.as_str(), outcome.metric_label()])
                     .reset();
             }
         }
@@ -189,7 +187,6 @@ impl Metrics {
             rate_limit,
             schedule_lag,
             events,
-            build_info,
             config_reloads,
             config_last_reload_success,
             config_last_reload_successful,
@@ -212,6 +209,7 @@ impl Metrics {
     }
 
     /// The whole text exposition in one string (tests; `/metrics` streams it in chunks).
+    #[cfg(test)]
     pub fn render(&self) -> String {
         let mut text = self.render_registry();
         let mut cursor = SeriesCursor::default();
@@ -332,12 +330,12 @@ impl Metrics {
             .remove(key);
     }
 
-    pub fn record_request(&self, operation: &str, outcome: Outcome, seconds: f64) {
+    pub fn record_request(&self, operation: Operation, outcome: Outcome, seconds: f64) {
         self.api_requests
-            .with_label_values(&[operation, outcome.metric_label()])
+            .with_label_values(&[operation.as_str(), outcome.metric_label()])
             .inc();
         self.api_duration
-            .with_label_values(&[operation])
+            .with_label_values(&[operation.as_str()])
             .observe(seconds);
     }
 
@@ -506,7 +504,7 @@ fn write_value(out: &mut String, v: f64) {
 }
 
 fn unix_now() -> f64 {
-    crate::unix_seconds(std::time::SystemTime::now())
+    crate::model::unix_seconds(std::time::SystemTime::now())
 }
 
 /// A failure message made fit for a label value: one line, at most 256 characters.
@@ -533,13 +531,13 @@ mod tests {
     fn the_exposition_has_every_contract_metric() {
         let m = Metrics::new().expect("metrics");
         m.watch_flow("i", "f");
-        m.record_request(OPERATION, Outcome::Success, 0.01);
+        m.record_request(Operation::GetExecution, Outcome::Success, 0.01);
         let key = ExecutionKey::from_checked("i", "f", "e");
         m.set_status(&key, Status::InProgress);
         m.set_times(
             &key,
             &Observation {
-                status: crate::aws::ApiStatus::InProgress,
+                status: crate::model::ApiStatus::InProgress,
                 source_info: None,
                 message: None,
                 start_time: Some(1.0),
@@ -578,7 +576,7 @@ mod tests {
 
     fn observation(start: Option<f64>, end: Option<f64>) -> Observation {
         Observation {
-            status: crate::aws::ApiStatus::InProgress,
+            status: crate::model::ApiStatus::InProgress,
             source_info: None,
             message: None,
             start_time: start,

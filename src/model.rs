@@ -1,0 +1,432 @@
+//! The core vocabulary every other module shares: execution and flow keys, statuses, what the
+//! API said about an execution (an [`Observation`]), how it was seen ([`ObservedVia`]), the
+//! [`Transition`] it caused, and time helpers. It depends on no other module of the crate.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// One flow execution, with ids that satisfy the API model.
+///
+/// The ids live once, behind an `Arc`: the scheduler's table, its due queue, the forecast and every
+/// transition hold the same key, so a copy is a reference count, not three strings (at 100,000
+/// executions that was about 60 MB). The ids are read through `Deref` (`key.flow_name`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExecutionKey(Arc<KeyIds>);
+
+/// The three ids of an [`ExecutionKey`]. The instance and flow are shared by every execution of
+/// a flow read from one watchlist (see [`Interner`]).
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyIds {
+    pub instance_id: Arc<str>,
+    pub flow_name: Arc<str>,
+    pub execution_id: Box<str>,
+}
+
+impl ExecutionKey {
+    /// Builds a key after checking each id against the API model.
+    pub fn new(
+        instance_id: impl Into<String>,
+        flow_name: impl Into<String>,
+        execution_id: impl Into<String>,
+    ) -> Result<Self, String> {
+        let (instance_id, flow_name, execution_id): (String, String, String) =
+            (instance_id.into(), flow_name.into(), execution_id.into());
+        let key = Self::from_checked(instance_id, flow_name, execution_id);
+        check_uuid("instance_id", &key.instance_id)?;
+        check_flow_name(&key.flow_name)?;
+        check_uuid("execution_id", &key.execution_id)?;
+        Ok(key)
+    }
+
+    /// Builds a key from ids already checked (read back from the store, or from a listed flow).
+    pub fn from_checked(
+        instance_id: impl Into<Arc<str>>,
+        flow_name: impl Into<Arc<str>>,
+        execution_id: impl Into<Box<str>>,
+    ) -> Self {
+        Self(Arc::new(KeyIds {
+            instance_id: instance_id.into(),
+            flow_name: flow_name.into(),
+            execution_id: execution_id.into(),
+        }))
+    }
+}
+
+/// Hands out one shared copy of each instance id and flow name, so 100,000 executions of a few
+/// hundred flows hold a few hundred copies of them, not 200,000.
+#[derive(Debug, Default)]
+pub struct Interner {
+    seen: std::collections::HashSet<Arc<str>>,
+}
+
+impl Interner {
+    pub fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.seen.get(text) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.seen.insert(shared.clone());
+        shared
+    }
+}
+
+impl std::ops::Deref for ExecutionKey {
+    type Target = KeyIds;
+
+    fn deref(&self) -> &KeyIds {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ExecutionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ExecutionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}",
+            self.instance_id, self.flow_name, self.execution_id
+        )
+    }
+}
+
+/// The model's `UUID` shape: 36 characters, `[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}`.
+pub fn check_uuid(field: &str, value: &str) -> Result<(), String> {
+    let groups = [8, 4, 4, 4, 12];
+    let well_formed = value.len() == 36
+        && value.split('-').count() == groups.len()
+        && value.split('-').zip(groups).all(|(part, len)| {
+            part.len() == len
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {field} {value:?}: must be a lowercase UUID of 36 characters \
+             (8-4-4-4-12 hex digits [a-f0-9])"
+        ))
+    }
+}
+
+/// The model's `DataIntegrationFlowName` shape: 1 to 256 characters of `[A-Za-z0-9-]`.
+pub fn check_flow_name(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > 256 {
+        return Err(format!(
+            "invalid flow_name {value:?}: must be 1 to 256 characters long, not {}",
+            value.chars().count()
+        ));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+    {
+        return Err(format!(
+            "invalid flow_name {value:?}: character {bad:?} is not allowed (only A-Z, a-z, 0-9 and '-')"
+        ));
+    }
+    Ok(())
+}
+
+/// One flow, named by instance and flow name: what `[[flow]]` entries watch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub instance_id: String,
+    pub flow_name: String,
+}
+
+impl FlowKey {
+    /// The flow an execution belongs to.
+    pub fn of(key: &ExecutionKey) -> Self {
+        Self {
+            instance_id: key.instance_id.to_string(),
+            flow_name: key.flow_name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.instance_id, self.flow_name)
+    }
+}
+
+/// One watchlist entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEntry {
+    pub key: ExecutionKey,
+    /// Free-form labels copied into events and `/status` (not into metrics, to bound cardinality).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A `[[flow]]` entry: every execution of the flow is discovered and watched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub key: FlowKey,
+    /// Executions that started before `now - since` are ignored. `None`: those that started
+    /// before flowwatch first saw the flow are ignored.
+    pub since: Option<Duration>,
+    /// Copied to every discovered execution.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An execution's status as flowwatch reports it: the API's three values plus `UNKNOWN` (not yet
+/// observed) and `NOT_FOUND` (the API kept saying ResourceNotFound past the grace period).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Unknown,
+    InProgress,
+    Succeeded,
+    Failed,
+    NotFound,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Unknown,
+        Status::InProgress,
+        Status::Succeeded,
+        Status::Failed,
+        Status::NotFound,
+    ];
+
+    /// The statuses a transition can lead to (nothing transitions back to `UNKNOWN`).
+    pub const TARGETS: [Status; 4] = [
+        Status::InProgress,
+        Status::Succeeded,
+        Status::Failed,
+        Status::NotFound,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Unknown => "UNKNOWN",
+            Status::InProgress => "IN_PROGRESS",
+            Status::Succeeded => "SUCCEEDED",
+            Status::Failed => "FAILED",
+            Status::NotFound => "NOT_FOUND",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Terminal executions are not polled again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::NotFound)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The status string the API returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
+pub enum ApiStatus {
+    InProgress,
+    Succeeded,
+    Failed,
+    /// A value the model does not (yet) list; kept so it can be logged.
+    Unrecognised(String),
+}
+
+impl ApiStatus {
+    pub fn as_str(&self) -> &str {
+        match self {
+            ApiStatus::InProgress => "IN_PROGRESS",
+            ApiStatus::Succeeded => "SUCCEEDED",
+            ApiStatus::Failed => "FAILED",
+            ApiStatus::Unrecognised(raw) => raw,
+        }
+    }
+}
+
+impl From<String> for ApiStatus {
+    fn from(raw: String) -> Self {
+        match raw.as_str() {
+            "IN_PROGRESS" => ApiStatus::InProgress,
+            "SUCCEEDED" => ApiStatus::Succeeded,
+            "FAILED" => ApiStatus::Failed,
+            _ => ApiStatus::Unrecognised(raw),
+        }
+    }
+}
+
+impl From<ApiStatus> for String {
+    fn from(status: ApiStatus) -> Self {
+        status.as_str().to_string()
+    }
+}
+
+/// Where the execution's data came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub source_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_source: Option<S3Source>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset_source: Option<DatasetSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Source {
+    pub bucket_name: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetSource {
+    pub dataset_identifier: String,
+}
+
+/// Everything one successful call told us about an execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    pub status: ApiStatus,
+    pub source_info: Option<SourceInfo>,
+    pub message: Option<String>,
+    /// Unix time in seconds (the API may send fractions).
+    pub start_time: Option<f64>,
+    pub end_time: Option<f64>,
+    pub diagnostic_reports_root_s3_uri: Option<String>,
+}
+
+/// The bounded set of API outcomes, used as the `outcome` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Success,
+    Throttled,
+    QuotaExceeded,
+    NotFound,
+    AccessDenied,
+    Validation,
+    Conflict,
+    InternalError,
+    Timeout,
+    TransportError,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Success,
+        Outcome::Throttled,
+        Outcome::QuotaExceeded,
+        Outcome::NotFound,
+        Outcome::AccessDenied,
+        Outcome::Validation,
+        Outcome::Conflict,
+        Outcome::InternalError,
+        Outcome::Timeout,
+        Outcome::TransportError,
+    ];
+
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Throttled => "throttled",
+            Outcome::QuotaExceeded => "quota_exceeded",
+            Outcome::NotFound => "not_found",
+            Outcome::AccessDenied => "access_denied",
+            Outcome::Validation => "validation",
+            Outcome::Conflict => "conflict",
+            Outcome::InternalError => "internal_error",
+            Outcome::Timeout => "timeout",
+            Outcome::TransportError => "transport_error",
+        }
+    }
+}
+
+/// An API call flowwatch makes, named as the `operation` metric label names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    GetExecution,
+    ListExecutions,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 2] = [Operation::GetExecution, Operation::ListExecutions];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::GetExecution => "GetDataIntegrationFlowExecution",
+            Operation::ListExecutions => "ListDataIntegrationFlowExecutions",
+        }
+    }
+}
+
+/// How an observation reached flowwatch: a poll (GetDataIntegrationFlowExecution), a List page
+/// of a watched flow, or a pushed EventBridge event. Events and `/status` carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObservedVia {
+    Poll,
+    List,
+    Push,
+}
+
+impl ObservedVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObservedVia::Poll => "poll",
+            ObservedVia::List => "list",
+            ObservedVia::Push => "push",
+        }
+    }
+}
+
+/// A status change of one execution.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub key: ExecutionKey,
+    pub from: Status,
+    pub to: Status,
+    /// When flowwatch saw it.
+    pub at: SystemTime,
+    /// The API's latest answer, when there is one (a NOT_FOUND transition has none).
+    pub observation: Option<Observation>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// RFC 3339 in UTC with whole seconds, as in the contract's example.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// 9999-12-31T23:59:59Z, the last second RFC 3339 can write; an API time past it (or negative,
+/// or not a number) is shown as the epoch rather than trusted.
+const LAST_RFC3339_SECOND: f64 = 253_402_300_799.0;
+
+/// RFC 3339 for the API's epoch-second timestamps; fractions are kept to the millisecond.
+pub fn rfc3339_from_secs(secs: f64) -> String {
+    if !(0.0..=LAST_RFC3339_SECOND).contains(&secs) {
+        return rfc3339(UNIX_EPOCH);
+    }
+    let t = UNIX_EPOCH + Duration::from_secs_f64(secs);
+    if secs.fract() == 0.0 {
+        rfc3339(t)
+    } else {
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+}
+
+/// Seconds since the Unix epoch (0 for a time before it), as metrics and the store keep time.
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

@@ -1,0 +1,7 @@
+//! Everything flowwatch makes visible: the durable store, the event sinks, the Prometheus
+//! metrics and the health state the probes read.
+
+pub mod events;
+pub mod health;
+pub mod metrics;
+pub mod store;
