@@ -28,7 +28,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowwatch::fake::{
+use flowwatch_fake::{
     Durations, FakeRateLimit, FakeServer, GENERATED_INSTANCE, Generated, Scenario, generate,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -466,7 +466,7 @@ async fn measure(run: Run) -> Row {
 
 /// The answered request rate while some execution still waited for its first answer, when the
 /// first answers alone need at least 10 s at the limit; `None` when there was no such backlog.
-fn backlog_rate(stats: &flowwatch::fake::FakeStats, n: usize, limit: f64) -> Option<f64> {
+fn backlog_rate(stats: &flowwatch_fake::FakeStats, n: usize, limit: f64) -> Option<f64> {
     if (n as f64) / limit < 10.0 {
         return None;
     }
@@ -490,7 +490,7 @@ fn backlog_rate(stats: &flowwatch::fake::FakeStats, n: usize, limit: f64) -> Opt
 }
 
 /// Requests per second of the run, one line per second, for looking at how a run went.
-fn write_timeline(dir: &Path, run: &Run, stats: &flowwatch::fake::FakeStats) {
+fn write_timeline(dir: &Path, run: &Run, stats: &flowwatch_fake::FakeStats) {
     let mut per_second: Vec<u64> = Vec::new();
     for (at, _) in &stats.arrivals {
         let second = at.as_secs() as usize;
@@ -605,7 +605,7 @@ async fn scrape(addr: SocketAddr) -> Option<(usize, Option<f64>)> {
 
 /// The answered request rate while flowwatch was behind its schedule: over the spans between
 /// two scrapes that both saw a due request wait more than [`BEHIND`]. `None` when it never was.
-fn behind_rate(stats: &flowwatch::fake::FakeStats, lags: &[(f64, f64)]) -> Option<f64> {
+fn behind_rate(stats: &flowwatch_fake::FakeStats, lags: &[(f64, f64)]) -> Option<f64> {
     let spans: Vec<(f64, f64)> = lags
         .windows(2)
         .filter(|w| w[0].1 > BEHIND && w[1].1 > BEHIND)

@@ -1,6 +1,5 @@
 //! The command line (DESIGN §4): `run`, `check-config`, `demo`, `--version`, `--help`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -38,12 +37,13 @@ pub enum Command {
         #[arg(long, env = "FLOWWATCH_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    #[cfg(feature = "demo")]
     /// Run flowwatch against a bundled local fake of the Supply Chain API (no AWS account
     /// needed): a few executions succeed, one fails, and the fake throttles.
     Demo {
         /// Where flowwatch serves /metrics, /status, /livez and /readyz during the demo.
         #[arg(long, default_value = "127.0.0.1:9726")]
-        listen: SocketAddr,
+        listen: std::net::SocketAddr,
         /// Keep serving after every execution is terminal, until Ctrl-C.
         #[arg(long)]
         hold: bool,

@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
+use crate::Shutdown;
 
+use crate::RunOptions;
 use crate::api::static_client;
-use crate::fake::{FakeServer, parse_scenario};
 use crate::input::config::{LogFormat, LogSettings, Settings};
-use crate::{Finish, RunOptions};
+use flowwatch_fake::{FakeServer, parse_scenario};
 
 const SCENARIO: &str = include_str!("../config/demo/scenario.toml");
 
@@ -22,11 +22,7 @@ pub fn log_settings() -> LogSettings {
 }
 
 /// Plays the demo scenario; returns when every execution is terminal (or at Ctrl-C with `hold`).
-pub async fn run(
-    listen: SocketAddr,
-    hold: bool,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
+pub async fn run(listen: SocketAddr, hold: bool, shutdown: Shutdown) -> Result<(), String> {
     let scenario = parse_scenario(SCENARIO).map_err(|e| format!("bundled scenario: {e}"))?;
     let fake = FakeServer::start(scenario.clone())
         .await
@@ -71,17 +67,13 @@ pub async fn run(
         .and_then(|p| std::fs::read_to_string(p).ok())
         .map_or(0, |text| text.lines().count());
     eprintln!(
-        "\nflowwatch demo finished in {:.1}s: {transitions} transitions seen, {} API calls made, {} throttles absorbed ({:?}).\n\
-         `flowwatch run --exit-when-done` would exit {} here, since one execution FAILED.",
+        "\nflowwatch demo finished in {:.1}s: {transitions} transitions seen, {} API calls made, {} throttles absorbed; {}.\n\
+         `flowwatch run --exit-when-done` would exit {} here.",
         fake.elapsed().as_secs_f64(),
         stats.requests,
         stats.throttled,
-        finish,
-        if matches!(finish, Finish::AllDone { failed: true }) {
-            1
-        } else {
-            0
-        },
+        finish.describe(),
+        finish.exit_code(),
     );
     fake.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -91,7 +83,7 @@ pub async fn run(
 /// Writes the demo's config and watchlist; the watchlist lists every scripted execution.
 fn write_files(
     dir: &std::path::Path,
-    scenario: &crate::fake::Scenario,
+    scenario: &flowwatch_fake::Scenario,
     endpoint: &str,
     listen: SocketAddr,
 ) -> Result<PathBuf, String> {

@@ -2,14 +2,28 @@
 //! and makes every state change visible: Prometheus metrics, CloudEvents on stdout and in a file,
 //! and health endpoints.
 //!
-//! [`run`] wires the parts: the watchlist feeds the [`scheduler`], which polls through a
-//! [`aws::FlowExecutions`] client paced by [`pacing`], keeps [`state`], and writes [`events`] and
-//! [`metrics`]; [`http`] serves them. The shutdown signal is passed in.
+//! # Layout
+//!
+//! Dependencies point one way: `model` ← `input`, `api` ← `engine` → `output`; `server` sits on
+//! top, and this file wires them.
+//!
+//! - `model`: keys, statuses, observations, transitions, time helpers. Imports no other module.
+//! - `input`: the config, the watchlist, and the located diagnostics both report problems with.
+//! - `api`: the `FlowExecutions` trait (Get and List), the SDK client, error classification.
+//! - `engine`: the loop, the due-time queue, the request pool, the pure decisions (`policy`),
+//!   the watch set, discovery and the forecast. Every observation takes one path.
+//! - `output`: the `Publisher`, the only way a transition becomes visible (store first, then
+//!   metrics and event sinks), and the health state.
+//! - `server`: HTTP routes and limits, reloads, and the [`Shutdown`] every task listens for.
+//! - `systemd`, `telemetry`: notifications to systemd, and logging.
+//!
+//! The binary (`main.rs`) only parses the command line and maps the result to an exit code.
+//! Tests and the benchmark use the small surface re-exported here.
 
 mod api;
+#[cfg(feature = "demo")]
 pub mod demo;
 mod engine;
-pub mod fake;
 mod input;
 mod model;
 mod output;
@@ -18,11 +32,12 @@ mod systemd;
 mod telemetry;
 
 pub use crate::api::{ApiError, FlowExecutions, static_client};
-pub use crate::engine::scheduler::Finish;
+pub use crate::engine::Finish;
 pub use crate::input::config::{DEFAULT_CONFIG_PATH, Settings};
 pub use crate::model::{ApiStatus, ExecutionKey, Observation, Outcome, Status};
 pub use crate::output::store::Store;
 pub use crate::server::http::limits;
+pub use crate::server::shutdown::{Shutdown, on_signals};
 pub use crate::telemetry::init as init_logging;
 
 use std::net::SocketAddr;
@@ -31,16 +46,17 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use crate::api::SdkFlowExecutions;
-use crate::engine::scheduler::{Command, Outputs, Scheduler};
+use crate::engine::Engine;
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location};
 use crate::input::watchlist::Watchlist;
 use crate::output::events::Sinks;
 use crate::output::health::Health;
 use crate::output::metrics::Metrics;
-use crate::server::http::{AppState, ReloadFuture, Reloader};
+use crate::output::publisher::Publisher;
+use crate::server::http::AppState;
+use crate::server::reload::{Reloader, digest};
 
 /// How long the HTTP server may take to close its connections at shutdown.
 const HTTP_SHUTDOWN_BOUND: Duration = Duration::from_secs(6);
@@ -63,6 +79,17 @@ impl Error {
             Error::Fatal(_) => 3,
         }
     }
+}
+
+/// Options of one daemon run.
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Exit once every execution is terminal.
+    pub exit_when_done: bool,
+    /// Reload the watchlist on SIGHUP (the binary sets this; in-process tests do not).
+    pub reload_on_sighup: bool,
+    /// Told the HTTP server's address once it is listening (useful with port 0).
+    pub bound: Option<oneshot::Sender<SocketAddr>>,
 }
 
 /// `flowwatch check-config`: validates the config, the watchlist and the state directory as
@@ -92,22 +119,11 @@ pub fn check_config(config: &std::path::Path) -> Result<String, String> {
     }
 }
 
-/// Options of one daemon run.
-#[derive(Debug, Default)]
-pub struct RunOptions {
-    /// Exit once every execution is terminal.
-    pub exit_when_done: bool,
-    /// Reload the watchlist on SIGHUP (the binary sets this; in-process tests do not).
-    pub reload_on_sighup: bool,
-    /// Told the HTTP server's address once it is listening (useful with port 0).
-    pub bound: Option<oneshot::Sender<SocketAddr>>,
-}
-
-/// Runs the daemon against AWS (or `aws.endpoint_url`) until `shutdown` is cancelled.
+/// Runs the daemon against AWS (or `aws.endpoint_url`) until `shutdown` is requested.
 pub async fn run(
     settings: Settings,
     options: RunOptions,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> Result<Finish, Error> {
     let client = SdkFlowExecutions::from_settings(&settings.aws, settings.polling.request_timeout)
         .await
@@ -120,40 +136,93 @@ pub async fn run_with<C: FlowExecutions>(
     settings: Settings,
     client: Arc<C>,
     options: RunOptions,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> Result<Finish, Error> {
     // Read before loading, so any change after this moment is seen by the file watch.
     let watched_digest = std::fs::read(&settings.watchlist).ok().map(|b| digest(&b));
     let watchlist = Watchlist::load(&settings.watchlist)?;
     if options.exit_when_done && !watchlist.flows.is_empty() {
-        return Err(Error::Config(Diagnostics(vec![Diagnostic::new(
-            Location::Path(settings.watchlist.clone()),
-            format!(
-                "--exit-when-done cannot be used with [[flow]] entries ({} in the watchlist): a watched flow never ends",
-                watchlist.flows.len()
-            ),
-        )])));
+        return Err(exit_when_done_with_flows(&settings, watchlist.flows.len()));
     }
-    // The scheduler takes the watchlist; no 100,000-entry copy is kept for these counts.
+    // The engine takes the watchlist; no 100,000-entry copy is kept for these counts.
     let (entry_count, flow_count) = (watchlist.entries.len(), watchlist.flows.len());
+    let (publisher, metrics, health) = open_outputs(&settings)?;
+    let listener = TcpListener::bind(settings.server.listen)
+        .await
+        .map_err(|e| fatal_io(&format!("cannot listen on {}", settings.server.listen), &e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| fatal_io("cannot read the listening address", &e))?;
+
+    let (commands, command_rx) = mpsc::channel(16);
+    let reloader = Reloader::new(
+        settings.watchlist.clone(),
+        commands.clone(),
+        metrics.clone(),
+    );
+    let engine = Engine::new(
+        client,
+        settings.polling.clone(),
+        settings.discovery.clone(),
+        watchlist,
+        publisher,
+        options.exit_when_done,
+    );
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), %addr, watchlist = %settings.watchlist.display(),
+        executions = entry_count, flows = flow_count, "flowwatch is listening");
+
+    let http_stop = shutdown.child();
+    let app = server::http::app(AppState {
+        metrics,
+        health,
+        commands,
+        reload: reloader.clone(),
+    });
+    let server = tokio::spawn(server::http::serve(listener, app, http_stop.clone()));
+    if let Some(bound) = options.bound {
+        let _ = bound.send(addr);
+    }
+    systemd::ready(&format!(
+        "watching {entry_count} executions and {flow_count} flows; serving on {addr}"
+    ));
+    let stopping = tokio::spawn(notify_stopping(shutdown.clone()));
+    let sighup = options
+        .reload_on_sighup
+        .then(|| tokio::spawn(reloader.clone().on_sighup(shutdown.clone())));
+    let file_watch = tokio::spawn(reloader.on_change(watched_digest, shutdown.clone()));
+
+    let finish = engine.run(command_rx, shutdown.requested()).await;
+    if !shutdown.is_requested() {
+        // Every execution is terminal (--exit-when-done): stopping on our own.
+        stopping.abort();
+        systemd::stopping();
+    }
+    http_stop.request();
+    if let Some(task) = sighup {
+        task.abort();
+    }
+    file_watch.abort();
+    match tokio::time::timeout(HTTP_SHUTDOWN_BOUND, server).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "http server task failed"),
+        Err(_) => tracing::warn!("http connections still open at shutdown were closed"),
+    }
+    tracing::info!(finish = finish.describe(), "flowwatch stopped");
+    Ok(finish)
+}
+
+/// Opens everything that makes transitions visible; a bad event file or state directory stops
+/// the start-up here, not at the first transition.
+fn open_outputs(settings: &Settings) -> Result<(Publisher, Arc<Metrics>, Arc<Health>), Error> {
     let metrics = Arc::new(
         Metrics::with_per_execution(settings.metrics.per_execution)
             .map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?,
     );
-    let sinks =
-        Sinks::open(settings.events.stdout, settings.events.file.as_deref()).map_err(|e| {
-            Error::Fatal(format!(
-                "cannot open event file {}: {}",
-                settings
-                    .events
-                    .file
-                    .as_deref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                io_error_text(&e)
-            ))
-        })?;
-    let health = Arc::new(Health::new());
+    let file = settings.events.file.as_deref();
+    let sinks = Sinks::open(settings.events.stdout, file).map_err(|e| {
+        let path = file.map(|p| p.display().to_string()).unwrap_or_default();
+        fatal_io(&format!("cannot open event file {path}"), &e)
+    })?;
     let store = Store::open(&settings.state.path).map_err(|e| {
         Error::Config(Diagnostics(vec![Diagnostic::new(
             Location::Path(e.path.clone()),
@@ -164,239 +233,25 @@ pub async fn run_with<C: FlowExecutions>(
             ),
         )]))
     })?;
-    let listener = TcpListener::bind(settings.server.listen)
-        .await
-        .map_err(|e| {
-            Error::Fatal(format!(
-                "cannot listen on {}: {}",
-                settings.server.listen,
-                io_error_text(&e)
-            ))
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Fatal(format!("cannot read the listening address: {e}")))?;
-
-    let (commands, command_rx) = mpsc::channel(16);
-    let reload = reloader(
-        settings.watchlist.clone(),
-        commands.clone(),
-        metrics.clone(),
-    );
-    let scheduler = Scheduler::new(
-        client,
-        settings.polling.clone(),
-        settings.discovery.clone(),
-        watchlist,
-        Outputs {
-            metrics: metrics.clone(),
-            sinks,
-            health: health.clone(),
-            store,
-        },
-        options.exit_when_done,
-    );
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        %addr,
-        watchlist = %settings.watchlist.display(),
-        executions = entry_count,
-        flows = flow_count,
-        "flowwatch is listening"
-    );
-
-    let http_stop = CancellationToken::new();
-    let app = server::http::app(AppState {
-        metrics,
-        health,
-        commands,
-        reload: reload.clone(),
-    });
-    let server = {
-        let stop = http_stop.clone();
-        tokio::spawn(server::http::serve(listener, app, stop))
-    };
-    if let Some(bound) = options.bound {
-        let _ = bound.send(addr);
-    }
-    systemd::ready(&format!(
-        "watching {} executions and {} flows; serving on {addr}",
-        entry_count, flow_count
-    ));
-    let stopping = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            systemd::stopping();
-        })
-    };
-    let sighup = options
-        .reload_on_sighup
-        .then(|| tokio::spawn(reload_on_sighup(reload.clone(), shutdown.clone())));
-    let file_watch = tokio::spawn(reload_on_change(
-        settings.watchlist.clone(),
-        watched_digest,
-        reload,
-        shutdown.clone(),
-    ));
-
-    let finish = scheduler.run(command_rx, shutdown.clone()).await;
-    if !shutdown.is_cancelled() {
-        // Every execution is terminal (--exit-when-done): stopping on our own.
-        stopping.abort();
-        systemd::stopping();
-    }
-
-    http_stop.cancel();
-    if let Some(task) = sighup {
-        task.abort();
-    }
-    file_watch.abort();
-    match tokio::time::timeout(HTTP_SHUTDOWN_BOUND, server).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "http server task failed"),
-        Err(_) => tracing::warn!("http connections still open at shutdown were closed"),
-    }
-    tracing::info!(?finish, "flowwatch stopped");
-    Ok(finish)
+    let health = Arc::new(Health::new());
+    let publisher = Publisher::new(store, sinks, metrics.clone(), health.clone());
+    Ok((publisher, metrics, health))
 }
 
-/// Builds the reload action: read and validate the watchlist file, then hand it to the
-/// scheduler. An invalid watchlist is rejected and the old one keeps running.
-fn reloader(
-    path: std::path::PathBuf,
-    commands: mpsc::Sender<Command>,
-    metrics: Arc<Metrics>,
-) -> Reloader {
-    Arc::new(move || -> ReloadFuture {
-        let path = path.clone();
-        let commands = commands.clone();
-        let metrics = metrics.clone();
-        Box::pin(async move {
-            let result = reload_once(&path, &commands).await;
-            metrics.record_reload(result.is_ok());
-            result
-        })
-    })
+fn exit_when_done_with_flows(settings: &Settings, flows: usize) -> Error {
+    Error::Config(Diagnostics(vec![Diagnostic::new(
+        Location::Path(settings.watchlist.clone()),
+        format!(
+            "--exit-when-done cannot be used with [[flow]] entries ({flows} in the watchlist): a watched flow never ends"
+        ),
+    )]))
 }
 
-async fn reload_once(
-    path: &std::path::Path,
-    commands: &mpsc::Sender<Command>,
-) -> Result<String, String> {
-    let watchlist = match Watchlist::load(path) {
-        Ok(w) => w,
-        Err(problems) => {
-            tracing::error!("reload refused, the old watchlist keeps running: {problems}");
-            return Err(problems.to_string());
-        }
-    };
-    let (tx, rx) = oneshot::channel();
-    commands
-        .send(Command::Replace(watchlist, tx))
-        .await
-        .map_err(|_| "the scheduler is not running".to_string())?;
-    let summary = rx
-        .await
-        .map_err(|_| "the scheduler stopped during the reload".to_string())?;
-    tracing::info!(
-        added = summary.added,
-        removed = summary.removed,
-        kept = summary.kept,
-        "watchlist reloaded"
-    );
-    Ok(format!(
-        "{} added, {} removed, {} kept",
-        summary.added, summary.removed, summary.kept
-    ))
+async fn notify_stopping(shutdown: Shutdown) {
+    shutdown.requested().await;
+    systemd::stopping();
 }
 
-/// How often the watchlist file is checked for changes.
-pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
-
-/// A fingerprint of the watchlist's content.
-fn digest(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
-}
-
-/// Reloads when the watchlist's content differs from `seen` (the digest of what was loaded). It
-/// reads the file by its path every [`WATCH_INTERVAL`] rather than watching an inode, so an
-/// editor's save-by-rename and a Kubernetes ConfigMap update (an atomic swap of the `..data`
-/// symlink) are both seen. A content that failed to load is not tried again until it changes.
-async fn reload_on_change(
-    path: std::path::PathBuf,
-    mut seen: Option<u64>,
-    reload: Reloader,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(WATCH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The file's identity (size, modification time, inode): its content is read again only when
-    // that changes, so a large watchlist costs a stat every interval, not a read and a hash.
-    let identity = |m: &std::fs::Metadata| {
-        use std::os::unix::fs::MetadataExt;
-        (m.len(), m.modified().ok(), m.ino(), m.dev())
-    };
-    let mut last_identity = None;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let Ok(metadata) = tokio::fs::metadata(&path).await else {
-            continue;
-        };
-        let current = Some(identity(&metadata));
-        if current == last_identity {
-            continue;
-        }
-        // Missing for a moment (mid-swap) or unreadable: look again next time.
-        let Ok(bytes) = tokio::fs::read(&path).await else {
-            continue;
-        };
-        last_identity = current;
-        let now = Some(digest(&bytes));
-        if now != seen {
-            seen = now;
-            tracing::info!(path = %path.display(), "the watchlist changed on disk: reloading");
-            let _ = reload().await;
-        }
-    }
-}
-
-#[cfg(unix)]
-async fn reload_on_sighup(reload: Reloader, shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; use POST /-/reload instead");
-        return;
-    };
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            received = hup.recv() => {
-                if received.is_none() {
-                    return;
-                }
-                tracing::info!("SIGHUP: reloading the watchlist");
-                let _ = reload().await;
-            }
-        }
-    }
-}
-
-#[cfg(not(unix))]
-async fn reload_on_sighup(_reload: Reloader, _shutdown: CancellationToken) {}
-
-/// An I/O error in words, without the `(os error N)` noise.
-pub fn io_error_text(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-        std::io::ErrorKind::AddrInUse => "address already in use".to_string(),
-        _ => e.to_string(),
-    }
+fn fatal_io(what: &str, e: &std::io::Error) -> Error {
+    Error::Fatal(format!("{what}: {}", model::io_error_text(e)))
 }

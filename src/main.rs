@@ -7,10 +7,9 @@ use std::process::ExitCode;
 mod cli;
 
 use clap::Parser;
-use flowwatch::{Finish, RunOptions, Settings};
+use flowwatch::{RunOptions, Settings, Shutdown};
 
 use crate::cli::{Cli, Command};
-use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -30,6 +29,7 @@ fn main() -> ExitCode {
             config,
             exit_when_done,
         } => run(&config, exit_when_done),
+        #[cfg(feature = "demo")]
         Command::Demo { listen, hold } => {
             flowwatch::init_logging(&flowwatch::demo::log_settings());
             block_on(|shutdown| async move {
@@ -74,8 +74,7 @@ fn run(config: &Path, exit_when_done: bool) -> ExitCode {
             bound: None,
         };
         match flowwatch::run(settings, options, shutdown).await {
-            Ok(Finish::Shutdown | Finish::AllDone { failed: false }) => ExitCode::SUCCESS,
-            Ok(Finish::AllDone { failed: true }) => ExitCode::from(1),
+            Ok(finish) => ExitCode::from(finish.exit_code()),
             Err(e) => {
                 tracing::error!("flowwatch cannot run: {e}");
                 ExitCode::from(e.exit_code())
@@ -84,10 +83,10 @@ fn run(config: &Path, exit_when_done: bool) -> ExitCode {
     })
 }
 
-/// Runs `body` on a multi-threaded runtime, with SIGTERM and SIGINT cancelling its token.
+/// Runs `body` on a multi-threaded runtime, with SIGTERM and SIGINT requesting its shutdown.
 fn block_on<F, Fut>(body: F) -> ExitCode
 where
-    F: FnOnce(CancellationToken) -> Fut,
+    F: FnOnce(Shutdown) -> Fut,
     Fut: std::future::Future<Output = ExitCode>,
 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -101,32 +100,8 @@ where
         }
     };
     runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let shutdown = Shutdown::new();
+        tokio::spawn(flowwatch::on_signals(shutdown.clone()));
         body(shutdown).await
     })
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        tracing::info!(signal = name, "shutting down");
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    shutdown.cancel();
 }

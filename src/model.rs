@@ -4,16 +4,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 /// One flow execution, with ids that satisfy the API model.
 ///
-/// The ids live once, behind an `Arc`: the scheduler's table, its due queue, the forecast and every
-/// transition hold the same key, so a copy is a reference count, not three strings (at 100,000
-/// executions that was about 60 MB). The ids are read through `Deref` (`key.flow_name`).
+/// The ids live once, behind an `Arc`: the engine's table, its due queue, the forecast and every
+/// transition hold the same key, so a copy is a reference count, not three strings. The ids are
+/// read through `Deref` (`key.flow_name`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExecutionKey(Arc<KeyIds>);
 
@@ -370,14 +370,13 @@ impl Operation {
     }
 }
 
-/// How an observation reached flowwatch: a poll (GetDataIntegrationFlowExecution), a List page
-/// of a watched flow, or a pushed EventBridge event. Events and `/status` carry it.
+/// How an observation reached flowwatch: a poll (GetDataIntegrationFlowExecution) or a List page
+/// of a watched flow. Events and `/status` carry it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ObservedVia {
     Poll,
     List,
-    Push,
 }
 
 impl ObservedVia {
@@ -385,7 +384,6 @@ impl ObservedVia {
         match self {
             ObservedVia::Poll => "poll",
             ObservedVia::List => "list",
-            ObservedVia::Push => "push",
         }
     }
 }
@@ -401,6 +399,8 @@ pub struct Transition {
     /// The API's latest answer, when there is one (a NOT_FOUND transition has none).
     pub observation: Option<Observation>,
     pub labels: BTreeMap<String, String>,
+    /// How the observation that caused it reached flowwatch.
+    pub via: ObservedVia,
 }
 
 /// RFC 3339 in UTC with whole seconds, as in the contract's example.
@@ -429,4 +429,20 @@ pub fn rfc3339_from_secs(secs: f64) -> String {
 pub fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Locks `mutex`, also when a thread panicked while holding it: every mutex in flowwatch guards
+/// plain data that a panic cannot leave half-written.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An I/O error in words, without the `(os error N)` noise.
+pub fn io_error_text(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        std::io::ErrorKind::AddrInUse => "address already in use".to_string(),
+        _ => e.to_string(),
+    }
 }

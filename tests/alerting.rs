@@ -4,16 +4,14 @@
 //! owned by this test. Needs `prometheus` and `prometheus-alertmanager` (Debian packages) on
 //! PATH; `bash .ci/test` installs them. Every process is killed when the test ends, pass or fail.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::post;
-use flowwatch::fake::FakeServer;
-use support::*;
+use flowwatch_fake::FakeServer;
+use flowwatch_testkit::*;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 

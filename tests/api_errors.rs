@@ -1,14 +1,12 @@
 //! Every way a GetDataIntegrationFlowExecution call can go wrong, through the real SDK over HTTP
 //! against the fake server, and the class flowwatch gives it.
 
-mod support;
-
 use std::time::Duration;
 
 use flowwatch::ExecutionKey;
-use flowwatch::fake::{FakeServer, Fault};
 use flowwatch::{ApiError, ApiStatus, FlowExecutions, Outcome, static_client};
-use support::*;
+use flowwatch_fake::{FakeServer, Fault};
+use flowwatch_testkit::*;
 
 fn key(n: usize) -> ExecutionKey {
     ExecutionKey::new(INSTANCE, "flow", execution_id(n)).expect("valid key")

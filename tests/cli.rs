@@ -2,14 +2,12 @@
 //! environment overrides, signals, and a whole run against the fake API. Each test starts the
 //! real binary; the fake runs in the test process.
 
-mod support;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use flowwatch::fake::FakeServer;
-use support::*;
+use flowwatch_fake::FakeServer;
+use flowwatch_testkit::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -216,7 +214,7 @@ async fn a_missing_config_and_an_address_in_use_fail_clearly() {
     fake.stop().await;
 }
 
-fn mixed_scenario() -> flowwatch::fake::Scenario {
+fn mixed_scenario() -> flowwatch_fake::Scenario {
     scenario(vec![
         scripted("daily-orders", 1, &[(0, "IN_PROGRESS"), (1, "SUCCEEDED")]),
         scripted("supplier-feed", 2, &[(0, "IN_PROGRESS"), (2, "FAILED")]),
@@ -226,7 +224,7 @@ fn mixed_scenario() -> flowwatch::fake::Scenario {
 /// Runs `flowwatch run --exit-when-done` against a fake playing `script` to its end; returns the
 /// workspace, the exit code, stdout and stderr.
 async fn run_to_the_end(
-    script: &flowwatch::fake::Scenario,
+    script: &flowwatch_fake::Scenario,
     events_on_stdout: bool,
 ) -> (Workspace, i32, String, String) {
     let fake = FakeServer::start(script.clone()).await.expect("fake");
@@ -479,7 +477,7 @@ async fn the_systemd_notify_protocol_sends_ready_watchdog_and_stopping() {
 
 /// Every output of a run that goes through errors, retries, reloads and trace logging.
 async fn outputs_of_a_troubled_run(extra_env: &[(&str, &str)]) -> Vec<(String, String)> {
-    use flowwatch::fake::Fault;
+    use flowwatch_fake::Fault;
     let script = scenario(vec![
         with_fault(
             scripted("throttled", 1, &[(0, "IN_PROGRESS"), (2, "SUCCEEDED")]),

@@ -1,8 +1,6 @@
 //! The bad-input corpus (tests/corpus/cases.toml): every case must make both `check-config` and
 //! `run` exit 2 with its expected, located error, and never panic.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -89,7 +87,7 @@ fn flowwatch(case: &Case, dir: &Path, args: &[&str]) -> (Option<i32>, String) {
         .arg("--config")
         .arg(dir.join("flowwatch.toml"));
     for (name, _) in std::env::vars() {
-        if support::is_inherited_override(&name) {
+        if flowwatch_testkit::is_inherited_override(&name) {
             cmd.env_remove(name);
         }
     }

@@ -4,14 +4,12 @@
 //! carry the same event id and content, and there are at most as many as kills (each is a kill
 //! between delivery and mark). With SIGTERM instead of SIGKILL there are none.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::Duration;
 
-use flowwatch::fake::{FakeServer, Scenario};
-use support::*;
+use flowwatch_fake::{FakeServer, Scenario};
+use flowwatch_testkit::*;
 use tokio::process::Command;
 
 const EXECUTIONS: usize = 200;

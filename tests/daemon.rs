@@ -2,13 +2,11 @@
 //! on tokio's paused clock (the fake, the daemon and the test share one runtime, so scripted
 //! minutes pass in milliseconds and nothing depends on wall-clock sleeps).
 
-mod support;
-
 use std::time::Duration;
 
 use flowwatch::Finish;
-use flowwatch::fake::FakeSource;
-use support::*;
+use flowwatch_fake::FakeSource;
+use flowwatch_testkit::*;
 
 #[tokio::test(start_paused = true)]
 async fn executions_reach_terminal_status_with_one_event_per_transition() {
@@ -25,7 +23,7 @@ async fn executions_reach_terminal_status_with_one_event_per_transition() {
     });
     failing.diagnostic_reports_root_s3_uri = Some("s3://diagnostics/feed/".into());
     let scenario = scenario(vec![ok, failing]);
-    let fake = flowwatch::fake::FakeServer::start(scenario.clone())
+    let fake = flowwatch_fake::FakeServer::start(scenario.clone())
         .await
         .expect("fake");
     let ws = Workspace::new();
@@ -97,12 +95,12 @@ async fn executions_reach_terminal_status_with_one_event_per_transition() {
 }
 
 async fn start(
-    executions: Vec<flowwatch::fake::ScriptedExecution>,
+    executions: Vec<flowwatch_fake::ScriptedExecution>,
     polling: &str,
     exit_when_done: bool,
-) -> (flowwatch::fake::FakeServer, Workspace, Daemon) {
+) -> (flowwatch_fake::FakeServer, Workspace, Daemon) {
     let scenario = scenario(executions);
-    let fake = flowwatch::fake::FakeServer::start(scenario.clone())
+    let fake = flowwatch_fake::FakeServer::start(scenario.clone())
         .await
         .expect("fake");
     let ws = Workspace::new();
@@ -490,7 +488,7 @@ async fn a_retry_after_hint_is_honoured() {
         0,
         Some(1),
         1.0,
-        flowwatch::fake::Fault::Error {
+        flowwatch_fake::Fault::Error {
             error_type: "ThrottlingException".into(),
             http_status: None,
             message: None,
@@ -558,7 +556,7 @@ async fn an_execution_that_appears_late_is_not_reported_missing() {
 #[tokio::test(start_paused = true)]
 async fn a_missing_execution_becomes_not_found_after_the_grace_period() {
     let known = scripted("known", 1, &[(0, "SUCCEEDED")]);
-    let fake = flowwatch::fake::FakeServer::start(scenario(vec![known]))
+    let fake = flowwatch_fake::FakeServer::start(scenario(vec![known]))
         .await
         .expect("fake");
     let ws = Workspace::new();
@@ -661,7 +659,7 @@ async fn a_validation_error_stops_polling_the_entry() {
 
 #[tokio::test(start_paused = true)]
 async fn transient_failures_are_retried_with_backoff_and_counted() {
-    use flowwatch::fake::Fault;
+    use flowwatch_fake::Fault;
     let faults = [
         api_error("InternalServerException"),
         api_error("ConflictException"),
@@ -770,7 +768,7 @@ async fn reload_adds_and_removes_entries_and_keeps_the_state_of_the_rest() {
         scripted("add", 3, &[(0, "IN_PROGRESS")]),
     ];
     let script = scenario(executions);
-    let fake = flowwatch::fake::FakeServer::start(script.clone())
+    let fake = flowwatch_fake::FakeServer::start(script.clone())
         .await
         .expect("fake");
     let ws = Workspace::new();
@@ -842,7 +840,7 @@ async fn shutdown_is_bounded_even_with_a_hung_request_in_flight() {
         0,
         None,
         1.0,
-        flowwatch::fake::Fault::Hang,
+        flowwatch_fake::Fault::Hang,
     );
     let polling = POLLING.replace("request_timeout = \"2s\"", "request_timeout = \"60s\"");
     let (fake, _ws, daemon) = start(vec![hung], &polling, false).await;
@@ -861,7 +859,7 @@ async fn shutdown_is_bounded_even_with_a_hung_request_in_flight() {
 
 #[tokio::test(start_paused = true)]
 async fn thirty_percent_server_errors_still_converge_to_the_right_statuses() {
-    use flowwatch::fake::Fault;
+    use flowwatch_fake::Fault;
     let executions: Vec<_> = (1..=20)
         .map(|n| {
             let terminal = if n % 5 == 0 { "FAILED" } else { "SUCCEEDED" };

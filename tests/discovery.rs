@@ -4,13 +4,11 @@
 //! errors, a flow that does not exist and a reload that removes the flow. In-process daemons on
 //! tokio's paused clock.
 
-mod support;
-
 use std::time::Duration;
 
-use flowwatch::fake::{FakeServer, Scenario, ScriptedExecution, ScriptedFlow};
+use flowwatch_fake::{FakeServer, Scenario, ScriptedExecution, ScriptedFlow};
+use flowwatch_testkit::*;
 use serde_json::Value;
-use support::*;
 
 const LIST: &str = "ListDataIntegrationFlowExecutions";
 
@@ -371,7 +369,7 @@ async fn after_a_restart_nothing_is_announced_again_and_what_started_meanwhile_i
     second.stop().await;
 }
 
-fn flow_with_faults(flow: &str, faults: Vec<flowwatch::fake::FaultWindow>) -> ScriptedFlow {
+fn flow_with_faults(flow: &str, faults: Vec<flowwatch_fake::FaultWindow>) -> ScriptedFlow {
     ScriptedFlow {
         instance_id: INSTANCE.to_string(),
         flow_name: flow.to_string(),
@@ -383,9 +381,9 @@ fn window(
     from: u64,
     until: u64,
     probability: f64,
-    fault: flowwatch::fake::Fault,
-) -> flowwatch::fake::FaultWindow {
-    flowwatch::fake::FaultWindow {
+    fault: flowwatch_fake::Fault,
+) -> flowwatch_fake::FaultWindow {
+    flowwatch_fake::FaultWindow {
         from: Duration::from_secs(from),
         until: Some(Duration::from_secs(until)),
         probability,
@@ -407,7 +405,7 @@ async fn a_throttled_or_failing_list_slows_down_and_recovers() {
                 0,
                 15,
                 1.0,
-                flowwatch::fake::Fault::Error {
+                flowwatch_fake::Fault::Error {
                     error_type: "ThrottlingException".into(),
                     http_status: None,
                     message: Some("Rate exceeded".into()),
@@ -415,7 +413,7 @@ async fn a_throttled_or_failing_list_slows_down_and_recovers() {
                 },
             ),
             window(15, 25, 0.5, api_error("InternalServerException")),
-            window(15, 25, 0.2, flowwatch::fake::Fault::Reset),
+            window(15, 25, 0.2, flowwatch_fake::Fault::Reset),
         ],
     ));
     let fake = FakeServer::start(script).await.expect("fake");
@@ -473,7 +471,7 @@ async fn discovery_shares_the_rate_limit_with_polling_and_keeps_clear_of_throttl
         executions.push(scripted(flow, 100 + i, &[(3, "IN_PROGRESS")]));
     }
     let mut script = scenario(executions);
-    script.rate_limit = Some(flowwatch::fake::FakeRateLimit {
+    script.rate_limit = Some(flowwatch_fake::FakeRateLimit {
         requests_per_second: 10.0,
         burst: 10.0,
         retry_after_ms: None,
@@ -684,13 +682,7 @@ async fn exit_when_done_refuses_a_watchlist_with_flows() {
         reload_on_sighup: false,
         bound: None,
     };
-    let result = flowwatch::run_with(
-        settings,
-        client,
-        options,
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await;
+    let result = flowwatch::run_with(settings, client, options, flowwatch::Shutdown::new()).await;
     match result {
         Err(e @ flowwatch::Error::Config(_)) => {
             assert!(

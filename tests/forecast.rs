@@ -2,12 +2,10 @@
 //! about as long every run are polled around their end, with fewer requests and a shorter
 //! detection delay than the backoff ladder alone.
 
-mod support;
-
 use std::time::Duration;
 
-use flowwatch::fake::{FakeServer, Scenario};
-use support::*;
+use flowwatch_fake::{FakeServer, Scenario};
+use flowwatch_testkit::*;
 
 /// Default-shaped polling (5 s growing to 2 m), with or without the forecast.
 fn polling(adaptive: bool) -> String {

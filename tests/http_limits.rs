@@ -2,13 +2,11 @@
 //! and the number of connections, and keeps serving /metrics and /livez through all of it.
 //! The daemon runs in-process on tokio's paused clock.
 
-mod support;
-
 use std::time::Duration;
 
-use flowwatch::fake::FakeServer;
 use flowwatch::limits;
-use support::*;
+use flowwatch_fake::FakeServer;
+use flowwatch_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -2,14 +2,12 @@
 //! ConfigMap update (an atomic swap of the `..data` symlink). An invalid new watchlist is refused
 //! with its location, counted, and the old one keeps running. Paused clock, in-process daemon.
 
-mod support;
-
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::time::Duration;
 
-use flowwatch::fake::FakeServer;
-use support::*;
+use flowwatch_fake::FakeServer;
+use flowwatch_testkit::*;
 
 fn watchlist_text(executions: &[(&str, usize)]) -> String {
     executions
@@ -23,7 +21,7 @@ fn watchlist_text(executions: &[(&str, usize)]) -> String {
         .collect()
 }
 
-fn three() -> flowwatch::fake::Scenario {
+fn three() -> flowwatch_fake::Scenario {
     scenario(vec![
         scripted("keep", 1, &[(0, "IN_PROGRESS")]),
         scripted("drop", 2, &[(0, "IN_PROGRESS")]),

@@ -3,15 +3,13 @@
 //! events are delivered first, and the transition counters come back so `increase()` alerts keep
 //! working. In-process daemons on tokio's paused clock, one state directory.
 
-mod support;
-
 use std::time::Duration;
 
 use flowwatch::ExecutionKey;
 use flowwatch::Status;
 use flowwatch::Store;
-use flowwatch::fake::FakeServer;
-use support::*;
+use flowwatch_fake::FakeServer;
+use flowwatch_testkit::*;
 
 fn ids(ws: &Workspace) -> Vec<String> {
     ws.events()
@@ -118,17 +116,13 @@ async fn events_committed_but_not_delivered_are_delivered_first_at_start_up() {
     // A run that stopped between commit and delivery leaves this behind.
     let key = ExecutionKey::new(INSTANCE, "flow", execution_id(1)).expect("key");
     let stranded = serde_json::json!({"specversion": "1.0", "id": format!("{key}/IN_PROGRESS"), "type": "flowwatch.execution.transition"});
-    Store::open(ws.dir.path())
-        .expect("store")
-        .commit(
-            &key,
-            Status::InProgress,
-            None,
-            None,
-            Some(Status::InProgress),
-            &stranded,
-        )
-        .expect("commit");
+    let mut store = Store::open(ws.dir.path()).expect("store");
+    let batch = store.batch().expect("batch");
+    batch
+        .transition(&key, Status::InProgress, None, &stranded)
+        .expect("transition");
+    batch.commit().expect("commit");
+    drop(store);
 
     let daemon = Daemon::start(&config, &fake, false).await;
     eventually(Duration::from_secs(10), "the stranded event", || async {

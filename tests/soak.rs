@@ -3,13 +3,11 @@
 //! warm-up both must stay flat. Runs for SOAK_SECONDS (default 150, at most 600); measured here, memory grows while every
 //! execution is seen for the first time (about a minute) and is flat after that.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use flowwatch::fake::FakeServer;
-use support::*;
+use flowwatch_fake::FakeServer;
+use flowwatch_testkit::*;
 use tokio::process::Command;
 
 const WATCHED: usize = 5_000;

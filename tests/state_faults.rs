@@ -3,14 +3,12 @@
 //! writable again. The directory is a small tmpfs mounted by the test, so this needs root (CI
 //! runs as root).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use flowwatch::fake::FakeServer;
-use support::*;
+use flowwatch_fake::FakeServer;
+use flowwatch_testkit::*;
 
 /// A tmpfs of `size`, unmounted when dropped (also when the test fails).
 struct Tmpfs(PathBuf);
@@ -142,7 +140,7 @@ async fn a_read_only_state_directory_is_refused_at_start_up_with_the_reason() {
         settings,
         client,
         flowwatch::RunOptions::default(),
-        tokio_util::sync::CancellationToken::new(),
+        flowwatch::Shutdown::new(),
     )
     .await;
     let error = result.expect_err("a read-only state directory cannot be used");

@@ -28,13 +28,14 @@ pub struct FlowWatch {
     pub round: Option<Round>,
     /// Where the next round starts when the last one stopped at the page bound with more to read.
     pub resume_token: Option<String>,
-    pub discovered: u64,
+    /// Executions discovery found in this flow since flowwatch started.
+    pub executions_found: u64,
     pub last_success: Option<SystemTime>,
     pub next_round: Option<SystemTime>,
     pub last_error: Option<String>,
     pub last_outcome: Option<Outcome>,
     /// The API says the flow does not exist.
-    pub not_found: bool,
+    pub missing: bool,
     /// Pages of the last completed round.
     pub last_round_pages: u32,
     /// Paces retries of a failing page.
@@ -79,12 +80,12 @@ impl FlowWatch {
             first_seen,
             round: None,
             resume_token: None,
-            discovered: 0,
+            executions_found: 0,
             last_success: None,
             next_round: None,
             last_error: None,
             last_outcome: None,
-            not_found: false,
+            missing: false,
             last_round_pages: 0,
             backoff,
             slot: None,
@@ -164,9 +165,9 @@ impl FlowWatch {
             "since": self.entry.since.map(|d| humantime::format_duration(d).to_string()),
             "window_start": rfc3339(UNIX_EPOCH + Duration::from_secs_f64(self.window_start(now).max(0.0))),
             "labels": self.entry.labels,
-            "discovered": self.discovered,
+            "discovered": self.executions_found,
             "watched_executions": watched,
-            "flow_not_found": self.not_found,
+            "flow_not_found": self.missing,
             "round_in_progress": self.round.is_some(),
             "last_round_pages": self.last_round_pages,
             "resume_token_pending": self.resume_token.is_some(),

@@ -1,8 +1,150 @@
-//! The engine: decides when to ask the API about what, turns every answer into a decision, and
-//! hands what must become visible to the [`crate::output::Publisher`].
+//! The engine: decides what to ask the API and when, turns every answer into a decision, and
+//! hands whatever must become visible to the [`Publisher`].
+//!
+//! - [`policy`]: the pure decisions (the error table, the verdict on an observed status).
+//! - [`queue`]: the due-time queue; [`pool`]: the requests in flight, paced by [`pacing`].
+//! - [`state`] and [`discovery`]: what is known of each execution and each watched flow.
+//! - [`forecast`]: when runs of a flow tend to end, for adaptive polling.
+//!
+//! The [`Engine`]'s own work is split by concern: `run` (the loop), `watch` (the watch set:
+//! reloads, restores, series lifetimes, `/status`), `observe` (polls, and the one path every
+//! observation takes), `pages` (List pages of watched flows).
 
-pub mod discovery;
-pub mod forecast;
-pub mod pacing;
-pub mod scheduler;
-pub mod state;
+mod discovery;
+mod forecast;
+mod observe;
+mod pacing;
+mod pages;
+mod policy;
+mod pool;
+mod queue;
+mod run;
+mod state;
+mod watch;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use crate::api::FlowExecutions;
+use crate::engine::discovery::FlowWatch;
+use crate::engine::forecast::Forecast;
+use crate::engine::pacing::BackoffPolicy;
+use crate::engine::pool::{Job, RequestPool};
+use crate::engine::queue::DueQueue;
+use crate::engine::state::ExecutionState;
+use crate::input::config::{DiscoverySettings, PollingSettings};
+use crate::input::watchlist::Watchlist;
+use crate::model::{ExecutionKey, FlowKey};
+use crate::output::publisher::{Change, Publisher};
+use crate::systemd::Watchdog;
+
+/// Requests to the engine from the HTTP server, the signal handlers and the file watch.
+#[derive(Debug)]
+pub enum Command {
+    /// The `/status` document.
+    Status(oneshot::Sender<serde_json::Value>),
+    /// Replace the watchlist: entries that stay keep their state and schedule.
+    Replace(Watchlist, oneshot::Sender<ReloadSummary>),
+}
+
+/// What a watchlist replacement changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReloadSummary {
+    pub added: usize,
+    pub removed: usize,
+    pub kept: usize,
+}
+
+/// Why the engine stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The shutdown token was cancelled.
+    Shutdown,
+    /// Every execution is terminal (only with `exit_when_done`); `failed` if any is FAILED,
+    /// NOT_FOUND or rejected.
+    AllDone { failed: bool },
+}
+
+impl Finish {
+    /// The process exit code of this finish (DESIGN §4).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Finish::Shutdown | Finish::AllDone { failed: false } => 0,
+            Finish::AllDone { failed: true } => 1,
+        }
+    }
+
+    /// In words, for logs and the demo.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Finish::Shutdown => "stopped on request",
+            Finish::AllDone { failed: false } => "every execution succeeded",
+            Finish::AllDone { failed: true } => {
+                "every execution is done, and at least one failed, was not found or was rejected"
+            }
+        }
+    }
+}
+
+pub struct Engine<C> {
+    polling: PollingSettings,
+    discovery: DiscoverySettings,
+    backoff: BackoffPolicy,
+    pool: RequestPool<C>,
+    /// Boxed: the map's nodes stay small (a B-tree leaf holds eleven entries, often half used).
+    executions: BTreeMap<ExecutionKey, Box<ExecutionState>>,
+    flows: BTreeMap<FlowKey, FlowWatch>,
+    /// Polls and List pages, by when they are due.
+    due: DueQueue<Job>,
+    /// Terminal executions whose series go when `retain_terminal` is over.
+    series_drops: DueQueue<ExecutionKey>,
+    series_dropped: HashSet<ExecutionKey>,
+    forecast: Forecast,
+    publisher: Publisher,
+    /// What this turn of the loop decided to commit; committed together at the turn's end.
+    changes: Vec<Change>,
+    rng: fastrand::Rng,
+    exit_when_done: bool,
+    watchdog: Watchdog,
+}
+
+impl<C: FlowExecutions> Engine<C> {
+    pub fn new(
+        client: Arc<C>,
+        polling: PollingSettings,
+        discovery: DiscoverySettings,
+        watchlist: Watchlist,
+        publisher: Publisher,
+        exit_when_done: bool,
+    ) -> Self {
+        let pool = RequestPool::new(
+            client,
+            polling.max_requests_per_second,
+            polling.max_in_flight,
+            polling.request_timeout,
+            discovery.page_size,
+        );
+        publisher.metrics().rate_changed(pool.rate());
+        let mut engine = Self {
+            backoff: BackoffPolicy::from_settings(&polling),
+            polling,
+            discovery,
+            pool,
+            executions: BTreeMap::new(),
+            flows: BTreeMap::new(),
+            due: DueQueue::default(),
+            series_drops: DueQueue::default(),
+            series_dropped: HashSet::new(),
+            forecast: Forecast::default(),
+            publisher,
+            changes: Vec::new(),
+            rng: fastrand::Rng::new(),
+            exit_when_done,
+            watchdog: Watchdog::from_env(),
+        };
+        engine.replace(watchlist);
+        engine
+    }
+}

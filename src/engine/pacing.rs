@@ -51,8 +51,8 @@ impl BackoffPolicy {
 #[derive(Debug)]
 pub struct Backoff {
     policy: BackoffPolicy,
-    /// Steps climbed. The step's ceiling is read from backon's ladder each time instead of
-    /// keeping backon's iterator in every execution (120 bytes each, 12 MB at 100,000).
+    /// Steps climbed. The step's ceiling is read from backon's ladder each time, so no execution
+    /// keeps a backon iterator of its own.
     steps: u32,
     ceiling: Duration,
 }
@@ -137,7 +137,7 @@ struct Bucket {
 
 /// The bucket paces, it does not save up: it holds one token, or what the rate earns in
 /// [`TIMER_SLACK`] when that is more. Timers fire on a 1 ms grid, so a bucket of one token could
-/// never pass more than about 1,000 requests a second, whatever the rate (measured: 852 of 2,000).
+/// never pass more than about 1,000 requests a second, whatever the rate.
 const TIMER_SLACK: Duration = Duration::from_millis(5);
 
 fn capacity(rate: f64) -> f64 {
@@ -163,8 +163,7 @@ impl RateLimiter {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
-        // The bucket holds plain numbers; a panic elsewhere cannot leave it inconsistent.
-        self.bucket.lock().unwrap_or_else(|e| e.into_inner())
+        crate::model::lock(&self.bucket)
     }
 
     /// The current rate in requests per second.

@@ -9,17 +9,13 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::engine::pacing::Backoff;
+use crate::engine::policy::Verdict;
+use crate::engine::queue::Slot;
 use crate::model::{
-    ApiStatus, Observation, Outcome, Status, Transition, WatchEntry, rfc3339, rfc3339_from_secs,
+    ApiStatus, Observation, ObservedVia, Outcome, Status, Transition, WatchEntry, rfc3339,
+    rfc3339_from_secs,
 };
-
-/// What one observation did to an execution.
-#[derive(Debug, Default)]
-pub struct Applied {
-    pub transition: Option<Transition>,
-    /// A status string the model does not know, newly seen (logged once per value).
-    pub unrecognised: Option<String>,
-}
+use crate::output::store::Restored;
 
 /// Everything known of one execution.
 #[derive(Debug)]
@@ -28,6 +24,8 @@ pub struct ExecutionState {
     pub status: Status,
     /// The last answer. Boxed: it is most of an execution's size, and absent until a first answer.
     pub observation: Option<Box<Observation>>,
+    /// How the last answer reached flowwatch.
+    pub observed_via: Option<ObservedVia>,
     /// Polls that counted as attempts (throttled polls do not).
     pub attempts: u64,
     pub last_poll: Option<SystemTime>,
@@ -35,17 +33,16 @@ pub struct ExecutionState {
     pub last_error: Option<String>,
     pub last_outcome: Option<Outcome>,
     pub not_found_since: Option<Instant>,
-    pub terminal_since: Option<Instant>,
     /// Set when the API rejected the request as invalid: polling has stopped.
     pub rejected: Option<String>,
     pub backoff: Backoff,
     /// Found by discovery of a `[[flow]]` entry rather than listed in the watchlist.
-    pub discovered: bool,
+    pub found_by_discovery: bool,
     /// When the execution's age (seconds since the API's start time) was first taken, and that
     /// age: later ages count on from it on the monotonic clock.
     pub age_anchor: Option<(Instant, f64)>,
-    /// Its place in the scheduler's queue, while it is queued.
-    pub slot: Option<(Instant, u64)>,
+    /// Its place in the engine's queue, while it is queued.
+    pub slot: Option<Slot>,
     unrecognised_seen: Option<String>,
 }
 
@@ -55,16 +52,16 @@ impl ExecutionState {
             entry,
             status: Status::Unknown,
             observation: None,
+            observed_via: None,
             attempts: 0,
             last_poll: None,
             next_poll: None,
             last_error: None,
             last_outcome: None,
             not_found_since: None,
-            terminal_since: None,
             rejected: None,
             backoff,
-            discovered: false,
+            found_by_discovery: false,
             age_anchor: None,
             slot: None,
             unrecognised_seen: None,
@@ -76,44 +73,52 @@ impl ExecutionState {
         self.status.is_terminal() || self.rejected.is_some()
     }
 
-    /// Records a successful call. A status change becomes a transition; an unrecognised status
-    /// string keeps the last known status.
-    pub fn apply(&mut self, observation: Observation, now: Instant, wall: SystemTime) -> Applied {
-        let mut applied = Applied::default();
+    /// Whether `observation` carries other start or end times than the last answer.
+    pub fn times_differ(&self, observation: &Observation) -> bool {
+        self.observation.as_ref().is_none_or(|o| {
+            o.start_time != observation.start_time || o.end_time != observation.end_time
+        })
+    }
+
+    /// Keeps an answer the API gave, as `verdict` judged it: a transition moves the status, an
+    /// unrecognised status keeps the last known one. Returns the transition, and the raw status
+    /// string when it is unrecognised and newly seen (so it is logged once per value).
+    pub fn record(
+        &mut self,
+        observation: Observation,
+        verdict: Verdict,
+        via: ObservedVia,
+        wall: SystemTime,
+    ) -> (Option<Transition>, Option<String>) {
         self.not_found_since = None;
-        let new_status = match &observation.status {
-            ApiStatus::InProgress => Some(Status::InProgress),
-            ApiStatus::Succeeded => Some(Status::Succeeded),
-            ApiStatus::Failed => Some(Status::Failed),
-            ApiStatus::Unrecognised(raw) => {
-                if self.unrecognised_seen.as_deref() != Some(raw.as_str()) {
-                    self.unrecognised_seen = Some(raw.clone());
-                    applied.unrecognised = Some(raw.clone());
-                }
-                self.last_error = Some(format!(
-                    "unrecognised status {raw:?} from the API: keeping {}",
-                    self.status
-                ));
-                None
+        self.observed_via = Some(via);
+        let mut unrecognised = None;
+        if let ApiStatus::Unrecognised(raw) = &observation.status {
+            if self.unrecognised_seen.as_deref() != Some(raw.as_str()) {
+                self.unrecognised_seen = Some(raw.clone());
+                unrecognised = Some(raw.clone());
             }
-        };
-        self.observation = Some(Box::new(observation));
-        if new_status.is_some() {
+            self.last_error = Some(format!(
+                "unrecognised status {raw:?} from the API: keeping {}",
+                self.status
+            ));
+        } else {
             self.last_error = None;
         }
-        if let Some(to) = new_status.filter(|s| *s != self.status) {
-            applied.transition = Some(self.transition_to(to, now, wall));
-        }
-        applied
+        self.observation = Some(Box::new(observation));
+        let transition = match verdict {
+            Verdict::Transition(to) => Some(self.transition_to(to, via, wall)),
+            Verdict::Duplicate | Verdict::Stale | Verdict::Unrecognised => None,
+        };
+        (transition, unrecognised)
     }
 
     /// Moves to `to` and describes the move.
-    pub fn transition_to(&mut self, to: Status, now: Instant, wall: SystemTime) -> Transition {
+    pub fn transition_to(&mut self, to: Status, via: ObservedVia, wall: SystemTime) -> Transition {
         let from = self.status;
         self.status = to;
         self.backoff.reset();
         if to.is_terminal() {
-            self.terminal_since = Some(now);
             self.next_poll = None;
         }
         Transition {
@@ -123,23 +128,20 @@ impl ExecutionState {
             at: wall,
             observation: self.observation.as_deref().cloned(),
             labels: self.entry.labels.clone(),
+            via,
         }
     }
 
     /// Takes what the store knew from an earlier run.
-    pub fn restore(&mut self, restored: crate::output::store::Restored, now: Instant) {
+    pub fn restore(&mut self, restored: Restored) {
         self.status = restored.status;
         self.observation = restored.observation.map(Box::new);
         self.rejected = restored.rejected;
-        if self.status.is_terminal() {
-            self.terminal_since = Some(now);
-        }
     }
 
     /// Undoes a transition the store could not take; the next poll detects it again.
     pub fn revert(&mut self, t: &Transition) {
         self.status = t.from;
-        self.terminal_since = None;
     }
 
     /// The `/status` view of this execution.
@@ -151,7 +153,8 @@ impl ExecutionState {
             "flow_name": key.flow_name,
             "execution_id": key.execution_id,
             "status": self.status,
-            "origin": if self.discovered { "discovered" } else { "watchlist" },
+            "origin": if self.found_by_discovery { "discovered" } else { "watchlist" },
+            "observed_via": self.observed_via,
             "polling": !self.is_done(),
             "attempts": self.attempts,
             "last_poll": self.last_poll.map(rfc3339),
@@ -178,8 +181,9 @@ pub fn not_found_for(state: &ExecutionState, now: Instant) -> Option<Duration> {
         .map(|t| now.saturating_duration_since(t))
 }
 
-/// Counts of executions per status, for the `flowwatch_watched_executions` gauge.
-pub fn count_by_status<'a>(
+/// How many watched executions have each status (every status listed, zero or not), for
+/// `/status`.
+pub fn executions_by_status<'a>(
     states: impl Iterator<Item = &'a ExecutionState>,
 ) -> BTreeMap<Status, i64> {
     let mut counts: BTreeMap<Status, i64> = Status::ALL.iter().map(|s| (*s, 0)).collect();
@@ -193,6 +197,7 @@ pub fn count_by_status<'a>(
 mod tests {
     use super::*;
     use crate::engine::pacing::BackoffPolicy;
+    use crate::engine::policy::judge;
     use crate::model::ExecutionKey;
 
     fn state() -> ExecutionState {
@@ -227,47 +232,41 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_first_observation_is_a_transition_from_unknown_and_repeats_are_not() {
+    /// Judges and records one observation, as the engine does.
+    fn see(s: &mut ExecutionState, status: ApiStatus) -> (Option<Transition>, Option<String>) {
+        let verdict = judge(s.status, &status);
+        s.record(
+            observed(status),
+            verdict,
+            ObservedVia::Poll,
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn the_first_observation_is_a_transition_from_unknown_and_repeats_are_not() {
         let mut s = state();
-        let now = Instant::now();
-        let t = s
-            .apply(observed(ApiStatus::InProgress), now, SystemTime::now())
-            .transition
+        let t = see(&mut s, ApiStatus::InProgress)
+            .0
             .expect("first observation");
         assert_eq!((t.from, t.to), (Status::Unknown, Status::InProgress));
-        assert!(
-            s.apply(observed(ApiStatus::InProgress), now, SystemTime::now())
-                .transition
-                .is_none()
-        );
-        let t = s
-            .apply(observed(ApiStatus::Failed), now, SystemTime::now())
-            .transition
-            .expect("terminal");
+        assert_eq!(t.via, ObservedVia::Poll);
+        assert!(see(&mut s, ApiStatus::InProgress).0.is_none());
+        let t = see(&mut s, ApiStatus::Failed).0.expect("terminal");
         assert_eq!((t.from, t.to), (Status::InProgress, Status::Failed));
         assert!(s.is_done());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn an_unrecognised_status_keeps_the_known_one_and_is_reported_once() {
+    #[test]
+    fn an_unrecognised_status_keeps_the_known_one_and_is_reported_once() {
         let mut s = state();
-        let now = Instant::now();
-        s.apply(observed(ApiStatus::InProgress), now, SystemTime::now());
-        let a = s.apply(
-            observed(ApiStatus::Unrecognised("CANCELLED".into())),
-            now,
-            SystemTime::now(),
-        );
-        assert!(a.transition.is_none());
-        assert_eq!(a.unrecognised.as_deref(), Some("CANCELLED"));
+        see(&mut s, ApiStatus::InProgress);
+        let (transition, unrecognised) = see(&mut s, ApiStatus::Unrecognised("CANCELLED".into()));
+        assert!(transition.is_none());
+        assert_eq!(unrecognised.as_deref(), Some("CANCELLED"));
         assert_eq!(s.status, Status::InProgress);
-        let again = s.apply(
-            observed(ApiStatus::Unrecognised("CANCELLED".into())),
-            now,
-            SystemTime::now(),
-        );
-        assert!(again.unrecognised.is_none());
+        let (_, again) = see(&mut s, ApiStatus::Unrecognised("CANCELLED".into()));
+        assert!(again.is_none());
         assert!(
             s.last_error
                 .as_deref()

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use toml_edit::{Document, Item};
 
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location, SourceText};
+use crate::input::duration::{self, DurationError};
 use crate::input::watchlist::toml_message;
 
 /// The default config path when neither `--config` nor `FLOWWATCH_CONFIG` is given.
@@ -132,6 +133,15 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
 /// Every key the config accepts, by table; anything else is an error.
 const KNOWN: &[(&str, &[&str])] = &[
     ("server", &["listen"]),
@@ -160,20 +170,23 @@ const KNOWN: &[(&str, &[&str])] = &[
     ("log", &["level", "format"]),
 ];
 
-/// A duration written the humantime way: `"90s"`, `"2m"`, `"1h 30m"`.
+/// A duration setting, read with the one [`duration::parse`].
 #[derive(Clone, Copy)]
 struct HumanDuration(Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim())
-            .map(HumanDuration)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
+        duration::parse(&text).map(HumanDuration).map_err(|e| {
+            serde::de::Error::custom(match e {
+                DurationError::Syntax(e) => format!(
                     "invalid duration {text:?}: {e} (write it like \"90s\", \"2m\" or \"1h 30m\")"
-                ))
+                ),
+                DurationError::TooLong => format!(
+                    "duration {text:?} is longer than the longest flowwatch takes (366 days)"
+                ),
             })
+        })
     }
 }
 
@@ -214,7 +227,10 @@ fn read_config_text(config_path: &Path) -> Result<String, Diagnostics> {
     std::fs::read_to_string(config_path).map_err(|e| {
         Diagnostics(vec![Diagnostic::new(
             Location::Path(config_path.to_path_buf()),
-            format!("cannot read config file: {}", crate::io_error_text(&e)),
+            format!(
+                "cannot read config file: {}",
+                crate::model::io_error_text(&e)
+            ),
         )])
     })
 }
@@ -303,7 +319,6 @@ impl Reader<'_> {
 
     fn settings(&mut self, config_path: &Path) -> Option<Settings> {
         self.unknown_keys();
-        let d = PollingSettings::default();
         let watchlist: Option<PathBuf> = self.get("watchlist");
         if self.figment.find_value("watchlist").is_err() {
             self.problem(
@@ -315,27 +330,11 @@ impl Reader<'_> {
         let region: Option<String> = self.get("aws.region");
         let endpoint_url: Option<String> = self.get("aws.endpoint_url");
         let profile: Option<String> = self.get("aws.profile");
-        let polling = PollingSettings {
-            initial_interval: self.duration("polling.initial_interval", d.initial_interval),
-            max_interval: self.duration("polling.max_interval", d.max_interval),
-            multiplier: self.or("polling.multiplier", d.multiplier),
-            max_requests_per_second: self
-                .or("polling.max_requests_per_second", d.max_requests_per_second),
-            max_in_flight: self.or("polling.max_in_flight", d.max_in_flight),
-            request_timeout: self.duration("polling.request_timeout", d.request_timeout),
-            not_found_grace: self.duration("polling.not_found_grace", d.not_found_grace),
-            retain_terminal: self.duration("polling.retain_terminal", d.retain_terminal),
-            adaptive: self.or("polling.adaptive", d.adaptive),
-        };
+        let polling = self.polling();
         let metrics = MetricsSettings {
             per_execution: self.or("metrics.per_execution", true),
         };
-        let dd = DiscoverySettings::default();
-        let discovery = DiscoverySettings {
-            interval: self.duration("discovery.interval", dd.interval),
-            page_size: self.or("discovery.page_size", dd.page_size),
-            max_pages_per_round: self.or("discovery.max_pages_per_round", dd.max_pages_per_round),
-        };
+        let discovery = self.discovery();
         let state_path: PathBuf = self.or("state.path", PathBuf::from("/var/lib/flowwatch"));
         let events_stdout = self.or("events.stdout", true);
         let events_file: PathBuf = self.or(
@@ -349,42 +348,8 @@ impl Reader<'_> {
 
         self.check_polling(&polling);
         self.check_discovery(&discovery);
-        let endpoint_ok = endpoint_url.as_deref().is_none_or(|url| {
-            (url.starts_with("http://") || url.starts_with("https://"))
-                && url.len() > "https://".len()
-                && !url.contains(char::is_whitespace)
-        });
-        if !endpoint_ok {
-            self.problem(
-                "aws.endpoint_url",
-                format!(
-                    "aws.endpoint_url must be an http:// or https:// URL, not {:?}",
-                    endpoint_url.as_deref().unwrap_or_default()
-                ),
-            );
-        }
-        for (key, value) in [("aws.region", &region), ("aws.profile", &profile)] {
-            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
-                self.problem(
-                    key,
-                    format!(
-                        "{key} must not be empty: leave it out to use the default provider chain"
-                    ),
-                );
-            }
-        }
-        if tracing_subscriber::EnvFilter::builder()
-            .parse(&log.level)
-            .is_err()
-        {
-            self.problem(
-                "log.level",
-                format!(
-                    "log.level {:?} is not a valid filter: use error, warn, info, debug or trace (or a directive like \"flowwatch=debug,info\")",
-                    log.level
-                ),
-            );
-        }
+        self.check_aws(&region, &endpoint_url, &profile);
+        self.check_log(&log);
         if watchlist.as_ref().is_some_and(|w| w.as_os_str().is_empty()) {
             self.problem("watchlist", "watchlist must name a file".into());
         }
@@ -422,6 +387,78 @@ impl Reader<'_> {
             },
             log,
         })
+    }
+
+    fn polling(&mut self) -> PollingSettings {
+        let d = PollingSettings::default();
+        PollingSettings {
+            initial_interval: self.duration("polling.initial_interval", d.initial_interval),
+            max_interval: self.duration("polling.max_interval", d.max_interval),
+            multiplier: self.or("polling.multiplier", d.multiplier),
+            max_requests_per_second: self
+                .or("polling.max_requests_per_second", d.max_requests_per_second),
+            max_in_flight: self.or("polling.max_in_flight", d.max_in_flight),
+            request_timeout: self.duration("polling.request_timeout", d.request_timeout),
+            not_found_grace: self.duration("polling.not_found_grace", d.not_found_grace),
+            retain_terminal: self.duration("polling.retain_terminal", d.retain_terminal),
+            adaptive: self.or("polling.adaptive", d.adaptive),
+        }
+    }
+
+    fn discovery(&mut self) -> DiscoverySettings {
+        let d = DiscoverySettings::default();
+        DiscoverySettings {
+            interval: self.duration("discovery.interval", d.interval),
+            page_size: self.or("discovery.page_size", d.page_size),
+            max_pages_per_round: self.or("discovery.max_pages_per_round", d.max_pages_per_round),
+        }
+    }
+
+    fn check_aws(
+        &mut self,
+        region: &Option<String>,
+        endpoint_url: &Option<String>,
+        profile: &Option<String>,
+    ) {
+        let endpoint_ok = endpoint_url.as_deref().is_none_or(|url| {
+            (url.starts_with("http://") || url.starts_with("https://"))
+                && url.len() > "https://".len()
+                && !url.contains(char::is_whitespace)
+        });
+        if !endpoint_ok {
+            self.problem(
+                "aws.endpoint_url",
+                format!(
+                    "aws.endpoint_url must be an http:// or https:// URL, not {:?}",
+                    endpoint_url.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+        for (key, value) in [("aws.region", region), ("aws.profile", profile)] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                self.problem(
+                    key,
+                    format!(
+                        "{key} must not be empty: leave it out to use the default provider chain"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn check_log(&mut self, log: &LogSettings) {
+        if tracing_subscriber::EnvFilter::builder()
+            .parse(&log.level)
+            .is_err()
+        {
+            self.problem(
+                "log.level",
+                format!(
+                    "log.level {:?} is not a valid filter: use error, warn, info, debug or trace (or a directive like \"flowwatch=debug,info\")",
+                    log.level
+                ),
+            );
+        }
     }
 
     fn check_discovery(&mut self, d: &DiscoverySettings) {
@@ -638,7 +675,7 @@ pub fn summary(settings: &Settings, watchlist: &crate::input::watchlist::Watchli
          discovery: every {}, pages of {}, at most {} pages per flow and round\n\
          events: {}\n\
          state: {}\n\
-         log: {} ({:?})",
+         log: {} ({})",
         settings.config_path.display(),
         settings.watchlist.display(),
         watchlist.entries.len(),
@@ -671,6 +708,6 @@ pub fn summary(settings: &Settings, watchlist: &crate::input::watchlist::Watchli
         },
         settings.state.path.display(),
         settings.log.level,
-        settings.log.format,
+        settings.log.format.as_str(),
     )
 }

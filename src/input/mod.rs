@@ -3,4 +3,5 @@
 
 pub mod config;
 pub mod diagnostic;
+pub mod duration;
 pub mod watchlist;

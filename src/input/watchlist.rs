@@ -5,13 +5,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use std::time::Duration;
 
 use toml_edit::{Document, Item, Value};
 
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location, SourceText, line_of};
+use crate::input::duration::{self, DurationError};
 use crate::model::{
     ExecutionKey, FlowEntry, FlowKey, Interner, WatchEntry, check_flow_name, check_uuid,
 };
@@ -19,13 +20,9 @@ use crate::model::{
 /// A parsed, validated watchlist.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Watchlist {
-    pub path: PathBuf,
     pub entries: Vec<WatchEntry>,
     pub flows: Vec<FlowEntry>,
 }
-
-/// The longest `since` that means anything: the API does not list executions older than a year.
-pub const MAX_SINCE: Duration = Duration::from_secs(366 * 24 * 3600);
 
 type Span = Option<std::ops::Range<usize>>;
 
@@ -35,7 +32,7 @@ impl Watchlist {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Diagnostics(vec![Diagnostic::new(
                 Location::Path(path.to_path_buf()),
-                format!("cannot read watchlist: {}", crate::io_error_text(&e)),
+                format!("cannot read watchlist: {}", crate::model::io_error_text(&e)),
             )])
         })?;
         Self::parse(path, &text)
@@ -49,7 +46,7 @@ impl Watchlist {
     pub fn parse(path: &Path, text: &str) -> Result<Self, Diagnostics> {
         let src = SourceText::new(path, text);
         if text.len() >= CHUNKED_FROM
-            && let Some(result) = Self::parse_chunked(&src, path, text)
+            && let Some(result) = Self::parse_chunked(&src, text)
         {
             return result;
         }
@@ -57,21 +54,17 @@ impl Watchlist {
             .map_err(|e| Diagnostics(vec![src.at(e.span(), toml_message(e.message()))]))?;
         let mut collector = Collector::default();
         collector.take(&src, doc.as_table());
-        collector.finish(&src, path)
+        collector.finish(&src)
     }
 
     /// `None` when some group is not valid TOML on its own.
-    fn parse_chunked(
-        src: &SourceText<'_>,
-        path: &Path,
-        text: &str,
-    ) -> Option<Result<Self, Diagnostics>> {
+    fn parse_chunked(src: &SourceText<'_>, text: &str) -> Option<Result<Self, Diagnostics>> {
         let mut collector = Collector::default();
         for range in entry_chunks(text, ENTRIES_PER_CHUNK) {
             let doc = Document::parse(&text[range.clone()]).ok()?;
             collector.take(&src.shifted(range.start), doc.as_table());
         }
-        Some(collector.finish(src, path))
+        Some(collector.finish(src))
     }
 }
 
@@ -165,7 +158,7 @@ impl Collector {
         }
     }
 
-    fn finish(mut self, src: &SourceText<'_>, path: &Path) -> Result<Watchlist, Diagnostics> {
+    fn finish(mut self, src: &SourceText<'_>) -> Result<Watchlist, Diagnostics> {
         if !self.any_table && self.problems.is_empty() {
             self.problems.push(src.at(
                 None,
@@ -174,7 +167,6 @@ impl Collector {
         }
         if self.problems.is_empty() {
             Ok(Watchlist {
-                path: path.to_path_buf(),
                 entries: self.entries,
                 flows: self.flows,
             })
@@ -464,18 +456,16 @@ fn parse_flow(
 }
 
 fn parse_since(text: &str) -> Result<Duration, String> {
-    let since = humantime::parse_duration(text).map_err(|e| {
-        format!("invalid since {text:?}: {e} (write a duration like \"24h\" or \"90m\")")
-    })?;
-    if since.is_zero() {
-        return Err("since must be greater than zero: leave it out to watch only executions that start from now on".to_string());
-    }
-    if since > MAX_SINCE {
-        return Err(format!(
+    match duration::parse(text) {
+        Ok(since) if since.is_zero() => Err("since must be greater than zero: leave it out to watch only executions that start from now on".to_string()),
+        Ok(since) => Ok(since),
+        Err(DurationError::Syntax(e)) => Err(format!(
+            "invalid since {text:?}: {e} (write a duration like \"24h\" or \"90m\")"
+        )),
+        Err(DurationError::TooLong) => Err(format!(
             "since {text:?} reaches back more than a year, further than the API lists executions"
-        ));
+        )),
     }
-    Ok(since)
 }
 
 fn label(
@@ -660,7 +650,7 @@ mod tests {
         let doc = Document::parse(text.as_str()).expect("toml");
         let mut whole = Collector::default();
         whole.take(&src, doc.as_table());
-        let whole = whole.finish(&src, Path::new("w.toml")).expect("valid");
+        let whole = whole.finish(&src).expect("valid");
         assert_eq!(chunked, whole);
         assert_eq!(chunked.entries[2999].labels["n"], "2999");
 

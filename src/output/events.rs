@@ -17,41 +17,43 @@ pub const TRANSITION_TYPE: &str = "flowwatch.execution.transition";
 /// The CloudEvents `type` sent when the API rejects an entry as invalid (ValidationException).
 pub const REJECTED_TYPE: &str = "flowwatch.execution.rejected";
 
-impl Transition {
-    /// Deterministic, so consumers can deduplicate: one id per execution and target status.
-    pub fn id(&self) -> String {
-        format!("{}/{}", self.key, self.to)
-    }
+/// The CloudEvents 1.0 envelope every flowwatch event shares. The id is deterministic
+/// (`<key>/<what>`), so a consumer can deduplicate, also across restarts.
+fn envelope(key: &ExecutionKey, what: &str, kind: &str, at: SystemTime, data: Value) -> Value {
+    json!({
+        "specversion": "1.0",
+        "id": format!("{key}/{what}"),
+        "source": "flowwatch",
+        "type": kind,
+        "time": rfc3339(at),
+        "subject": key.to_string(),
+        "datacontenttype": "application/json",
+        "data": data,
+    })
+}
 
-    pub fn to_cloud_event(&self) -> Value {
-        let obs = self.observation.as_ref();
-        json!({
-            "specversion": "1.0",
-            "id": self.id(),
-            "source": "flowwatch",
-            "type": TRANSITION_TYPE,
-            "time": rfc3339(self.at),
-            "subject": self.key.to_string(),
-            "datacontenttype": "application/json",
-            "data": {
-                "instance_id": self.key.instance_id,
-                "flow_name": self.key.flow_name,
-                "execution_id": self.key.execution_id,
-                "from_status": self.from,
-                "to_status": self.to,
-                "message": obs.and_then(|o| o.message.clone()),
-                "start_time": obs.and_then(|o| o.start_time).map(rfc3339_from_secs),
-                "end_time": obs.and_then(|o| o.end_time).map(rfc3339_from_secs),
-                "source_info": obs.and_then(|o| o.source_info.clone()),
-                "diagnostic_reports_root_s3_uri": obs.and_then(|o| o.diagnostic_reports_root_s3_uri.clone()),
-                "labels": self.labels,
-            }
-        })
-    }
+/// The event of a status change: one id per execution and target status.
+pub fn transition_event(t: &Transition) -> Value {
+    let obs = t.observation.as_ref();
+    let data = json!({
+        "instance_id": t.key.instance_id,
+        "flow_name": t.key.flow_name,
+        "execution_id": t.key.execution_id,
+        "from_status": t.from,
+        "to_status": t.to,
+        "observed_via": t.via,
+        "message": obs.and_then(|o| o.message.clone()),
+        "start_time": obs.and_then(|o| o.start_time).map(rfc3339_from_secs),
+        "end_time": obs.and_then(|o| o.end_time).map(rfc3339_from_secs),
+        "source_info": obs.and_then(|o| o.source_info.clone()),
+        "diagnostic_reports_root_s3_uri": obs.and_then(|o| o.diagnostic_reports_root_s3_uri.clone()),
+        "labels": t.labels,
+    });
+    envelope(&t.key, t.to.as_str(), TRANSITION_TYPE, t.at, data)
 }
 
 /// The event sent when the API answers ValidationException: the entry is invalid and polling it
-/// stops. Its id is deterministic too.
+/// stops.
 pub fn rejected_event(
     key: &ExecutionKey,
     status: Status,
@@ -59,23 +61,15 @@ pub fn rejected_event(
     at: SystemTime,
     labels: &BTreeMap<String, String>,
 ) -> Value {
-    json!({
-        "specversion": "1.0",
-        "id": format!("{key}/REJECTED"),
-        "source": "flowwatch",
-        "type": REJECTED_TYPE,
-        "time": rfc3339(at),
-        "subject": key.to_string(),
-        "datacontenttype": "application/json",
-        "data": {
-            "instance_id": key.instance_id,
-            "flow_name": key.flow_name,
-            "execution_id": key.execution_id,
-            "status": status,
-            "message": message,
-            "labels": labels,
-        }
-    })
+    let data = json!({
+        "instance_id": key.instance_id,
+        "flow_name": key.flow_name,
+        "execution_id": key.execution_id,
+        "status": status,
+        "message": message,
+        "labels": labels,
+    });
+    envelope(key, "REJECTED", REJECTED_TYPE, at, data)
 }
 
 /// Where events go. Each sink is independent: one failing does not stop the other.
@@ -204,8 +198,7 @@ fn ends_mid_line(file: &mut File) -> io::Result<bool> {
 }
 
 fn record(metrics: &Metrics, sink: &str, result: &io::Result<()>) {
-    let label = if result.is_ok() { "success" } else { "failure" };
-    metrics.events.with_label_values(&[sink, label]).inc();
+    metrics.event_written(sink, result.is_ok());
 }
 
 #[cfg(test)]
@@ -213,7 +206,7 @@ mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
-    use crate::model::{ApiStatus, Observation, S3Source, SourceInfo};
+    use crate::model::{ApiStatus, Observation, ObservedVia, S3Source, SourceInfo};
 
     #[test]
     fn absurd_api_times_are_written_as_the_epoch_not_a_panic() {
@@ -255,8 +248,9 @@ mod tests {
                 diagnostic_reports_root_s3_uri: Some("s3://bucket/diag/".into()),
             }),
             labels: BTreeMap::from([("team".to_string(), "planning".to_string())]),
+            via: ObservedVia::Poll,
         };
-        let e = t.to_cloud_event();
+        let e = transition_event(&t);
         assert_eq!(e["specversion"], "1.0");
         assert_eq!(
             e["id"],
@@ -273,6 +267,7 @@ mod tests {
         assert_eq!(d["source_info"]["s3_source"]["key"], "orders/day.csv");
         assert_eq!(d["diagnostic_reports_root_s3_uri"], "s3://bucket/diag/");
         assert_eq!(d["labels"]["team"], "planning");
+        assert_eq!(d["observed_via"], "poll");
         assert!(!e.to_string().contains('\n'), "one event, one line");
     }
 }

@@ -59,7 +59,7 @@ impl Health {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        crate::model::lock(&self.inner)
     }
 
     pub fn beat(&self) {

@@ -2,13 +2,13 @@
 //!
 //! The aggregate families live in a prometheus-crate registry. The four per-execution families
 //! (status, start and end time, failure info) are one small row per execution, written out by
-//! hand a chunk at a time ([`Metrics::next_series_chunk`]): as 700,000 labelled series of the
-//! prometheus crate at 100,000 executions they took about 1.2 GiB, and each scrape cloned and
-//! sorted them all in one call of about 5 s on a runtime thread.
+//! hand a chunk at a time ([`Metrics::next_series_chunk`]), so their memory grows by a row per
+//! execution and a scrape never holds the rows' lock for long. The engine calls methods that say
+//! what happened; no metric is reachable from outside this module.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use std::collections::BTreeMap;
@@ -23,21 +23,24 @@ pub struct Metrics {
     registry: Registry,
     /// The per-execution series, by execution (so by instance, flow and execution id).
     rows: Mutex<BTreeMap<ExecutionKey, SeriesRow>>,
-    pub transitions: IntCounterVec,
-    pub watched: IntGaugeVec,
-    pub api_requests: IntCounterVec,
-    pub api_duration: HistogramVec,
-    pub rate_limit: Gauge,
-    pub schedule_lag: Gauge,
-    pub events: IntCounterVec,
-    pub config_reloads: IntCounterVec,
-    pub config_last_reload_success: Gauge,
-    pub config_last_reload_successful: Gauge,
-    pub discovered: IntCounterVec,
-    pub discovery_last_success: GaugeVec,
-    pub discovery_flow_not_found: IntGaugeVec,
+    transitions: IntCounterVec,
+    watched: IntGaugeVec,
+    api_requests: IntCounterVec,
+    api_duration: HistogramVec,
+    rate_limit: Gauge,
+    schedule_lag: Gauge,
+    events: IntCounterVec,
+    config_reloads: IntCounterVec,
+    config_last_reload_success: Gauge,
+    config_last_reload_successful: Gauge,
+    discovered_total: IntCounterVec,
+    discovery_last_success: GaugeVec,
+    discovery_flow_not_found: IntGaugeVec,
     /// Whether per-execution status and time series are exported.
     per_execution: bool,
+    /// The request series by operation and outcome, looked up once rather than per request.
+    request_counts: Vec<IntCounter>,
+    request_durations: Vec<Histogram>,
 }
 
 const FLOW_LABELS: [&str; 2] = ["instance_id", "flow_name"];
@@ -50,28 +53,7 @@ impl Metrics {
 
     /// `per_execution = false` leaves out the per-execution status and time series.
     pub fn with_per_execution(per_execution: bool) -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
-        let transitions = IntCounterVec::new(
-            Opts::new(
-                "flowwatch_transitions_total",
-                "Status transitions seen, per flow and target status; pre-set to 0 for every watched flow.",
-            ),
-            &["instance_id", "flow_name", "to_status"],
-        )?;
-        let watched = IntGaugeVec::new(
-            Opts::new(
-                "flowwatch_watched_executions",
-                "Watched flow executions by current status.",
-            ),
-            &["status"],
-        )?;
-        let api_requests = IntCounterVec::new(
-            Opts::new(
-                "flowwatch_api_requests_total",
-                "Supply Chain API requests by operation and outcome.",
-            ),
-            &["operation", "outcome"],
-        )?;
+        let r = Registry::new();
         let api_duration = HistogramVec::new(
             HistogramOpts::new(
                 "flowwatch_api_request_duration_seconds",
@@ -82,119 +64,127 @@ impl Metrics {
             ]),
             &["operation"],
         )?;
-        let rate_limit = Gauge::new(
-            "flowwatch_rate_limit_requests_per_second",
-            "Current rate of the global API token bucket (cut on throttling, restored on success).",
-        )?;
-        let schedule_lag = Gauge::new(
-            "flowwatch_schedule_lag_seconds",
-            "How long the most overdue queued request (a poll or a List page) has waited past its \
-             due time for a request slot or a rate-limit token; 0 when none is overdue.",
-        )?;
-        let events = IntCounterVec::new(
-            Opts::new(
+        let mut metrics = Self {
+            transitions: counters(
+                &r,
+                "flowwatch_transitions_total",
+                "Status transitions seen, per flow and target status; pre-set to 0 for every watched flow.",
+                &["instance_id", "flow_name", "to_status"],
+            )?,
+            watched: int_gauges(
+                &r,
+                "flowwatch_watched_executions",
+                "Watched flow executions by current status.",
+                &["status"],
+            )?,
+            api_requests: counters(
+                &r,
+                "flowwatch_api_requests_total",
+                "Supply Chain API requests by operation and outcome.",
+                &["operation", "outcome"],
+            )?,
+            api_duration: registered(&r, api_duration)?,
+            rate_limit: gauge(
+                &r,
+                "flowwatch_rate_limit_requests_per_second",
+                "Current rate of the global API token bucket (cut on throttling, restored on success).",
+            )?,
+            schedule_lag: gauge(
+                &r,
+                "flowwatch_schedule_lag_seconds",
+                "How long the most overdue queued request (a poll or a List page) has waited past its \
+                 due time for a request slot or a rate-limit token; 0 when none is overdue.",
+            )?,
+            events: counters(
+                &r,
                 "flowwatch_events_total",
                 "Events written, per sink and result.",
-            ),
-            &["sink", "result"],
-        )?;
-        let build_info = IntGaugeVec::new(
-            Opts::new("flowwatch_build_info", "Build information; always 1."),
-            &["version"],
-        )?;
-
-        let config_reloads = IntCounterVec::new(
-            Opts::new(
+                &["sink", "result"],
+            )?,
+            config_reloads: counters(
+                &r,
                 "flowwatch_config_reloads_total",
                 "Watchlist reloads (SIGHUP, POST /-/reload, or a change of the file), by result.",
-            ),
-            &["result"],
-        )?;
-        let config_last_reload_success = Gauge::new(
-            "flowwatch_config_last_reload_success_timestamp_seconds",
-            "When the watchlist was last loaded successfully (unix seconds); start-up counts.",
-        )?;
-        let config_last_reload_successful = Gauge::new(
-            "flowwatch_config_last_reload_successful",
-            "1 if the last watchlist reload succeeded, 0 if it was refused (the old watchlist keeps running).",
-        )?;
-        let discovered = IntCounterVec::new(
-            Opts::new(
+                &["result"],
+            )?,
+            config_last_reload_success: gauge(
+                &r,
+                "flowwatch_config_last_reload_success_timestamp_seconds",
+                "When the watchlist was last loaded successfully (unix seconds); start-up counts.",
+            )?,
+            config_last_reload_successful: gauge(
+                &r,
+                "flowwatch_config_last_reload_successful",
+                "1 if the last watchlist reload succeeded, 0 if it was refused (the old watchlist keeps running).",
+            )?,
+            discovered_total: counters(
+                &r,
                 "flowwatch_discovered_executions_total",
                 "Executions of [[flow]] entries found by ListDataIntegrationFlowExecutions and added to the watch set.",
-            ),
-            &FLOW_LABELS,
-        )?;
-        let discovery_last_success = GaugeVec::new(
-            Opts::new(
-                "flowwatch_discovery_last_success_timestamp_seconds",
-                "When a discovery round of the flow last completed without error (unix seconds).",
-            ),
-            &FLOW_LABELS,
-        )?;
-        let discovery_flow_not_found = IntGaugeVec::new(
-            Opts::new(
+                &FLOW_LABELS,
+            )?,
+            discovery_last_success: registered(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "flowwatch_discovery_last_success_timestamp_seconds",
+                        "When a discovery round of the flow last completed without error (unix seconds).",
+                    ),
+                    &FLOW_LABELS,
+                )?,
+            )?,
+            discovery_flow_not_found: int_gauges(
+                &r,
                 "flowwatch_discovery_flow_not_found",
                 "1 while the API answers ResourceNotFoundException for the flow of a [[flow]] entry (it does not exist), else 0.",
-            ),
-            &FLOW_LABELS,
-        )?;
-        registry.register(Box::new(discovered.clone()))?;
-        registry.register(Box::new(discovery_last_success.clone()))?;
-        registry.register(Box::new(discovery_flow_not_found.clone()))?;
-        registry.register(Box::new(config_reloads.clone()))?;
-        registry.register(Box::new(config_last_reload_success.clone()))?;
-        registry.register(Box::new(config_last_reload_successful.clone()))?;
-        registry.register(Box::new(transitions.clone()))?;
-        registry.register(Box::new(watched.clone()))?;
-        registry.register(Box::new(api_requests.clone()))?;
-        registry.register(Box::new(api_duration.clone()))?;
-        registry.register(Box::new(rate_limit.clone()))?;
-        registry.register(Box::new(schedule_lag.clone()))?;
-        registry.register(Box::new(events.clone()))?;
-        registry.register(Box::new(build_info.clone()))?;
-
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        for status in Status::ALL {
-            watched.with_label_values(&[status.as_str()]).set(0);
-        }
+                &FLOW_LABELS,
+            )?,
+            rows: Mutex::new(BTreeMap::new()),
+            per_execution,
+            registry: r,
+            request_counts: Vec::new(),
+            request_durations: Vec::new(),
+        };
         for operation in Operation::ALL {
+            let name = operation.as_str();
             for outcome in Outcome::ALL {
-                api_requests
-                    .with_label_values(&[operation.as_str(), outcome.metric_label()])
-                    .reset();
+                let counter = metrics
+                    .api_requests
+                    .with_label_values(&[name, outcome.metric_label()]);
+                metrics.request_counts.push(counter);
             }
+            metrics
+                .request_durations
+                .push(metrics.api_duration.with_label_values(&[name]));
+        }
+        int_gauges(
+            &metrics.registry,
+            "flowwatch_build_info",
+            "Build information; always 1.",
+            &["version"],
+        )?
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+        metrics.preset();
+        Ok(metrics)
+    }
+
+    /// Series that exist from the start, so the first increase is seen by `increase()`.
+    fn preset(&self) {
+        for status in Status::ALL {
+            self.watched.with_label_values(&[status.as_str()]).set(0);
+        }
+        for counter in &self.request_counts {
+            counter.reset();
         }
         for result in ["success", "failure"] {
-            config_reloads.with_label_values(&[result]).reset();
-        }
-        config_last_reload_success.set(unix_now());
-        config_last_reload_successful.set(1.0);
-        for sink in ["stdout", "file"] {
-            for result in ["success", "failure"] {
-                events.with_label_values(&[sink, result]).reset();
+            self.config_reloads.with_label_values(&[result]).reset();
+            for sink in ["stdout", "file"] {
+                self.events.with_label_values(&[sink, result]).reset();
             }
         }
-        Ok(Self {
-            registry,
-            rows: Mutex::new(BTreeMap::new()),
-            transitions,
-            watched,
-            api_requests,
-            api_duration,
-            rate_limit,
-            schedule_lag,
-            events,
-            config_reloads,
-            config_last_reload_success,
-            config_last_reload_successful,
-            discovered,
-            discovery_last_success,
-            discovery_flow_not_found,
-            per_execution,
-        })
+        self.config_last_reload_success.set(unix_now());
+        self.config_last_reload_successful.set(1.0);
     }
 
     /// Counts a watchlist reload.
@@ -237,7 +227,7 @@ impl Metrics {
             let mut last = None;
             let mut seen = 0;
             {
-                let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+                let rows = crate::model::lock(&self.rows);
                 let after = cursor
                     .after
                     .as_ref()
@@ -275,7 +265,7 @@ impl Metrics {
 
     /// The row of `key`, created when missing.
     fn with_row(&self, key: &ExecutionKey, change: impl FnOnce(&mut SeriesRow)) {
-        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows = crate::model::lock(&self.rows);
         match rows.get_mut(key) {
             Some(row) => change(row),
             None => {
@@ -288,7 +278,7 @@ impl Metrics {
 
     /// Creates the zero-valued transition counters of a flow, so that `increase()` sees the first
     /// FAILED transition (a series that appears at 1 has no increase).
-    pub fn watch_flow(&self, instance_id: &str, flow_name: &str) {
+    pub fn preset_flow_transitions(&self, instance_id: &str, flow_name: &str) {
         for to in Status::TARGETS {
             self.transitions
                 .with_label_values(&[instance_id, flow_name, to.as_str()])
@@ -324,26 +314,86 @@ impl Metrics {
     /// Drops the per-execution series (after `retain_terminal`, or when an entry is removed).
     /// Counters stay.
     pub fn drop_execution(&self, key: &ExecutionKey) {
-        self.rows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        crate::model::lock(&self.rows).remove(key);
     }
 
     pub fn record_request(&self, operation: Operation, outcome: Outcome, seconds: f64) {
-        self.api_requests
-            .with_label_values(&[operation.as_str(), outcome.metric_label()])
+        let (op, out) = (operation as usize, outcome as usize);
+        if let Some(counter) = self.request_counts.get(op * Outcome::ALL.len() + out) {
+            counter.inc();
+        }
+        if let Some(histogram) = self.request_durations.get(op) {
+            histogram.observe(seconds);
+        }
+    }
+
+    /// The global request rate changed.
+    pub fn rate_changed(&self, requests_per_second: f64) {
+        self.rate_limit.set(requests_per_second);
+    }
+
+    /// How long the most overdue queued request has waited (0 when none is overdue).
+    pub fn schedule_lag(&self, seconds: f64) {
+        self.schedule_lag.set(seconds);
+    }
+
+    /// Counts a committed transition of an execution of `flow`.
+    pub fn transition(&self, instance_id: &str, flow_name: &str, to: Status) {
+        self.transitions
+            .with_label_values(&[instance_id, flow_name, to.as_str()])
             .inc();
-        self.api_duration
-            .with_label_values(&[operation.as_str()])
-            .observe(seconds);
+    }
+
+    /// Brings a transition counter back to its stored count after a restart.
+    pub fn restore_transitions(&self, instance_id: &str, flow_name: &str, to: &str, count: u64) {
+        self.transitions
+            .with_label_values(&[instance_id, flow_name, to])
+            .inc_by(count);
+    }
+
+    /// Moves one execution between the `flowwatch_watched_executions` counts: `from` None for an
+    /// execution that joins the watch set, `to` None for one that leaves it.
+    pub fn watched_moved(&self, from: Option<Status>, to: Option<Status>) {
+        if let Some(from) = from {
+            self.watched.with_label_values(&[from.as_str()]).dec();
+        }
+        if let Some(to) = to {
+            self.watched.with_label_values(&[to.as_str()]).inc();
+        }
+    }
+
+    /// Counts one event written (or not) to a sink.
+    pub fn event_written(&self, sink: &str, ok: bool) {
+        let label = if ok { "success" } else { "failure" };
+        self.events.with_label_values(&[sink, label]).inc();
+    }
+
+    /// Counts an execution discovery found in a flow.
+    pub fn execution_discovered(&self, instance_id: &str, flow_name: &str) {
+        self.discovered_total
+            .with_label_values(&[instance_id, flow_name])
+            .inc();
+    }
+
+    /// A discovery round of a flow read every page it needed.
+    pub fn discovery_round_done(&self, instance_id: &str, flow_name: &str, at: f64) {
+        self.discovery_last_success
+            .with_label_values(&[instance_id, flow_name])
+            .set(at);
+    }
+
+    /// Whether the API says a watched flow does not exist.
+    pub fn flow_missing(&self, instance_id: &str, flow_name: &str, missing: bool) {
+        self.discovery_flow_not_found
+            .with_label_values(&[instance_id, flow_name])
+            .set(i64::from(missing));
     }
 
     /// Creates the series of a `[[flow]]` entry, so the first discovery is an increase.
     pub fn watch_discovered_flow(&self, instance_id: &str, flow_name: &str) {
-        self.watch_flow(instance_id, flow_name);
+        self.preset_flow_transitions(instance_id, flow_name);
         let labels = [instance_id, flow_name];
-        self.discovered.with_label_values(&labels).inc_by(0);
+        self.discovered_total.with_label_values(&labels).inc_by(0);
         self.discovery_flow_not_found
             .with_label_values(&labels)
             .set(0);
@@ -352,7 +402,7 @@ impl Metrics {
     /// Drops the discovery series of a `[[flow]]` entry removed from the watchlist.
     pub fn drop_discovered_flow(&self, instance_id: &str, flow_name: &str) {
         let labels = [instance_id, flow_name];
-        let _ = self.discovered.remove_label_values(&labels);
+        let _ = self.discovered_total.remove_label_values(&labels);
         let _ = self.discovery_last_success.remove_label_values(&labels);
         let _ = self.discovery_flow_not_found.remove_label_values(&labels);
     }
@@ -503,6 +553,37 @@ fn write_value(out: &mut String, v: f64) {
     }
 }
 
+/// `metric`, registered in `registry`.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> Result<M, prometheus::Error> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+fn counters(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    registered(r, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+fn int_gauges(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    registered(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<Gauge> {
+    registered(r, Gauge::new(name, help)?)
+}
+
 fn unix_now() -> f64 {
     crate::model::unix_seconds(std::time::SystemTime::now())
 }
@@ -530,7 +611,7 @@ mod tests {
     #[test]
     fn the_exposition_has_every_contract_metric() {
         let m = Metrics::new().expect("metrics");
-        m.watch_flow("i", "f");
+        m.preset_flow_transitions("i", "f");
         m.record_request(Operation::GetExecution, Outcome::Success, 0.01);
         let key = ExecutionKey::from_checked("i", "f", "e");
         m.set_status(&key, Status::InProgress);

@@ -3,5 +3,7 @@
 
 pub mod events;
 pub mod health;
+pub mod internal_events;
 pub mod metrics;
+pub mod publisher;
 pub mod store;

@@ -66,7 +66,7 @@ impl Store {
             fail(format!(
                 "cannot create the state directory {}: {}",
                 dir.display(),
-                crate::io_error_text(&e)
+                crate::model::io_error_text(&e)
             ))
         })?;
         let conn = Connection::open(&path)
@@ -395,45 +395,14 @@ impl Store {
             .collect())
     }
 
-    /// Commits an execution's new state and its event in one transaction; returns the event's
-    /// outbox sequence number. `transition_to` counts the transition (None for a rejection).
-    pub fn commit(
-        &mut self,
-        key: &ExecutionKey,
-        status: Status,
-        observation: Option<&Observation>,
-        rejected: Option<&str>,
-        transition_to: Option<Status>,
-        event: &Value,
-    ) -> Result<i64, StoreError> {
-        let observation = observation.and_then(|o| serde_json::to_string(o).ok());
-        let path = self.path.clone();
-        let run = |conn: &mut Connection| -> rusqlite::Result<i64> {
-            let tx = conn.transaction()?;
-            tx.prepare_cached(
-                "INSERT INTO executions (instance_id, flow_name, execution_id, status, observation, rejected)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (instance_id, flow_name, execution_id)
-                 DO UPDATE SET status = excluded.status, observation = excluded.observation, rejected = excluded.rejected",
-            )?
-            .execute(params![key.instance_id, key.flow_name, key.execution_id, status.as_str(), observation, rejected])?;
-            if let Some(to) = transition_to {
-                tx.prepare_cached(
-                    "INSERT INTO transition_counts (instance_id, flow_name, to_status, count) VALUES (?1, ?2, ?3, 1)
-                     ON CONFLICT (instance_id, flow_name, to_status) DO UPDATE SET count = count + 1",
-                )?
-                .execute(params![key.instance_id, key.flow_name, to.as_str()])?;
-            }
-            tx.prepare_cached("INSERT INTO outbox (event) VALUES (?1)")?
-                .execute([event.to_string()])?;
-            let seq = tx.last_insert_rowid();
-            tx.commit()?;
-            Ok(seq)
-        };
-        run(&mut self.conn).map_err(|e| StoreError {
-            path,
+    /// Starts a batch: everything written through it commits in one transaction, or not at all.
+    pub fn batch(&mut self) -> Result<Batch<'_>, StoreError> {
+        let path = self.path.as_path();
+        let tx = self.conn.transaction().map_err(|e| StoreError {
+            path: path.to_path_buf(),
             message: describe(&e),
-        })
+        })?;
+        Ok(Batch { tx, path })
     }
 
     /// Marks an event delivered to every sink.
@@ -443,6 +412,110 @@ impl Store {
             .and_then(|mut stmt| stmt.execute([seq]))
             .map(|_| ())
             .map_err(|e| self.error(&e))
+    }
+}
+
+/// Writes of one engine turn, committed together: an execution's new state and its event can
+/// never be kept one without the other, and a turn of many transitions costs one commit.
+pub struct Batch<'a> {
+    tx: rusqlite::Transaction<'a>,
+    path: &'a Path,
+}
+
+impl Batch<'_> {
+    fn error(&self, e: &rusqlite::Error) -> StoreError {
+        StoreError {
+            path: self.path.to_path_buf(),
+            message: describe(e),
+        }
+    }
+
+    /// An execution's new status and the API's answer that showed it, its transition counted,
+    /// and its event put in the outbox. Returns the event's outbox sequence number.
+    pub fn transition(
+        &self,
+        key: &ExecutionKey,
+        to: Status,
+        observation: Option<&Observation>,
+        event: &Value,
+    ) -> Result<i64, StoreError> {
+        self.upsert(key, to, observation, None)?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO transition_counts (instance_id, flow_name, to_status, count) VALUES (?1, ?2, ?3, 1)
+                 ON CONFLICT (instance_id, flow_name, to_status) DO UPDATE SET count = count + 1",
+            )
+            .and_then(|mut s| s.execute(params![key.instance_id, key.flow_name, to.as_str()]))
+            .map_err(|e| self.error(&e))?;
+        self.outbox(event)
+    }
+
+    /// An execution the API rejected as invalid (ValidationException), with its event.
+    pub fn rejection(
+        &self,
+        key: &ExecutionKey,
+        status: Status,
+        observation: Option<&Observation>,
+        message: &str,
+        event: &Value,
+    ) -> Result<i64, StoreError> {
+        self.upsert(key, status, observation, Some(message))?;
+        self.outbox(event)
+    }
+
+    /// A newer answer about an execution whose status did not change (its times did).
+    pub fn observation(
+        &self,
+        key: &ExecutionKey,
+        status: Status,
+        observation: &Observation,
+    ) -> Result<(), StoreError> {
+        self.upsert(key, status, Some(observation), None)
+    }
+
+    pub fn commit(self) -> Result<(), StoreError> {
+        let path = self.path;
+        self.tx.commit().map_err(|e| StoreError {
+            path: path.to_path_buf(),
+            message: describe(&e),
+        })
+    }
+
+    fn upsert(
+        &self,
+        key: &ExecutionKey,
+        status: Status,
+        observation: Option<&Observation>,
+        rejected: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let observation = observation.and_then(|o| serde_json::to_string(o).ok());
+        self.tx
+            .prepare_cached(
+                "INSERT INTO executions (instance_id, flow_name, execution_id, status, observation, rejected)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (instance_id, flow_name, execution_id)
+                 DO UPDATE SET status = excluded.status, observation = excluded.observation, rejected = excluded.rejected",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    key.instance_id,
+                    key.flow_name,
+                    key.execution_id,
+                    status.as_str(),
+                    observation,
+                    rejected
+                ])
+            })
+            .map(|_| ())
+            .map_err(|e| self.error(&e))
+    }
+
+    fn outbox(&self, event: &Value) -> Result<i64, StoreError> {
+        self.tx
+            .prepare_cached("INSERT INTO outbox (event) VALUES (?1)")
+            .and_then(|mut s| s.execute([event.to_string()]))
+            .map_err(|e| self.error(&e))?;
+        Ok(self.tx.last_insert_rowid())
     }
 }
 
@@ -467,7 +540,7 @@ fn why_not_writable(dir: &Path) -> Option<String> {
         Err(e) => Some(format!(
             "cannot write in the state directory {}: {}",
             dir.display(),
-            crate::io_error_text(&e)
+            crate::model::io_error_text(&e)
         )),
     }
 }
@@ -534,16 +607,17 @@ mod tests {
         };
         let seq = {
             let mut store = Store::open(dir.path()).expect("open");
-            store
-                .commit(
+            let batch = store.batch().expect("batch");
+            let seq = batch
+                .transition(
                     &key(),
                     Status::Failed,
                     Some(&observation),
-                    None,
-                    Some(Status::Failed),
                     &serde_json::json!({"id": "x"}),
                 )
-                .expect("commit")
+                .expect("transition");
+            batch.commit().expect("commit");
+            seq
         };
         let store = Store::open(dir.path()).expect("reopen");
         let restored = store.execution(&key()).expect("read").expect("known");

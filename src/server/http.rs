@@ -2,7 +2,6 @@
 //! server that bounds what it accepts, so a misbehaving scraper cannot exhaust it. The router is
 //! built by [`app`] so tests can call it directly.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +15,12 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
-use crate::engine::scheduler::Command;
+use crate::engine::Command;
 use crate::output::health::{Health, Readiness};
 use crate::output::metrics::{Metrics, SeriesCursor};
+use crate::server::reload::Reloader;
+use crate::server::shutdown::Shutdown;
 
 /// How long `/status` and `/-/reload` wait for the scheduler.
 const SCHEDULER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,11 +45,6 @@ pub mod limits {
     /// How long open connections get to finish at shutdown.
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 }
-
-/// Re-reads the watchlist and hands it to the scheduler; shared by SIGHUP and `POST /-/reload`.
-/// Resolves to a one-line summary, or to the problems that made the new watchlist unusable.
-pub type Reloader = Arc<dyn Fn() -> ReloadFuture + Send + Sync>;
-pub type ReloadFuture = Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -94,13 +89,13 @@ async fn refuse_large_bodies(
     next.run(request).await
 }
 
-/// Serves `app` on `listener` until `stop` is cancelled, within [`limits`].
-pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) {
+/// Serves `app` on `listener` until `stop` is requested, within [`limits`].
+pub async fn serve(listener: TcpListener, app: Router, stop: Shutdown) {
     let slots = Arc::new(Semaphore::new(limits::MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
-            () = stop.cancelled() => break,
+            () = stop.requested() => break,
             accepted = listener.accept() => accepted,
         };
         while connections.try_join_next().is_some() {}
@@ -136,7 +131,7 @@ pub async fn serve(listener: TcpListener, app: Router, stop: CancellationToken) 
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => return,
-                () = stop.cancelled() => {}
+                () = stop.requested() => {}
                 () = tokio::time::sleep(limits::CONNECTION_LIFETIME) => {}
             }
             connection.as_mut().graceful_shutdown();
@@ -224,7 +219,7 @@ async fn status(State(state): State<AppState>) -> Response {
 }
 
 async fn reload(State(state): State<AppState>) -> Response {
-    match (state.reload)().await {
+    match state.reload.reload().await {
         Ok(summary) => (
             StatusCode::OK,
             axum::Json(json!({"result": "success", "summary": summary})),

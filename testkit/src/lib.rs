@@ -1,7 +1,5 @@
-//! Helpers shared by the integration tests: a daemon started in-process against the fake
+//! Helpers shared by flowwatch's integration tests: a daemon started in-process against the fake
 //! Supply Chain API (through the real SDK over HTTP), and a minimal HTTP client.
-
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowwatch::Settings;
-use flowwatch::fake::{FakeServer, Scenario, ScriptedExecution, Step};
+use flowwatch::Shutdown;
 use flowwatch::static_client;
 use flowwatch::{Error, Finish, RunOptions};
+use flowwatch_fake::{FakeServer, Scenario, ScriptedExecution, Step};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 pub const INSTANCE: &str = "8850c54e-e187-4fa7-89d4-6370f165174d";
 
@@ -70,6 +68,12 @@ retain_terminal = "30s"
 /// A temporary directory holding a config, a watchlist and the event file.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Workspace {
@@ -159,7 +163,7 @@ pub fn is_inherited_override(name: &str) -> bool {
 /// A daemon running in this test's runtime.
 pub struct Daemon {
     pub addr: SocketAddr,
-    pub shutdown: CancellationToken,
+    pub shutdown: Shutdown,
     pub task: JoinHandle<Result<Finish, Error>>,
 }
 
@@ -170,7 +174,7 @@ impl Daemon {
             &fake.endpoint_url(),
             settings.polling.request_timeout,
         ));
-        let shutdown = CancellationToken::new();
+        let shutdown = Shutdown::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let options = RunOptions {
             exit_when_done,
@@ -219,7 +223,7 @@ impl Daemon {
     }
 
     pub async fn stop(self) -> Finish {
-        self.shutdown.cancel();
+        self.shutdown.request();
         self.task
             .await
             .expect("daemon task")
@@ -317,9 +321,9 @@ pub fn with_fault(
     from: u64,
     until: Option<u64>,
     probability: f64,
-    fault: flowwatch::fake::Fault,
+    fault: flowwatch_fake::Fault,
 ) -> ScriptedExecution {
-    execution.faults.push(flowwatch::fake::FaultWindow {
+    execution.faults.push(flowwatch_fake::FaultWindow {
         from: Duration::from_secs(from),
         until: until.map(Duration::from_secs),
         probability,
@@ -329,8 +333,8 @@ pub fn with_fault(
 }
 
 /// A modelled error fault.
-pub fn api_error(error_type: &str) -> flowwatch::fake::Fault {
-    flowwatch::fake::Fault::Error {
+pub fn api_error(error_type: &str) -> flowwatch_fake::Fault {
+    flowwatch_fake::Fault::Error {
         error_type: error_type.to_string(),
         http_status: None,
         message: None,

@@ -159,7 +159,7 @@ fn json_content_type() -> String {
 }
 
 /// The model's HTTP code for each modelled exception.
-pub fn http_status_of(error_type: &str) -> Option<u16> {
+fn http_status_of(error_type: &str) -> Option<u16> {
     Some(match error_type {
         "ValidationException" => 400,
         "ServiceQuotaExceededException" => 402,
@@ -246,12 +246,9 @@ pub struct FakeServer {
 
 impl FakeServer {
     /// Starts on an ephemeral port of 127.0.0.1.
+    /// Starts serving `scenario` on a free loopback port.
     pub async fn start(scenario: Scenario) -> std::io::Result<Self> {
-        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), scenario).await
-    }
-
-    pub async fn start_on(addr: SocketAddr, scenario: Scenario) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
         let burst = scenario.rate_limit.as_ref().map_or(1.0, |r| r.burst);
         let shared = Arc::new(Shared {
@@ -284,11 +281,6 @@ impl FakeServer {
     pub fn counts(&self) -> (u64, u64) {
         let stats = lock(&self.shared.stats);
         (stats.requests, stats.throttled)
-    }
-
-    /// The fake's start, on the wall clock: scripted times are offsets from it.
-    pub fn started_wall(&self) -> SystemTime {
-        self.shared.started_wall
     }
 
     /// Time since the fake started, on its clock.

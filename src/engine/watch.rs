@@ -1,0 +1,317 @@
+//! The watch set: which executions and flows the engine watches, how a new watchlist replaces
+//! the old one (entries that stay keep their state and schedule), what comes back from the store
+//! at start-up, how long a terminal execution's series stay, and the `/status` document.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::api::FlowExecutions;
+use crate::engine::discovery::FlowWatch;
+use crate::engine::pacing::startup_offset;
+use crate::engine::pool::Job;
+use crate::engine::state::{ExecutionState, executions_by_status};
+use crate::engine::{Engine, ReloadSummary};
+use crate::input::watchlist::Watchlist;
+use crate::model::{ExecutionKey, FlowEntry, FlowKey, WatchEntry, unix_seconds};
+
+/// The API lists a year of executions; what is known of older ones can go.
+const LISTED_HISTORY: Duration = Duration::from_secs(366 * 24 * 3600);
+
+impl<C: FlowExecutions> Engine<C> {
+    /// Installs a new watchlist. New entries' first polls are spread over `initial_interval`.
+    /// Discovered executions stay while their flow does.
+    pub(super) fn replace(&mut self, watchlist: Watchlist) -> ReloadSummary {
+        let now = Instant::now();
+        let removed = self.remove_unwanted(&watchlist);
+        let mut summary = ReloadSummary {
+            removed,
+            ..ReloadSummary::default()
+        };
+        let new_count = watchlist
+            .entries
+            .iter()
+            .filter(|e| !self.executions.contains_key(&e.key))
+            .count();
+        let mut index = 0;
+        for entry in watchlist.entries {
+            if let Some(state) = self.executions.get_mut(&entry.key) {
+                state.entry.labels = entry.labels;
+                state.found_by_discovery = false;
+                summary.kept += 1;
+                continue;
+            }
+            let offset = startup_offset(index, new_count, self.polling.initial_interval);
+            if self.restore_execution(entry, false, now + offset) {
+                index += 1;
+            }
+            summary.added += 1;
+        }
+        let flow_count = watchlist
+            .flows
+            .iter()
+            .filter(|f| !self.flows.contains_key(&f.key))
+            .count();
+        for (i, entry) in watchlist.flows.into_iter().enumerate() {
+            if self.flows.contains_key(&entry.key) {
+                self.relabel_flow(entry);
+                continue;
+            }
+            let offset = startup_offset(i, flow_count, self.polling.initial_interval);
+            self.watch_flow(entry, now, now + offset);
+        }
+        summary
+    }
+
+    /// Takes out of the watch set every execution and flow the new watchlist no longer has;
+    /// returns how many executions left.
+    fn remove_unwanted(&mut self, watchlist: &Watchlist) -> usize {
+        let wanted: HashSet<&ExecutionKey> = watchlist.entries.iter().map(|e| &e.key).collect();
+        let wanted_flows: HashSet<&FlowKey> = watchlist.flows.iter().map(|f| &f.key).collect();
+        let removed: Vec<ExecutionKey> = self
+            .executions
+            .iter()
+            .filter(|(k, s)| {
+                let listed = wanted.contains(k);
+                let flow_stays = s.found_by_discovery && wanted_flows.contains(&FlowKey::of(k));
+                !(listed || flow_stays)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !removed.is_empty() {
+            let gone: HashSet<&ExecutionKey> = removed.iter().collect();
+            self.series_drops.retain(|k| !gone.contains(k));
+        }
+        for key in &removed {
+            self.forget_execution(key);
+        }
+        let removed_flows: Vec<FlowKey> = self
+            .flows
+            .keys()
+            .filter(|k| !wanted_flows.contains(k))
+            .cloned()
+            .collect();
+        for key in &removed_flows {
+            self.unschedule(&Job::Discover(key.clone()));
+            self.flows.remove(key);
+            self.publisher.flow_left(key);
+            tracing::info!(flow = %key, "flow no longer watched: its discovered executions left the watch set");
+        }
+        removed.len()
+    }
+
+    /// A `[[flow]]` entry that stays takes its new labels, and so do its discovered executions.
+    fn relabel_flow(&mut self, entry: FlowEntry) {
+        let Some(flow) = self.flows.get_mut(&entry.key) else {
+            return;
+        };
+        if flow.entry.labels != entry.labels {
+            for state in self.executions.values_mut() {
+                if state.found_by_discovery && FlowKey::of(&state.entry.key) == entry.key {
+                    state.entry.labels = entry.labels.clone();
+                }
+            }
+        }
+        flow.entry = entry;
+    }
+
+    /// Adds an execution to the watch set with what the store knows of it; it is polled from
+    /// `first_poll` unless it is done. Returns whether it was scheduled.
+    pub(super) fn restore_execution(
+        &mut self,
+        entry: WatchEntry,
+        discovered: bool,
+        first_poll: Instant,
+    ) -> bool {
+        let now = Instant::now();
+        let key = entry.key.clone();
+        let mut state = ExecutionState::new(entry, self.backoff.start());
+        state.found_by_discovery = discovered;
+        if let Some(restored) = self.publisher.restored(&key) {
+            state.restore(restored);
+        }
+        let observation = state.observation.as_deref();
+        self.publisher
+            .execution_joined(&key, state.status, observation);
+        // A run that ended before a restart still says how long the flow's runs take.
+        if state.status.is_terminal()
+            && let Some((start, end)) = observation.and_then(|o| Some((o.start_time?, o.end_time?)))
+        {
+            self.forecast.record(
+                &key.instance_id,
+                &key.flow_name,
+                &key.execution_id,
+                end - start,
+            );
+        }
+        // Never observed, in a flow with no forecast yet, past its scouts: it waits for them
+        // (at most max_interval). What the store knows is polled at once.
+        let first_poll = if self.polling.adaptive
+            && state.observation.is_none()
+            && !state.is_done()
+            && self.forecast.spare_new(&key)
+        {
+            now + self.polling.max_interval
+        } else {
+            first_poll
+        };
+        let done = state.is_done();
+        self.executions.insert(key.clone(), Box::new(state));
+        if done {
+            // Known terminal from an earlier run: not polled again; its series stay for
+            // retain_terminal from now.
+            self.drop_series_later(&key, now);
+            false
+        } else {
+            self.schedule(&key, first_poll);
+            true
+        }
+    }
+
+    /// Takes an execution out of the watch set, with its series. The caller takes it out of
+    /// `series_drops`.
+    pub(super) fn forget_execution(&mut self, key: &ExecutionKey) {
+        self.unschedule(&Job::Poll(key.clone()));
+        self.forecast.forget_execution(key);
+        if let Some(state) = self.executions.remove(key) {
+            self.publisher.execution_left(key, state.status);
+        }
+        self.series_dropped.remove(key);
+    }
+
+    /// Starts watching a `[[flow]]` entry: its discovered executions come back from the store,
+    /// and its first discovery round is due at `first_round`.
+    fn watch_flow(&mut self, entry: FlowEntry, now: Instant, first_round: Instant) {
+        let key = entry.key.clone();
+        let wall = SystemTime::now();
+        let first_seen = self.publisher.flow_first_seen(&key, wall);
+        self.publisher.flow_joined(&key);
+        let flow = FlowWatch::new(entry, first_seen, self.backoff.start());
+        let forget_before = wall.checked_sub(LISTED_HISTORY).unwrap_or(wall);
+        let ended_after = unix_seconds(wall) - self.polling.retain_terminal.as_secs_f64();
+        let restored = self
+            .publisher
+            .discovered_to_restore(&key, ended_after, forget_before);
+        let labels = flow.entry.labels.clone();
+        self.flows.insert(key.clone(), flow);
+        let count = restored.len();
+        for (i, execution) in restored.into_iter().enumerate() {
+            if self.executions.contains_key(&execution) {
+                continue;
+            }
+            let entry = WatchEntry {
+                key: execution,
+                labels: labels.clone(),
+            };
+            let offset = startup_offset(i, count, self.polling.initial_interval);
+            self.restore_execution(entry, true, now + offset);
+        }
+        if count > 0 {
+            tracing::info!(flow = %key, executions = count, "discovered executions restored from the state database");
+        }
+        self.schedule_job(Job::Discover(key), first_round);
+    }
+
+    pub(super) fn schedule(&mut self, key: &ExecutionKey, at: Instant) {
+        self.schedule_job(Job::Poll(key.clone()), at);
+    }
+
+    /// Puts `job` in the queue at `at`, moving it if it was queued. Nothing is queued for an
+    /// execution or flow that is not watched.
+    pub(super) fn schedule_job(&mut self, job: Job, at: Instant) {
+        let next = Some(SystemTime::now() + at.saturating_duration_since(Instant::now()));
+        let previous = match &job {
+            Job::Poll(key) => self.executions.get_mut(key).map(|state| {
+                state.next_poll = next;
+                state.slot.take()
+            }),
+            Job::Discover(flow) => self.flows.get_mut(flow).map(|flow| {
+                flow.next_round = next;
+                flow.slot.take()
+            }),
+        };
+        let Some(previous) = previous else {
+            return;
+        };
+        if let Some(previous) = previous {
+            self.due.remove(&previous);
+        }
+        let slot = Some(self.due.push(at, job.clone()));
+        match &job {
+            Job::Poll(key) => {
+                if let Some(state) = self.executions.get_mut(key) {
+                    state.slot = slot;
+                }
+            }
+            Job::Discover(flow) => {
+                if let Some(flow) = self.flows.get_mut(flow) {
+                    flow.slot = slot;
+                }
+            }
+        }
+    }
+
+    pub(super) fn unschedule(&mut self, job: &Job) {
+        let slot = match job {
+            Job::Poll(key) => self.executions.get_mut(key).and_then(|s| s.slot.take()),
+            Job::Discover(flow) => self.flows.get_mut(flow).and_then(|f| f.slot.take()),
+        };
+        if let Some(slot) = slot {
+            self.due.remove(&slot);
+        }
+    }
+
+    /// The per-execution series of a terminal execution go `retain_terminal` after `now`.
+    pub(super) fn drop_series_later(&mut self, key: &ExecutionKey, now: Instant) {
+        self.series_drops
+            .push(now + self.polling.retain_terminal, key.clone());
+    }
+
+    pub(super) fn drop_expired_series(&mut self) {
+        let now = Instant::now();
+        while let Some(key) = self.series_drops.pop_due(now) {
+            if self
+                .executions
+                .get(&key)
+                .is_some_and(|s| s.found_by_discovery)
+            {
+                // Discovered executions leave the watch set too; the store remembers them.
+                tracing::debug!(execution = %key, "a terminal discovered execution leaves the watch set");
+                self.forget_execution(&key);
+                continue;
+            }
+            tracing::debug!(execution = %key, "dropping the series of a terminal execution");
+            self.publisher.series_expired(&key);
+            self.series_dropped.insert(key);
+        }
+    }
+
+    pub(super) fn status_document(&self) -> Value {
+        let counts = executions_by_status(self.executions.values().map(|s| &**s));
+        let executions: Vec<Value> = self
+            .executions
+            .values()
+            .map(|s| s.to_json(!self.series_dropped.contains(&s.entry.key)))
+            .collect();
+        let wall = SystemTime::now();
+        let mut per_flow: HashMap<FlowKey, usize> = HashMap::new();
+        for state in self.executions.values().filter(|s| s.found_by_discovery) {
+            *per_flow.entry(FlowKey::of(&state.entry.key)).or_default() += 1;
+        }
+        let flows: Vec<Value> = self
+            .flows
+            .iter()
+            .map(|(k, f)| f.to_json(per_flow.get(k).copied().unwrap_or(0), wall))
+            .collect();
+        json!({
+            "watched": self.executions.len(),
+            "flows": flows,
+            "by_status": counts.iter().map(|(s, n)| (s.as_str().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "in_flight": self.pool.in_flight(),
+            "rate_limit_requests_per_second": self.pool.rate(),
+            "executions": executions,
+        })
+    }
+}

@@ -1,0 +1,149 @@
+//! flowwatch's own happenings, one type each. Emitting one logs it and counts it together, so a
+//! log line never goes without its metric, nor a metric without its log line.
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use tracing::Level;
+
+use crate::model::{Operation, Outcome, Transition};
+use crate::output::health::Health;
+use crate::output::metrics::Metrics;
+
+/// Something that happened inside flowwatch.
+pub trait InternalEvent {
+    fn emit(self, metrics: &Metrics, health: &Health);
+}
+
+/// A call to the API answered.
+pub struct CallSucceeded<'a> {
+    pub operation: Operation,
+    pub subject: &'a dyn Display,
+    pub elapsed: Duration,
+    /// The call before it failed.
+    pub recovered: bool,
+}
+
+impl InternalEvent for CallSucceeded<'_> {
+    fn emit(self, metrics: &Metrics, health: &Health) {
+        metrics.record_request(self.operation, Outcome::Success, self.elapsed.as_secs_f64());
+        health.record(Outcome::Success, String::new);
+        if self.recovered {
+            tracing::info!(subject = %self.subject, operation = self.operation.as_str(),
+                "the API answers again");
+        }
+    }
+}
+
+/// A call to the API failed; `level` is how loudly (repeats are quieter).
+pub struct CallFailed<'a> {
+    pub operation: Operation,
+    pub subject: &'a dyn Display,
+    pub outcome: Outcome,
+    pub error: &'a dyn Display,
+    pub elapsed: Duration,
+    pub level: Level,
+}
+
+impl InternalEvent for CallFailed<'_> {
+    fn emit(self, metrics: &Metrics, health: &Health) {
+        metrics.record_request(self.operation, self.outcome, self.elapsed.as_secs_f64());
+        health.record(self.outcome, || self.error.to_string());
+        let (subject, operation, outcome, error) = (
+            self.subject,
+            self.operation.as_str(),
+            self.outcome.metric_label(),
+            self.error,
+        );
+        const FIRST: &str = "call failed (repeats are logged at debug until the outcome changes)";
+        match self.level {
+            Level::ERROR => {
+                tracing::error!(subject = %subject, operation, outcome, error = %error, "{FIRST}")
+            }
+            Level::WARN => {
+                tracing::warn!(subject = %subject, operation, outcome, error = %error, "{FIRST}")
+            }
+            _ => {
+                tracing::debug!(subject = %subject, operation, outcome, error = %error, "call failed again")
+            }
+        }
+    }
+}
+
+/// The API throttled a call and the global rate was cut.
+pub struct RateCut<'a> {
+    pub operation: Operation,
+    pub subject: &'a dyn Display,
+    pub error: &'a dyn Display,
+    pub rate: f64,
+    pub retry_after: Option<Duration>,
+}
+
+impl InternalEvent for RateCut<'_> {
+    fn emit(self, metrics: &Metrics, _health: &Health) {
+        metrics.rate_changed(self.rate);
+        tracing::warn!(subject = %self.subject, operation = self.operation.as_str(), error = %self.error,
+            rate = self.rate, retry_after = %self.retry_after.map_or_else(|| "none".to_string(),
+                |d| humantime::format_duration(d).to_string()),
+            "the API is throttling: global request rate cut");
+    }
+}
+
+/// The global rate grew back after answers.
+pub struct RateRestored {
+    pub rate: f64,
+}
+
+impl InternalEvent for RateRestored {
+    fn emit(self, metrics: &Metrics, _health: &Health) {
+        metrics.rate_changed(self.rate);
+    }
+}
+
+/// A transition is in the store: it is counted, exported and logged.
+pub struct TransitionCommitted<'a>(pub &'a Transition);
+
+impl InternalEvent for TransitionCommitted<'_> {
+    fn emit(self, metrics: &Metrics, _health: &Health) {
+        let t = self.0;
+        let key = &t.key;
+        tracing::info!(execution = %key, from = %t.from, to = %t.to, via = t.via.as_str(),
+            "status transition");
+        metrics.transition(&key.instance_id, &key.flow_name, t.to);
+        metrics.set_status(key, t.to);
+        metrics.watched_moved(Some(t.from), Some(t.to));
+        if let Some(observation) = &t.observation {
+            metrics.set_times(key, observation);
+        }
+        if t.to == crate::model::Status::Failed {
+            let message = t.observation.as_ref().and_then(|o| o.message.as_deref());
+            metrics.set_failure(key, message);
+        }
+    }
+}
+
+/// The state database could not be written; `first` for the first failure of a run of them.
+pub struct StoreFailed<'a> {
+    pub error: &'a dyn Display,
+    pub first: bool,
+}
+
+impl InternalEvent for StoreFailed<'_> {
+    fn emit(self, _metrics: &Metrics, health: &Health) {
+        if self.first {
+            tracing::error!(error = %self.error,
+                "cannot write the state database; transitions wait until it is writable again");
+        }
+        health.set_store_error(Some(self.error.to_string()));
+    }
+}
+
+/// The state database takes writes again.
+pub struct StoreRecovered;
+
+impl InternalEvent for StoreRecovered {
+    fn emit(self, _metrics: &Metrics, health: &Health) {
+        tracing::info!("the state database is writable again");
+        health.set_store_error(None);
+    }
+}

@@ -1,0 +1,365 @@
+//! The [`Publisher`]: the one way anything the engine learns becomes visible. It owns the store,
+//! the event sinks, the metrics and the health state, and keeps one rule: nothing is published
+//! that the store does not hold. A turn's changes commit in one transaction; only then are they
+//! counted, exported and written to the sinks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::model::{ExecutionKey, FlowKey, Observation, Status, Transition, unix_seconds};
+use crate::output::events::{Sinks, rejected_event, transition_event};
+use crate::output::health::Health;
+use crate::output::internal_events::{
+    InternalEvent, StoreFailed, StoreRecovered, TransitionCommitted,
+};
+use crate::output::metrics::Metrics;
+use crate::output::store::{Restored, Store, StoreError};
+
+/// How soon delivery is tried again after a sink failed.
+const REDELIVERY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A change the engine decided on, to commit and then publish.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A status change, with its event.
+    Transition(Transition),
+    /// The API rejected an entry as invalid (ValidationException): polling it stops.
+    Rejection {
+        key: ExecutionKey,
+        status: Status,
+        observation: Option<Observation>,
+        message: String,
+        labels: BTreeMap<String, String>,
+        at: SystemTime,
+    },
+    /// A newer answer with the same status but other times: no event.
+    Observed {
+        key: ExecutionKey,
+        status: Status,
+        observation: Observation,
+    },
+}
+
+pub struct Publisher {
+    store: Store,
+    sinks: Sinks,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// The last store error, so a run of the same failure is logged once.
+    store_error: Option<String>,
+    redeliver_after: Option<Instant>,
+}
+
+impl Publisher {
+    pub fn new(store: Store, sinks: Sinks, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+        let publisher = Self {
+            store,
+            sinks,
+            metrics,
+            health,
+            store_error: None,
+            redeliver_after: None,
+        };
+        publisher.restore_counters();
+        publisher
+    }
+
+    /// Emits one of flowwatch's own happenings: it is logged and counted together.
+    pub fn emit(&self, event: impl InternalEvent) {
+        event.emit(&self.metrics, &self.health);
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// An execution joined the watch set with what is known of it: its series start.
+    pub fn execution_joined(
+        &self,
+        key: &ExecutionKey,
+        status: Status,
+        observation: Option<&Observation>,
+    ) {
+        let m = &self.metrics;
+        m.preset_flow_transitions(&key.instance_id, &key.flow_name);
+        m.set_status(key, status);
+        m.watched_moved(None, Some(status));
+        if let Some(observation) = observation {
+            m.set_times(key, observation);
+            if status == Status::Failed {
+                m.set_failure(key, observation.message.as_deref());
+            }
+        }
+    }
+
+    /// An execution left the watch set: its series go; counters stay.
+    pub fn execution_left(&self, key: &ExecutionKey, status: Status) {
+        self.metrics.watched_moved(Some(status), None);
+        self.metrics.drop_execution(key);
+    }
+
+    /// Discovery found an execution of a watched flow: it joins the watch set, and is counted.
+    pub fn execution_discovered(&self, key: &ExecutionKey, status: Status) {
+        self.execution_joined(key, status, None);
+        self.metrics
+            .execution_discovered(&key.instance_id, &key.flow_name);
+    }
+
+    /// A discovery round of a flow read every page it needed.
+    pub fn discovery_round_done(&self, flow: &FlowKey, at: f64) {
+        self.metrics
+            .discovery_round_done(&flow.instance_id, &flow.flow_name, at);
+    }
+
+    /// The API says a watched flow does not exist (logged with the failed call).
+    pub fn flow_missing(&self, flow: &FlowKey) {
+        self.metrics
+            .flow_missing(&flow.instance_id, &flow.flow_name, true);
+    }
+
+    /// A flow the API said was missing exists after all.
+    pub fn flow_found(&self, flow: &FlowKey) {
+        tracing::info!(flow = %flow, "the flow exists: discovery works again");
+        self.metrics
+            .flow_missing(&flow.instance_id, &flow.flow_name, false);
+    }
+
+    /// A terminal execution's `retain_terminal` is over: its series go; it stays watched.
+    pub fn series_expired(&self, key: &ExecutionKey) {
+        self.metrics.drop_execution(key);
+    }
+
+    /// A `[[flow]]` entry is watched: its series start at zero.
+    pub fn flow_joined(&self, flow: &FlowKey) {
+        self.metrics
+            .watch_discovered_flow(&flow.instance_id, &flow.flow_name);
+    }
+
+    /// A `[[flow]]` entry left the watchlist: its discovery series go, and so does its first
+    /// sighting; what was discovered stays known.
+    pub fn flow_left(&mut self, flow: &FlowKey) {
+        self.metrics
+            .drop_discovered_flow(&flow.instance_id, &flow.flow_name);
+        let result = self.store.forget_flow(flow);
+        self.read(result, ());
+    }
+
+    /// Brings `flowwatch_transitions_total` back to the stored counts, so `increase()` keeps
+    /// working across a restart: the series come back at their old values, not at 0.
+    fn restore_counters(&self) {
+        match self.store.transition_counts() {
+            Ok(counts) => {
+                for (instance_id, flow_name, to_status, count) in counts {
+                    self.metrics
+                        .restore_transitions(&instance_id, &flow_name, &to_status, count);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the stored transition counts"),
+        }
+    }
+
+    /// Commits a turn's changes in one transaction, then publishes them. Returns false when the
+    /// store did not take them: then nothing of them is published, and the engine undoes them.
+    pub fn commit(&mut self, changes: &[Change]) -> bool {
+        if changes.is_empty() {
+            return true;
+        }
+        let committed = self.write(changes);
+        let seqs = match committed {
+            Ok(seqs) => {
+                self.store_recovered();
+                seqs
+            }
+            Err(e) => {
+                self.store_failed(&e);
+                return false;
+            }
+        };
+        for (change, event) in changes.iter().zip(seqs) {
+            self.publish(change);
+            if let Some((seq, event)) = event {
+                self.deliver(seq, &event);
+            }
+        }
+        true
+    }
+
+    /// The store's half of [`Self::commit`]: each change's row, and its event in the outbox.
+    fn write(&mut self, changes: &[Change]) -> Result<Vec<Option<(i64, Value)>>, StoreError> {
+        let batch = self.store.batch()?;
+        let mut events = Vec::with_capacity(changes.len());
+        for change in changes {
+            let event = match change {
+                Change::Transition(t) => {
+                    let event = transition_event(t);
+                    let seq = batch.transition(&t.key, t.to, t.observation.as_ref(), &event)?;
+                    Some((seq, event))
+                }
+                Change::Rejection {
+                    key,
+                    status,
+                    observation,
+                    message,
+                    labels,
+                    at,
+                } => {
+                    let event = rejected_event(key, *status, message, *at, labels);
+                    let seq =
+                        batch.rejection(key, *status, observation.as_ref(), message, &event)?;
+                    Some((seq, event))
+                }
+                Change::Observed {
+                    key,
+                    status,
+                    observation,
+                } => {
+                    batch.observation(key, *status, observation)?;
+                    None
+                }
+            };
+            events.push(event);
+        }
+        batch.commit()?;
+        Ok(events)
+    }
+
+    fn publish(&self, change: &Change) {
+        match change {
+            Change::Transition(t) => self.emit(TransitionCommitted(t)),
+            Change::Rejection { .. } => {}
+            Change::Observed {
+                key, observation, ..
+            } => self.metrics.set_times(key, observation),
+        }
+    }
+
+    /// Writes a committed event to the sinks; it leaves the outbox once every sink took it.
+    fn deliver(&mut self, seq: i64, event: &Value) {
+        if self.sinks.emit(event, &self.metrics) {
+            if let Err(e) = self.store.mark_delivered(seq) {
+                // Delivered but not marked: it is delivered again after a restart (same id).
+                self.store_failed(&e);
+            }
+        } else {
+            self.redeliver_after = Some(Instant::now() + REDELIVERY_INTERVAL);
+        }
+    }
+
+    /// Whether events wait for a sink that failed, and it is time to try again.
+    pub fn redelivery_due(&self, now: Instant) -> bool {
+        self.redeliver_after.is_some_and(|t| t <= now)
+    }
+
+    /// Delivers every committed event not delivered yet: at start-up (events of a run that
+    /// stopped between commit and delivery) and after a sink failed.
+    pub fn deliver_pending(&mut self) {
+        self.redeliver_after = None;
+        let pending = match self.store.pending_events() {
+            Ok(pending) => pending,
+            Err(e) => {
+                self.store_failed(&e);
+                self.redeliver_after = Some(Instant::now() + REDELIVERY_INTERVAL);
+                return;
+            }
+        };
+        if !pending.is_empty() {
+            tracing::info!(
+                events = pending.len(),
+                "delivering events committed but not delivered yet"
+            );
+        }
+        for p in pending {
+            self.deliver(p.seq, &p.event);
+            if self.redeliver_after.is_some() {
+                break;
+            }
+        }
+    }
+
+    /// Pushes events to disk before exit.
+    pub fn flush(&mut self) {
+        self.sinks.flush();
+    }
+
+    fn store_failed(&mut self, e: &StoreError) {
+        let first = self.store_error.as_deref() != Some(e.message.as_str());
+        self.store_error = Some(e.message.clone());
+        self.emit(StoreFailed { error: e, first });
+    }
+
+    fn store_recovered(&mut self) {
+        if self.store_error.take().is_some() {
+            self.emit(StoreRecovered);
+        }
+    }
+
+    /// A store read's answer, or `fallback` (with the failure reported) when it failed.
+    fn read<T>(&mut self, result: Result<T, StoreError>, fallback: T) -> T {
+        result.unwrap_or_else(|e| {
+            self.store_failed(&e);
+            fallback
+        })
+    }
+
+    /// What the store knew of an execution from an earlier run.
+    pub fn restored(&mut self, key: &ExecutionKey) -> Option<Restored> {
+        let result = self.store.execution(key);
+        self.read(result, None)
+    }
+
+    /// Whether an execution is known (watched or discovered) from an earlier run. A failed read
+    /// counts as known, so nothing is announced twice; the next round asks again.
+    pub fn is_known(&mut self, key: &ExecutionKey) -> bool {
+        let result = self.store.is_known(key);
+        self.read(result, true)
+    }
+
+    /// When flowwatch first watched a flow (now, for a new one).
+    pub fn flow_first_seen(&mut self, flow: &FlowKey, now: SystemTime) -> SystemTime {
+        let result = self.store.flow_first_seen(flow, now);
+        self.read(result, now)
+    }
+
+    /// Records an execution discovery found; false when the store did not take it (then it is
+    /// not known, and the next round finds it again).
+    pub fn record_discovered(
+        &mut self,
+        key: &ExecutionKey,
+        now: SystemTime,
+        start_time: Option<f64>,
+    ) -> bool {
+        let result = self
+            .store
+            .record_discovered(key, now, start_time)
+            .map(|()| true);
+        self.read(result, false)
+    }
+
+    /// The discovered executions of a flow to watch again at start-up: running ones, and those
+    /// that ended after `ended_after` (unix seconds). Rows older than `forget_before` go.
+    pub fn discovered_to_restore(
+        &mut self,
+        flow: &FlowKey,
+        ended_after: f64,
+        forget_before: SystemTime,
+    ) -> Vec<ExecutionKey> {
+        let pruned = self
+            .store
+            .prune_discovered(flow, unix_seconds(forget_before));
+        match self.read(pruned, 0) {
+            0 => {}
+            n => tracing::info!(flow = %flow, executions = n,
+                "forgot discovered executions the API no longer lists"),
+        }
+        let result = self.store.discovered_to_restore(flow, ended_after);
+        self.read(result, Vec::new())
+    }
+}

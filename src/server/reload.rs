@@ -1,0 +1,144 @@
+//! Reloading the watchlist, on `POST /-/reload`, on SIGHUP, and when the file changes on disk:
+//! the new file is read and validated here, then handed to the engine; an invalid one is refused
+//! and the old watchlist keeps running.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::Command;
+use crate::input::watchlist::Watchlist;
+use crate::output::metrics::Metrics;
+use crate::server::shutdown::Shutdown;
+
+/// How often the watchlist file is checked for changes.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub struct Reloader {
+    path: PathBuf,
+    commands: mpsc::Sender<Command>,
+    metrics: Arc<Metrics>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, commands: mpsc::Sender<Command>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            path,
+            commands,
+            metrics,
+        }
+    }
+
+    /// Reads the watchlist and installs it. Resolves to a one-line summary, or to the problems
+    /// that made the new watchlist unusable.
+    pub async fn reload(&self) -> Result<String, String> {
+        let result = self.install().await;
+        self.metrics.record_reload(result.is_ok());
+        result
+    }
+
+    async fn install(&self) -> Result<String, String> {
+        let watchlist = match Watchlist::load(&self.path) {
+            Ok(w) => w,
+            Err(problems) => {
+                tracing::error!("reload refused, the old watchlist keeps running: {problems}");
+                return Err(problems.to_string());
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Replace(watchlist, tx))
+            .await
+            .map_err(|_| "the engine is not running".to_string())?;
+        let summary = rx
+            .await
+            .map_err(|_| "the engine stopped during the reload".to_string())?;
+        tracing::info!(
+            added = summary.added,
+            removed = summary.removed,
+            kept = summary.kept,
+            "watchlist reloaded"
+        );
+        Ok(format!(
+            "{} added, {} removed, {} kept",
+            summary.added, summary.removed, summary.kept
+        ))
+    }
+
+    /// Reloads when the watchlist's content differs from `seen` (the digest of what was
+    /// loaded). It reads the file by its path every [`WATCH_INTERVAL`] rather than watching an
+    /// inode, so an editor's save-by-rename and a Kubernetes ConfigMap update (an atomic swap of
+    /// the `..data` symlink) are both seen. A content that failed to load is not tried again
+    /// until it changes.
+    pub async fn on_change(self, mut seen: Option<u64>, shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The file's identity (size, modification time, inode): its content is read again only
+        // when that changes, so a large watchlist costs a stat every interval, not a read.
+        let identity = |m: &std::fs::Metadata| {
+            use std::os::unix::fs::MetadataExt;
+            (m.len(), m.modified().ok(), m.ino(), m.dev())
+        };
+        let mut last_identity = None;
+        loop {
+            tokio::select! {
+                () = shutdown.requested() => return,
+                _ = tick.tick() => {}
+            }
+            let Ok(metadata) = tokio::fs::metadata(&self.path).await else {
+                continue;
+            };
+            let current = Some(identity(&metadata));
+            if current == last_identity {
+                continue;
+            }
+            // Missing for a moment (mid-swap) or unreadable: look again next time.
+            let Ok(bytes) = tokio::fs::read(&self.path).await else {
+                continue;
+            };
+            last_identity = current;
+            let now = Some(digest(&bytes));
+            if now != seen {
+                seen = now;
+                tracing::info!(path = %self.path.display(), "the watchlist changed on disk: reloading");
+                let _ = self.reload().await;
+            }
+        }
+    }
+
+    /// Reloads on every SIGHUP until shutdown.
+    #[cfg(unix)]
+    pub async fn on_sighup(self, shutdown: Shutdown) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; use POST /-/reload instead");
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = shutdown.requested() => return,
+                received = hup.recv() => {
+                    if received.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reloading the watchlist");
+                    let _ = self.reload().await;
+                }
+            }
+        }
+    }
+
+    #[cfg(not(unix))]
+    pub async fn on_sighup(self, _shutdown: Shutdown) {}
+}
+
+/// A fingerprint of the watchlist's content.
+pub fn digest(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
