@@ -381,7 +381,7 @@ async fn measure(run: Run) -> Row {
     let mut scrape_bytes = None;
     let mut last_scrape = Instant::now() - Duration::from_secs(60);
     // Scrape every second while a scrape is quick, else every 5 s; keep each lag reading.
-    let mut scrape_every = Duration::from_secs(1);
+    let mut scrape_every = scrape_interval();
     let mut lags: Vec<(f64, f64)> = Vec::new();
     let deadline = clock + run.timeout;
     // Read while the process lives: the baseline exits once it has seen everything.
@@ -405,7 +405,7 @@ async fn measure(run: Run) -> Row {
                     lags.push((t.duration_since(clock).as_secs_f64(), lag));
                 }
                 if ms > 250.0 {
-                    scrape_every = Duration::from_secs(5);
+                    scrape_every = scrape_every.max(Duration::from_secs(5));
                 }
                 if scrape_ms.is_none_or(|m| ms > m) {
                     scrape_ms = Some(ms);
@@ -584,6 +584,15 @@ fn free_port() -> SocketAddr {
 }
 
 /// One `GET /metrics`; the body's size.
+/// How often `/metrics` is scraped: every second (`FLOWWATCH_BENCH_SCRAPE_SECONDS` changes
+/// it), every 5 s at the least once a scrape takes over 250 ms.
+fn scrape_interval() -> Duration {
+    std::env::var("FLOWWATCH_BENCH_SCRAPE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(1), Duration::from_secs)
+}
+
 /// Scrapes `/metrics`: the body's size and `flowwatch_schedule_lag_seconds`.
 async fn scrape(addr: SocketAddr) -> Option<(usize, Option<f64>)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;

@@ -83,13 +83,15 @@ fn run(config: &Path, exit_when_done: bool) -> ExitCode {
     })
 }
 
-/// Runs `body` on a multi-threaded runtime, with SIGTERM and SIGINT requesting its shutdown.
+/// Runs `body` on a current-thread runtime, with SIGTERM and SIGINT requesting its shutdown.
+/// flowwatch waits on the network almost all the time: on one thread an answer wakes the engine
+/// directly, where on a pool of workers most answers woke another thread first.
 fn block_on<F, Fut>(body: F) -> ExitCode
 where
     F: FnOnce(Shutdown) -> Fut,
     Fut: std::future::Future<Output = ExitCode>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

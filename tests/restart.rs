@@ -119,7 +119,7 @@ async fn events_committed_but_not_delivered_are_delivered_first_at_start_up() {
     let mut store = Store::open(ws.dir.path()).expect("store");
     let batch = store.batch().expect("batch");
     batch
-        .transition(&key, Status::InProgress, None, &stranded)
+        .transition(&key, Status::InProgress, None, &stranded.to_string())
         .expect("transition");
     batch.commit().expect("commit");
     drop(store);

@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 use crate::api::FlowExecutions;
 use crate::engine::discovery::FlowWatch;
 use crate::engine::forecast::Forecast;
+use crate::engine::observe::Staged;
 use crate::engine::pacing::BackoffPolicy;
 use crate::engine::pool::{Job, RequestPool};
 use crate::engine::queue::DueQueue;
@@ -37,7 +38,7 @@ use crate::engine::state::ExecutionState;
 use crate::input::config::{DiscoverySettings, PollingSettings};
 use crate::input::watchlist::Watchlist;
 use crate::model::{ExecutionKey, FlowKey};
-use crate::output::publisher::{Change, Publisher};
+use crate::output::publisher::Publisher;
 use crate::systemd::Watchdog;
 
 /// Requests to the engine from the HTTP server, the signal handlers and the file watch.
@@ -103,8 +104,8 @@ pub struct Engine<C> {
     series_dropped: HashSet<ExecutionKey>,
     forecast: Forecast,
     publisher: Publisher,
-    /// What this turn of the loop decided to commit; committed together at the turn's end.
-    changes: Vec<Change>,
+    /// What the engine decided to commit, committed together (see `observe::end_turn`).
+    staged: Staged,
     rng: fastrand::Rng,
     exit_when_done: bool,
     watchdog: Watchdog,
@@ -139,7 +140,7 @@ impl<C: FlowExecutions> Engine<C> {
             series_dropped: HashSet::new(),
             forecast: Forecast::default(),
             publisher,
-            changes: Vec::new(),
+            staged: Staged::default(),
             rng: fastrand::Rng::new(),
             exit_when_done,
             watchdog: Watchdog::from_env(),

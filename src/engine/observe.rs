@@ -23,6 +23,32 @@ use crate::model::{
 use crate::output::internal_events::{CallFailed, CallSucceeded, RateCut, RateRestored};
 use crate::output::publisher::Change;
 
+/// How long a staged change may wait for others to commit with it: the changes of answers that
+/// arrive close together share one SQLite transaction and one write per event sink.
+const COMMIT_WINDOW: Duration = Duration::from_millis(100);
+/// This many staged changes commit at once, whatever their window.
+const COMMIT_BATCH: usize = 512;
+
+/// Changes decided but not committed yet.
+#[derive(Debug, Default)]
+pub struct Staged {
+    changes: Vec<Change>,
+    /// When the first of them was staged.
+    since: Option<Instant>,
+}
+
+impl Staged {
+    fn push(&mut self, change: Change) {
+        self.since.get_or_insert_with(Instant::now);
+        self.changes.push(change);
+    }
+
+    fn take(&mut self) -> Vec<Change> {
+        self.since = None;
+        std::mem::take(&mut self.changes)
+    }
+}
+
 impl<C: FlowExecutions> Engine<C> {
     pub(super) fn on_answer(&mut self, answer: Answer) {
         match answer {
@@ -33,19 +59,16 @@ impl<C: FlowExecutions> Engine<C> {
         }
     }
 
-    /// A request task ended abnormally (it does not by design): its job is retried later.
-    fn lost(&mut self, job: Option<Job>, error: &str) {
-        let job_text = job
-            .as_ref()
-            .map_or_else(|| "unknown".to_string(), ToString::to_string);
-        tracing::error!(error, job = %job_text, "request task ended abnormally");
+    /// A request panicked (it does not by design): its job is retried later.
+    fn lost(&mut self, job: Job, error: &str) {
+        tracing::error!(error, job = %job, "request ended abnormally");
         let at = Instant::now() + self.polling.max_interval;
         match job {
-            Some(Job::Poll(key)) if self.executions.get(&key).is_some_and(|s| !s.is_done()) => {
+            Job::Poll(key) if self.executions.get(&key).is_some_and(|s| !s.is_done()) => {
                 self.schedule(&key, at);
             }
-            Some(job @ Job::Discover(_)) => self.schedule_job(job, at),
-            _ => {}
+            job @ Job::Discover(_) => self.schedule_job(job, at),
+            Job::Poll(_) => {}
         }
     }
 
@@ -169,12 +192,12 @@ impl<C: FlowExecutions> Engine<C> {
         let wall = SystemTime::now();
         if let Some(to) = decision.to {
             let t = state.transition_to(to, ObservedVia::Poll, wall);
-            self.changes.push(Change::Transition(t));
+            self.staged.push(Change::Transition(t));
         }
         if let Some(message) = decision.reject {
             state.rejected = Some(message.clone());
             state.next_poll = None;
-            self.changes.push(Change::Rejection {
+            self.staged.push(Change::Rejection {
                 key: key.clone(),
                 status: state.status,
                 observation: state.observation.as_deref().cloned(),
@@ -217,14 +240,14 @@ impl<C: FlowExecutions> Engine<C> {
         match transition {
             Some(t) => {
                 let done = t.to.is_terminal();
-                self.changes.push(Change::Transition(t));
+                self.staged.push(Change::Transition(t));
                 if done {
                     self.unschedule(&Job::Poll(key.clone()));
                 }
             }
             None if times_changed => {
                 if let Some(observation) = state.observation.as_deref() {
-                    self.changes.push(Change::Observed {
+                    self.staged.push(Change::Observed {
                         key: key.clone(),
                         status: state.status,
                         observation: observation.clone(),
@@ -236,13 +259,21 @@ impl<C: FlowExecutions> Engine<C> {
         true
     }
 
-    /// Commits what this turn staged, in one transaction, then lets the engine act on what is
-    /// now durable; when the store did not take it, every change of the turn is undone.
-    pub(super) fn end_turn(&mut self) {
-        if self.changes.is_empty() {
+    /// When the staged changes must be committed: [`COMMIT_WINDOW`] after the first of them.
+    pub(super) fn commit_due(&self) -> Option<Instant> {
+        self.staged.since.map(|since| since + COMMIT_WINDOW)
+    }
+
+    /// Commits the staged changes in one transaction once their window is over, they are many,
+    /// or `now` is asked for; then lets the engine act on what is durable. When the store did not
+    /// take them, every one of them is undone.
+    pub(super) fn end_turn(&mut self, now: bool) {
+        let due = self.commit_due().is_some_and(|at| at <= Instant::now());
+        let many = self.staged.changes.len() >= COMMIT_BATCH;
+        if self.staged.changes.is_empty() || !(now || due || many) {
             return;
         }
-        let changes = std::mem::take(&mut self.changes);
+        let changes = self.staged.take();
         let now = Instant::now();
         if self.publisher.commit(&changes) {
             for change in &changes {

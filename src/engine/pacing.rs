@@ -191,6 +191,18 @@ impl RateLimiter {
         }
     }
 
+    /// Takes a token if one is there now, without waiting.
+    pub fn try_acquire(&self) -> bool {
+        let mut b = self.lock();
+        let now = Instant::now();
+        b.refill(now);
+        if b.paused_until.is_some_and(|until| until > now) || b.tokens < 1.0 {
+            return false;
+        }
+        b.tokens -= 1.0;
+        true
+    }
+
     /// A call went through: grow the rate back additively.
     pub fn on_success(&self) {
         let mut b = self.lock();
@@ -342,6 +354,20 @@ mod tests {
         // One token is there at once, the other eight come at 4 per second.
         let elapsed = start.elapsed().as_secs_f64();
         assert!((1.99..2.1).contains(&elapsed), "elapsed {elapsed}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_acquire_takes_only_tokens_that_are_there_and_respects_a_pause() {
+        let limiter = RateLimiter::new(4.0);
+        assert!(limiter.try_acquire(), "the first token is there at once");
+        assert!(!limiter.try_acquire(), "the next one is 250 ms away");
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert!(limiter.try_acquire());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        limiter.on_throttle(Some(Duration::from_secs(2)));
+        assert!(!limiter.try_acquire(), "a retry-after hint pauses it too");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(limiter.try_acquire());
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,13 +1,21 @@
 //! The request pool: at most `max_in_flight` requests at once, each paced by the one global
 //! [`RateLimiter`], each bounded in time. It sends what the engine takes off its queue and hands
 //! back the answers.
+//!
+//! The requests are futures the engine's own task polls, not tasks of their own: an answer wakes
+//! the engine directly instead of waking a request task that then wakes the engine, and no task
+//! is spawned per request. A request that panics (none does by design) becomes an
+//! [`Answer::Lost`] instead of taking the engine down.
 
-use std::collections::HashMap;
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::{Instant, sleep_until};
 
 use crate::api::{ApiError, FlowExecutions, ListPage};
@@ -44,17 +52,18 @@ pub enum Request {
 pub enum Answer {
     Poll(ExecutionKey, Result<Observation, ApiError>, Duration),
     List(FlowKey, Result<ListPage, ApiError>, Duration),
-    /// The request's task ended abnormally (it does not by design); its job, when known, is
-    /// retried later rather than forgotten.
-    Lost(Option<Job>, String),
+    /// The request panicked (it does not by design); its job is retried later rather than
+    /// forgotten.
+    Lost(Job, String),
 }
+
+type InFlight = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
 pub struct RequestPool<C> {
     client: Arc<C>,
     limiter: Arc<RateLimiter>,
     permits: Arc<Semaphore>,
-    tasks: JoinSet<Answer>,
-    jobs: HashMap<Id, Job>,
+    requests: FuturesUnordered<InFlight>,
     /// A safety net over the SDK's own timeout: a request can never hang the pool.
     hard_limit: Duration,
     page_size: i32,
@@ -72,8 +81,7 @@ impl<C: FlowExecutions> RequestPool<C> {
             client,
             limiter: Arc::new(RateLimiter::new(max_rate)),
             permits: Arc::new(Semaphore::new(max_in_flight)),
-            tasks: JoinSet::new(),
-            jobs: HashMap::new(),
+            requests: FuturesUnordered::new(),
             hard_limit: request_timeout + Duration::from_secs(1),
             page_size,
         }
@@ -91,67 +99,61 @@ impl<C: FlowExecutions> RequestPool<C> {
         }
     }
 
+    /// A request slot and a rate token, when both are free now.
+    pub fn try_turn(&self) -> Option<Turn> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        self.limiter.try_acquire().then_some(Turn(permit))
+    }
+
     /// Sends `request` in the slot `turn` holds.
     pub fn send(&mut self, turn: Turn, request: Request) {
         let Turn(permit) = turn;
         let (client, hard_limit) = (self.client.clone(), self.hard_limit);
         let page_size = self.page_size;
-        let (job, handle) = match request {
-            Request::Get(key) => {
-                let job = Job::Poll(key.clone());
-                let handle = self.tasks.spawn(async move {
+        let (job, call): (Job, InFlight) = match request {
+            Request::Get(key) => (
+                Job::Poll(key.clone()),
+                Box::pin(async move {
                     let _permit = permit;
                     let started = Instant::now();
                     let result = bounded(hard_limit, client.get(&key)).await;
                     Answer::Poll(key, result, started.elapsed())
-                });
-                (job, handle)
-            }
-            Request::List { flow, token } => {
-                let job = Job::Discover(flow.clone());
-                let handle = self.tasks.spawn(async move {
+                }),
+            ),
+            Request::List { flow, token } => (
+                Job::Discover(flow.clone()),
+                Box::pin(async move {
                     let _permit = permit;
                     let started = Instant::now();
                     let page = client.list(&flow, token.as_deref(), page_size);
                     let result = bounded(hard_limit, page).await;
                     Answer::List(flow, result, started.elapsed())
-                });
-                (job, handle)
-            }
+                }),
+            ),
         };
-        self.jobs.insert(handle.id(), job);
+        let guarded = AssertUnwindSafe(call).catch_unwind().map(move |answer| {
+            answer.unwrap_or_else(|panic| Answer::Lost(job, panic_text(&*panic)))
+        });
+        self.requests.push(Box::pin(guarded));
     }
 
     /// The next answer; `None` when nothing is in flight.
     pub async fn next(&mut self) -> Option<Answer> {
-        let joined = self.tasks.join_next_with_id().await?;
-        Some(self.answer(joined))
+        self.requests.next().await
     }
 
     /// An answer that is already in, without waiting.
     pub fn ready(&mut self) -> Option<Answer> {
-        let joined = self.tasks.try_join_next_with_id()?;
-        Some(self.answer(joined))
-    }
-
-    fn answer(&mut self, joined: Result<(Id, Answer), JoinError>) -> Answer {
-        match joined {
-            Ok((id, answer)) => {
-                self.jobs.remove(&id);
-                answer
-            }
-            Err(e) => Answer::Lost(self.jobs.remove(&e.id()), e.to_string()),
-        }
+        self.requests.next().now_or_never().flatten()
     }
 
     /// Cancels every request still in flight.
-    pub async fn cancel_all(&mut self) {
-        self.tasks.shutdown().await;
-        self.jobs.clear();
+    pub fn cancel_all(&mut self) {
+        self.requests.clear();
     }
 
     pub fn in_flight(&self) -> usize {
-        self.tasks.len()
+        self.requests.len()
     }
 
     /// The global rate, in requests per second.
@@ -174,6 +176,14 @@ impl<C: FlowExecutions> RequestPool<C> {
 
 /// A request slot and a rate token, ready to send one request.
 pub struct Turn(OwnedSemaphorePermit);
+
+fn panic_text(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a request panicked".to_string())
+}
 
 async fn bounded<T>(
     limit: Duration,

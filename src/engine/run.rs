@@ -42,6 +42,7 @@ impl<C: FlowExecutions> Engine<C> {
             }
             let next_due = self.due.next_due();
             let next_drop = self.series_drops.next_due();
+            let commit_at = self.commit_due();
             let turn = self.pool.turn(next_due);
             tokio::select! {
                 biased;
@@ -54,6 +55,7 @@ impl<C: FlowExecutions> Engine<C> {
                 }
                 Some(command) = commands.recv() => self.on_command(command),
                 Some(turn) = turn, if next_due.is_some() => self.dispatch(turn),
+                () = sleep_until(commit_at.unwrap_or_else(Instant::now)), if commit_at.is_some() => {}
                 () = sleep_until(next_drop.unwrap_or_else(Instant::now)), if next_drop.is_some() => {
                     self.drop_expired_series();
                 }
@@ -63,7 +65,7 @@ impl<C: FlowExecutions> Engine<C> {
                     }
                 }
             }
-            self.end_turn();
+            self.end_turn(false);
         };
         self.drain().await;
         finish
@@ -96,6 +98,8 @@ impl<C: FlowExecutions> Engine<C> {
     }
 
     fn on_command(&mut self, command: Command) {
+        // What is decided is durable before a reload changes the watch set or /status shows it.
+        self.end_turn(true);
         match command {
             Command::Status(reply) => {
                 let _ = reply.send(self.status_document());
@@ -107,8 +111,21 @@ impl<C: FlowExecutions> Engine<C> {
         }
     }
 
-    /// Sends the request at the head of the queue.
+    /// Sends the request at the head of the queue, and every other one already due while a slot
+    /// and a rate token are free at once: a backlog goes out in bursts the bucket allows, not one
+    /// loop turn per request.
     fn dispatch(&mut self, turn: Turn) {
+        self.send_head(turn);
+        let now = Instant::now();
+        while self.due.next_due().is_some_and(|at| at <= now) {
+            let Some(turn) = self.pool.try_turn() else {
+                break;
+            };
+            self.send_head(turn);
+        }
+    }
+
+    fn send_head(&mut self, turn: Turn) {
         let Some(job) = self.due.pop_first() else {
             return;
         };
@@ -149,12 +166,12 @@ impl<C: FlowExecutions> Engine<C> {
                         in_flight = self.pool.in_flight(),
                         "cancelling requests still in flight at shutdown"
                     );
-                    self.pool.cancel_all().await;
+                    self.pool.cancel_all();
                     break;
                 }
             }
         }
-        self.end_turn();
+        self.end_turn(true);
         self.publisher.flush();
     }
 }

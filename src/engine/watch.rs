@@ -270,6 +270,7 @@ impl<C: FlowExecutions> Engine<C> {
     }
 
     pub(super) fn drop_expired_series(&mut self) {
+        self.end_turn(true);
         let now = Instant::now();
         while let Some(key) = self.series_drops.pop_due(now) {
             if self

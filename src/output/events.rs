@@ -99,26 +99,30 @@ impl Sinks {
         Ok(Self { stdout, file })
     }
 
-    /// Writes one event as one line to every sink and counts the result per sink; true when
-    /// every sink took it.
-    pub fn emit(&mut self, event: &Value, metrics: &Metrics) -> bool {
+    /// Writes events (each one JSON line without its newline) to every sink in one write per
+    /// sink, and counts the result per sink and event; true when every sink took them.
+    pub fn emit(&mut self, events: &[&str], metrics: &Metrics) -> bool {
+        let mut lines = String::with_capacity(events.iter().map(|e| e.len() + 1).sum());
+        for event in events {
+            lines.push_str(event);
+            lines.push('\n');
+        }
+        let count = events.len() as u64;
         let mut all_ok = true;
-        let mut line = event.to_string();
-        line.push('\n');
         if self.stdout {
             let result = {
                 let mut out = io::stdout().lock();
-                out.write_all(line.as_bytes()).and_then(|()| out.flush())
+                out.write_all(lines.as_bytes()).and_then(|()| out.flush())
             };
-            record(metrics, "stdout", &result);
+            metrics.events_written("stdout", result.is_ok(), count);
             all_ok &= result.is_ok();
             if let Err(e) = result {
-                tracing::error!(error = %e, "cannot write event to stdout");
+                tracing::error!(error = %e, "cannot write events to stdout");
             }
         }
         if let Some(sink) = &mut self.file {
-            let result = sink.write(line.as_bytes());
-            record(metrics, "file", &result);
+            let result = sink.write(lines.as_bytes());
+            metrics.events_written("file", result.is_ok(), count);
             all_ok &= result.is_ok();
             match result {
                 Ok(()) if sink.failing => {
@@ -195,10 +199,6 @@ fn ends_mid_line(file: &mut File) -> io::Result<bool> {
     let mut last = [0u8; 1];
     file.read_exact(&mut last)?;
     Ok(last[0] != b'\n')
-}
-
-fn record(metrics: &Metrics, sink: &str, result: &io::Result<()>) {
-    metrics.event_written(sink, result.is_ok());
 }
 
 #[cfg(test)]

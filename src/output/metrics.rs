@@ -223,7 +223,7 @@ impl Metrics {
     /// the scheduler for long, whatever the size of the watch set.
     pub fn next_series_chunk(&self, cursor: &mut SeriesCursor) -> Option<String> {
         while let Some(family) = FAMILIES.get(cursor.family) {
-            let mut text = String::new();
+            let mut text = String::with_capacity(family.chunk_capacity());
             let mut last = None;
             let mut seen = 0;
             {
@@ -362,10 +362,10 @@ impl Metrics {
         }
     }
 
-    /// Counts one event written (or not) to a sink.
-    pub fn event_written(&self, sink: &str, ok: bool) {
+    /// Counts `count` events written (or not) to a sink.
+    pub fn events_written(&self, sink: &str, ok: bool, count: u64) {
         let label = if ok { "success" } else { "failure" };
-        self.events.with_label_values(&[sink, label]).inc();
+        self.events.with_label_values(&[sink, label]).inc_by(count);
     }
 
     /// Counts an execution discovery found in a flow.
@@ -428,6 +428,8 @@ pub struct SeriesCursor {
 
 /// Executions per chunk of the exposition (and per hold of the rows' lock).
 const ROWS_PER_CHUNK: usize = 1024;
+/// About the longest line of a per-execution family, to size a chunk so it is not regrown.
+const LINE_BYTES: usize = 180;
 
 /// One per-execution family.
 struct Family {
@@ -467,6 +469,15 @@ const FAMILIES: [Family; 4] = [
 ];
 
 impl Family {
+    /// Room for a chunk of this family: five lines a row for the status, one for the others.
+    fn chunk_capacity(&self) -> usize {
+        let lines = match self.kind {
+            FamilyKind::Status => Status::ALL.len(),
+            _ => 1,
+        };
+        ROWS_PER_CHUNK * lines * LINE_BYTES
+    }
+
     fn has_sample(&self, row: &SeriesRow) -> bool {
         match self.kind {
             FamilyKind::Status => row.status.is_some(),
@@ -497,12 +508,17 @@ impl Family {
         match self.kind {
             FamilyKind::Status => {
                 let Some(status) = row.status else { return };
-                for s in Status::ALL {
-                    ids(out);
+                // The name and ids are the same on the five lines: written once, copied four times.
+                let start = out.len();
+                ids(out);
+                let end = out.len();
+                for (i, s) in Status::ALL.into_iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_within(start..end);
+                    }
                     out.push_str(",status=\"");
                     out.push_str(s.as_str());
-                    out.push('"');
-                    value(out, if s == status { 1.0 } else { 0.0 });
+                    out.push_str(if s == status { "\"} 1\n" } else { "\"} 0\n" });
                 }
             }
             FamilyKind::StartTime | FamilyKind::EndTime => {
@@ -528,7 +544,7 @@ impl Family {
 
 /// A label value as the text format wants it: backslash, double quote and newline escaped.
 fn escape_label(out: &mut String, value: &str) {
-    if !value.contains(['\\', '"', '\n']) {
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
         out.push_str(value);
         return;
     }
@@ -542,12 +558,36 @@ fn escape_label(out: &mut String, value: &str) {
     }
 }
 
+/// `n` in decimal, without going through `core::fmt`.
+fn write_integer(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut rest = n.unsigned_abs();
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
 /// A sample value as the text format wants it (`+Inf`, `-Inf`, `NaN`).
 fn write_value(out: &mut String, v: f64) {
     if v.is_nan() {
         out.push_str("NaN");
     } else if v.is_infinite() {
         out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
+        // A whole number prints the same either way; as an integer it skips float formatting.
+        write_integer(out, v as i64);
     } else {
         let _ = write!(out, "{v}");
     }
@@ -607,6 +647,25 @@ fn failure_label(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_are_written_as_rust_displays_them_whole_or_not() {
+        for v in [
+            0.0,
+            1.0,
+            -1.0,
+            1_794_999_000.0,
+            1_794_999_990.5,
+            1e15,
+            1e20,
+            -0.0,
+            0.25,
+        ] {
+            let mut out = String::new();
+            write_value(&mut out, v);
+            assert_eq!(out, format!("{v}"), "{v}");
+        }
+    }
 
     #[test]
     fn the_exposition_has_every_contract_metric() {

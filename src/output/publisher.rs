@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::model::{ExecutionKey, FlowKey, Observation, Status, Transition, unix_seconds};
@@ -42,6 +41,12 @@ pub enum Change {
         status: Status,
         observation: Observation,
     },
+}
+
+/// An event in the outbox, as the line the sinks write.
+struct Written {
+    seq: i64,
+    line: String,
 }
 
 pub struct Publisher {
@@ -172,36 +177,33 @@ impl Publisher {
         if changes.is_empty() {
             return true;
         }
-        let committed = self.write(changes);
-        let seqs = match committed {
-            Ok(seqs) => {
+        let events = match self.write(changes) {
+            Ok(events) => {
                 self.store_recovered();
-                seqs
+                events
             }
             Err(e) => {
                 self.store_failed(&e);
                 return false;
             }
         };
-        for (change, event) in changes.iter().zip(seqs) {
+        for change in changes {
             self.publish(change);
-            if let Some((seq, event)) = event {
-                self.deliver(seq, &event);
-            }
         }
+        self.deliver(events);
         true
     }
 
     /// The store's half of [`Self::commit`]: each change's row, and its event in the outbox.
-    fn write(&mut self, changes: &[Change]) -> Result<Vec<Option<(i64, Value)>>, StoreError> {
+    fn write(&mut self, changes: &[Change]) -> Result<Vec<Written>, StoreError> {
         let batch = self.store.batch()?;
         let mut events = Vec::with_capacity(changes.len());
         for change in changes {
-            let event = match change {
+            match change {
                 Change::Transition(t) => {
-                    let event = transition_event(t);
-                    let seq = batch.transition(&t.key, t.to, t.observation.as_ref(), &event)?;
-                    Some((seq, event))
+                    let line = transition_event(t).to_string();
+                    let seq = batch.transition(&t.key, t.to, t.observation.as_ref(), &line)?;
+                    events.push(Written { seq, line });
                 }
                 Change::Rejection {
                     key,
@@ -211,21 +213,17 @@ impl Publisher {
                     labels,
                     at,
                 } => {
-                    let event = rejected_event(key, *status, message, *at, labels);
+                    let line = rejected_event(key, *status, message, *at, labels).to_string();
                     let seq =
-                        batch.rejection(key, *status, observation.as_ref(), message, &event)?;
-                    Some((seq, event))
+                        batch.rejection(key, *status, observation.as_ref(), message, &line)?;
+                    events.push(Written { seq, line });
                 }
                 Change::Observed {
                     key,
                     status,
                     observation,
-                } => {
-                    batch.observation(key, *status, observation)?;
-                    None
-                }
-            };
-            events.push(event);
+                } => batch.observation(key, *status, observation)?,
+            }
         }
         batch.commit()?;
         Ok(events)
@@ -241,15 +239,18 @@ impl Publisher {
         }
     }
 
-    /// Writes a committed event to the sinks; it leaves the outbox once every sink took it.
-    fn deliver(&mut self, seq: i64, event: &Value) {
-        if self.sinks.emit(event, &self.metrics) {
-            if let Err(e) = self.store.mark_delivered(seq) {
+    /// Writes committed events to the sinks, one at a time: each leaves the outbox once every
+    /// sink took it, so a crash between the two repeats at most that one event (same id).
+    fn deliver(&mut self, events: Vec<Written>) {
+        for event in events {
+            if !self.sinks.emit(&[&event.line], &self.metrics) {
+                self.redeliver_after = Some(Instant::now() + REDELIVERY_INTERVAL);
+                return;
+            }
+            if let Err(e) = self.store.mark_delivered(event.seq) {
                 // Delivered but not marked: it is delivered again after a restart (same id).
                 self.store_failed(&e);
             }
-        } else {
-            self.redeliver_after = Some(Instant::now() + REDELIVERY_INTERVAL);
         }
     }
 
@@ -270,18 +271,20 @@ impl Publisher {
                 return;
             }
         };
+        let pending: Vec<Written> = pending
+            .into_iter()
+            .map(|p| Written {
+                seq: p.seq,
+                line: p.event.to_string(),
+            })
+            .collect();
         if !pending.is_empty() {
             tracing::info!(
                 events = pending.len(),
                 "delivering events committed but not delivered yet"
             );
         }
-        for p in pending {
-            self.deliver(p.seq, &p.event);
-            if self.redeliver_after.is_some() {
-                break;
-            }
-        }
+        self.deliver(pending);
     }
 
     /// Pushes events to disk before exit.

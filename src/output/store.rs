@@ -437,7 +437,7 @@ impl Batch<'_> {
         key: &ExecutionKey,
         to: Status,
         observation: Option<&Observation>,
-        event: &Value,
+        event: &str,
     ) -> Result<i64, StoreError> {
         self.upsert(key, to, observation, None)?;
         self.tx
@@ -457,7 +457,7 @@ impl Batch<'_> {
         status: Status,
         observation: Option<&Observation>,
         message: &str,
-        event: &Value,
+        event: &str,
     ) -> Result<i64, StoreError> {
         self.upsert(key, status, observation, Some(message))?;
         self.outbox(event)
@@ -510,10 +510,10 @@ impl Batch<'_> {
             .map_err(|e| self.error(&e))
     }
 
-    fn outbox(&self, event: &Value) -> Result<i64, StoreError> {
+    fn outbox(&self, event: &str) -> Result<i64, StoreError> {
         self.tx
             .prepare_cached("INSERT INTO outbox (event) VALUES (?1)")
-            .and_then(|mut s| s.execute([event.to_string()]))
+            .and_then(|mut s| s.execute([event]))
             .map_err(|e| self.error(&e))?;
         Ok(self.tx.last_insert_rowid())
     }
@@ -613,7 +613,7 @@ mod tests {
                     &key(),
                     Status::Failed,
                     Some(&observation),
-                    &serde_json::json!({"id": "x"}),
+                    &serde_json::json!({"id": "x"}).to_string(),
                 )
                 .expect("transition");
             batch.commit().expect("commit");
