@@ -43,6 +43,10 @@ impl Staged {
         self.changes.push(change);
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
     fn take(&mut self) -> Vec<Change> {
         self.since = None;
         std::mem::take(&mut self.changes)

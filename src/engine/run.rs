@@ -83,11 +83,12 @@ impl<C: FlowExecutions> Engine<C> {
         self.publisher.metrics().schedule_lag(lag);
     }
 
-    /// With `exit_when_done`: every execution is terminal, nothing is in flight, and no flow is
-    /// watched (flows never end).
+    /// With `exit_when_done`: every execution is terminal and committed, nothing is in flight,
+    /// and no flow is watched (flows never end).
     fn finished(&self) -> Option<Finish> {
         let done = self.exit_when_done
             && self.pool.in_flight() == 0
+            && self.staged.is_empty()
             && self.flows.is_empty()
             && self.executions.values().all(|s| s.is_done());
         done.then(|| Finish::AllDone {

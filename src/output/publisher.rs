@@ -190,7 +190,9 @@ impl Publisher {
         for change in changes {
             self.publish(change);
         }
-        self.deliver(events);
+        for event in &events {
+            self.deliver(event);
+        }
         true
     }
 
@@ -239,19 +241,19 @@ impl Publisher {
         }
     }
 
-    /// Writes committed events to the sinks, one at a time: each leaves the outbox once every
-    /// sink took it, so a crash between the two repeats at most that one event (same id).
-    fn deliver(&mut self, events: Vec<Written>) {
-        for event in events {
-            if !self.sinks.emit(&[&event.line], &self.metrics) {
-                self.redeliver_after = Some(Instant::now() + REDELIVERY_INTERVAL);
-                return;
-            }
-            if let Err(e) = self.store.mark_delivered(event.seq) {
-                // Delivered but not marked: it is delivered again after a restart (same id).
-                self.store_failed(&e);
-            }
+    /// Writes a committed event to the sinks; it leaves the outbox once every sink took it, so a
+    /// crash between the two repeats at most that one event (same id). Returns whether every
+    /// sink took it.
+    fn deliver(&mut self, event: &Written) -> bool {
+        if !self.sinks.emit(&[&event.line], &self.metrics) {
+            self.redeliver_after = Some(Instant::now() + REDELIVERY_INTERVAL);
+            return false;
         }
+        if let Err(e) = self.store.mark_delivered(event.seq) {
+            // Delivered but not marked: it is delivered again after a restart (same id).
+            self.store_failed(&e);
+        }
+        true
     }
 
     /// Whether events wait for a sink that failed, and it is time to try again.
@@ -284,7 +286,11 @@ impl Publisher {
                 "delivering events committed but not delivered yet"
             );
         }
-        self.deliver(pending);
+        for event in &pending {
+            if !self.deliver(event) {
+                break;
+            }
+        }
     }
 
     /// Pushes events to disk before exit.
