@@ -1,4 +1,4 @@
-//! The systemd notify protocol: `READY=1` once serving, `WATCHDOG=1` from the scheduler loop at
+//! The systemd notify protocol: `READY=1` once serving, `WATCHDOG=1` from the engine loop at
 //! half the watchdog interval, `STOPPING=1` on shutdown. Without `NOTIFY_SOCKET` every call is a
 //! no-op, so the daemon runs the same outside systemd.
 
@@ -44,7 +44,7 @@ impl Watchdog {
         self.every
     }
 
-    /// Called from the scheduler loop: a ping proves the loop is turning.
+    /// Called from the engine loop: a ping proves the loop is turning.
     pub fn tick(&mut self) {
         let Some(every) = self.every else { return };
         let now = Instant::now();

@@ -1,5 +1,5 @@
 //! Discovery of new executions for `[[flow]]` entries: what is known of each watched flow, and
-//! the rules of a discovery round. The scheduler sends the requests (through the same queue,
+//! the rules of a discovery round. The engine sends the requests (through the same queue,
 //! request slots and rate limiter as polls) and adds what a round finds to the watch set.
 //!
 //! A round lists the flow's executions page by page. The model promises no sort order, so each
@@ -40,7 +40,7 @@ pub struct FlowWatch {
     pub last_round_pages: u32,
     /// Paces retries of a failing page.
     pub backoff: Backoff,
-    /// Its place in the scheduler's queue, while it is queued.
+    /// Its place in the engine's queue, while it is queued.
     pub slot: Option<(tokio::time::Instant, u64)>,
 }
 

@@ -1,5 +1,5 @@
 //! What is known of each watched execution, and the status machine that turns observations into
-//! transitions. The scheduler owns one [`ExecutionState`] per watchlist entry.
+//! transitions. The engine owns one [`ExecutionState`] per watched execution.
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! Liveness and readiness, fed by the scheduler and read by `/livez` and `/readyz`.
+//! Liveness and readiness, fed by the engine and read by `/livez` and `/readyz`.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -10,7 +10,7 @@ use crate::model::Outcome;
 
 /// How many recent API outcomes readiness looks at.
 const RECENT: usize = 10;
-/// The scheduler loop beats at least this often; three missed beats mean it is stuck.
+/// The engine loop beats at least this often; three missed beats mean it is stuck.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 const STALE_AFTER: Duration = Duration::from_secs(30);
 
@@ -90,7 +90,7 @@ impl Health {
         inner.recent.push_back((outcome, detail()));
     }
 
-    /// 200 on `/livez` while the scheduler loop is beating.
+    /// 200 on `/livez` while the engine loop is beating.
     pub fn is_live(&self) -> bool {
         let inner = self.lock();
         !inner.stopped && inner.heartbeat.is_some_and(|t| t.elapsed() < STALE_AFTER)

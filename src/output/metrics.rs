@@ -220,7 +220,7 @@ impl Metrics {
 
     /// The next piece of the per-execution families, or `None` after the last. The rows are
     /// locked for at most [`ROWS_PER_CHUNK`] executions at a time, so a scrape never holds up
-    /// the scheduler for long, whatever the size of the watch set.
+    /// the engine for long, whatever the size of the watch set.
     pub fn next_series_chunk(&self, cursor: &mut SeriesCursor) -> Option<String> {
         while let Some(family) = FAMILIES.get(cursor.family) {
             let mut text = String::with_capacity(family.chunk_capacity());

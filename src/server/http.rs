@@ -22,7 +22,7 @@ use crate::output::metrics::{Metrics, SeriesCursor};
 use crate::server::reload::Reloader;
 use crate::server::shutdown::Shutdown;
 
-/// How long `/status` and `/-/reload` wait for the scheduler.
+/// How long `/status` and `/-/reload` wait for the engine.
 const SCHEDULER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the server accepts from clients.
