@@ -30,7 +30,7 @@ impl InternalEvent for CallSucceeded<'_> {
         health.record(Outcome::Success, String::new);
         if self.recovered {
             tracing::info!(subject = %self.subject, operation = self.operation.as_str(),
-                "the API answers again");
+                "{} works again", what(self.operation));
         }
     }
 }
@@ -55,18 +55,27 @@ impl InternalEvent for CallFailed<'_> {
             self.outcome.metric_label(),
             self.error,
         );
-        const FIRST: &str = "call failed (repeats are logged at debug until the outcome changes)";
+        let what = what(self.operation);
+        const REPEATS: &str = "repeats are logged at debug until the outcome changes";
         match self.level {
             Level::ERROR => {
-                tracing::error!(subject = %subject, operation, outcome, error = %error, "{FIRST}")
+                tracing::error!(subject = %subject, operation, outcome, error = %error, "{what} failed ({REPEATS})")
             }
             Level::WARN => {
-                tracing::warn!(subject = %subject, operation, outcome, error = %error, "{FIRST}")
+                tracing::warn!(subject = %subject, operation, outcome, error = %error, "{what} failed ({REPEATS})")
             }
             _ => {
-                tracing::debug!(subject = %subject, operation, outcome, error = %error, "call failed again")
+                tracing::debug!(subject = %subject, operation, outcome, error = %error, "{what} failed again")
             }
         }
+    }
+}
+
+/// What a call of `operation` is for, in a log line's words.
+fn what(operation: Operation) -> &'static str {
+    match operation {
+        Operation::GetExecution => "polling",
+        Operation::ListExecutions => "discovery",
     }
 }
 
