@@ -10,6 +10,7 @@
 //!                                   # one poller: flowwatch, lean (per_execution=false), baseline
 //! FLOWWATCH_BENCH_TIMELINE=dir      # also write each run's requests per second to dir
 //! FLOWWATCH_BENCH_WRAP="heaptrack -o /tmp/ht"   # run flowwatch under a profiler
+//! FLOWWATCH_BENCH_SCRAPE_SECONDS=15              # scrape /metrics every 15 s, not every second
 //! ```
 //!
 //! Columns: N; wall time until every execution was detected terminal; API calls (as the server
