@@ -269,12 +269,12 @@ impl<C: FlowExecutions> Engine<C> {
     }
 
     /// Commits the staged changes in one transaction once their window is over, they are many,
-    /// or `now` is asked for; then lets the engine act on what is durable. When the store did not
-    /// take them, every one of them is undone.
-    pub(super) fn end_turn(&mut self, now: bool) {
+    /// or `force` asks for it now; then lets the engine act on what is durable. When the store did
+    /// not take them, every one of them is undone.
+    pub(super) fn end_turn(&mut self, force: bool) {
         let due = self.commit_due().is_some_and(|at| at <= Instant::now());
         let many = self.staged.changes.len() >= COMMIT_BATCH;
-        if self.staged.changes.is_empty() || !(now || due || many) {
+        if self.staged.is_empty() || !(force || due || many) {
             return;
         }
         let changes = self.staged.take();

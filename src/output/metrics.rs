@@ -1,28 +1,25 @@
 //! The Prometheus metrics of DESIGN §4, in a [`Metrics`] struct that owns its own registry.
 //!
-//! The aggregate families live in a prometheus-crate registry. The four per-execution families
-//! (status, start and end time, failure info) are one small row per execution, written out by
-//! hand a chunk at a time ([`Metrics::next_series_chunk`]), so their memory grows by a row per
-//! execution and a scrape never holds the rows' lock for long. The engine calls methods that say
-//! what happened; no metric is reachable from outside this module.
+//! The aggregate families live in a prometheus-crate registry; the four per-execution families
+//! are rows written by hand (`output::series`), chunk by chunk ([`Metrics::next_series_chunk`]).
+//! The engine calls methods that say what happened; no metric is reachable from outside this
+//! module.
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::ops::Bound;
-use std::sync::{Arc, Mutex};
-
 use crate::model::{ExecutionKey, Observation, Operation, Outcome, Status};
+#[cfg(test)]
+use crate::output::series::{FAMILIES, ROWS_PER_CHUNK, failure_label};
+use crate::output::series::{Series, SeriesCursor};
 
 /// Every metric flowwatch exports.
 pub struct Metrics {
     registry: Registry,
     /// The per-execution series, by execution (so by instance, flow and execution id).
-    rows: Mutex<BTreeMap<ExecutionKey, SeriesRow>>,
+    series: Series,
     transitions: IntCounterVec,
     watched: IntGaugeVec,
     api_requests: IntCounterVec,
@@ -139,7 +136,7 @@ impl Metrics {
                 "1 while the API answers ResourceNotFoundException for the flow of a [[flow]] entry (it does not exist), else 0.",
                 &FLOW_LABELS,
             )?,
-            rows: Mutex::new(BTreeMap::new()),
+            series: Series::default(),
             per_execution,
             registry: r,
             request_counts: Vec::new(),
@@ -209,6 +206,11 @@ impl Metrics {
         text
     }
 
+    /// The next piece of the per-execution families, or `None` after the last.
+    pub fn next_series_chunk(&self, cursor: &mut SeriesCursor) -> Option<String> {
+        self.series.next_chunk(cursor)
+    }
+
     /// The aggregate families, in the text exposition format.
     pub fn render_registry(&self) -> String {
         let mut buf = Vec::new();
@@ -216,64 +218,6 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(buf).unwrap_or_default()
-    }
-
-    /// The next piece of the per-execution families, or `None` after the last. The rows are
-    /// locked for at most [`ROWS_PER_CHUNK`] executions at a time, so a scrape never holds up
-    /// the engine for long, whatever the size of the watch set.
-    pub fn next_series_chunk(&self, cursor: &mut SeriesCursor) -> Option<String> {
-        while let Some(family) = FAMILIES.get(cursor.family) {
-            let mut text = String::with_capacity(family.chunk_capacity());
-            let mut last = None;
-            let mut seen = 0;
-            {
-                let rows = crate::model::lock(&self.rows);
-                let after = cursor
-                    .after
-                    .as_ref()
-                    .map_or(Bound::Unbounded, Bound::Excluded);
-                for (key, row) in rows.range((after, Bound::Unbounded)).take(ROWS_PER_CHUNK) {
-                    seen += 1;
-                    last = Some(key);
-                    if !family.has_sample(row) {
-                        continue;
-                    }
-                    if !cursor.header_written {
-                        cursor.header_written = true;
-                        let _ = write!(
-                            text,
-                            "# HELP {0} {1}\n# TYPE {0} gauge\n",
-                            family.name, family.help
-                        );
-                    }
-                    family.write(&mut text, key, row);
-                }
-                cursor.after = last.cloned();
-            }
-            if seen < ROWS_PER_CHUNK {
-                *cursor = SeriesCursor {
-                    family: cursor.family + 1,
-                    ..SeriesCursor::default()
-                };
-            }
-            if !text.is_empty() {
-                return Some(text);
-            }
-        }
-        None
-    }
-
-    /// The row of `key`, created when missing.
-    fn with_row(&self, key: &ExecutionKey, change: impl FnOnce(&mut SeriesRow)) {
-        let mut rows = crate::model::lock(&self.rows);
-        match rows.get_mut(key) {
-            Some(row) => change(row),
-            None => {
-                let mut row = SeriesRow::default();
-                change(&mut row);
-                rows.insert(key.clone(), row);
-            }
-        }
     }
 
     /// Creates the zero-valued transition counters of a flow, so that `increase()` sees the first
@@ -289,7 +233,7 @@ impl Metrics {
     /// Sets the one-hot status gauge of an execution.
     pub fn set_status(&self, key: &ExecutionKey, status: Status) {
         if self.per_execution {
-            self.with_row(key, |row| row.status = Some(status));
+            self.series.set_status(key, status);
         }
     }
 
@@ -298,23 +242,20 @@ impl Metrics {
         if !self.per_execution || (observation.start_time, observation.end_time) == (None, None) {
             return;
         }
-        self.with_row(key, |row| {
-            row.start = observation.start_time.or(row.start);
-            row.end = observation.end_time.or(row.end);
-        });
+        self.series
+            .set_times(key, observation.start_time, observation.end_time);
     }
 
     /// Exports the failure message of a FAILED execution (with or without `per_execution`: the
     /// FAILED alert reads it).
     pub fn set_failure(&self, key: &ExecutionKey, message: Option<&str>) {
-        let message: Arc<str> = failure_label(message.unwrap_or_default()).into();
-        self.with_row(key, |row| row.failure = Some(message));
+        self.series.set_failure(key, message.unwrap_or_default());
     }
 
     /// Drops the per-execution series (after `retain_terminal`, or when an entry is removed).
     /// Counters stay.
     pub fn drop_execution(&self, key: &ExecutionKey) {
-        crate::model::lock(&self.rows).remove(key);
+        self.series.remove(key);
     }
 
     pub fn record_request(&self, operation: Operation, outcome: Outcome, seconds: f64) {
@@ -408,191 +349,6 @@ impl Metrics {
     }
 }
 
-/// What the per-execution families say of one execution.
-#[derive(Debug, Default)]
-struct SeriesRow {
-    status: Option<Status>,
-    start: Option<f64>,
-    end: Option<f64>,
-    /// The `message` label of `flowwatch_execution_failure_info`.
-    failure: Option<Arc<str>>,
-}
-
-/// Where the writing of the per-execution families stands between chunks.
-#[derive(Debug, Default)]
-pub struct SeriesCursor {
-    family: usize,
-    after: Option<ExecutionKey>,
-    header_written: bool,
-}
-
-/// Executions per chunk of the exposition (and per hold of the rows' lock).
-const ROWS_PER_CHUNK: usize = 1024;
-/// About the longest line of a per-execution family, to size a chunk so it is not regrown.
-const LINE_BYTES: usize = 180;
-
-/// One per-execution family.
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    kind: FamilyKind,
-}
-
-enum FamilyKind {
-    Status,
-    StartTime,
-    EndTime,
-    Failure,
-}
-
-const FAMILIES: [Family; 4] = [
-    Family {
-        name: "flowwatch_execution_end_time_seconds",
-        help: "End time of the flow execution as reported by the API (unix seconds).",
-        kind: FamilyKind::EndTime,
-    },
-    Family {
-        name: "flowwatch_execution_failure_info",
-        help: "Always 1 for a FAILED flow execution; its message label carries the API's failure message (at most 256 characters).",
-        kind: FamilyKind::Failure,
-    },
-    Family {
-        name: "flowwatch_execution_start_time_seconds",
-        help: "Start time of the flow execution as reported by the API (unix seconds).",
-        kind: FamilyKind::StartTime,
-    },
-    Family {
-        name: "flowwatch_execution_status",
-        help: "Current status of a watched flow execution: 1 for its status, 0 for the others.",
-        kind: FamilyKind::Status,
-    },
-];
-
-impl Family {
-    /// Room for a chunk of this family: five lines a row for the status, one for the others.
-    fn chunk_capacity(&self) -> usize {
-        let lines = match self.kind {
-            FamilyKind::Status => Status::ALL.len(),
-            _ => 1,
-        };
-        ROWS_PER_CHUNK * lines * LINE_BYTES
-    }
-
-    fn has_sample(&self, row: &SeriesRow) -> bool {
-        match self.kind {
-            FamilyKind::Status => row.status.is_some(),
-            FamilyKind::StartTime => row.start.is_some(),
-            FamilyKind::EndTime => row.end.is_some(),
-            FamilyKind::Failure => row.failure.is_some(),
-        }
-    }
-
-    /// Writes the family's samples for one execution, labels in name order as the prometheus
-    /// crate writes them.
-    fn write(&self, out: &mut String, key: &ExecutionKey, row: &SeriesRow) {
-        let ids = |out: &mut String| {
-            out.push_str(self.name);
-            out.push_str("{execution_id=\"");
-            escape_label(out, &key.execution_id);
-            out.push_str("\",flow_name=\"");
-            escape_label(out, &key.flow_name);
-            out.push_str("\",instance_id=\"");
-            escape_label(out, &key.instance_id);
-            out.push('"');
-        };
-        let value = |out: &mut String, v: f64| {
-            out.push_str("} ");
-            write_value(out, v);
-            out.push('\n');
-        };
-        match self.kind {
-            FamilyKind::Status => {
-                let Some(status) = row.status else { return };
-                // The name and ids are the same on the five lines: written once, copied four times.
-                let start = out.len();
-                ids(out);
-                let end = out.len();
-                for (i, s) in Status::ALL.into_iter().enumerate() {
-                    if i > 0 {
-                        out.extend_from_within(start..end);
-                    }
-                    out.push_str(",status=\"");
-                    out.push_str(s.as_str());
-                    out.push_str(if s == status { "\"} 1\n" } else { "\"} 0\n" });
-                }
-            }
-            FamilyKind::StartTime | FamilyKind::EndTime => {
-                let time = match self.kind {
-                    FamilyKind::StartTime => row.start,
-                    _ => row.end,
-                };
-                let Some(time) = time else { return };
-                ids(out);
-                value(out, time);
-            }
-            FamilyKind::Failure => {
-                let Some(message) = &row.failure else { return };
-                ids(out);
-                out.push_str(",message=\"");
-                escape_label(out, message);
-                out.push('"');
-                value(out, 1.0);
-            }
-        }
-    }
-}
-
-/// A label value as the text format wants it: backslash, double quote and newline escaped.
-fn escape_label(out: &mut String, value: &str) {
-    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
-        out.push_str(value);
-        return;
-    }
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// `n` in decimal, without going through `core::fmt`.
-fn write_integer(out: &mut String, n: i64) {
-    if n < 0 {
-        out.push('-');
-    }
-    let mut digits = [0u8; 20];
-    let mut rest = n.unsigned_abs();
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
-}
-
-/// A sample value as the text format wants it (`+Inf`, `-Inf`, `NaN`).
-fn write_value(out: &mut String, v: f64) {
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v.is_infinite() {
-        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
-    } else if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
-        // A whole number prints the same either way; as an integer it skips float formatting.
-        write_integer(out, v as i64);
-    } else {
-        let _ = write!(out, "{v}");
-    }
-}
-
 /// `metric`, registered in `registry`.
 fn registered<M: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
@@ -628,44 +384,9 @@ fn unix_now() -> f64 {
     crate::model::unix_seconds(std::time::SystemTime::now())
 }
 
-/// A failure message made fit for a label value: one line, at most 256 characters.
-fn failure_label(message: &str) -> String {
-    let one_line: String = message
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let trimmed = one_line.trim();
-    if trimmed.chars().count() > 256 {
-        let mut cut: String = trimmed.chars().take(255).collect();
-        cut.push('…');
-        cut
-    } else {
-        trimmed.to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn values_are_written_as_rust_displays_them_whole_or_not() {
-        for v in [
-            0.0,
-            1.0,
-            -1.0,
-            1_794_999_000.0,
-            1_794_999_990.5,
-            1e15,
-            1e20,
-            -0.0,
-            0.25,
-        ] {
-            let mut out = String::new();
-            write_value(&mut out, v);
-            assert_eq!(out, format!("{v}"), "{v}");
-        }
-    }
 
     #[test]
     fn the_exposition_has_every_contract_metric() {

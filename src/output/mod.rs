@@ -6,4 +6,5 @@ pub mod health;
 pub mod internal_events;
 pub mod metrics;
 pub mod publisher;
+pub mod series;
 pub mod store;

@@ -18,7 +18,8 @@ use tokio::task::JoinSet;
 
 use crate::engine::Command;
 use crate::output::health::{Health, Readiness};
-use crate::output::metrics::{Metrics, SeriesCursor};
+use crate::output::metrics::Metrics;
+use crate::output::series::SeriesCursor;
 use crate::server::reload::Reloader;
 use crate::server::shutdown::Shutdown;
 

@@ -1,0 +1,323 @@
+//! The four per-execution families (status, start and end time, failure info), one small row per
+//! execution, written out by hand a chunk at a time, so their memory grows by a row per
+//! execution and a scrape never holds the rows' lock for long. Every line is what the prometheus
+//! crate would write for the same series (a unit test in `metrics` compares them).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex};
+
+use crate::model::{ExecutionKey, Status};
+
+/// The per-execution rows, by execution (so by instance, flow and execution id).
+#[derive(Debug, Default)]
+pub struct Series {
+    rows: Mutex<BTreeMap<ExecutionKey, SeriesRow>>,
+}
+
+impl Series {
+    /// The next piece of the per-execution families, or `None` after the last. The rows are
+    /// locked for at most [`ROWS_PER_CHUNK`] executions at a time, so a scrape never holds up
+    /// the engine for long, whatever the size of the watch set.
+    pub fn next_chunk(&self, cursor: &mut SeriesCursor) -> Option<String> {
+        while let Some(family) = FAMILIES.get(cursor.family) {
+            let mut text = String::with_capacity(family.chunk_capacity());
+            let mut last = None;
+            let mut seen = 0;
+            {
+                let rows = crate::model::lock(&self.rows);
+                let after = cursor
+                    .after
+                    .as_ref()
+                    .map_or(Bound::Unbounded, Bound::Excluded);
+                for (key, row) in rows.range((after, Bound::Unbounded)).take(ROWS_PER_CHUNK) {
+                    seen += 1;
+                    last = Some(key);
+                    if !family.has_sample(row) {
+                        continue;
+                    }
+                    if !cursor.header_written {
+                        cursor.header_written = true;
+                        let _ = write!(
+                            text,
+                            "# HELP {0} {1}\n# TYPE {0} gauge\n",
+                            family.name, family.help
+                        );
+                    }
+                    family.write(&mut text, key, row);
+                }
+                cursor.after = last.cloned();
+            }
+            if seen < ROWS_PER_CHUNK {
+                *cursor = SeriesCursor {
+                    family: cursor.family + 1,
+                    ..SeriesCursor::default()
+                };
+            }
+            if !text.is_empty() {
+                return Some(text);
+            }
+        }
+        None
+    }
+
+    /// The row of `key`, created when missing.
+    fn with_row(&self, key: &ExecutionKey, change: impl FnOnce(&mut SeriesRow)) {
+        let mut rows = crate::model::lock(&self.rows);
+        match rows.get_mut(key) {
+            Some(row) => change(row),
+            None => {
+                let mut row = SeriesRow::default();
+                change(&mut row);
+                rows.insert(key.clone(), row);
+            }
+        }
+    }
+
+    pub fn set_status(&self, key: &ExecutionKey, status: Status) {
+        self.with_row(key, |row| row.status = Some(status));
+    }
+
+    /// Keeps a known time when the API leaves it out.
+    pub fn set_times(&self, key: &ExecutionKey, start: Option<f64>, end: Option<f64>) {
+        self.with_row(key, |row| {
+            row.start = start.or(row.start);
+            row.end = end.or(row.end);
+        });
+    }
+
+    pub fn set_failure(&self, key: &ExecutionKey, message: &str) {
+        let message: Arc<str> = failure_label(message).into();
+        self.with_row(key, |row| row.failure = Some(message));
+    }
+
+    pub fn remove(&self, key: &ExecutionKey) {
+        crate::model::lock(&self.rows).remove(key);
+    }
+}
+
+/// What the per-execution families say of one execution.
+#[derive(Debug, Default)]
+struct SeriesRow {
+    status: Option<Status>,
+    start: Option<f64>,
+    end: Option<f64>,
+    /// The `message` label of `flowwatch_execution_failure_info`.
+    failure: Option<Arc<str>>,
+}
+
+/// Where the writing of the per-execution families stands between chunks.
+#[derive(Debug, Default)]
+pub struct SeriesCursor {
+    family: usize,
+    after: Option<ExecutionKey>,
+    header_written: bool,
+}
+
+/// Executions per chunk of the exposition (and per hold of the rows' lock).
+pub(super) const ROWS_PER_CHUNK: usize = 1024;
+/// About the longest line of a per-execution family, to size a chunk so it is not regrown.
+const LINE_BYTES: usize = 180;
+
+/// One per-execution family.
+pub(super) struct Family {
+    pub(super) name: &'static str,
+    pub(super) help: &'static str,
+    kind: FamilyKind,
+}
+
+enum FamilyKind {
+    Status,
+    StartTime,
+    EndTime,
+    Failure,
+}
+
+pub(super) const FAMILIES: [Family; 4] = [
+    Family {
+        name: "flowwatch_execution_end_time_seconds",
+        help: "End time of the flow execution as reported by the API (unix seconds).",
+        kind: FamilyKind::EndTime,
+    },
+    Family {
+        name: "flowwatch_execution_failure_info",
+        help: "Always 1 for a FAILED flow execution; its message label carries the API's failure message (at most 256 characters).",
+        kind: FamilyKind::Failure,
+    },
+    Family {
+        name: "flowwatch_execution_start_time_seconds",
+        help: "Start time of the flow execution as reported by the API (unix seconds).",
+        kind: FamilyKind::StartTime,
+    },
+    Family {
+        name: "flowwatch_execution_status",
+        help: "Current status of a watched flow execution: 1 for its status, 0 for the others.",
+        kind: FamilyKind::Status,
+    },
+];
+
+impl Family {
+    /// Room for a chunk of this family: five lines a row for the status, one for the others.
+    fn chunk_capacity(&self) -> usize {
+        let lines = match self.kind {
+            FamilyKind::Status => Status::ALL.len(),
+            _ => 1,
+        };
+        ROWS_PER_CHUNK * lines * LINE_BYTES
+    }
+
+    fn has_sample(&self, row: &SeriesRow) -> bool {
+        match self.kind {
+            FamilyKind::Status => row.status.is_some(),
+            FamilyKind::StartTime => row.start.is_some(),
+            FamilyKind::EndTime => row.end.is_some(),
+            FamilyKind::Failure => row.failure.is_some(),
+        }
+    }
+
+    /// Writes the family's samples for one execution, labels in name order as the prometheus
+    /// crate writes them.
+    fn write(&self, out: &mut String, key: &ExecutionKey, row: &SeriesRow) {
+        let ids = |out: &mut String| {
+            out.push_str(self.name);
+            out.push_str("{execution_id=\"");
+            escape_label(out, &key.execution_id);
+            out.push_str("\",flow_name=\"");
+            escape_label(out, &key.flow_name);
+            out.push_str("\",instance_id=\"");
+            escape_label(out, &key.instance_id);
+            out.push('"');
+        };
+        let value = |out: &mut String, v: f64| {
+            out.push_str("} ");
+            write_value(out, v);
+            out.push('\n');
+        };
+        match self.kind {
+            FamilyKind::Status => {
+                let Some(status) = row.status else { return };
+                // The name and ids are the same on the five lines: written once, copied four times.
+                let start = out.len();
+                ids(out);
+                let end = out.len();
+                for (i, s) in Status::ALL.into_iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_within(start..end);
+                    }
+                    out.push_str(",status=\"");
+                    out.push_str(s.as_str());
+                    out.push_str(if s == status { "\"} 1\n" } else { "\"} 0\n" });
+                }
+            }
+            FamilyKind::StartTime | FamilyKind::EndTime => {
+                let time = match self.kind {
+                    FamilyKind::StartTime => row.start,
+                    _ => row.end,
+                };
+                let Some(time) = time else { return };
+                ids(out);
+                value(out, time);
+            }
+            FamilyKind::Failure => {
+                let Some(message) = &row.failure else { return };
+                ids(out);
+                out.push_str(",message=\"");
+                escape_label(out, message);
+                out.push('"');
+                value(out, 1.0);
+            }
+        }
+    }
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+fn escape_label(out: &mut String, value: &str) {
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(value);
+        return;
+    }
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// `n` in decimal, without going through `core::fmt`.
+fn write_integer(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut rest = n.unsigned_abs();
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
+/// A sample value as the text format wants it (`+Inf`, `-Inf`, `NaN`).
+fn write_value(out: &mut String, v: f64) {
+    if v.is_nan() {
+        out.push_str("NaN");
+    } else if v.is_infinite() {
+        out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
+        // A whole number prints the same either way; as an integer it skips float formatting.
+        write_integer(out, v as i64);
+    } else {
+        let _ = write!(out, "{v}");
+    }
+}
+
+/// A failure message made fit for a label value: one line, at most 256 characters.
+pub(super) fn failure_label(message: &str) -> String {
+    let one_line: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let trimmed = one_line.trim();
+    if trimmed.chars().count() > 256 {
+        let mut cut: String = trimmed.chars().take(255).collect();
+        cut.push('…');
+        cut
+    } else {
+        trimmed.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_written_as_rust_displays_them_whole_or_not() {
+        for v in [
+            0.0,
+            1.0,
+            -1.0,
+            1_794_999_000.0,
+            1_794_999_990.5,
+            1e15,
+            1e20,
+            -0.0,
+            0.25,
+        ] {
+            let mut out = String::new();
+            write_value(&mut out, v);
+            assert_eq!(out, format!("{v}"), "{v}");
+        }
+    }
+}
