@@ -99,30 +99,27 @@ impl Sinks {
         Ok(Self { stdout, file })
     }
 
-    /// Writes events (each one JSON line without its newline) to every sink in one write per
-    /// sink, and counts the result per sink and event; true when every sink took them.
-    pub fn emit(&mut self, events: &[&str], metrics: &Metrics) -> bool {
-        let mut lines = String::with_capacity(events.iter().map(|e| e.len() + 1).sum());
-        for event in events {
-            lines.push_str(event);
-            lines.push('\n');
-        }
-        let count = events.len() as u64;
+    /// Writes one event (a JSON line without its newline) to every sink and counts the result
+    /// per sink; true when every sink took it.
+    pub fn emit(&mut self, event: &str, metrics: &Metrics) -> bool {
+        let mut line = String::with_capacity(event.len() + 1);
+        line.push_str(event);
+        line.push('\n');
         let mut all_ok = true;
         if self.stdout {
             let result = {
                 let mut out = io::stdout().lock();
-                out.write_all(lines.as_bytes()).and_then(|()| out.flush())
+                out.write_all(line.as_bytes()).and_then(|()| out.flush())
             };
-            metrics.events_written("stdout", result.is_ok(), count);
+            metrics.event_written("stdout", result.is_ok());
             all_ok &= result.is_ok();
             if let Err(e) = result {
-                tracing::error!(error = %e, "cannot write events to stdout");
+                tracing::error!(error = %e, "cannot write event to stdout");
             }
         }
         if let Some(sink) = &mut self.file {
-            let result = sink.write(lines.as_bytes());
-            metrics.events_written("file", result.is_ok(), count);
+            let result = sink.write(line.as_bytes());
+            metrics.event_written("file", result.is_ok());
             all_ok &= result.is_ok();
             match result {
                 Ok(()) if sink.failing => {

@@ -303,10 +303,10 @@ impl Metrics {
         }
     }
 
-    /// Counts `count` events written (or not) to a sink.
-    pub fn events_written(&self, sink: &str, ok: bool, count: u64) {
+    /// Counts one event written (or not) to a sink.
+    pub fn event_written(&self, sink: &str, ok: bool) {
         let label = if ok { "success" } else { "failure" };
-        self.events.with_label_values(&[sink, label]).inc_by(count);
+        self.events.with_label_values(&[sink, label]).inc();
     }
 
     /// Counts an execution discovery found in a flow.

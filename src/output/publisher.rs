@@ -245,7 +245,7 @@ impl Publisher {
     /// crash between the two repeats at most that one event (same id). Returns whether every
     /// sink took it.
     fn deliver(&mut self, event: &Written) -> bool {
-        if !self.sinks.emit(&[&event.line], &self.metrics) {
+        if !self.sinks.emit(&event.line, &self.metrics) {
             self.redeliver_after = Some(Instant::now() + REDELIVERY_INTERVAL);
             return false;
         }
