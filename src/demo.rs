@@ -40,6 +40,7 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: Shutdown) -> Result<(
     let events_file = settings.events.file.clone();
     let options = RunOptions {
         exit_when_done: !hold,
+        done_despite_flows: true,
         reload_on_sighup: false,
         bound: Some(bound_tx),
     };
@@ -47,7 +48,8 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: Shutdown) -> Result<(
     if let Ok(addr) = bound_rx.await {
         eprintln!(
             "\nflowwatch demo: a fake Supply Chain API runs at {}; flowwatch watches {} executions.\n\
-             While it runs, look at:\n  curl http://{addr}/metrics\n  curl http://{addr}/status\n  curl http://{addr}/readyz\n\
+             While it runs, look at:\n  http://{addr}/ in a browser: the status page (an overdue run shows after 30 s)\n  \
+             curl http://{addr}/metrics\n  curl http://{addr}/status\n  curl http://{addr}/readyz\n\
              Events (CloudEvents JSON Lines) print on stdout and go to {}.\n",
             fake.endpoint_url(),
             scenario.executions.len(),
@@ -63,13 +65,18 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: Shutdown) -> Result<(
         .map_err(|e| e.to_string())?;
 
     let stats = fake.stats();
-    let transitions = events_file
+    let events = events_file
         .and_then(|p| std::fs::read_to_string(p).ok())
-        .map_or(0, |text| text.lines().count());
+        .unwrap_or_default();
+    let overdue = events
+        .lines()
+        .filter(|line| line.contains(r#""type":"flowwatch.execution.overdue""#))
+        .count();
     eprintln!(
-        "\nflowwatch demo finished in {:.1}s: {transitions} transitions seen, {} API calls made, {} throttles absorbed; {}.\n\
+        "\nflowwatch demo finished in {:.1}s: {} events ({overdue} overdue run), {} API calls made, {} throttles absorbed; {}.\n\
          `flowwatch run --exit-when-done` would exit {} here.",
         fake.elapsed().as_secs_f64(),
+        events.lines().count(),
         stats.requests,
         stats.throttled,
         finish.describe(),
@@ -80,7 +87,8 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: Shutdown) -> Result<(
     Ok(())
 }
 
-/// Writes the demo's config and watchlist; the watchlist lists every scripted execution.
+/// Writes the demo's config and watchlist: a `[[flow]]` entry for each scripted flow, and an
+/// `[[execution]]` entry for every scripted execution of other flows.
 fn write_files(
     dir: &std::path::Path,
     scenario: &flowwatch_fake::Scenario,
@@ -88,7 +96,19 @@ fn write_files(
     listen: SocketAddr,
 ) -> Result<PathBuf, String> {
     let mut watchlist = String::from("# Written by `flowwatch demo`.\n");
-    for e in &scenario.executions {
+    for f in &scenario.flows {
+        watchlist.push_str(&format!(
+            "\n[[flow]]\ninstance_id = \"{}\"\nflow_name = \"{}\"\nsince = \"8d\"\nexpect_success_within = \"26h\"\nlabels = {{ team = \"demo\" }}\n",
+            f.instance_id, f.flow_name
+        ));
+    }
+    let not_by_flow = |e: &&flowwatch_fake::ScriptedExecution| {
+        !scenario
+            .flows
+            .iter()
+            .any(|f| f.instance_id == e.instance_id && f.flow_name == e.flow_name)
+    };
+    for e in scenario.executions.iter().filter(not_by_flow) {
         watchlist.push_str(&format!(
             "\n[[execution]]\ninstance_id = \"{}\"\nflow_name = \"{}\"\nexecution_id = \"{}\"\nlabels = {{ team = \"demo\" }}\n",
             e.instance_id, e.flow_name, e.execution_id
@@ -99,6 +119,7 @@ fn write_files(
          [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n\n\
          [polling]\ninitial_interval = \"1s\"\nmax_interval = \"4s\"\nmultiplier = 2.0\nmax_requests_per_second = 5.0\n\
          max_in_flight = 4\nrequest_timeout = \"5s\"\nnot_found_grace = \"30s\"\nretain_terminal = \"5m\"\n\n\
+         [discovery]\ninterval = \"5s\"\n\n[flow_health]\noverdue_min = \"20s\"\n\n\
          [state]\npath = \"{dir}\"\n\n[events]\nstdout = true\nfile = \"{dir}/events.jsonl\"\n",
         dir = dir.display()
     );

@@ -48,7 +48,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::SdkFlowExecutions;
-use crate::engine::Engine;
+use crate::engine::{Engine, ExitWhen};
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location};
 use crate::input::watchlist::Watchlist;
 use crate::output::events::Sinks;
@@ -86,6 +86,10 @@ impl Error {
 pub struct RunOptions {
     /// Exit once every execution is terminal.
     pub exit_when_done: bool,
+    /// With `exit_when_done`, watched `[[flow]]` entries do not keep the daemon running: it
+    /// exits once every execution it knows is terminal (the demo, whose flows start nothing new
+    /// after their scripted runs).
+    pub done_despite_flows: bool,
     /// Reload the watchlist on SIGHUP (the binary sets this; in-process tests do not).
     pub reload_on_sighup: bool,
     /// Told the HTTP server's address once it is listening (useful with port 0).
@@ -141,7 +145,7 @@ pub async fn run_with<C: FlowExecutions>(
     // Read before loading, so any change after this moment is seen by the file watch.
     let watched_digest = std::fs::read(&settings.watchlist).ok().map(|b| digest(&b));
     let watchlist = Watchlist::load(&settings.watchlist)?;
-    if options.exit_when_done && !watchlist.flows.is_empty() {
+    if options.exit_when_done && !options.done_despite_flows && !watchlist.flows.is_empty() {
         return Err(exit_when_done_with_flows(&settings, watchlist.flows.len()));
     }
     // The engine takes the watchlist; no 100,000-entry copy is kept for these counts.
@@ -164,9 +168,14 @@ pub async fn run_with<C: FlowExecutions>(
         client,
         settings.polling.clone(),
         settings.discovery.clone(),
+        settings.flow_health.clone(),
         watchlist,
         publisher,
-        options.exit_when_done,
+        match (options.exit_when_done, options.done_despite_flows) {
+            (false, _) => ExitWhen::Never,
+            (true, false) => ExitWhen::AllDone,
+            (true, true) => ExitWhen::ExecutionsDone,
+        },
     );
     tracing::info!(version = env!("CARGO_PKG_VERSION"), %addr, watchlist = %settings.watchlist.display(),
         executions = entry_count, flows = flow_count, "flowwatch is listening");
@@ -234,7 +243,13 @@ fn open_outputs(settings: &Settings) -> Result<(Publisher, Arc<Metrics>, Arc<Hea
         )]))
     })?;
     let health = Arc::new(Health::new());
-    let publisher = Publisher::new(store, sinks, metrics.clone(), health.clone());
+    let publisher = Publisher::new(
+        store,
+        sinks,
+        metrics.clone(),
+        health.clone(),
+        settings.flow_health.history,
+    );
     Ok((publisher, metrics, health))
 }
 

@@ -70,6 +70,7 @@ fn run(config: &Path, exit_when_done: bool) -> ExitCode {
     block_on(|shutdown| async move {
         let options = RunOptions {
             exit_when_done,
+            done_despite_flows: false,
             reload_on_sighup: true,
             bound: None,
         };

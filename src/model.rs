@@ -176,6 +176,8 @@ pub struct FlowEntry {
     /// Executions that started before `now - since` are ignored. `None`: those that started
     /// before flowwatch first saw the flow are ignored.
     pub since: Option<Duration>,
+    /// A success is expected at least this often (`flowwatch_flow_success_expected_within_seconds`).
+    pub expect_success_within: Option<Duration>,
     /// Copied to every discovered execution.
     pub labels: BTreeMap<String, String>,
 }
@@ -401,6 +403,75 @@ pub struct Transition {
     pub labels: BTreeMap<String, String>,
     /// How the observation that caused it reached flowwatch.
     pub via: ObservedVia,
+}
+
+/// When a running execution is expected to end, from its flow's recent durations.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Expectation {
+    /// Start plus the flow's median duration (unix seconds).
+    pub expected_end: f64,
+    /// The median duration of the flow's recent runs (seconds).
+    pub median: f64,
+    /// Once it has run this long (seconds), the execution is overdue.
+    pub overdue_after: f64,
+}
+
+/// A running execution that has run far longer than its flow's runs usually take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overdue {
+    pub key: ExecutionKey,
+    pub start_time: f64,
+    /// How long it had run when flowwatch saw it overdue (seconds).
+    pub running: f64,
+    pub expectation: Expectation,
+    /// When flowwatch saw it.
+    pub at: SystemTime,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// When a flow last succeeded and failed, as far as flowwatch knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Freshness {
+    pub last_success: Option<f64>,
+    pub last_failure: Option<f64>,
+    /// When flowwatch first watched the flow through a `[[flow]]` entry.
+    pub first_watched: Option<f64>,
+}
+
+impl Freshness {
+    /// The value of `flowwatch_flow_last_success_timestamp_seconds`: the latest success, or, for
+    /// a `[[flow]]` entry with none known, when flowwatch first watched it (so a new entry does
+    /// not page at once).
+    pub fn success_or_watched(&self) -> Option<f64> {
+        self.last_success.or(self.first_watched)
+    }
+
+    pub fn finished(&mut self, status: Status, ended: f64) {
+        let slot = match status {
+            Status::Succeeded => &mut self.last_success,
+            Status::Failed => &mut self.last_failure,
+            _ => return,
+        };
+        *slot = Some(slot.map_or(ended, |t| t.max(ended)));
+    }
+}
+
+impl Transition {
+    /// For a SUCCEEDED or FAILED run: when it ended (the API's end time, else when flowwatch saw
+    /// it) and how long it ran, when both of its times are known.
+    pub fn run(&self) -> Option<(f64, Option<f64>)> {
+        if !matches!(self.to, Status::Succeeded | Status::Failed) {
+            return None;
+        }
+        let observation = self.observation.as_ref();
+        let ended = observation
+            .and_then(|o| o.end_time)
+            .unwrap_or_else(|| unix_seconds(self.at));
+        let seconds = observation
+            .and_then(|o| Some(o.end_time? - o.start_time?))
+            .filter(|s| s.is_finite() && *s > 0.0);
+        Some((ended, seconds))
+    }
 }
 
 /// RFC 3339 in UTC with whole seconds, as in the contract's example.

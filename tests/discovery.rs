@@ -679,8 +679,7 @@ async fn exit_when_done_refuses_a_watchlist_with_flows() {
     ));
     let options = flowwatch::RunOptions {
         exit_when_done: true,
-        reload_on_sighup: false,
-        bound: None,
+        ..flowwatch::RunOptions::default()
     };
     let result = flowwatch::run_with(settings, client, options, flowwatch::Shutdown::new()).await;
     match result {

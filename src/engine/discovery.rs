@@ -211,6 +211,7 @@ mod tests {
                     flow_name: "daily-orders".into(),
                 },
                 since,
+                expect_success_within: None,
                 labels: BTreeMap::new(),
             },
             UNIX_EPOCH + Duration::from_secs(1_000_000),

@@ -1,8 +1,10 @@
 //! How long a flow's executions run, learnt from the ones that finished, and when that says to
 //! poll a running execution next.
 //!
-//! Executions of one flow tend to take about as long every run. For each flow the last
-//! [`SAMPLES`] durations (end − start, as the API reports them) are kept sorted. For a running
+//! Executions of one flow tend to take about as long every run. For each flow the durations
+//! (end − start, as the API reports them) of its most recent runs, by end time, are kept sorted:
+//! `[flow_health] history` of them, the same durations the store keeps and flow health reads
+//! (the median, for an expected end). For a running
 //! execution of age `a`, the durations longer than `a` are the runs it may still turn out like;
 //! the next poll goes at the median of those, so about half of such executions have ended by
 //! then, and the next one again at the median of the rest. An execution is spared while it is
@@ -21,8 +23,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::model::ExecutionKey;
 
-/// Durations kept per flow: the recent ones, so a flow that changes speed is followed.
-pub const SAMPLES: usize = 64;
 /// Durations needed before they are trusted.
 pub const MIN_SAMPLES: usize = 2;
 /// Running executions per flow that climb the ladder while the flow has no forecast yet.
@@ -41,24 +41,36 @@ pub enum Plan {
     Spare,
 }
 
-/// The recent durations of one flow.
+/// The durations of one flow's most recent runs.
 #[derive(Debug, Default)]
 struct Durations {
-    recent: VecDeque<f64>,
+    /// (end time, duration) of the most recent runs, by end time.
+    recent: VecDeque<(f64, f64)>,
     sorted: Vec<f64>,
 }
 
 impl Durations {
-    fn record(&mut self, seconds: f64) {
-        if self.recent.len() == SAMPLES
-            && let Some(old) = self.recent.pop_front()
-            && let Ok(i) = self.sorted.binary_search_by(|d| d.total_cmp(&old))
-        {
-            self.sorted.remove(i);
+    /// Keeps the duration of a run that ended at `ended`, unless `capacity` more recent ones are
+    /// known; the oldest goes when there are more.
+    fn record(&mut self, ended: f64, seconds: f64, capacity: usize) {
+        let at = self.recent.partition_point(|(e, _)| *e <= ended);
+        if at == 0 && self.recent.len() >= capacity {
+            return;
         }
-        self.recent.push_back(seconds);
-        let at = self.sorted.partition_point(|d| *d < seconds);
-        self.sorted.insert(at, seconds);
+        self.recent.insert(at, (ended, seconds));
+        let i = self.sorted.partition_point(|d| *d < seconds);
+        self.sorted.insert(i, seconds);
+        while self.recent.len() > capacity {
+            if let Some((_, old)) = self.recent.pop_front()
+                && let Ok(i) = self.sorted.binary_search_by(|d| d.total_cmp(&old))
+            {
+                self.sorted.remove(i);
+            }
+        }
+    }
+
+    fn median(&self) -> Option<f64> {
+        self.sorted.get(self.sorted.len() / 2).copied()
     }
 
     fn until_next_check(&self, age: f64) -> Option<f64> {
@@ -82,12 +94,43 @@ struct FlowForecast {
 }
 
 /// Durations per flow, by instance and flow name (looked up without allocating).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Forecast {
     flows: HashMap<String, HashMap<String, FlowForecast>>,
+    /// Durations kept per flow (`flow_health.history`).
+    capacity: usize,
+}
+
+impl Default for Forecast {
+    fn default() -> Self {
+        Self::new(crate::input::config::FlowHealthSettings::default().history)
+    }
 }
 
 impl Forecast {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            flows: HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The median of the flow's recent durations, once it has at least `min` of them.
+    pub fn median(&self, instance_id: &str, flow_name: &str, min: usize) -> Option<f64> {
+        let durations = &self.flows.get(instance_id)?.get(flow_name)?.durations;
+        (durations.sorted.len() >= min)
+            .then(|| durations.median())
+            .flatten()
+    }
+
+    /// How many durations are known for a flow.
+    pub fn samples(&self, instance_id: &str, flow_name: &str) -> usize {
+        self.flows
+            .get(instance_id)
+            .and_then(|f| f.get(flow_name))
+            .map_or(0, |f| f.durations.sorted.len())
+    }
+
     /// The flow's forecast, created when missing. A known flow is found without allocating,
     /// since this runs on every poll of a running execution. Never `None` in practice.
     fn flow_mut(&mut self, instance_id: &str, flow_name: &str) -> Option<&mut FlowForecast> {
@@ -106,23 +149,19 @@ impl Forecast {
             .and_then(|flows| flows.get_mut(flow_name))
     }
 
-    /// Records a finished execution's duration (seconds; ignored unless finite and positive).
-    /// When this gives the flow its forecast, returns the spared executions, to reschedule.
-    pub fn record(
-        &mut self,
-        instance_id: &str,
-        flow_name: &str,
-        execution_id: &str,
-        seconds: f64,
-    ) -> Vec<ExecutionKey> {
-        let Some(flow) = self.flow_mut(instance_id, flow_name) else {
+    /// Records a finished execution's duration (seconds; ignored unless finite and positive)
+    /// and when it ended. When this gives the flow its forecast, returns the spared executions,
+    /// to reschedule.
+    pub fn record(&mut self, key: &ExecutionKey, ended: f64, seconds: f64) -> Vec<ExecutionKey> {
+        let capacity = self.capacity;
+        let Some(flow) = self.flow_mut(&key.instance_id, &key.flow_name) else {
             return Vec::new();
         };
-        flow.scouts.remove(execution_id);
-        if !(seconds.is_finite() && seconds > 0.0) {
+        flow.scouts.remove(&*key.execution_id);
+        if !(seconds.is_finite() && seconds > 0.0 && ended.is_finite()) {
             return Vec::new();
         }
-        flow.durations.record(seconds);
+        flow.durations.record(ended, seconds, capacity);
         if flow.durations.sorted.len() >= MIN_SAMPLES {
             flow.scouts.clear();
             let mut due: Vec<ExecutionKey> = flow.spared.drain().collect();
@@ -199,15 +238,6 @@ impl Forecast {
             .durations
             .until_next_check(age)
     }
-
-    /// How many durations are known for a flow.
-    #[cfg(test)]
-    pub fn samples(&self, instance_id: &str, flow_name: &str) -> usize {
-        self.flows
-            .get(instance_id)
-            .and_then(|f| f.get(flow_name))
-            .map_or(0, |f| f.durations.sorted.len())
-    }
 }
 
 #[cfg(test)]
@@ -217,10 +247,12 @@ mod tests {
     #[test]
     fn nothing_is_forecast_before_enough_runs_or_past_the_longest() {
         let mut f = Forecast::default();
-        f.record("i", "f", "a", 60.0);
+        f.record(&key(1), 100.0, 60.0);
         assert_eq!(f.until_next_check("i", "f", 10.0), None);
-        f.record("i", "f", "b", 62.0);
-        f.record("i", "f", "c", 58.0);
+        f.record(&key(2), 101.0, 62.0);
+        f.record(&key(3), 102.0, 58.0);
+        assert_eq!(f.median("i", "f", 3), Some(60.0));
+        assert_eq!(f.median("i", "f", 4), None, "not enough runs");
         assert_eq!(f.until_next_check("i", "other", 10.0), None);
         // Younger than every run: wait for the median run.
         assert_eq!(f.until_next_check("i", "f", 10.0), Some(50.0));
@@ -231,19 +263,22 @@ mod tests {
     }
 
     #[test]
-    fn only_recent_durations_count() {
-        let mut f = Forecast::default();
-        for _ in 0..SAMPLES {
-            f.record("i", "f", "x", 10.0);
+    fn only_the_most_recent_durations_by_end_time_count() {
+        let mut f = Forecast::new(5);
+        for n in 0..5 {
+            f.record(&key(n), 1000.0 + n as f64, 10.0);
         }
-        for _ in 0..SAMPLES {
-            f.record("i", "f", "x", 100.0);
+        for n in 5..10 {
+            f.record(&key(n), 2000.0 + n as f64, 100.0);
         }
-        assert_eq!(f.samples("i", "f"), SAMPLES);
+        assert_eq!(f.samples("i", "f"), 5);
         assert_eq!(f.until_next_check("i", "f", 0.0), Some(100.0));
-        f.record("i", "f", "x", f64::NAN);
-        f.record("i", "f", "x", -1.0);
-        assert_eq!(f.samples("i", "f"), SAMPLES);
+        // A run older than every one kept (history found late) does not push a newer one out.
+        f.record(&key(20), 500.0, 1.0);
+        assert_eq!(f.median("i", "f", 1), Some(100.0));
+        f.record(&key(21), 3000.0, f64::NAN);
+        f.record(&key(22), 3000.0, -1.0);
+        assert_eq!(f.samples("i", "f"), 5);
     }
 
     fn key(n: usize) -> ExecutionKey {
@@ -265,8 +300,8 @@ mod tests {
         assert_eq!(f.plan(&key(11), 1.0), Plan::Spare);
         assert_eq!(f.plan(&key(10), 9.0), Plan::Spare, "spared once");
         assert_eq!(f.plan(&key(0), 12.0), Plan::Dense, "others wait for it");
-        assert!(f.record("i", "f", "e0", 30.0).is_empty());
-        let due = f.record("i", "f", "e1", 32.0);
+        assert!(f.record(&key(0), 100.0, 30.0).is_empty());
+        let due = f.record(&key(1), 101.0, 32.0);
         assert_eq!(due, vec![key(10), key(11)]);
         assert_eq!(f.plan(&key(10), 20.0), Plan::In(12.0));
         assert_eq!(
@@ -281,8 +316,8 @@ mod tests {
         let mut f = Forecast::default();
         let spared: Vec<bool> = (0..5).map(|n| f.spare_new(&key(n))).collect();
         assert_eq!(spared, [false, false, false, true, true]);
-        f.record("i", "f", "e0", 30.0);
-        assert_eq!(f.record("i", "f", "e1", 30.0), vec![key(3), key(4)]);
+        f.record(&key(0), 100.0, 30.0);
+        assert_eq!(f.record(&key(1), 101.0, 30.0), vec![key(3), key(4)]);
         assert!(!f.spare_new(&key(5)), "with a forecast, nothing waits");
     }
 

@@ -4,15 +4,18 @@
 //! - [`policy`]: the pure decisions (the error table, the verdict on an observed status).
 //! - [`queue`]: the due-time queue; [`pool`]: the requests in flight, paced by [`pacing`].
 //! - [`state`] and [`discovery`]: what is known of each execution and each watched flow.
-//! - [`forecast`]: when runs of a flow tend to end, for adaptive polling.
+//! - [`forecast`]: when runs of a flow tend to end, for adaptive polling; [`flow_health`]: what
+//!   that says about running executions (expected end, overdue) and each flow's freshness.
 //!
 //! The [`Engine`]'s own work is split by concern: `run` (the loop), `watch` (the watch set:
 //! reloads, restores, series lifetimes, `/status`), `observe` (polls, and the one path every
-//! observation takes), `pages` (List pages of watched flows).
+//! observation takes), `pages` (List pages of watched flows), `overview` (the status page).
 
 mod discovery;
+mod flow_health;
 mod forecast;
 mod observe;
+mod overview;
 mod pacing;
 mod pages;
 mod policy;
@@ -29,13 +32,17 @@ use tokio::sync::oneshot;
 
 use crate::api::FlowExecutions;
 use crate::engine::discovery::FlowWatch;
+use crate::engine::flow_health::FlowFreshness;
 use crate::engine::forecast::Forecast;
 use crate::engine::observe::Staged;
+pub use crate::engine::overview::{FINISHED_SHOWN, FLOWS_PER_PAGE, Overview, RUNNING_SHOWN};
+#[cfg(test)]
+pub use crate::engine::overview::{Finished, FlowOverview, Running};
 use crate::engine::pacing::BackoffPolicy;
 use crate::engine::pool::{Job, RequestPool};
 use crate::engine::queue::DueQueue;
 use crate::engine::state::ExecutionState;
-use crate::input::config::{DiscoverySettings, PollingSettings};
+use crate::input::config::{DiscoverySettings, FlowHealthSettings, PollingSettings};
 use crate::input::watchlist::Watchlist;
 use crate::model::{ExecutionKey, FlowKey};
 use crate::output::publisher::Publisher;
@@ -46,6 +53,8 @@ use crate::systemd::Watchdog;
 pub enum Command {
     /// The `/status` document.
     Status(oneshot::Sender<serde_json::Value>),
+    /// The status page's content, from the flow at this offset.
+    Overview(usize, oneshot::Sender<Overview>),
     /// Replace the watchlist: entries that stay keep their state and schedule.
     Replace(Watchlist, oneshot::Sender<ReloadSummary>),
 }
@@ -58,12 +67,23 @@ pub struct ReloadSummary {
     pub kept: usize,
 }
 
+/// When the engine stops by itself, besides at shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitWhen {
+    Never,
+    /// Every execution is terminal and no `[[flow]]` is watched (flows never end).
+    AllDone,
+    /// Every execution it knows is terminal, though flows are watched (the demo, whose flows
+    /// start nothing new after their scripted runs).
+    ExecutionsDone,
+}
+
 /// Why the engine stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
     /// The shutdown token was cancelled.
     Shutdown,
-    /// Every execution is terminal (only with `exit_when_done`); `failed` if any is FAILED,
+    /// Every execution is terminal (see [`ExitWhen`]); `failed` if any is FAILED,
     /// NOT_FOUND or rejected.
     AllDone { failed: bool },
 }
@@ -103,11 +123,16 @@ pub struct Engine<C> {
     series_drops: DueQueue<ExecutionKey>,
     series_dropped: HashSet<ExecutionKey>,
     forecast: Forecast,
+    flow_health: FlowHealthSettings,
+    /// When each flow last succeeded and failed.
+    freshness: FlowFreshness,
+    /// When running executions are next compared with their flow's durations.
+    next_sweep: tokio::time::Instant,
     publisher: Publisher,
     /// What the engine decided to commit, committed together (see `observe::end_turn`).
     staged: Staged,
     rng: fastrand::Rng,
-    exit_when_done: bool,
+    exit_when: ExitWhen,
     watchdog: Watchdog,
 }
 
@@ -116,9 +141,10 @@ impl<C: FlowExecutions> Engine<C> {
         client: Arc<C>,
         polling: PollingSettings,
         discovery: DiscoverySettings,
+        flow_health: FlowHealthSettings,
         watchlist: Watchlist,
         publisher: Publisher,
-        exit_when_done: bool,
+        exit_when: ExitWhen,
     ) -> Self {
         let pool = RequestPool::new(
             client,
@@ -138,13 +164,17 @@ impl<C: FlowExecutions> Engine<C> {
             due: DueQueue::default(),
             series_drops: DueQueue::default(),
             series_dropped: HashSet::new(),
-            forecast: Forecast::default(),
+            forecast: Forecast::new(flow_health.history),
+            flow_health,
+            freshness: FlowFreshness::new(),
+            next_sweep: tokio::time::Instant::now(),
             publisher,
             staged: Staged::default(),
             rng: fastrand::Rng::new(),
-            exit_when_done,
+            exit_when,
             watchdog: Watchdog::from_env(),
         };
+        engine.restore_flow_history();
         engine.replace(watchlist);
         engine
     }

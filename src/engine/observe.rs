@@ -17,9 +17,7 @@ use crate::engine::policy::{self, Delay, RateFeedback, Verdict};
 use crate::engine::pool::{Answer, Job};
 use crate::engine::state::{ExecutionState, not_found_for};
 use crate::input::config::PollingSettings;
-use crate::model::{
-    ExecutionKey, Observation, ObservedVia, Operation, Outcome, Transition, unix_seconds,
-};
+use crate::model::{ExecutionKey, Observation, ObservedVia, Operation, Outcome, Transition};
 use crate::output::internal_events::{CallFailed, CallSucceeded, RateCut, RateRestored};
 use crate::output::publisher::Change;
 
@@ -38,7 +36,7 @@ pub struct Staged {
 }
 
 impl Staged {
-    fn push(&mut self, change: Change) {
+    pub(super) fn push(&mut self, change: Change) {
         self.since.get_or_insert_with(Instant::now);
         self.changes.push(change);
     }
@@ -292,26 +290,19 @@ impl<C: FlowExecutions> Engine<C> {
         }
     }
 
-    /// A terminal transition is durable: the series' lifetime starts, and its duration teaches
-    /// the forecast (which may make spared executions of its flow due).
+    /// A terminal transition is durable: the series' lifetime starts, flow health learns of the
+    /// run, and its duration teaches the forecast (which may make spared executions of its flow
+    /// due).
     fn committed(&mut self, t: &Transition, now: Instant) {
         if !t.to.is_terminal() {
             return;
         }
         let key = &t.key;
         self.drop_series_later(key, now);
-        let duration = t
-            .observation
-            .as_ref()
-            .and_then(|o| Some(o.end_time? - o.start_time?))
-            .unwrap_or(f64::NAN);
+        let run = self.run_finished(t);
         self.forecast.forget_execution(key);
-        let due = self.forecast.record(
-            &key.instance_id,
-            &key.flow_name,
-            &key.execution_id,
-            duration,
-        );
+        let (ended, seconds) = run.unwrap_or((f64::NAN, f64::NAN));
+        let due = self.forecast.record(key, ended, seconds);
         if !due.is_empty() {
             self.reschedule_spared(due, now);
         }
@@ -332,6 +323,13 @@ impl<C: FlowExecutions> Engine<C> {
                     state.rejected = None;
                 }
                 key
+            }
+            Change::Overdue(o) => {
+                // Not overdue as far as the store knows: the next sweep stages it again.
+                if let Some(state) = self.executions.get_mut(&o.key) {
+                    state.overdue = false;
+                }
+                o.key
             }
             Change::Observed { key, .. } => {
                 // Forgotten, so the next answer's times differ and are staged again.
@@ -397,12 +395,8 @@ fn poll_delay(
 ) -> Duration {
     if polling.adaptive
         && state.status == crate::model::Status::InProgress
-        && let Some(start) = state.observation.as_ref().and_then(|o| o.start_time)
+        && let Some(age) = state.age(now, wall)
     {
-        let (at, age_then) = *state
-            .age_anchor
-            .get_or_insert_with(|| (now, (unix_seconds(wall) - start).max(0.0)));
-        let age = age_then + now.saturating_duration_since(at).as_secs_f64();
         match forecast.plan(&state.entry.key, age) {
             Plan::In(wait) => {
                 // Clamped as seconds first: absurd API times must not overflow a Duration.
@@ -440,7 +434,12 @@ mod tests {
         .expect("valid key");
         let mut forecast = Forecast::default();
         for (n, d) in [1e300, 2e300, 3e300].into_iter().enumerate() {
-            forecast.record(&key.instance_id, &key.flow_name, &format!("x{n}"), d);
+            let run = ExecutionKey::from_checked(
+                key.instance_id.clone(),
+                key.flow_name.clone(),
+                format!("x{n}"),
+            );
+            forecast.record(&run, n as f64, d);
         }
         let mut state = ExecutionState::new(
             WatchEntry {

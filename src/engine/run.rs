@@ -1,5 +1,6 @@
 //! The engine's loop: one task that waits for whichever comes first (an answer, a command, a due
-//! request with a free slot and a rate token, a series to drop, the heartbeat), handles it, and
+//! request with a free slot and a rate token, a series to drop, a flow-health sweep, the
+//! heartbeat), handles it, and
 //! ends every turn by committing what the turn decided.
 
 use std::time::Duration;
@@ -9,7 +10,7 @@ use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
 use crate::api::FlowExecutions;
 use crate::engine::pool::{Job, Request, Turn};
-use crate::engine::{Command, Engine, Finish};
+use crate::engine::{Command, Engine, ExitWhen, Finish};
 use crate::model::Status;
 use crate::output::health::HEARTBEAT;
 
@@ -17,8 +18,7 @@ use crate::output::health::HEARTBEAT;
 const DRAIN_BOUND: Duration = Duration::from_secs(5);
 
 impl<C: FlowExecutions> Engine<C> {
-    /// Runs until `stop` resolves, or until every execution is terminal when
-    /// `exit_when_done` is set.
+    /// Runs until `stop` resolves, or until [`ExitWhen`] says the work is done.
     pub async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
@@ -59,6 +59,7 @@ impl<C: FlowExecutions> Engine<C> {
                 () = sleep_until(next_drop.unwrap_or_else(Instant::now)), if next_drop.is_some() => {
                     self.drop_expired_series();
                 }
+                () = sleep_until(self.next_sweep) => self.sweep_flow_health(std::time::SystemTime::now()),
                 _ = heartbeat.tick() => {
                     if self.publisher.redelivery_due(Instant::now()) {
                         self.publisher.deliver_pending();
@@ -83,13 +84,17 @@ impl<C: FlowExecutions> Engine<C> {
         self.publisher.metrics().schedule_lag(lag);
     }
 
-    /// With `exit_when_done`: every execution is terminal and committed, nothing is in flight,
-    /// and no flow is watched (flows never end).
+    /// As [`ExitWhen`] says: every execution is terminal and committed, nothing is in flight,
+    /// and (for `AllDone`) no flow is watched.
     fn finished(&self) -> Option<Finish> {
-        let done = self.exit_when_done
+        let flows_done = match self.exit_when {
+            ExitWhen::Never => return None,
+            ExitWhen::AllDone => self.flows.is_empty(),
+            ExitWhen::ExecutionsDone => true,
+        };
+        let done = flows_done
             && self.pool.in_flight() == 0
             && self.staged.is_empty()
-            && self.flows.is_empty()
             && self.executions.values().all(|s| s.is_done());
         done.then(|| Finish::AllDone {
             failed: self.executions.values().any(|s| {
@@ -104,6 +109,9 @@ impl<C: FlowExecutions> Engine<C> {
         match command {
             Command::Status(reply) => {
                 let _ = reply.send(self.status_document());
+            }
+            Command::Overview(offset, reply) => {
+                let _ = reply.send(self.overview(offset));
             }
             Command::Replace(watchlist, reply) => {
                 let summary = self.replace(watchlist);

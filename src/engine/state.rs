@@ -43,6 +43,10 @@ pub struct ExecutionState {
     pub age_anchor: Option<(Instant, f64)>,
     /// Its place in the engine's queue, while it is queued.
     pub slot: Option<Slot>,
+    /// Start plus its flow's median duration, while it runs and the flow has enough history.
+    pub expected_end: Option<f64>,
+    /// Its overdue event is staged or committed.
+    pub overdue: bool,
     unrecognised_seen: Option<String>,
 }
 
@@ -64,6 +68,8 @@ impl ExecutionState {
             found_by_discovery: false,
             age_anchor: None,
             slot: None,
+            expected_end: None,
+            overdue: false,
             unrecognised_seen: None,
         }
     }
@@ -71,6 +77,17 @@ impl ExecutionState {
     /// No more polls: terminal, or rejected by the API.
     pub fn is_done(&self) -> bool {
         self.status.is_terminal() || self.rejected.is_some()
+    }
+
+    /// How long it has run (seconds), when the API gave its start time. The age is taken from the
+    /// wall clock once and counted on from there on the monotonic clock, so a wall-clock step
+    /// does not make runs look younger or older.
+    pub fn age(&mut self, now: Instant, wall: SystemTime) -> Option<f64> {
+        let start = self.observation.as_ref().and_then(|o| o.start_time)?;
+        let (at, age_then) = *self
+            .age_anchor
+            .get_or_insert_with(|| (now, (crate::model::unix_seconds(wall) - start).max(0.0)));
+        Some(age_then + now.saturating_duration_since(at).as_secs_f64())
     }
 
     /// Whether `observation` carries other start or end times than the last answer.
@@ -137,6 +154,7 @@ impl ExecutionState {
         self.status = restored.status;
         self.observation = restored.observation.map(Box::new);
         self.rejected = restored.rejected;
+        self.overdue = restored.overdue;
     }
 
     /// Undoes a transition the store could not take; the next poll detects it again.

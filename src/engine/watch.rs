@@ -135,17 +135,6 @@ impl<C: FlowExecutions> Engine<C> {
         let observation = state.observation.as_deref();
         self.publisher
             .execution_joined(&key, state.status, observation);
-        // A run that ended before a restart still says how long the flow's runs take.
-        if state.status.is_terminal()
-            && let Some((start, end)) = observation.and_then(|o| Some((o.start_time?, o.end_time?)))
-        {
-            self.forecast.record(
-                &key.instance_id,
-                &key.flow_name,
-                &key.execution_id,
-                end - start,
-            );
-        }
         // Never observed, in a flow with no forecast yet, past its scouts: it waits for them
         // (at most max_interval). What the store knows is polled at once.
         let first_poll = if self.polling.adaptive
@@ -187,7 +176,9 @@ impl<C: FlowExecutions> Engine<C> {
         let key = entry.key.clone();
         let wall = SystemTime::now();
         let first_seen = self.publisher.flow_first_seen(&key, wall);
-        self.publisher.flow_joined(&key);
+        self.publisher
+            .flow_joined(&key, entry.expect_success_within);
+        self.flow_watched_since(&key, first_seen);
         let flow = FlowWatch::new(entry, first_seen, self.backoff.start());
         let forget_before = wall.checked_sub(LISTED_HISTORY).unwrap_or(wall);
         let ended_after = unix_seconds(wall) - self.polling.retain_terminal.as_secs_f64();

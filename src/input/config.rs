@@ -30,6 +30,7 @@ pub struct Settings {
     pub aws: AwsSettings,
     pub polling: PollingSettings,
     pub discovery: DiscoverySettings,
+    pub flow_health: FlowHealthSettings,
     pub metrics: MetricsSettings,
     pub state: StateSettings,
     pub events: EventSettings,
@@ -107,6 +108,30 @@ impl Default for DiscoverySettings {
     }
 }
 
+/// What each flow's recent durations say about its running executions (see `flow_health`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowHealthSettings {
+    /// Terminal durations kept per flow, in the store.
+    pub history: usize,
+    /// Durations a flow needs before its running executions get an expected end.
+    pub min_history: usize,
+    /// Overdue: running longer than this many times the flow's median duration...
+    pub overdue_factor: f64,
+    /// ...and longer than this.
+    pub overdue_min: Duration,
+}
+
+impl Default for FlowHealthSettings {
+    fn default() -> Self {
+        Self {
+            history: 20,
+            min_history: 3,
+            overdue_factor: 2.0,
+            overdue_min: Duration::from_secs(600),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateSettings {
     pub path: PathBuf,
@@ -164,6 +189,10 @@ const KNOWN: &[(&str, &[&str])] = &[
     (
         "discovery",
         &["interval", "page_size", "max_pages_per_round"],
+    ),
+    (
+        "flow_health",
+        &["history", "min_history", "overdue_factor", "overdue_min"],
     ),
     ("state", &["path"]),
     ("events", &["stdout", "file"]),
@@ -335,6 +364,7 @@ impl Reader<'_> {
             per_execution: self.or("metrics.per_execution", true),
         };
         let discovery = self.discovery();
+        let flow_health = self.flow_health();
         let state_path: PathBuf = self.or("state.path", PathBuf::from("/var/lib/flowwatch"));
         let events_stdout = self.or("events.stdout", true);
         let events_file: PathBuf = self.or(
@@ -348,6 +378,7 @@ impl Reader<'_> {
 
         self.check_polling(&polling);
         self.check_discovery(&discovery);
+        self.check_flow_health(&flow_health);
         self.check_aws(&region, &endpoint_url, &profile);
         self.check_log(&log);
         if watchlist.as_ref().is_some_and(|w| w.as_os_str().is_empty()) {
@@ -376,6 +407,7 @@ impl Reader<'_> {
             },
             polling,
             discovery,
+            flow_health,
             metrics,
             state: StateSettings {
                 path: relative_to_config(&state_path),
@@ -411,6 +443,16 @@ impl Reader<'_> {
             interval: self.duration("discovery.interval", d.interval),
             page_size: self.or("discovery.page_size", d.page_size),
             max_pages_per_round: self.or("discovery.max_pages_per_round", d.max_pages_per_round),
+        }
+    }
+
+    fn flow_health(&mut self) -> FlowHealthSettings {
+        let d = FlowHealthSettings::default();
+        FlowHealthSettings {
+            history: self.or("flow_health.history", d.history),
+            min_history: self.or("flow_health.min_history", d.min_history),
+            overdue_factor: self.or("flow_health.overdue_factor", d.overdue_factor),
+            overdue_min: self.duration("flow_health.overdue_min", d.overdue_min),
         }
     }
 
@@ -486,6 +528,36 @@ impl Reader<'_> {
                 format!(
                     "discovery.max_pages_per_round must be between 1 and 1000, not {}",
                     d.max_pages_per_round
+                ),
+            );
+        }
+    }
+
+    fn check_flow_health(&mut self, h: &FlowHealthSettings) {
+        if !(1..=1000).contains(&h.history) {
+            self.problem(
+                "flow_health.history",
+                format!(
+                    "flow_health.history must be between 1 and 1000, not {}",
+                    h.history
+                ),
+            );
+        }
+        if !(1..=h.history.max(1)).contains(&h.min_history) {
+            self.problem(
+                "flow_health.min_history",
+                format!(
+                    "flow_health.min_history must be between 1 and flow_health.history ({}), not {}",
+                    h.history, h.min_history
+                ),
+            );
+        }
+        if !(h.overdue_factor.is_finite() && (1.0..=1000.0).contains(&h.overdue_factor)) {
+            self.problem(
+                "flow_health.overdue_factor",
+                format!(
+                    "flow_health.overdue_factor must be between 1.0 and 1000.0, not {}",
+                    h.overdue_factor
                 ),
             );
         }
@@ -673,6 +745,7 @@ pub fn summary(settings: &Settings, watchlist: &crate::input::watchlist::Watchli
          aws: region {}, profile {}, endpoint {}\n\
          polling: every {} growing x{} to {}, at most {} requests/s and {} in flight, timeout {}, not-found grace {}, series kept {} after the end\n\
          discovery: every {}, pages of {}, at most {} pages per flow and round\n\
+         flow health: {} durations kept per flow, expected end from {}, overdue past {}x the median and {}\n\
          events: {}\n\
          state: {}\n\
          log: {} ({})",
@@ -701,6 +774,10 @@ pub fn summary(settings: &Settings, watchlist: &crate::input::watchlist::Watchli
         humantime::format_duration(settings.discovery.interval),
         settings.discovery.page_size,
         settings.discovery.max_pages_per_round,
+        settings.flow_health.history,
+        settings.flow_health.min_history,
+        settings.flow_health.overdue_factor,
+        humantime::format_duration(settings.flow_health.overdue_min),
         if sinks.is_empty() {
             "(none)".to_string()
         } else {

@@ -303,7 +303,13 @@ impl FieldValue<'_> {
 }
 
 const ENTRY_KEYS: [&str; 4] = ["instance_id", "flow_name", "execution_id", "labels"];
-const FLOW_KEYS: [&str; 4] = ["instance_id", "flow_name", "since", "labels"];
+const FLOW_KEYS: [&str; 5] = [
+    "instance_id",
+    "flow_name",
+    "since",
+    "expect_success_within",
+    "labels",
+];
 
 /// Reads the fields of one `[[table]]`, recording each problem where it sits.
 struct FieldReader<'s, 'f, 'p> {
@@ -351,6 +357,33 @@ impl FieldReader<'_, '_, '_> {
                 self.problems.push(self.src.at(
                     other.span(),
                     format!("`{name}` must be a string, found {}", other.type_name()),
+                ));
+                None
+            }
+        }
+    }
+
+    /// An optional duration field, checked by `parse`.
+    fn duration(
+        &mut self,
+        name: &str,
+        parse: fn(&str) -> Result<Duration, String>,
+    ) -> Option<Duration> {
+        match self.fields.get(name)? {
+            FieldValue::Value(Value::String(s)) => match parse(s.value()) {
+                Ok(d) => Some(d),
+                Err(message) => {
+                    self.problems.push(self.src.at(s.span(), message));
+                    None
+                }
+            },
+            other => {
+                self.problems.push(self.src.at(
+                    other.span(),
+                    format!(
+                        "`{name}` must be a duration string like \"24h\", found {}",
+                        other.type_name()
+                    ),
                 ));
                 None
             }
@@ -427,32 +460,34 @@ fn parse_flow(
     r.unknown_keys(&FLOW_KEYS);
     let instance_id = r.string("instance_id", &|v| check_uuid("instance_id", v));
     let flow_name = r.string("flow_name", &check_flow_name);
-    let since = match fields.get("since") {
-        None => None,
-        Some(FieldValue::Value(Value::String(s))) => match parse_since(s.value()) {
-            Ok(since) => Some(since),
-            Err(message) => {
-                r.problems.push(src.at(s.span(), message));
-                None
-            }
-        },
-        Some(other) => {
-            r.problems.push(src.at(
-                other.span(),
-                format!(
-                    "`since` must be a duration string like \"24h\", found {}",
-                    other.type_name()
-                ),
-            ));
-            None
-        }
-    };
+    let since = r.duration("since", parse_since);
+    let expect_success_within = r.duration("expect_success_within", parse_expect_success_within);
     let labels = r.labels();
     let key = FlowKey {
         instance_id: instance_id?,
         flow_name: flow_name?,
     };
-    Some(FlowEntry { key, since, labels })
+    Some(FlowEntry {
+        key,
+        since,
+        expect_success_within,
+        labels,
+    })
+}
+
+fn parse_expect_success_within(text: &str) -> Result<Duration, String> {
+    match duration::parse(text) {
+        Ok(within) if within < Duration::from_secs(60) => Err(format!(
+            "expect_success_within {text:?} is shorter than a minute: a flow cannot be expected to succeed that often"
+        )),
+        Ok(within) => Ok(within),
+        Err(DurationError::Syntax(e)) => Err(format!(
+            "invalid expect_success_within {text:?}: {e} (write a duration like \"26h\")"
+        )),
+        Err(DurationError::TooLong) => Err(format!(
+            "expect_success_within {text:?} is longer than a year"
+        )),
+    }
 }
 
 fn parse_since(text: &str) -> Result<Duration, String> {

@@ -9,13 +9,15 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use crate::model::{ExecutionKey, Status, Transition, rfc3339, rfc3339_from_secs};
+use crate::model::{ExecutionKey, Overdue, Status, Transition, rfc3339, rfc3339_from_secs};
 use crate::output::metrics::Metrics;
 
 /// The CloudEvents `type` of a status change.
 pub const TRANSITION_TYPE: &str = "flowwatch.execution.transition";
 /// The CloudEvents `type` sent when the API rejects an entry as invalid (ValidationException).
 pub const REJECTED_TYPE: &str = "flowwatch.execution.rejected";
+/// The CloudEvents `type` sent once when a running execution becomes overdue.
+pub const OVERDUE_TYPE: &str = "flowwatch.execution.overdue";
 
 /// The CloudEvents 1.0 envelope every flowwatch event shares. The id is deterministic
 /// (`<key>/<what>`), so a consumer can deduplicate, also across restarts.
@@ -70,6 +72,23 @@ pub fn rejected_event(
         "labels": labels,
     });
     envelope(key, "REJECTED", REJECTED_TYPE, at, data)
+}
+
+/// The event sent once when a running execution becomes overdue.
+pub fn overdue_event(o: &Overdue) -> Value {
+    let e = &o.expectation;
+    let data = json!({
+        "instance_id": o.key.instance_id,
+        "flow_name": o.key.flow_name,
+        "execution_id": o.key.execution_id,
+        "start_time": rfc3339_from_secs(o.start_time),
+        "expected_end_time": rfc3339_from_secs(e.expected_end),
+        "median_duration_seconds": e.median,
+        "overdue_after_seconds": e.overdue_after,
+        "running_seconds": o.running.round(),
+        "labels": o.labels,
+    });
+    envelope(&o.key, "OVERDUE", OVERDUE_TYPE, o.at, data)
 }
 
 /// Where events go. Each sink is independent: one failing does not stop the other.

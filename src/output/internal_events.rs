@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tracing::Level;
 
-use crate::model::{Operation, Outcome, Transition};
+use crate::model::{Operation, Outcome, Overdue, Transition};
 use crate::output::health::Health;
 use crate::output::metrics::Metrics;
 
@@ -128,6 +128,20 @@ impl InternalEvent for TransitionCommitted<'_> {
             let message = t.observation.as_ref().and_then(|o| o.message.as_deref());
             metrics.set_failure(key, message);
         }
+    }
+}
+
+/// A running execution became overdue, and that is committed.
+pub struct OverdueCommitted<'a>(pub &'a Overdue);
+
+impl InternalEvent for OverdueCommitted<'_> {
+    fn emit(self, metrics: &Metrics, _health: &Health) {
+        let o = self.0;
+        let e = &o.expectation;
+        tracing::warn!(execution = %o.key, running_seconds = o.running.round(),
+            median_seconds = e.median, expected_end = %crate::model::rfc3339_from_secs(e.expected_end),
+            "execution overdue: running far longer than its flow's runs usually take");
+        metrics.set_expectation(&o.key, Some(e.expected_end), true);
     }
 }
 

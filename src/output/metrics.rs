@@ -33,6 +33,10 @@ pub struct Metrics {
     discovered_total: IntCounterVec,
     discovery_last_success: GaugeVec,
     discovery_flow_not_found: IntGaugeVec,
+    flow_duration: HistogramVec,
+    flow_last_success: GaugeVec,
+    flow_last_failure: GaugeVec,
+    flow_success_expected_within: GaugeVec,
     /// Whether per-execution status and time series are exported.
     per_execution: bool,
     /// The request series by operation and outcome, looked up once rather than per request.
@@ -41,6 +45,12 @@ pub struct Metrics {
 }
 
 const FLOW_LABELS: [&str; 2] = ["instance_id", "flow_name"];
+
+/// Buckets of `flowwatch_flow_duration_seconds`: 10 s to 24 h.
+const FLOW_DURATION_BUCKETS: [f64; 14] = [
+    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
+    43200.0, 86400.0,
+];
 
 impl Metrics {
     #[cfg(test)]
@@ -120,21 +130,42 @@ impl Metrics {
                 "Executions of [[flow]] entries found by ListDataIntegrationFlowExecutions and added to the watch set.",
                 &FLOW_LABELS,
             )?,
-            discovery_last_success: registered(
+            discovery_last_success: flow_gauges(
                 &r,
-                GaugeVec::new(
-                    Opts::new(
-                        "flowwatch_discovery_last_success_timestamp_seconds",
-                        "When a discovery round of the flow last completed without error (unix seconds).",
-                    ),
-                    &FLOW_LABELS,
-                )?,
+                "flowwatch_discovery_last_success_timestamp_seconds",
+                "When a discovery round of the flow last completed without error (unix seconds).",
             )?,
             discovery_flow_not_found: int_gauges(
                 &r,
                 "flowwatch_discovery_flow_not_found",
                 "1 while the API answers ResourceNotFoundException for the flow of a [[flow]] entry (it does not exist), else 0.",
                 &FLOW_LABELS,
+            )?,
+            flow_duration: registered(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "flowwatch_flow_duration_seconds",
+                        "Durations (end - start, as the API reports them) of the flow's executions seen to finish, by final status.",
+                    )
+                    .buckets(FLOW_DURATION_BUCKETS.to_vec()),
+                    &["instance_id", "flow_name", "status"],
+                )?,
+            )?,
+            flow_last_success: flow_gauges(
+                &r,
+                "flowwatch_flow_last_success_timestamp_seconds",
+                "End time of the flow's latest SUCCEEDED execution flowwatch knows (unix seconds); for a [[flow]] entry with none known, when flowwatch first watched the flow.",
+            )?,
+            flow_last_failure: flow_gauges(
+                &r,
+                "flowwatch_flow_last_failure_timestamp_seconds",
+                "End time of the flow's latest FAILED execution flowwatch knows (unix seconds).",
+            )?,
+            flow_success_expected_within: flow_gauges(
+                &r,
+                "flowwatch_flow_success_expected_within_seconds",
+                "The expect_success_within of a [[flow]] entry: a success is expected at least this often (seconds).",
             )?,
             series: Series::default(),
             per_execution,
@@ -244,6 +275,65 @@ impl Metrics {
         }
         self.series
             .set_times(key, observation.start_time, observation.end_time);
+    }
+
+    /// Sets an execution's expected end and whether it is overdue; `None` removes both. Without
+    /// `per_execution`, only overdue executions have these series (the overdue alert reads them).
+    pub fn set_expectation(&self, key: &ExecutionKey, expected_end: Option<f64>, overdue: bool) {
+        let shown = if self.per_execution || overdue {
+            expected_end
+        } else {
+            None
+        };
+        self.series.set_expectation(key, shown, overdue);
+    }
+
+    /// A run of a flow finished: its duration, when known, is observed by status.
+    pub fn flow_finished(
+        &self,
+        instance_id: &str,
+        flow_name: &str,
+        status: Status,
+        seconds: Option<f64>,
+    ) {
+        if let Some(seconds) = seconds.filter(|s| s.is_finite() && *s >= 0.0) {
+            self.flow_duration
+                .with_label_values(&[instance_id, flow_name, status.as_str()])
+                .observe(seconds);
+        }
+    }
+
+    /// Sets a flow's freshness series as they stand (at start-up, or when a `[[flow]]` joins).
+    pub fn flow_freshness(
+        &self,
+        instance_id: &str,
+        flow_name: &str,
+        last_success: Option<f64>,
+        last_failure: Option<f64>,
+    ) {
+        let labels = [instance_id, flow_name];
+        if let Some(t) = last_success {
+            self.flow_last_success.with_label_values(&labels).set(t);
+        }
+        if let Some(t) = last_failure {
+            self.flow_last_failure.with_label_values(&labels).set(t);
+        }
+    }
+
+    /// Sets (or, with `None`, removes) a `[[flow]]` entry's `expect_success_within`.
+    pub fn success_expected_within(&self, instance_id: &str, flow_name: &str, within: Option<f64>) {
+        let labels = [instance_id, flow_name];
+        match within {
+            Some(seconds) => self
+                .flow_success_expected_within
+                .with_label_values(&labels)
+                .set(seconds),
+            None => {
+                let _ = self
+                    .flow_success_expected_within
+                    .remove_label_values(&labels);
+            }
+        }
     }
 
     /// Exports the failure message of a FAILED execution (with or without `per_execution`: the
@@ -374,6 +464,10 @@ fn int_gauges(
     labels: &[&str],
 ) -> prometheus::Result<IntGaugeVec> {
     registered(r, IntGaugeVec::new(Opts::new(name, help), labels)?)
+}
+
+fn flow_gauges(r: &Registry, name: &str, help: &str) -> prometheus::Result<GaugeVec> {
+    registered(r, GaugeVec::new(Opts::new(name, help), &FLOW_LABELS)?)
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> prometheus::Result<Gauge> {

@@ -9,11 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::model::{ExecutionKey, FlowKey, Observation, Status, Transition, unix_seconds};
-use crate::output::events::{Sinks, rejected_event, transition_event};
+use crate::model::{
+    ExecutionKey, FlowKey, Freshness, Observation, Overdue, Status, Transition, unix_seconds,
+};
+use crate::output::events::{Sinks, overdue_event, rejected_event, transition_event};
 use crate::output::health::Health;
 use crate::output::internal_events::{
-    InternalEvent, StoreFailed, StoreRecovered, TransitionCommitted,
+    InternalEvent, OverdueCommitted, StoreFailed, StoreRecovered, TransitionCommitted,
 };
 use crate::output::metrics::Metrics;
 use crate::output::store::{Restored, Store, StoreError};
@@ -35,6 +37,8 @@ pub enum Change {
         labels: BTreeMap<String, String>,
         at: SystemTime,
     },
+    /// A running execution has run far longer than its flow's runs usually take.
+    Overdue(Overdue),
     /// A newer answer with the same status but other times: no event.
     Observed {
         key: ExecutionKey,
@@ -57,10 +61,18 @@ pub struct Publisher {
     /// The last store error, so a run of the same failure is logged once.
     store_error: Option<String>,
     redeliver_after: Option<Instant>,
+    /// Terminal durations kept per flow (`flow_health.history`).
+    history: usize,
 }
 
 impl Publisher {
-    pub fn new(store: Store, sinks: Sinks, metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+    pub fn new(
+        store: Store,
+        sinks: Sinks,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        history: usize,
+    ) -> Self {
         let publisher = Self {
             store,
             sinks,
@@ -68,6 +80,7 @@ impl Publisher {
             health,
             store_error: None,
             redeliver_after: None,
+            history,
         };
         publisher.restore_counters();
         publisher
@@ -142,10 +155,52 @@ impl Publisher {
         self.metrics.drop_execution(key);
     }
 
-    /// A `[[flow]]` entry is watched: its series start at zero.
-    pub fn flow_joined(&self, flow: &FlowKey) {
+    /// A `[[flow]]` entry is watched: its series start at zero, and its
+    /// `expect_success_within` is exported.
+    pub fn flow_joined(&self, flow: &FlowKey, expect_success_within: Option<Duration>) {
+        let m = &self.metrics;
+        m.watch_discovered_flow(&flow.instance_id, &flow.flow_name);
+        m.success_expected_within(
+            &flow.instance_id,
+            &flow.flow_name,
+            expect_success_within.map(|d| d.as_secs_f64()),
+        );
+    }
+
+    /// A flow's last success and failure as they stand (after a committed terminal transition,
+    /// a restore, or a `[[flow]]` joining).
+    pub fn flow_freshness(&self, flow: &FlowKey, freshness: &Freshness) {
+        self.metrics.flow_freshness(
+            &flow.instance_id,
+            &flow.flow_name,
+            freshness.success_or_watched(),
+            freshness.last_failure,
+        );
+    }
+
+    /// A committed terminal transition: its duration, when known, joins the flow's histogram.
+    pub fn flow_run_finished(&self, key: &ExecutionKey, status: Status, seconds: Option<f64>) {
         self.metrics
-            .watch_discovered_flow(&flow.instance_id, &flow.flow_name);
+            .flow_finished(&key.instance_id, &key.flow_name, status, seconds);
+    }
+
+    /// A running execution's expected end changed (or went: `None`), or it ended.
+    pub fn expectation_changed(
+        &self,
+        key: &ExecutionKey,
+        expected_end: Option<f64>,
+        overdue: bool,
+    ) {
+        self.metrics.set_expectation(key, expected_end, overdue);
+    }
+
+    /// What the store knows of every flow's finished runs (empty when it cannot be read).
+    pub fn flow_history(
+        &mut self,
+        history: usize,
+    ) -> std::collections::BTreeMap<FlowKey, crate::output::store::FlowHistory> {
+        let result = self.store.flow_history(history);
+        self.read(result, std::collections::BTreeMap::new())
     }
 
     /// A `[[flow]]` entry left the watchlist: its discovery series go, and so does its first
@@ -206,6 +261,14 @@ impl Publisher {
                     let line = transition_event(t).to_string();
                     let seq = batch.transition(&t.key, t.to, t.observation.as_ref(), &line)?;
                     events.push(Written { seq, line });
+                    if let Some((ended, seconds)) = t.run() {
+                        batch.finished(&t.key, t.to, ended, seconds, self.history)?;
+                    }
+                }
+                Change::Overdue(o) => {
+                    let line = overdue_event(o).to_string();
+                    let seq = batch.overdue(&o.key, &line)?;
+                    events.push(Written { seq, line });
                 }
                 Change::Rejection {
                     key,
@@ -235,6 +298,7 @@ impl Publisher {
         match change {
             Change::Transition(t) => self.emit(TransitionCommitted(t)),
             Change::Rejection { .. } => {}
+            Change::Overdue(o) => self.emit(OverdueCommitted(o)),
             Change::Observed {
                 key, observation, ..
             } => self.metrics.set_times(key, observation),

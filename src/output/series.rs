@@ -1,4 +1,5 @@
-//! The four per-execution families (status, start and end time, failure info), one small row per
+//! The per-execution families (status, start, end and expected end time, overdue, failure info),
+//! one small row per
 //! execution, written out by hand a chunk at a time, so their memory grows by a row per
 //! execution and a scrape never holds the rows' lock for long. Every line is what the prometheus
 //! crate would write for the same series (a unit test in `metrics` compares them).
@@ -87,6 +88,14 @@ impl Series {
         });
     }
 
+    /// Sets (or, with `None`, removes) the expected end and overdue series.
+    pub fn set_expectation(&self, key: &ExecutionKey, expected_end: Option<f64>, overdue: bool) {
+        self.with_row(key, |row| {
+            row.expected_end = expected_end;
+            row.overdue = expected_end.map(|_| overdue);
+        });
+    }
+
     pub fn set_failure(&self, key: &ExecutionKey, message: &str) {
         let message: Arc<str> = failure_label(message).into();
         self.with_row(key, |row| row.failure = Some(message));
@@ -103,6 +112,8 @@ struct SeriesRow {
     status: Option<Status>,
     start: Option<f64>,
     end: Option<f64>,
+    expected_end: Option<f64>,
+    overdue: Option<bool>,
     /// The `message` label of `flowwatch_execution_failure_info`.
     failure: Option<Arc<str>>,
 }
@@ -131,19 +142,31 @@ enum FamilyKind {
     Status,
     StartTime,
     EndTime,
+    ExpectedEnd,
+    Overdue,
     Failure,
 }
 
-pub(super) const FAMILIES: [Family; 4] = [
+pub(super) const FAMILIES: [Family; 6] = [
     Family {
         name: "flowwatch_execution_end_time_seconds",
         help: "End time of the flow execution as reported by the API (unix seconds).",
         kind: FamilyKind::EndTime,
     },
     Family {
+        name: "flowwatch_execution_expected_end_timestamp_seconds",
+        help: "When the flow execution is expected to end: its start plus the median duration of its flow's recent runs (unix seconds).",
+        kind: FamilyKind::ExpectedEnd,
+    },
+    Family {
         name: "flowwatch_execution_failure_info",
         help: "Always 1 for a FAILED flow execution; its message label carries the API's failure message (at most 256 characters).",
         kind: FamilyKind::Failure,
+    },
+    Family {
+        name: "flowwatch_execution_overdue",
+        help: "1 while the flow execution runs longer than flow_health.overdue_factor times its flow's median duration and flow_health.overdue_min, else 0.",
+        kind: FamilyKind::Overdue,
     },
     Family {
         name: "flowwatch_execution_start_time_seconds",
@@ -172,6 +195,8 @@ impl Family {
             FamilyKind::Status => row.status.is_some(),
             FamilyKind::StartTime => row.start.is_some(),
             FamilyKind::EndTime => row.end.is_some(),
+            FamilyKind::ExpectedEnd => row.expected_end.is_some(),
+            FamilyKind::Overdue => row.overdue.is_some(),
             FamilyKind::Failure => row.failure.is_some(),
         }
     }
@@ -210,14 +235,19 @@ impl Family {
                     out.push_str(if s == status { "\"} 1\n" } else { "\"} 0\n" });
                 }
             }
-            FamilyKind::StartTime | FamilyKind::EndTime => {
-                let time = match self.kind {
+            FamilyKind::StartTime
+            | FamilyKind::EndTime
+            | FamilyKind::ExpectedEnd
+            | FamilyKind::Overdue => {
+                let sample = match self.kind {
                     FamilyKind::StartTime => row.start,
-                    _ => row.end,
+                    FamilyKind::EndTime => row.end,
+                    FamilyKind::ExpectedEnd => row.expected_end,
+                    _ => row.overdue.map(|o| if o { 1.0 } else { 0.0 }),
                 };
-                let Some(time) = time else { return };
+                let Some(sample) = sample else { return };
                 ids(out);
-                value(out, time);
+                value(out, sample);
             }
             FamilyKind::Failure => {
                 let Some(message) = &row.failure else { return };

@@ -1,5 +1,6 @@
 //! The durable store in `state.path`: per execution, the last known status and API fields, an
-//! outbox of events, and the transition counts behind `flowwatch_transitions_total`.
+//! outbox of events, and the transition counts behind `flowwatch_transitions_total`; per flow,
+//! the durations of its recent runs and when it last succeeded and failed (flow health).
 //!
 //! It is SQLite in WAL mode, for three reasons: a transition's new state and its event commit in
 //! one transaction, so a crash can never keep one without the other; a process killed at any
@@ -8,6 +9,7 @@
 //! a process crash; on a power loss the last commits may be lost, and then the next poll simply
 //! sees the transition again (the API still has the status), with the same event id.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +36,17 @@ pub struct Restored {
     pub status: Status,
     pub observation: Option<Observation>,
     pub rejected: Option<String>,
+    /// Its overdue event was committed.
+    pub overdue: bool,
+}
+
+/// What the store knows of a flow's finished runs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FlowHistory {
+    /// (end time, duration in seconds) of its most recent runs, oldest first.
+    pub durations: Vec<(f64, f64)>,
+    pub last_success: Option<f64>,
+    pub last_failure: Option<f64>,
 }
 
 /// An event committed but not yet delivered to every sink.
@@ -143,8 +156,30 @@ impl Store {
                  to_status TEXT NOT NULL,
                  count INTEGER NOT NULL,
                  PRIMARY KEY (instance_id, flow_name, to_status)
+             );
+             CREATE TABLE IF NOT EXISTS flow_durations (
+                 instance_id TEXT NOT NULL,
+                 flow_name TEXT NOT NULL,
+                 execution_id TEXT NOT NULL,
+                 ended REAL NOT NULL,
+                 seconds REAL NOT NULL,
+                 PRIMARY KEY (instance_id, flow_name, execution_id)
+             );
+             CREATE TABLE IF NOT EXISTS flow_outcomes (
+                 instance_id TEXT NOT NULL,
+                 flow_name TEXT NOT NULL,
+                 last_success REAL,
+                 last_failure REAL,
+                 PRIMARY KEY (instance_id, flow_name)
+             );
+             CREATE TABLE IF NOT EXISTS overdue (
+                 instance_id TEXT NOT NULL,
+                 flow_name TEXT NOT NULL,
+                 execution_id TEXT NOT NULL,
+                 PRIMARY KEY (instance_id, flow_name, execution_id)
              );",
         )?;
+        self.backfill_flow_history()?;
         let version: Option<i64> = self
             .conn
             .query_row(
@@ -170,12 +205,95 @@ impl Store {
         Ok(())
     }
 
+    /// Fills the flow tables from the terminal executions a store written before flow health
+    /// holds, once, so an upgrade keeps what was known of each flow's runs.
+    fn backfill_flow_history(&self) -> rusqlite::Result<()> {
+        let done: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'flow_history_backfilled'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if done.is_some() {
+            return Ok(());
+        }
+        self.conn.execute_batch(
+            "BEGIN;
+             INSERT OR IGNORE INTO flow_durations (instance_id, flow_name, execution_id, ended, seconds)
+               SELECT instance_id, flow_name, execution_id, json_extract(observation, '$.end_time'),
+                      json_extract(observation, '$.end_time') - json_extract(observation, '$.start_time')
+               FROM executions
+               WHERE status IN ('SUCCEEDED', 'FAILED')
+                 AND json_extract(observation, '$.end_time') > json_extract(observation, '$.start_time');
+             INSERT OR IGNORE INTO flow_outcomes (instance_id, flow_name, last_success, last_failure)
+               SELECT instance_id, flow_name,
+                      max(CASE status WHEN 'SUCCEEDED' THEN json_extract(observation, '$.end_time') END),
+                      max(CASE status WHEN 'FAILED' THEN json_extract(observation, '$.end_time') END)
+               FROM executions WHERE status IN ('SUCCEEDED', 'FAILED')
+               GROUP BY instance_id, flow_name;
+             INSERT INTO meta (key, value) VALUES ('flow_history_backfilled', 1);
+             COMMIT;",
+        )
+    }
+
+    /// What the store knows of every flow's finished runs: at most `history` durations each.
+    pub fn flow_history(
+        &self,
+        history: usize,
+    ) -> Result<BTreeMap<FlowKey, FlowHistory>, StoreError> {
+        let mut flows: BTreeMap<FlowKey, FlowHistory> = BTreeMap::new();
+        let flow = |r: &rusqlite::Row<'_>| -> rusqlite::Result<FlowKey> {
+            Ok(FlowKey {
+                instance_id: r.get(0)?,
+                flow_name: r.get(1)?,
+            })
+        };
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT instance_id, flow_name, ended, seconds FROM (
+                     SELECT *, row_number() OVER (PARTITION BY instance_id, flow_name ORDER BY ended DESC) AS n
+                     FROM flow_durations)
+                 WHERE n <= ?1 ORDER BY instance_id, flow_name, ended",
+            )
+            .map_err(|e| self.error(&e))?;
+        let rows = stmt
+            .query_map([history as i64], |r| Ok((flow(r)?, r.get(2)?, r.get(3)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<(FlowKey, f64, f64)>, _>>())
+            .map_err(|e| self.error(&e))?;
+        for (key, ended, seconds) in rows {
+            flows
+                .entry(key)
+                .or_default()
+                .durations
+                .push((ended, seconds));
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT instance_id, flow_name, last_success, last_failure FROM flow_outcomes")
+            .map_err(|e| self.error(&e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((flow(r)?, r.get(2)?, r.get(3)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<(FlowKey, Option<f64>, Option<f64>)>, _>>())
+            .map_err(|e| self.error(&e))?;
+        for (key, last_success, last_failure) in rows {
+            let flow = flows.entry(key).or_default();
+            flow.last_success = last_success;
+            flow.last_failure = last_failure;
+        }
+        Ok(flows)
+    }
+
     /// What the store knows of one execution.
     pub fn execution(&self, key: &ExecutionKey) -> Result<Option<Restored>, StoreError> {
         let row = self
             .conn
             .prepare_cached(
-                "SELECT status, observation, rejected FROM executions
+                "SELECT status, observation, rejected, EXISTS (SELECT 1 FROM overdue o
+                     WHERE o.instance_id = ?1 AND o.flow_name = ?2 AND o.execution_id = ?3)
+                 FROM executions
                  WHERE instance_id = ?1 AND flow_name = ?2 AND execution_id = ?3",
             )
             .and_then(|mut stmt| {
@@ -186,13 +304,14 @@ impl Store {
                             r.get::<_, String>(0)?,
                             r.get::<_, Option<String>>(1)?,
                             r.get::<_, Option<String>>(2)?,
+                            r.get::<_, bool>(3)?,
                         ))
                     },
                 )
                 .optional()
             })
             .map_err(|e| self.error(&e))?;
-        let Some((status, observation, rejected)) = row else {
+        let Some((status, observation, rejected, overdue)) = row else {
             return Ok(None);
         };
         let status = Status::parse(&status).ok_or_else(|| StoreError {
@@ -205,6 +324,7 @@ impl Store {
             status,
             observation,
             rejected,
+            overdue,
         }))
     }
 
@@ -346,6 +466,12 @@ impl Store {
                        AND e.flow_name = discovered.flow_name AND e.execution_id = discovered.execution_id)",
                 params![flow.instance_id, flow.flow_name, started_before],
             )?;
+            tx.execute(
+                "DELETE FROM overdue WHERE instance_id = ?1 AND flow_name = ?2
+                   AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.instance_id = overdue.instance_id
+                       AND e.flow_name = overdue.flow_name AND e.execution_id = overdue.execution_id)",
+                params![flow.instance_id, flow.flow_name],
+            )?;
             tx.commit()?;
             Ok(n)
         };
@@ -460,6 +586,62 @@ impl Batch<'_> {
         event: &str,
     ) -> Result<i64, StoreError> {
         self.upsert(key, status, observation, Some(message))?;
+        self.outbox(event)
+    }
+
+    /// A run of `key`'s flow ended with `status` at `ended` (unix seconds), after `seconds` when
+    /// its start is known: the flow's last success or failure moves, and the duration joins its
+    /// `history` most recent ones.
+    pub fn finished(
+        &self,
+        key: &ExecutionKey,
+        status: Status,
+        ended: f64,
+        seconds: Option<f64>,
+        history: usize,
+    ) -> Result<(), StoreError> {
+        let column = match status {
+            Status::Succeeded => "last_success",
+            Status::Failed => "last_failure",
+            _ => return Ok(()),
+        };
+        let run = || -> rusqlite::Result<()> {
+            self.tx
+                .prepare_cached(&format!(
+                    "INSERT INTO flow_outcomes (instance_id, flow_name, {column}) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (instance_id, flow_name)
+                     DO UPDATE SET {column} = max(coalesce({column}, excluded.{column}), excluded.{column})"
+                ))?
+                .execute(params![key.instance_id, key.flow_name, ended])?;
+            let Some(seconds) = seconds.filter(|s| s.is_finite() && *s > 0.0) else {
+                return Ok(());
+            };
+            self.tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO flow_durations (instance_id, flow_name, execution_id, ended, seconds)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![key.instance_id, key.flow_name, key.execution_id, ended, seconds])?;
+            self.tx
+                .prepare_cached(
+                    "DELETE FROM flow_durations WHERE instance_id = ?1 AND flow_name = ?2
+                       AND ended < (SELECT ended FROM flow_durations WHERE instance_id = ?1 AND flow_name = ?2
+                                    ORDER BY ended DESC LIMIT 1 OFFSET ?3 - 1)",
+                )?
+                .execute(params![key.instance_id, key.flow_name, history as i64])?;
+            Ok(())
+        };
+        run().map_err(|e| self.error(&e))
+    }
+
+    /// A running execution became overdue: marked, so its event is never emitted twice.
+    pub fn overdue(&self, key: &ExecutionKey, event: &str) -> Result<i64, StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO overdue (instance_id, flow_name, execution_id) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![key.instance_id, key.flow_name, key.execution_id]))
+            .map_err(|e| self.error(&e))?;
         self.outbox(event)
     }
 
@@ -654,5 +836,107 @@ mod tests {
             "{error}"
         );
         assert!(Store::check(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_flow_keeps_its_most_recent_durations_and_latest_outcomes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("open");
+        let run = |n: usize| {
+            ExecutionKey::from_checked(
+                key().instance_id.clone(),
+                key().flow_name.clone(),
+                format!("e{n}"),
+            )
+        };
+        let batch = store.batch().expect("batch");
+        for n in 0..5 {
+            let ended = 1000.0 + n as f64 * 100.0;
+            batch
+                .finished(&run(n), Status::Succeeded, ended, Some(10.0 + n as f64), 3)
+                .expect("finished");
+        }
+        batch
+            .finished(&run(9), Status::Failed, 900.0, None, 3)
+            .expect("no duration");
+        batch
+            .finished(&run(2), Status::Succeeded, 1200.0, Some(12.0), 3)
+            .expect("repeat");
+        batch.commit().expect("commit");
+        let flows = store.flow_history(3).expect("read");
+        let history = &flows[&FlowKey::of(&key())];
+        assert_eq!(
+            history.durations,
+            vec![(1200.0, 12.0), (1300.0, 13.0), (1400.0, 14.0)]
+        );
+        assert_eq!(history.last_success, Some(1400.0));
+        assert_eq!(history.last_failure, Some(900.0));
+        assert_eq!(
+            store.flow_history(1).expect("read")[&FlowKey::of(&key())].durations,
+            vec![(1400.0, 14.0)]
+        );
+    }
+
+    #[test]
+    fn an_overdue_mark_comes_back_with_its_execution() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut store = Store::open(dir.path()).expect("open");
+            let batch = store.batch().expect("batch");
+            batch
+                .observation(&key(), Status::InProgress, &running())
+                .expect("row");
+            batch.overdue(&key(), "{}").expect("overdue");
+            batch.commit().expect("commit");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        assert!(
+            store
+                .execution(&key())
+                .expect("read")
+                .expect("known")
+                .overdue
+        );
+    }
+
+    #[test]
+    fn a_store_from_before_flow_health_is_backfilled_from_its_terminal_executions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut store = Store::open(dir.path()).expect("open");
+            let batch = store.batch().expect("batch");
+            let done = Observation {
+                status: ApiStatus::Succeeded,
+                end_time: Some(1060.0),
+                ..running()
+            };
+            batch
+                .transition(&key(), Status::Succeeded, Some(&done), "{}")
+                .expect("transition");
+            batch.commit().expect("commit");
+            store
+                .conn
+                .execute_batch(
+                    "DELETE FROM flow_durations; DELETE FROM flow_outcomes;
+                 DELETE FROM meta WHERE key = 'flow_history_backfilled';",
+                )
+                .expect("as an older flowwatch left it");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        let flows = store.flow_history(20).expect("read");
+        let history = &flows[&FlowKey::of(&key())];
+        assert_eq!(history.durations, vec![(1060.0, 60.0)]);
+        assert_eq!(history.last_success, Some(1060.0));
+    }
+
+    fn running() -> Observation {
+        Observation {
+            status: ApiStatus::InProgress,
+            source_info: None,
+            message: None,
+            start_time: Some(1000.0),
+            end_time: None,
+            diagnostic_reports_root_s3_uri: None,
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The HTTP routes: `/metrics`, `/livez`, `/readyz`, `/status` and `POST /-/reload`, and the
+//! The HTTP routes: the status page `/`, `/metrics`, `/livez`, `/readyz`, `/status` and
+//! `POST /-/reload`, and the
 //! server that bounds what it accepts, so a misbehaving scraper cannot exhaust it. The router is
 //! built by [`app`] so tests can call it directly.
 
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -57,6 +58,7 @@ pub struct AppState {
 
 pub fn app(state: AppState) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/metrics", get(metrics))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -219,6 +221,50 @@ async fn status(State(state): State<AppState>) -> Response {
     }
 }
 
+/// The status page; `?offset=N` starts at the N-th flow.
+async fn page(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let offset = query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("offset="))
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    let (tx, rx) = oneshot::channel();
+    if state
+        .commands
+        .send(Command::Overview(offset, tx))
+        .await
+        .is_err()
+    {
+        return unavailable("the scheduler is not running");
+    }
+    let overview = match tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, rx).await {
+        Ok(Ok(overview)) => overview,
+        _ => return unavailable("the scheduler did not answer in time"),
+    };
+    match super::page::render(&overview) {
+        Ok(html) => (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    super::page::CONTENT_SECURITY_POLICY.as_str(),
+                ),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (header::REFERRER_POLICY, "no-referrer"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            html,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot render the status page");
+            unavailable("the status page could not be rendered")
+        }
+    }
+}
+
 async fn reload(State(state): State<AppState>) -> Response {
     match state.reload.reload().await {
         Ok(summary) => (
@@ -237,7 +283,7 @@ async fn reload(State(state): State<AppState>) -> Response {
 async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        "not found: the endpoints are /metrics, /livez, /readyz, /status and POST /-/reload\n",
+        "not found: the endpoints are /, /metrics, /livez, /readyz, /status and POST /-/reload\n",
     )
         .into_response()
 }

@@ -41,6 +41,7 @@ pub fn scripted(flow: &str, n: usize, timeline: &[(u64, &str)]) -> ScriptedExecu
         source: None,
         diagnostic_reports_root_s3_uri: None,
         started_before: None,
+        ran_for: None,
     }
 }
 
@@ -178,6 +179,7 @@ impl Daemon {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let options = RunOptions {
             exit_when_done,
+            done_despite_flows: false,
             reload_on_sighup: false,
             bound: Some(tx),
         };

@@ -1,0 +1,205 @@
+//! Flow health: what each flow's recent runs say about its running executions (when each is
+//! expected to end, and whether it is overdue), and when each flow last succeeded and failed.
+//!
+//! The durations are the forecast's ([`Forecast::median`]), one source of truth for adaptive
+//! polling and for flow health: filled from the store at start-up and by every terminal
+//! transition committed since, whether polled, listed or pushed. Every [`SWEEP`] the engine
+//! compares each running execution with its flow's median ([`expectation`], a pure function)
+//! and stages one overdue event, once, for an execution that has run too long.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::api::FlowExecutions;
+use crate::engine::Engine;
+use crate::engine::forecast::Forecast;
+use crate::input::config::FlowHealthSettings;
+use crate::model::{
+    ExecutionKey, Expectation, FlowKey, Freshness, Overdue, Status, Transition, unix_seconds,
+};
+use crate::output::publisher::Change;
+
+/// How often running executions are compared with their flow's durations.
+pub const SWEEP: Duration = Duration::from_secs(5);
+
+/// When an execution that started at `start` is expected to end, and after how long it is
+/// overdue: past both `overdue_factor` × the median and `overdue_min`.
+pub fn expectation(start: f64, median: f64, settings: &FlowHealthSettings) -> Expectation {
+    Expectation {
+        expected_end: start + median,
+        median,
+        overdue_after: (median * settings.overdue_factor).max(settings.overdue_min.as_secs_f64()),
+    }
+}
+
+/// The expectation of a running execution of `key`'s flow that started at `start`, once the
+/// flow has `min_history` durations.
+pub fn expectation_of(
+    forecast: &Forecast,
+    key: &ExecutionKey,
+    start: f64,
+    settings: &FlowHealthSettings,
+) -> Option<Expectation> {
+    let median = forecast.median(&key.instance_id, &key.flow_name, settings.min_history)?;
+    Some(expectation(start, median, settings))
+}
+
+/// Per flow, what is known of its finished runs besides their durations.
+pub type FlowFreshness = HashMap<FlowKey, Freshness>;
+
+impl<C: FlowExecutions> Engine<C> {
+    /// Brings back each flow's durations and last success and failure from the store.
+    pub(super) fn restore_flow_history(&mut self) {
+        for (flow, history) in self.publisher.flow_history(self.flow_health.history) {
+            for (i, (ended, seconds)) in history.durations.into_iter().enumerate() {
+                let key = ExecutionKey::from_checked(
+                    flow.instance_id.as_str(),
+                    flow.flow_name.as_str(),
+                    format!("restored-{i}"),
+                );
+                self.forecast.record(&key, ended, seconds);
+            }
+            let freshness = Freshness {
+                last_success: history.last_success,
+                last_failure: history.last_failure,
+                first_watched: None,
+            };
+            self.publisher.flow_freshness(&flow, &freshness);
+            self.freshness.insert(flow, freshness);
+        }
+    }
+
+    /// A `[[flow]]` entry is watched since `first_seen`: with no success known, its freshness is
+    /// measured from then.
+    pub(super) fn flow_watched_since(&mut self, flow: &FlowKey, first_seen: SystemTime) {
+        let freshness = self.freshness.entry(flow.clone()).or_default();
+        freshness.first_watched = Some(unix_seconds(first_seen));
+        let freshness = *freshness;
+        self.publisher.flow_freshness(flow, &freshness);
+    }
+
+    /// A terminal transition is durable: its flow's durations, freshness and histogram learn of
+    /// it, and the execution, no longer running, is no longer overdue. Returns when it ended and
+    /// how long it ran, when both are known.
+    pub(super) fn run_finished(&mut self, t: &Transition) -> Option<(f64, f64)> {
+        let key = &t.key;
+        if let Some(expected_end) = self.executions.get(key).and_then(|s| s.expected_end) {
+            self.publisher
+                .expectation_changed(key, Some(expected_end), false);
+        }
+        let (ended, seconds) = t.run()?;
+        let flow = FlowKey::of(key);
+        let freshness = self.freshness.entry(flow.clone()).or_default();
+        freshness.finished(t.to, ended);
+        let freshness = *freshness;
+        self.publisher.flow_freshness(&flow, &freshness);
+        self.publisher.flow_run_finished(key, t.to, seconds);
+        seconds.map(|seconds| (ended, seconds))
+    }
+
+    /// Compares every running execution with its flow's durations: its expected end is exported
+    /// when it changes, and an execution that just became overdue has its event staged.
+    pub(super) fn sweep_flow_health(&mut self, wall: SystemTime) {
+        let now = Instant::now();
+        self.next_sweep = now + SWEEP;
+        for (key, state) in &mut self.executions {
+            if state.status != Status::InProgress {
+                continue;
+            }
+            let start = state.observation.as_ref().and_then(|o| o.start_time);
+            let expected = start
+                .and_then(|start| expectation_of(&self.forecast, key, start, &self.flow_health));
+            let (Some(start_time), Some(expectation)) = (start, expected) else {
+                if state.expected_end.take().is_some() {
+                    self.publisher.expectation_changed(key, None, false);
+                }
+                continue;
+            };
+            let running = state.age(now, wall).unwrap_or_default();
+            let newly_overdue = !state.overdue && running >= expectation.overdue_after;
+            if newly_overdue {
+                state.overdue = true;
+                self.staged.push(Change::Overdue(Overdue {
+                    key: key.clone(),
+                    start_time,
+                    running,
+                    expectation,
+                    at: wall,
+                    labels: state.entry.labels.clone(),
+                }));
+            }
+            if state.expected_end != Some(expectation.expected_end) {
+                state.expected_end = Some(expectation.expected_end);
+                // A new overdue mark shows once it is committed.
+                let overdue = state.overdue && !newly_overdue;
+                self.publisher
+                    .expectation_changed(key, state.expected_end, overdue);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(factor: f64, min_secs: u64) -> FlowHealthSettings {
+        FlowHealthSettings {
+            overdue_factor: factor,
+            overdue_min: Duration::from_secs(min_secs),
+            ..FlowHealthSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_run_is_expected_at_start_plus_median_and_overdue_past_both_bounds() {
+        let e = expectation(1000.0, 300.0, &settings(2.0, 60));
+        assert_eq!(e.expected_end, 1300.0);
+        assert_eq!(e.median, 300.0);
+        assert_eq!(
+            e.overdue_after, 600.0,
+            "factor x median is the larger bound"
+        );
+        let short = expectation(1000.0, 10.0, &settings(2.0, 600));
+        assert_eq!(
+            short.overdue_after, 600.0,
+            "overdue_min is the larger bound"
+        );
+    }
+
+    #[test]
+    fn freshness_keeps_the_latest_of_each_outcome_and_falls_back_to_first_watched() {
+        let mut f = Freshness {
+            first_watched: Some(50.0),
+            ..Freshness::default()
+        };
+        assert_eq!(f.success_or_watched(), Some(50.0));
+        f.finished(Status::Succeeded, 200.0);
+        f.finished(Status::Succeeded, 100.0);
+        f.finished(Status::Failed, 150.0);
+        f.finished(Status::NotFound, 999.0);
+        assert_eq!(
+            f.last_success,
+            Some(200.0),
+            "an older run found later does not win"
+        );
+        assert_eq!(f.last_failure, Some(150.0));
+        assert_eq!(f.success_or_watched(), Some(200.0));
+    }
+
+    #[test]
+    fn a_flow_has_an_expectation_only_with_min_history_runs() {
+        let mut forecast = Forecast::new(20);
+        let key = |n: usize| ExecutionKey::from_checked("i", "f", format!("e{n}"));
+        let s = FlowHealthSettings::default();
+        for n in 0..2 {
+            forecast.record(&key(n), 100.0 + n as f64, 60.0);
+        }
+        assert_eq!(expectation_of(&forecast, &key(9), 500.0, &s), None);
+        forecast.record(&key(2), 200.0, 90.0);
+        let e = expectation_of(&forecast, &key(9), 500.0, &s).expect("three runs");
+        assert_eq!(e.expected_end, 560.0);
+    }
+}

@@ -1,0 +1,260 @@
+//! What the status page at `GET /` shows: counts by status, and per flow its running executions
+//! (with their expected end), its recent finished ones, its median duration and last success.
+//! Everything is capped, so the page stays small at 100,000 executions: [`FLOWS_PER_PAGE`] flows
+//! a page (problems first), [`RUNNING_SHOWN`] running and [`FINISHED_SHOWN`] finished
+//! executions a flow, each with the total beside it. `/status` has every execution.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use crate::api::FlowExecutions;
+use crate::engine::Engine;
+use crate::engine::flow_health::expectation_of;
+use crate::engine::state::{ExecutionState, executions_by_status};
+use crate::model::{FlowKey, SourceInfo, Status, unix_seconds};
+
+/// Flows on one page.
+pub const FLOWS_PER_PAGE: usize = 50;
+/// Running executions shown per flow: overdue ones first, then the longest running.
+pub const RUNNING_SHOWN: usize = 20;
+/// Finished executions shown per flow: the most recent.
+pub const FINISHED_SHOWN: usize = 10;
+
+/// The page's content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overview {
+    /// Unix seconds.
+    pub now: f64,
+    pub watched: usize,
+    pub by_status: Vec<(Status, i64)>,
+    pub overdue: usize,
+    /// Flows with `expect_success_within` whose last success is older than that.
+    pub without_recent_success: usize,
+    pub flows_total: usize,
+    /// The index of this page's first flow.
+    pub offset: usize,
+    pub flows: Vec<FlowOverview>,
+    /// The overdue rule, to say it on the page.
+    pub overdue_factor: f64,
+    pub overdue_min: Duration,
+    /// Durations a flow needs before its runs get an expected end.
+    pub min_history: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowOverview {
+    pub key: FlowKey,
+    /// Watched through a `[[flow]]` entry.
+    pub discovered: bool,
+    pub median: Option<f64>,
+    pub samples: usize,
+    pub last_success: Option<f64>,
+    pub last_failure: Option<f64>,
+    pub expect_success_within: Option<Duration>,
+    /// It expects a success within some time, and has none that recent.
+    pub without_recent_success: bool,
+    pub running: Vec<Running>,
+    pub running_total: usize,
+    pub overdue: usize,
+    pub finished: Vec<Finished>,
+    pub finished_total: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Running {
+    pub execution_id: String,
+    /// UNKNOWN until first observed, else IN_PROGRESS.
+    pub status: Status,
+    pub start: Option<f64>,
+    pub expected_end: Option<f64>,
+    pub overdue: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub execution_id: String,
+    pub status: Status,
+    pub start: Option<f64>,
+    pub end: Option<f64>,
+    pub message: Option<String>,
+    pub source: Option<String>,
+    pub diagnostics: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One flow's executions, gathered before the page is cut.
+#[derive(Default)]
+struct Gathered<'a> {
+    running: Vec<&'a ExecutionState>,
+    finished: Vec<&'a ExecutionState>,
+    overdue: usize,
+}
+
+impl<C: FlowExecutions> Engine<C> {
+    /// The status page's content, from the flow at `offset` (in the page's order).
+    pub(super) fn overview(&self, offset: usize) -> Overview {
+        let wall = SystemTime::now();
+        let now = unix_seconds(wall);
+        let mut gathered: BTreeMap<FlowKey, Gathered<'_>> = self
+            .flows
+            .keys()
+            .map(|k| (k.clone(), Gathered::default()))
+            .collect();
+        let mut current: Option<(FlowKey, Gathered<'_>)> = None;
+        // Executions come in key order, so one flow's are together: one FlowKey per flow.
+        for state in self.executions.values() {
+            let key = &state.entry.key;
+            let same = current.as_ref().is_some_and(|(f, _)| {
+                *f.instance_id == *key.instance_id && *f.flow_name == *key.flow_name
+            });
+            if !same {
+                if let Some((flow, g)) = current.take() {
+                    gathered.insert(flow, g);
+                }
+                let flow = FlowKey::of(key);
+                let g = gathered.remove(&flow).unwrap_or_default();
+                current = Some((flow, g));
+            }
+            if let Some((_, g)) = current.as_mut() {
+                g.add(state);
+            }
+        }
+        if let Some((flow, g)) = current {
+            gathered.insert(flow, g);
+        }
+        let mut flows: Vec<FlowOverview> = gathered
+            .into_iter()
+            .map(|(key, g)| self.flow_overview(key, g, now))
+            .collect();
+        flows.sort_by(|a, b| {
+            (b.overdue > 0, b.without_recent_success, &a.key).cmp(&(
+                a.overdue > 0,
+                a.without_recent_success,
+                &b.key,
+            ))
+        });
+        let flows_total = flows.len();
+        let offset = offset.min(flows_total.saturating_sub(1));
+        Overview {
+            now,
+            watched: self.executions.len(),
+            by_status: executions_by_status(self.executions.values().map(|s| &**s))
+                .into_iter()
+                .collect(),
+            overdue: flows.iter().map(|f| f.overdue).sum(),
+            without_recent_success: flows.iter().filter(|f| f.without_recent_success).count(),
+            flows_total,
+            offset,
+            flows: flows
+                .into_iter()
+                .skip(offset)
+                .take(FLOWS_PER_PAGE)
+                .collect(),
+            overdue_factor: self.flow_health.overdue_factor,
+            overdue_min: self.flow_health.overdue_min,
+            min_history: self.flow_health.min_history,
+        }
+    }
+
+    fn flow_overview(&self, key: FlowKey, mut g: Gathered<'_>, now: f64) -> FlowOverview {
+        let freshness = self.freshness.get(&key).copied().unwrap_or_default();
+        let entry = self.flows.get(&key).map(|f| &f.entry);
+        let within = entry.and_then(|e| e.expect_success_within);
+        let without_recent_success = within.is_some_and(|w| {
+            freshness
+                .success_or_watched()
+                .is_none_or(|t| now - t > w.as_secs_f64())
+        });
+        let (running_total, finished_total) = (g.running.len(), g.finished.len());
+        let started = |s: &ExecutionState| start_of(s).unwrap_or(f64::INFINITY);
+        g.running.sort_by(|a, b| {
+            b.overdue
+                .cmp(&a.overdue)
+                .then(started(a).total_cmp(&started(b)))
+        });
+        g.running.truncate(RUNNING_SHOWN);
+        let ended = |s: &ExecutionState| end_of(s).unwrap_or(f64::NEG_INFINITY);
+        g.finished.sort_by(|a, b| ended(b).total_cmp(&ended(a)));
+        g.finished.truncate(FINISHED_SHOWN);
+        FlowOverview {
+            median: self.forecast.median(
+                &key.instance_id,
+                &key.flow_name,
+                self.flow_health.min_history,
+            ),
+            samples: self.forecast.samples(&key.instance_id, &key.flow_name),
+            discovered: entry.is_some(),
+            key,
+            last_success: freshness.last_success,
+            last_failure: freshness.last_failure,
+            expect_success_within: within,
+            without_recent_success,
+            running: g.running.iter().map(|s| self.running(s)).collect(),
+            running_total,
+            overdue: g.overdue,
+            finished: g.finished.iter().map(|s| finished(s)).collect(),
+            finished_total,
+        }
+    }
+
+    fn running(&self, s: &ExecutionState) -> Running {
+        let start = start_of(s);
+        let expected_end = start
+            .and_then(|t| expectation_of(&self.forecast, &s.entry.key, t, &self.flow_health))
+            .map(|e| e.expected_end);
+        Running {
+            execution_id: s.entry.key.execution_id.to_string(),
+            status: s.status,
+            start,
+            expected_end,
+            overdue: s.overdue,
+            labels: s.entry.labels.clone(),
+        }
+    }
+}
+
+impl<'a> Gathered<'a> {
+    fn add(&mut self, state: &'a ExecutionState) {
+        if state.is_done() {
+            self.finished.push(state);
+        } else {
+            self.overdue += usize::from(state.overdue);
+            self.running.push(state);
+        }
+    }
+}
+
+fn start_of(s: &ExecutionState) -> Option<f64> {
+    s.observation.as_ref().and_then(|o| o.start_time)
+}
+
+fn end_of(s: &ExecutionState) -> Option<f64> {
+    s.observation.as_ref().and_then(|o| o.end_time)
+}
+
+fn finished(s: &ExecutionState) -> Finished {
+    let o = s.observation.as_deref();
+    Finished {
+        execution_id: s.entry.key.execution_id.to_string(),
+        status: s.status,
+        start: start_of(s),
+        end: end_of(s),
+        message: s
+            .rejected
+            .clone()
+            .or_else(|| o.and_then(|o| o.message.clone())),
+        source: o.and_then(|o| o.source_info.as_ref()).map(source_text),
+        diagnostics: o.and_then(|o| o.diagnostic_reports_root_s3_uri.clone()),
+        labels: s.entry.labels.clone(),
+    }
+}
+
+/// Where a run read its data from, in one line.
+fn source_text(source: &SourceInfo) -> String {
+    match (&source.s3_source, &source.dataset_source) {
+        (Some(s3), _) => format!("s3://{}/{}", s3.bucket_name, s3.key),
+        (None, Some(dataset)) => format!("dataset {}", dataset.dataset_identifier),
+        (None, None) => source.source_type.clone(),
+    }
+}
