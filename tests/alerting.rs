@@ -1,7 +1,8 @@
-//! The whole alerting path, end to end with the real tools: the fake Supply Chain API (one
-//! execution fails, one succeeds), the flowwatch binary, a real Prometheus (1 s scrape and rule
-//! evaluation) loading deploy/prometheus/alerts.yml, a real Alertmanager, and a webhook receiver
-//! owned by this test. Needs `prometheus` and `prometheus-alertmanager` (Debian packages) on
+//! The whole alerting path, end to end with the real tools: the fake Supply Chain API, the
+//! flowwatch binary, a real Prometheus (1 s scrape and rule evaluation) loading
+//! deploy/prometheus/alerts.yml, a real Alertmanager, and a webhook receiver owned by this test.
+//! One test fails an execution (FlowExecutionFailed); the other has a run go overdue and a flow
+//! go without a recent success (FlowExecutionOverdue, FlowNoRecentSuccess). Needs `prometheus` and `prometheus-alertmanager` (Debian packages) on
 //! PATH; `bash .ci/test` installs them. Every process is killed when the test ends, pass or fail.
 
 use std::net::SocketAddr;
@@ -67,20 +68,140 @@ async fn webhook() -> (SocketAddr, Received) {
     (addr, received)
 }
 
-/// Firing FlowExecutionFailed alerts received so far: (arrival, execution_id, message).
-fn firing_failures(received: &Received) -> Vec<(Instant, String, String)> {
+/// Firing alerts named `name` received so far: (arrival, the alert).
+fn firing(received: &Received, name: &str) -> Vec<(Instant, serde_json::Value)> {
     let mut out = Vec::new();
     for (at, notification) in received.lock().expect("lock").iter() {
         for alert in notification["alerts"].as_array().into_iter().flatten() {
-            if alert["status"] == "firing" && alert["labels"]["alertname"] == "FlowExecutionFailed"
-            {
-                let label = |k: &str| alert["labels"][k].as_str().unwrap_or_default().to_string();
-                out.push((*at, label("execution_id"), label("message")));
+            if alert["status"] == "firing" && alert["labels"]["alertname"] == name {
+                out.push((*at, alert.clone()));
             }
         }
     }
     out
 }
+
+fn label(alert: &serde_json::Value, key: &str) -> String {
+    alert["labels"][key]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// flowwatch, Prometheus and Alertmanager, running on free ports against `fake`, with
+/// notifications going to a webhook owned by the test. Dropping it kills them.
+struct Stack {
+    received: Received,
+    _processes: Vec<Child>,
+}
+
+impl Stack {
+    async fn start(ws: &Workspace, config: &std::path::Path) -> Self {
+        let (hook, received) = webhook().await;
+        let (flowwatch_port, prometheus_port, alertmanager_port) =
+            (free_port(), free_port(), free_port());
+        let rules = format!(
+            "{}/deploy/prometheus/alerts.yml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let prometheus_config = ws.write(
+            "prometheus.yml",
+            &format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{alertmanager_port}']\nscrape_configs:\n  - job_name: flowwatch\n    static_configs:\n      - targets: ['127.0.0.1:{flowwatch_port}']\n"
+            ),
+        );
+        let alertmanager_config = ws.write(
+            "alertmanager.yml",
+            &format!(
+                "route:\n  receiver: hook\n  group_by: [alertname, flow_name, execution_id]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://{hook}/alerts\n        send_resolved: true\n"
+            ),
+        );
+        let alertmanager = spawn(
+            &["prometheus-alertmanager", "alertmanager"],
+            &[
+                format!("--config.file={}", alertmanager_config.display()),
+                format!("--storage.path={}", ws.path("am-data").display()),
+                format!("--web.listen-address=127.0.0.1:{alertmanager_port}"),
+                "--cluster.listen-address=".to_string(),
+            ],
+            &ws.path("alertmanager.log"),
+        );
+        let prometheus = spawn(
+            &["prometheus"],
+            &[
+                format!("--config.file={}", prometheus_config.display()),
+                format!("--storage.tsdb.path={}", ws.path("prom-data").display()),
+                format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
+            ],
+            &ws.path("prometheus.log"),
+        );
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowwatch"));
+        cmd.args(["run", "--config", &config.to_string_lossy()])
+            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "test-secret")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env(
+                "FLOWWATCH_SERVER__LISTEN",
+                format!("127.0.0.1:{flowwatch_port}"),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(ws.path("flowwatch.log")).expect("log"),
+            ))
+            .kill_on_drop(true);
+        let flowwatch = cmd.spawn().expect("spawn flowwatch");
+        Self {
+            received,
+            _processes: vec![alertmanager, prometheus, flowwatch],
+        }
+    }
+
+    /// The first firing `name` alert that `matches`, waiting up to `limit` for it; panics with
+    /// every log when none comes.
+    async fn wait_for(
+        &self,
+        ws: &Workspace,
+        name: &str,
+        limit: Duration,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> (Instant, serde_json::Value) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(found) = firing(&self.received, name)
+                .into_iter()
+                .find(|(_, alert)| matches(alert))
+            {
+                return found;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = ["flowwatch.log", "prometheus.log", "alertmanager.log"]
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "--- {f}\n{}",
+                            std::fs::read_to_string(ws.path(f)).unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "no firing {name} within {limit:?}; received {:?}\n{}",
+                    self.received.lock().expect("lock"),
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Writes a report line where .ci/test prints it after the run (captured output is hidden).
+fn report(file: &str, text: &str) {
+    println!("{text}");
+    let _ = std::fs::write(format!("{}/{file}", env!("CARGO_TARGET_TMPDIR")), text);
+}
+
+/// Fast polling, so the alerts' latency is Prometheus's and Alertmanager's, not flowwatch's.
+const POLLING_FAST: &str = "[polling]\ninitial_interval = \"500ms\"\nmax_interval = \"1s\"\nmax_requests_per_second = 20.0\nrequest_timeout = \"2s\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_execution_reaches_the_webhook_as_a_firing_alert_and_a_success_never_does() {
@@ -95,114 +216,36 @@ async fn a_failed_execution_reaches_the_webhook_as_a_firing_alert_and_a_success_
     ]);
     let fake = FakeServer::start(script.clone()).await.expect("fake");
     let ws = Workspace::new();
-    let (hook, received) = webhook().await;
-    let (flowwatch_port, prometheus_port, alertmanager_port) =
-        (free_port(), free_port(), free_port());
-
-    let polling = "[polling]\ninitial_interval = \"500ms\"\nmax_interval = \"1s\"\nmax_requests_per_second = 20.0\nrequest_timeout = \"2s\"\n";
-    let config = ws.config(&fake.endpoint_url(), polling, &script);
-    let rules = format!(
-        "{}/deploy/prometheus/alerts.yml",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let prometheus_config = ws.write(
-        "prometheus.yml",
-        &format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{alertmanager_port}']\nscrape_configs:\n  - job_name: flowwatch\n    static_configs:\n      - targets: ['127.0.0.1:{flowwatch_port}']\n"
-        ),
-    );
-    let alertmanager_config = ws.write(
-        "alertmanager.yml",
-        &format!(
-            "route:\n  receiver: hook\n  group_by: [alertname, execution_id]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://{hook}/alerts\n        send_resolved: true\n"
-        ),
-    );
-
-    let _alertmanager = spawn(
-        &["prometheus-alertmanager", "alertmanager"],
-        &[
-            format!("--config.file={}", alertmanager_config.display()),
-            format!("--storage.path={}", ws.path("am-data").display()),
-            format!("--web.listen-address=127.0.0.1:{alertmanager_port}"),
-            "--cluster.listen-address=".to_string(),
-        ],
-        &ws.path("alertmanager.log"),
-    );
-    let _prometheus = spawn(
-        &["prometheus"],
-        &[
-            format!("--config.file={}", prometheus_config.display()),
-            format!("--storage.tsdb.path={}", ws.path("prom-data").display()),
-            format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
-        ],
-        &ws.path("prometheus.log"),
-    );
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowwatch"));
-    cmd.args(["run", "--config", &config.to_string_lossy()])
-        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env(
-            "FLOWWATCH_SERVER__LISTEN",
-            format!("127.0.0.1:{flowwatch_port}"),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(ws.path("flowwatch.log")).expect("log"),
-        ))
-        .kill_on_drop(true);
-    let _flowwatch = cmd.spawn().expect("spawn flowwatch");
+    let config = ws.config(&fake.endpoint_url(), POLLING_FAST, &script);
+    let stack = Stack::start(&ws, &config).await;
 
     // The fake's clock started with it: FAILED is served from FAILS_AT seconds after its start.
     let failed_at = Instant::now() - fake.elapsed() + Duration::from_secs(FAILS_AT);
     let failing = execution_id(1);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let arrival = loop {
-        if let Some((at, _, message)) = firing_failures(&received)
-            .into_iter()
-            .find(|(_, id, _)| *id == failing)
-        {
-            assert_eq!(
-                message, "execution 1 failed",
-                "the failure message travels in the alert"
-            );
-            break at;
-        }
-        if Instant::now() > deadline {
-            let logs: Vec<String> = ["flowwatch.log", "prometheus.log", "alertmanager.log"]
-                .iter()
-                .map(|f| {
-                    format!(
-                        "--- {f}\n{}",
-                        std::fs::read_to_string(ws.path(f)).unwrap_or_default()
-                    )
-                })
-                .collect();
-            panic!(
-                "no firing FlowExecutionFailed for {failing} within 90 s; received {:?}\n{}",
-                received.lock().expect("lock"),
-                logs.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let latency = arrival.saturating_duration_since(failed_at);
-    let report = format!(
-        "alert latency from the fake's FAILED to the webhook: {:.1} s",
-        latency.as_secs_f64()
+    let (arrival, alert) = stack
+        .wait_for(&ws, "FlowExecutionFailed", Duration::from_secs(90), |a| {
+            label(a, "execution_id") == failing
+        })
+        .await;
+    assert_eq!(
+        label(&alert, "message"),
+        "execution 1 failed",
+        "the failure message travels in the alert"
     );
-    println!("{report}");
-    // .ci/test prints this after the test run, where captured output would be hidden.
-    let _ = std::fs::write(
-        format!("{}/alert-latency.txt", env!("CARGO_TARGET_TMPDIR")),
-        &report,
+    let latency = arrival.saturating_duration_since(failed_at);
+    report(
+        "alert-latency.txt",
+        &format!(
+            "alert latency from the fake's FAILED to the webhook: {:.1} s",
+            latency.as_secs_f64()
+        ),
     );
 
     // Give a wrongly firing alert for the success time to show up, then check it never did.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let fired: Vec<String> = firing_failures(&received)
+    let fired: Vec<String> = firing(&stack.received, "FlowExecutionFailed")
         .into_iter()
-        .map(|(_, id, _)| id)
+        .map(|(_, alert)| label(&alert, "execution_id"))
         .collect();
     assert!(
         !fired.contains(&execution_id(2)),
@@ -210,5 +253,97 @@ async fn a_failed_execution_reaches_the_webhook_as_a_firing_alert_and_a_success_
     );
     assert!(fired.iter().all(|id| *id == failing), "{fired:?}");
     assert!(latency < Duration::from_secs(30), "latency {latency:?}");
+    fake.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_run_and_a_flow_without_a_recent_success_reach_the_webhook() {
+    // "nightly": three runs of 2 s, then one that runs on; overdue after max(2 x 2 s, 5 s).
+    // "weekly" ([[flow]], expect_success_within = 1m) last succeeded two hours ago.
+    const OVERDUE_AFTER: u64 = 5;
+    let mut runs: Vec<_> = (1..=3)
+        .map(|n| scripted("nightly", n, &[(0, "IN_PROGRESS"), (2, "SUCCEEDED")]))
+        .collect();
+    runs.push(scripted(
+        "nightly",
+        4,
+        &[(0, "IN_PROGRESS"), (600, "SUCCEEDED")],
+    ));
+    let mut weekly = scripted("weekly", 5, &[(0, "SUCCEEDED")]);
+    weekly.started_before = Some(Duration::from_secs(2 * 3600));
+    weekly.ran_for = Some(Duration::from_secs(30));
+    let script = scenario(runs.clone());
+    let fake = FakeServer::start(scenario([runs, vec![weekly]].concat()))
+        .await
+        .expect("fake");
+    let ws = Workspace::new();
+    let settings = format!(
+        "{POLLING_FAST}\n[flow_health]\noverdue_min = \"{OVERDUE_AFTER}s\"\n[discovery]\ninterval = \"2s\"\n"
+    );
+    let config = ws.config(&fake.endpoint_url(), &settings, &script);
+    let watchlist = std::fs::read_to_string(ws.path("watchlist.toml")).expect("watchlist");
+    ws.write(
+        "watchlist.toml",
+        &format!("{watchlist}[[flow]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"weekly\"\nsince = \"1d\"\nexpect_success_within = \"1m\"\n"),
+    );
+    let stack = Stack::start(&ws, &config).await;
+    let started = Instant::now() - fake.elapsed();
+
+    let (stale_at, stale) = stack
+        .wait_for(&ws, "FlowNoRecentSuccess", Duration::from_secs(60), |a| {
+            label(a, "flow_name") == "weekly"
+        })
+        .await;
+    let summary = stale["annotations"]["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.starts_with("Supply Chain flow weekly has not succeeded for 2h 0m"),
+        "{summary}"
+    );
+    let late = execution_id(4);
+    let (overdue_at, overdue) = stack
+        .wait_for(&ws, "FlowExecutionOverdue", Duration::from_secs(60), |a| {
+            label(a, "execution_id") == late
+        })
+        .await;
+    let description = overdue["annotations"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        description.contains(&format!("Execution {late} of flow nightly"))
+            && description.contains("was expected to end at 20")
+            && description.contains(" late."),
+        "{description}"
+    );
+    let overdue_latency =
+        overdue_at.saturating_duration_since(started + Duration::from_secs(OVERDUE_AFTER));
+    report(
+        "flow-health-alerts.txt",
+        &format!(
+            "alert latency: FlowExecutionOverdue {:.1} s after the run became overdue; FlowNoRecentSuccess {:.1} s after flowwatch started",
+            overdue_latency.as_secs_f64(),
+            stale_at.saturating_duration_since(started).as_secs_f64(),
+        ),
+    );
+    assert!(
+        overdue_latency < Duration::from_secs(60),
+        "within about a minute: {overdue_latency:?}"
+    );
+    let wrongly: Vec<String> = firing(&stack.received, "FlowExecutionOverdue")
+        .into_iter()
+        .map(|(_, a)| label(&a, "execution_id"))
+        .filter(|id| *id != late)
+        .collect();
+    assert!(
+        wrongly.is_empty(),
+        "only the long run is overdue: {wrongly:?}"
+    );
+    let stale_flows: Vec<String> = firing(&stack.received, "FlowNoRecentSuccess")
+        .into_iter()
+        .map(|(_, a)| label(&a, "flow_name"))
+        .collect();
+    assert!(
+        stale_flows.iter().all(|f| f == "weekly"),
+        "a flow without expect_success_within never alerts: {stale_flows:?}"
+    );
     fake.stop().await;
 }
