@@ -19,7 +19,8 @@
 //! flowwatch was behind its own schedule (a due request waited over 1 s, read from
 //! `flowwatch_schedule_lag_seconds` scraped every second), against the server's limit; p50/p95/max detection latency, from the fake's terminal time to the
 //! moment the poller reported it (flowwatch: its event on stdout); peak RSS (VmHWM); CPU seconds
-//! per 1,000 requests; the slowest `/metrics` scrape and its size.
+//! per 1,000 requests; the slowest `/metrics` scrape and its size; the status page (`GET /`),
+//! fetched once when half the executions are detected, its time and size.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -107,6 +108,8 @@ struct Row {
     cpu_seconds: f64,
     scrape_ms: Option<f64>,
     scrape_bytes: Option<usize>,
+    /// The status page, fetched once halfway: milliseconds and bytes.
+    page: Option<(f64, usize)>,
 }
 
 fn main() {
@@ -384,6 +387,7 @@ async fn measure(run: Run) -> Row {
     // Scrape every second while a scrape is quick, else every 5 s; keep each lag reading.
     let mut scrape_every = scrape_interval();
     let mut lags: Vec<(f64, f64)> = Vec::new();
+    let mut page = None;
     let deadline = clock + run.timeout;
     // Read while the process lives: the baseline exits once it has seen everything.
     let mut usage = (f64::NAN, f64::NAN);
@@ -396,6 +400,13 @@ async fn measure(run: Run) -> Row {
         let done = detected.lock().await.len();
         if done >= n || Instant::now() > deadline {
             break;
+        }
+        let flowwatch = matches!(run.poller, Poller::Flowwatch { .. });
+        if flowwatch && page.is_none() && done >= n / 2 {
+            let t = Instant::now();
+            page = fetch(listen, "/")
+                .await
+                .map(|body| (t.elapsed().as_secs_f64() * 1000.0, body.len()));
         }
         if matches!(run.poller, Poller::Flowwatch { .. }) && last_scrape.elapsed() > scrape_every {
             last_scrape = Instant::now();
@@ -462,6 +473,7 @@ async fn measure(run: Run) -> Row {
         cpu_seconds,
         scrape_ms,
         scrape_bytes,
+        page,
     }
 }
 
@@ -594,23 +606,29 @@ fn scrape_interval() -> Duration {
         .map_or(Duration::from_secs(1), Duration::from_secs)
 }
 
-/// Scrapes `/metrics`: the body's size and `flowwatch_schedule_lag_seconds`.
-async fn scrape(addr: SocketAddr) -> Option<(usize, Option<f64>)> {
+/// The body of `GET path`.
+async fn fetch(addr: SocketAddr, path: &str) -> Option<Vec<u8>> {
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     // HTTP/1.0: the body comes whole until the connection closes, without chunk framing.
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.ok()?;
     let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let body = String::from_utf8_lossy(&raw[head_end + 4..]);
-    let lag = body.lines().find_map(|line| {
+    Some(raw.split_off(head_end + 4))
+}
+
+/// Scrapes `/metrics`: the body's size and `flowwatch_schedule_lag_seconds`.
+async fn scrape(addr: SocketAddr) -> Option<(usize, Option<f64>)> {
+    let body = fetch(addr, "/metrics").await?;
+    let text = String::from_utf8_lossy(&body);
+    let lag = text.lines().find_map(|line| {
         line.strip_prefix("flowwatch_schedule_lag_seconds ")?
             .trim()
             .parse()
             .ok()
     });
-    Some((raw.len() - head_end - 4, lag))
+    Some((body.len(), lag))
 }
 
 /// The answered request rate while flowwatch was behind its schedule: over the spans between
@@ -686,9 +704,9 @@ fn cpu_model() -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n| poller | scenario | N | wall s | API calls | calls/exec | throttled | backlog rate / limit | rate while behind / limit | p50 s | p95 s | max s | undetected | peak RSS MiB | CPU s / 1000 calls | /metrics ms | /metrics size |"
+        "\n| poller | scenario | N | wall s | API calls | calls/exec | throttled | backlog rate / limit | rate while behind / limit | p50 s | p95 s | max s | undetected | peak RSS MiB | CPU s / 1000 calls | /metrics ms | /metrics size | status page ms | status page size |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let of_limit = |rate: Option<f64>, none: &str| {
             rate.map_or(none.to_string(), |rate| {
@@ -709,7 +727,7 @@ fn print_table(rows: &[Row]) {
             },
         );
         println!(
-            "| {} | {} | {} | {:.1} | {} | {:.2} | {:.2} % | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.4} | {} | {} |",
+            "| {} | {} | {} | {:.1} | {} | {:.2} | {:.2} % | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.4} | {} | {} | {} | {} |",
             r.label,
             r.scenario,
             r.n,
@@ -728,6 +746,11 @@ fn print_table(rows: &[Row]) {
             r.scrape_ms.map_or("-".to_string(), |m| format!("{m:.0}")),
             r.scrape_bytes
                 .map_or("-".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6)),
+            r.page.map_or("-".to_string(), |(ms, _)| format!("{ms:.0}")),
+            r.page.map_or("-".to_string(), |(_, b)| format!(
+                "{:.0} KB",
+                b as f64 / 1e3
+            )),
         );
     }
 }

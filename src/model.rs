@@ -405,6 +405,27 @@ pub struct Transition {
     pub via: ObservedVia,
 }
 
+/// A time or duration in seconds, or none: an `Option<f64>` in eight bytes, absent as NaN (the
+/// API's JSON numbers are never NaN). For values kept once per execution.
+#[derive(Debug, Clone, Copy)]
+pub struct Seconds(f64);
+
+impl Default for Seconds {
+    fn default() -> Self {
+        Self(f64::NAN)
+    }
+}
+
+impl Seconds {
+    pub fn of(value: Option<f64>) -> Self {
+        Self(value.unwrap_or(f64::NAN))
+    }
+
+    pub fn get(self) -> Option<f64> {
+        (!self.0.is_nan()).then_some(self.0)
+    }
+}
+
 /// When a running execution is expected to end, from its flow's recent durations.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Expectation {

@@ -256,5 +256,18 @@ async fn freshness_comes_from_discovered_history_and_from_first_sight_and_surviv
             "{name} restored at start-up"
         );
     }
+
+    // A reload changes daily's expect_success_within and removes fresh: the alert's threshold
+    // follows, and a removed flow can no longer alert.
+    ws.write(
+        "watchlist.toml",
+        &format!("[[flow]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"daily\"\nsince = \"8d\"\nexpect_success_within = \"48h\"\n"),
+    );
+    eventually(Duration::from_secs(10), "the reload", || async {
+        let m = daemon.metrics().await;
+        sample(&m, "flowwatch_flow_success_expected_within_seconds", &daily) == Some(172_800.0)
+            && sample(&m, "flowwatch_flow_success_expected_within_seconds", &fresh).is_none()
+    })
+    .await;
     daemon.stop().await;
 }

@@ -12,7 +12,8 @@ use serde_json::Value;
 
 /// A failure message that would load an image from another host and retitle the page, if it
 /// were ever written into the page as markup.
-const HOSTILE: &str = r#"<img src=http://198.51.100.7/pixel.png onerror="document.title='pwned'"> bad row"#;
+const HOSTILE: &str =
+    r#"<img src=http://198.51.100.7/pixel.png onerror="document.title='pwned'"> bad row"#;
 
 /// Runs headless Chromium on `url` with `args`; returns its stdout.
 async fn chromium(profile: &Path, url: &str, args: &[String]) -> String {
@@ -129,7 +130,10 @@ async fn the_page_in_a_real_browser_marks_the_overdue_run_and_shows_hostile_text
     assert!(!dom.contains("<img"), "no image element: {dom}");
     assert!(!dom.contains("pwned</title>"), "no script ran: {dom}");
     let requests = page_requests(&net_log, "http://127.0.0.1");
-    assert!(!requests.is_empty(), "the net log shows the page's own request");
+    assert!(
+        !requests.is_empty(),
+        "the net log shows the page's own request"
+    );
     assert!(
         requests.iter().all(|u| u.starts_with(&url)),
         "the page loaded from another host: {requests:?}"

@@ -17,7 +17,8 @@ use crate::engine::Engine;
 use crate::engine::forecast::Forecast;
 use crate::input::config::FlowHealthSettings;
 use crate::model::{
-    ExecutionKey, Expectation, FlowKey, Freshness, Overdue, Status, Transition, unix_seconds,
+    ExecutionKey, Expectation, FlowKey, Freshness, Overdue, Seconds, Status, Transition,
+    unix_seconds,
 };
 use crate::output::publisher::Change;
 
@@ -46,38 +47,60 @@ pub fn expectation_of(
     Some(expectation(start, median, settings))
 }
 
-/// Per flow, what is known of its finished runs besides their durations.
-pub type FlowFreshness = HashMap<FlowKey, Freshness>;
+/// What is known of a flow's finished runs besides their durations, and whether it is exported
+/// (only flows watched since start-up are).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlowFreshness {
+    pub known: Freshness,
+    exported: bool,
+}
+
+impl FlowFreshness {
+    fn new(known: Freshness) -> Self {
+        Self {
+            known,
+            exported: false,
+        }
+    }
+}
+
+/// Per flow, its [`FlowFreshness`].
+pub type FreshnessByFlow = HashMap<FlowKey, FlowFreshness>;
 
 impl<C: FlowExecutions> Engine<C> {
-    /// Brings back each flow's durations and last success and failure from the store.
+    /// Brings back each flow's durations and last success and failure from the store. A flow's
+    /// freshness is exported once it is watched again ([`Self::export_freshness_of`]).
     pub(super) fn restore_flow_history(&mut self) {
         for (flow, history) in self.publisher.flow_history(self.flow_health.history) {
-            for (i, (ended, seconds)) in history.durations.into_iter().enumerate() {
-                let key = ExecutionKey::from_checked(
-                    flow.instance_id.as_str(),
-                    flow.flow_name.as_str(),
-                    format!("restored-{i}"),
-                );
-                self.forecast.record(&key, ended, seconds);
-            }
+            self.forecast.restore(&flow, &history.durations);
             let freshness = Freshness {
                 last_success: history.last_success,
                 last_failure: history.last_failure,
                 first_watched: None,
             };
-            self.publisher.flow_freshness(&flow, &freshness);
-            self.freshness.insert(flow, freshness);
+            self.freshness.insert(flow, FlowFreshness::new(freshness));
+        }
+    }
+
+    /// An execution of `key`'s flow joined the watch set: what is known of the flow's freshness
+    /// is exported, once.
+    pub(super) fn export_freshness_of(&mut self, key: &ExecutionKey) {
+        let flow = FlowKey::of(key);
+        if let Some(f) = self.freshness.get_mut(&flow)
+            && !f.exported
+        {
+            f.exported = true;
+            self.publisher.flow_freshness(&flow, &f.known);
         }
     }
 
     /// A `[[flow]]` entry is watched since `first_seen`: with no success known, its freshness is
     /// measured from then.
     pub(super) fn flow_watched_since(&mut self, flow: &FlowKey, first_seen: SystemTime) {
-        let freshness = self.freshness.entry(flow.clone()).or_default();
-        freshness.first_watched = Some(unix_seconds(first_seen));
-        let freshness = *freshness;
-        self.publisher.flow_freshness(flow, &freshness);
+        let f = self.freshness.entry(flow.clone()).or_default();
+        f.known.first_watched = Some(unix_seconds(first_seen));
+        f.exported = true;
+        self.publisher.flow_freshness(flow, &f.known);
     }
 
     /// A terminal transition is durable: its flow's durations, freshness and histogram learn of
@@ -85,16 +108,16 @@ impl<C: FlowExecutions> Engine<C> {
     /// how long it ran, when both are known.
     pub(super) fn run_finished(&mut self, t: &Transition) -> Option<(f64, f64)> {
         let key = &t.key;
-        if let Some(expected_end) = self.executions.get(key).and_then(|s| s.expected_end) {
+        if let Some(expected_end) = self.executions.get(key).and_then(|s| s.expected_end.get()) {
             self.publisher
                 .expectation_changed(key, Some(expected_end), false);
         }
         let (ended, seconds) = t.run()?;
         let flow = FlowKey::of(key);
-        let freshness = self.freshness.entry(flow.clone()).or_default();
-        freshness.finished(t.to, ended);
-        let freshness = *freshness;
-        self.publisher.flow_freshness(&flow, &freshness);
+        let f = self.freshness.entry(flow.clone()).or_default();
+        f.known.finished(t.to, ended);
+        f.exported = true;
+        self.publisher.flow_freshness(&flow, &f.known);
         self.publisher.flow_run_finished(key, t.to, seconds);
         seconds.map(|seconds| (ended, seconds))
     }
@@ -112,7 +135,8 @@ impl<C: FlowExecutions> Engine<C> {
             let expected = start
                 .and_then(|start| expectation_of(&self.forecast, key, start, &self.flow_health));
             let (Some(start_time), Some(expectation)) = (start, expected) else {
-                if state.expected_end.take().is_some() {
+                if state.expected_end.get().is_some() {
+                    state.expected_end = Seconds::default();
                     self.publisher.expectation_changed(key, None, false);
                 }
                 continue;
@@ -130,12 +154,12 @@ impl<C: FlowExecutions> Engine<C> {
                     labels: state.entry.labels.clone(),
                 }));
             }
-            if state.expected_end != Some(expectation.expected_end) {
-                state.expected_end = Some(expectation.expected_end);
+            if state.expected_end.get() != Some(expectation.expected_end) {
+                state.expected_end = Seconds::of(Some(expectation.expected_end));
                 // A new overdue mark shows once it is committed.
                 let overdue = state.overdue && !newly_overdue;
                 self.publisher
-                    .expectation_changed(key, state.expected_end, overdue);
+                    .expectation_changed(key, state.expected_end.get(), overdue);
             }
         }
     }

@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use crate::model::ExecutionKey;
+use crate::model::{ExecutionKey, FlowKey};
 
 /// Durations needed before they are trusted.
 pub const MIN_SAMPLES: usize = 2;
@@ -169,6 +169,18 @@ impl Forecast {
             due
         } else {
             Vec::new()
+        }
+    }
+
+    /// Brings back a flow's durations, (end time, seconds), from the store.
+    pub fn restore(&mut self, flow: &FlowKey, durations: &[(f64, f64)]) {
+        let capacity = self.capacity;
+        if let Some(f) = self.flow_mut(&flow.instance_id, &flow.flow_name) {
+            for &(ended, seconds) in durations {
+                if seconds.is_finite() && seconds > 0.0 && ended.is_finite() {
+                    f.durations.record(ended, seconds, capacity);
+                }
+            }
         }
     }
 

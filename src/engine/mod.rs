@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 
 use crate::api::FlowExecutions;
 use crate::engine::discovery::FlowWatch;
-use crate::engine::flow_health::FlowFreshness;
+use crate::engine::flow_health::FreshnessByFlow;
 use crate::engine::forecast::Forecast;
 use crate::engine::observe::Staged;
 pub use crate::engine::overview::{FINISHED_SHOWN, FLOWS_PER_PAGE, Overview, RUNNING_SHOWN};
@@ -125,7 +125,7 @@ pub struct Engine<C> {
     forecast: Forecast,
     flow_health: FlowHealthSettings,
     /// When each flow last succeeded and failed.
-    freshness: FlowFreshness,
+    freshness: FreshnessByFlow,
     /// When running executions are next compared with their flow's durations.
     next_sweep: tokio::time::Instant,
     publisher: Publisher,
@@ -166,7 +166,7 @@ impl<C: FlowExecutions> Engine<C> {
             series_dropped: HashSet::new(),
             forecast: Forecast::new(flow_health.history),
             flow_health,
-            freshness: FlowFreshness::new(),
+            freshness: FreshnessByFlow::new(),
             next_sweep: tokio::time::Instant::now(),
             publisher,
             staged: Staged::default(),

@@ -158,7 +158,11 @@ impl<C: FlowExecutions> Engine<C> {
     }
 
     fn flow_overview(&self, key: FlowKey, mut g: Gathered<'_>, now: f64) -> FlowOverview {
-        let freshness = self.freshness.get(&key).copied().unwrap_or_default();
+        let freshness = self
+            .freshness
+            .get(&key)
+            .map(|f| f.known)
+            .unwrap_or_default();
         let entry = self.flows.get(&key).map(|f| &f.entry);
         let within = entry.and_then(|e| e.expect_success_within);
         let without_recent_success = within.is_some_and(|w| {

@@ -197,6 +197,7 @@ impl<C: FlowExecutions> Engine<C> {
         let mut state = ExecutionState::new(entry, self.backoff.start());
         state.found_by_discovery = true;
         self.publisher.execution_discovered(&key, state.status);
+        self.export_freshness_of(&key);
         self.executions.insert(key.clone(), Box::new(state));
         self.observe(&key, observation, ObservedVia::List, wall);
         if let Some(state) = self.executions.get(&key) {

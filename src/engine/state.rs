@@ -12,7 +12,7 @@ use crate::engine::pacing::Backoff;
 use crate::engine::policy::Verdict;
 use crate::engine::queue::Slot;
 use crate::model::{
-    ApiStatus, Observation, ObservedVia, Outcome, Status, Transition, WatchEntry, rfc3339,
+    ApiStatus, Observation, ObservedVia, Outcome, Seconds, Status, Transition, WatchEntry, rfc3339,
     rfc3339_from_secs,
 };
 use crate::output::store::Restored;
@@ -44,7 +44,7 @@ pub struct ExecutionState {
     /// Its place in the engine's queue, while it is queued.
     pub slot: Option<Slot>,
     /// Start plus its flow's median duration, while it runs and the flow has enough history.
-    pub expected_end: Option<f64>,
+    pub expected_end: Seconds,
     /// Its overdue event is staged or committed.
     pub overdue: bool,
     unrecognised_seen: Option<String>,
@@ -68,7 +68,7 @@ impl ExecutionState {
             found_by_discovery: false,
             age_anchor: None,
             slot: None,
-            expected_end: None,
+            expected_end: Seconds::default(),
             overdue: false,
             unrecognised_seen: None,
         }
@@ -185,6 +185,8 @@ impl ExecutionState {
             "message": obs.and_then(|o| o.message.clone()),
             "start_time": obs.and_then(|o| o.start_time).map(rfc3339_from_secs),
             "end_time": obs.and_then(|o| o.end_time).map(rfc3339_from_secs),
+            "expected_end_time": self.expected_end.get().map(rfc3339_from_secs),
+            "overdue": self.overdue,
             "source_info": obs.and_then(|o| o.source_info.clone()),
             "diagnostic_reports_root_s3_uri": obs.and_then(|o| o.diagnostic_reports_root_s3_uri.clone()),
             "labels": self.entry.labels,

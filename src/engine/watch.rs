@@ -102,11 +102,16 @@ impl<C: FlowExecutions> Engine<C> {
         removed.len()
     }
 
-    /// A `[[flow]]` entry that stays takes its new labels, and so do its discovered executions.
+    /// A `[[flow]]` entry that stays takes its new labels (and so do its discovered executions)
+    /// and its new `expect_success_within`.
     fn relabel_flow(&mut self, entry: FlowEntry) {
         let Some(flow) = self.flows.get_mut(&entry.key) else {
             return;
         };
+        if flow.entry.expect_success_within != entry.expect_success_within {
+            self.publisher
+                .success_expected_within(&entry.key, entry.expect_success_within);
+        }
         if flow.entry.labels != entry.labels {
             for state in self.executions.values_mut() {
                 if state.found_by_discovery && FlowKey::of(&state.entry.key) == entry.key {
@@ -135,6 +140,7 @@ impl<C: FlowExecutions> Engine<C> {
         let observation = state.observation.as_deref();
         self.publisher
             .execution_joined(&key, state.status, observation);
+        self.export_freshness_of(&key);
         // Never observed, in a flow with no forecast yet, past its scouts: it waits for them
         // (at most max_interval). What the store knows is polled at once.
         let first_poll = if self.polling.adaptive

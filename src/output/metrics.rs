@@ -1,6 +1,6 @@
 //! The Prometheus metrics of DESIGN §4, in a [`Metrics`] struct that owns its own registry.
 //!
-//! The aggregate families live in a prometheus-crate registry; the four per-execution families
+//! The aggregate families live in a prometheus-crate registry; the six per-execution families
 //! are rows written by hand (`output::series`), chunk by chunk ([`Metrics::next_series_chunk`]).
 //! The engine calls methods that say what happened; no metric is reachable from outside this
 //! module.
@@ -436,6 +436,9 @@ impl Metrics {
         let _ = self.discovered_total.remove_label_values(&labels);
         let _ = self.discovery_last_success.remove_label_values(&labels);
         let _ = self.discovery_flow_not_found.remove_label_values(&labels);
+        let _ = self
+            .flow_success_expected_within
+            .remove_label_values(&labels);
     }
 }
 
@@ -501,8 +504,18 @@ mod tests {
             },
         );
         m.rate_limit.set(5.0);
+        m.set_expectation(&key, Some(100.0), false);
+        m.flow_finished("i", "f", Status::Succeeded, Some(42.0));
+        m.flow_freshness("i", "f", Some(2.0), Some(1.0));
+        m.success_expected_within("i", "f", Some(93_600.0));
         let text = m.render();
         for name in [
+            "flowwatch_execution_expected_end_timestamp_seconds{execution_id=\"e\",flow_name=\"f\",instance_id=\"i\"} 100",
+            "flowwatch_execution_overdue{execution_id=\"e\",flow_name=\"f\",instance_id=\"i\"} 0",
+            "flowwatch_flow_duration_seconds_bucket{flow_name=\"f\",instance_id=\"i\",status=\"SUCCEEDED\",le=\"60\"} 1",
+            "flowwatch_flow_last_success_timestamp_seconds{flow_name=\"f\",instance_id=\"i\"} 2",
+            "flowwatch_flow_last_failure_timestamp_seconds{flow_name=\"f\",instance_id=\"i\"} 1",
+            "flowwatch_flow_success_expected_within_seconds{flow_name=\"f\",instance_id=\"i\"} 93600",
             "flowwatch_execution_status{",
             "flowwatch_execution_start_time_seconds{",
             "flowwatch_execution_end_time_seconds{",
@@ -526,6 +539,12 @@ mod tests {
         let text = m.render();
         assert!(!text.contains("flowwatch_execution_status{"));
         assert!(!text.contains("flowwatch_execution_failure_info{"));
+        assert!(!text.contains("flowwatch_execution_overdue{"));
+        m.success_expected_within("i", "f", None);
+        assert!(
+            !m.render()
+                .contains("flowwatch_flow_success_expected_within_seconds{")
+        );
         assert_eq!(failure_label(&"x".repeat(300)).chars().count(), 256);
     }
 
@@ -540,8 +559,11 @@ mod tests {
         }
     }
 
-    /// An execution, its status, start and end time, and failure message.
+    /// An execution, its status, start and end time, and failure message. A running one (no end
+    /// time) is also overdue, with an expected end [`EXPECTED_AFTER`] after its start.
     type TestRow = (ExecutionKey, Status, f64, Option<f64>, Option<&'static str>);
+
+    const EXPECTED_AFTER: f64 = 600.5;
 
     /// The per-execution families as the prometheus crate writes them, for comparison.
     fn by_the_prometheus_crate(rows: &[TestRow]) -> String {
@@ -559,6 +581,8 @@ mod tests {
         );
         let start = gauge("flowwatch_execution_start_time_seconds", &ids);
         let end = gauge("flowwatch_execution_end_time_seconds", &ids);
+        let expected = gauge("flowwatch_execution_expected_end_timestamp_seconds", &ids);
+        let overdue = gauge("flowwatch_execution_overdue", &ids);
         let failure = gauge(
             "flowwatch_execution_failure_info",
             &[&ids[..], &["message"]].concat(),
@@ -573,6 +597,9 @@ mod tests {
             start.with_label_values(&k).set(*started);
             if let Some(t) = ended {
                 end.with_label_values(&k).set(*t);
+            } else {
+                expected.with_label_values(&k).set(started + EXPECTED_AFTER);
+                overdue.with_label_values(&k).set(1.0);
             }
             if let Some(m) = message {
                 failure
@@ -623,6 +650,9 @@ mod tests {
         for (k, status, start, end, message) in &rows {
             m.set_status(k, *status);
             m.set_times(k, &observation(Some(*start), *end));
+            if end.is_none() {
+                m.set_expectation(k, Some(start + EXPECTED_AFTER), true);
+            }
             if message.is_some() {
                 m.set_failure(k, *message);
             }

@@ -158,12 +158,17 @@ impl Publisher {
     /// A `[[flow]]` entry is watched: its series start at zero, and its
     /// `expect_success_within` is exported.
     pub fn flow_joined(&self, flow: &FlowKey, expect_success_within: Option<Duration>) {
-        let m = &self.metrics;
-        m.watch_discovered_flow(&flow.instance_id, &flow.flow_name);
-        m.success_expected_within(
+        self.metrics
+            .watch_discovered_flow(&flow.instance_id, &flow.flow_name);
+        self.success_expected_within(flow, expect_success_within);
+    }
+
+    /// A `[[flow]]` entry's `expect_success_within` (set, changed by a reload, or gone).
+    pub fn success_expected_within(&self, flow: &FlowKey, within: Option<Duration>) {
+        self.metrics.success_expected_within(
             &flow.instance_id,
             &flow.flow_name,
-            expect_success_within.map(|d| d.as_secs_f64()),
+            within.map(|d| d.as_secs_f64()),
         );
     }
 

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
-use crate::model::{ExecutionKey, Status};
+use crate::model::{ExecutionKey, Seconds, Status};
 
 /// The per-execution rows, by execution (so by instance, flow and execution id).
 #[derive(Debug, Default)]
@@ -83,16 +83,16 @@ impl Series {
     /// Keeps a known time when the API leaves it out.
     pub fn set_times(&self, key: &ExecutionKey, start: Option<f64>, end: Option<f64>) {
         self.with_row(key, |row| {
-            row.start = start.or(row.start);
-            row.end = end.or(row.end);
+            row.start = Seconds::of(start.or(row.start.get()));
+            row.end = Seconds::of(end.or(row.end.get()));
         });
     }
 
     /// Sets (or, with `None`, removes) the expected end and overdue series.
     pub fn set_expectation(&self, key: &ExecutionKey, expected_end: Option<f64>, overdue: bool) {
         self.with_row(key, |row| {
-            row.expected_end = expected_end;
-            row.overdue = expected_end.map(|_| overdue);
+            row.expected_end = Seconds::of(expected_end);
+            row.overdue = overdue;
         });
     }
 
@@ -106,16 +106,18 @@ impl Series {
     }
 }
 
-/// What the per-execution families say of one execution.
+/// What the per-execution families say of one execution. It is kept small: there is one per
+/// watched execution.
 #[derive(Debug, Default)]
 struct SeriesRow {
-    status: Option<Status>,
-    start: Option<f64>,
-    end: Option<f64>,
-    expected_end: Option<f64>,
-    overdue: Option<bool>,
+    start: Seconds,
+    end: Seconds,
+    /// With it, the overdue series too.
+    expected_end: Seconds,
     /// The `message` label of `flowwatch_execution_failure_info`.
     failure: Option<Arc<str>>,
+    status: Option<Status>,
+    overdue: bool,
 }
 
 /// Where the writing of the per-execution families stands between chunks.
@@ -193,10 +195,9 @@ impl Family {
     fn has_sample(&self, row: &SeriesRow) -> bool {
         match self.kind {
             FamilyKind::Status => row.status.is_some(),
-            FamilyKind::StartTime => row.start.is_some(),
-            FamilyKind::EndTime => row.end.is_some(),
-            FamilyKind::ExpectedEnd => row.expected_end.is_some(),
-            FamilyKind::Overdue => row.overdue.is_some(),
+            FamilyKind::StartTime => row.start.get().is_some(),
+            FamilyKind::EndTime => row.end.get().is_some(),
+            FamilyKind::ExpectedEnd | FamilyKind::Overdue => row.expected_end.get().is_some(),
             FamilyKind::Failure => row.failure.is_some(),
         }
     }
@@ -240,10 +241,13 @@ impl Family {
             | FamilyKind::ExpectedEnd
             | FamilyKind::Overdue => {
                 let sample = match self.kind {
-                    FamilyKind::StartTime => row.start,
-                    FamilyKind::EndTime => row.end,
-                    FamilyKind::ExpectedEnd => row.expected_end,
-                    _ => row.overdue.map(|o| if o { 1.0 } else { 0.0 }),
+                    FamilyKind::StartTime => row.start.get(),
+                    FamilyKind::EndTime => row.end.get(),
+                    FamilyKind::ExpectedEnd => row.expected_end.get(),
+                    _ => row
+                        .expected_end
+                        .get()
+                        .map(|_| if row.overdue { 1.0 } else { 0.0 }),
                 };
                 let Some(sample) = sample else { return };
                 ids(out);
