@@ -179,16 +179,7 @@ impl Store {
                  PRIMARY KEY (instance_id, flow_name, execution_id)
              );",
         )?;
-        self.backfill_flow_history()?;
-        let version: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'schema_version'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match version {
+        match self.meta("schema_version")? {
             None => {
                 self.conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
@@ -202,21 +193,20 @@ impl Store {
                 )));
             }
         }
-        Ok(())
+        self.backfill_flow_history()
+    }
+
+    /// A value of the `meta` table.
+    fn meta(&self, key: &str) -> rusqlite::Result<Option<i64>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
     }
 
     /// Fills the flow tables from the terminal executions a store written before flow health
     /// holds, once, so an upgrade keeps what was known of each flow's runs.
     fn backfill_flow_history(&self) -> rusqlite::Result<()> {
-        let done: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'flow_history_backfilled'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if done.is_some() {
+        if self.meta("flow_history_backfilled")?.is_some() {
             return Ok(());
         }
         self.conn.execute_batch(
