@@ -46,7 +46,7 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: Shutdown) -> Result<(
     };
     let daemon = tokio::spawn(crate::run_with(settings, client, options, shutdown));
     if let Ok(addr) = bound_rx.await {
-        eprintln!(
+        say(format_args!(
             "\nflowwatch demo: a fake Supply Chain API runs at {}; flowwatch watches {} executions.\n\
              While it runs, look at:\n  http://{addr}/ in a browser: the status page (an overdue run shows after 30 s)\n  \
              curl http://{addr}/metrics\n  curl http://{addr}/status\n  curl http://{addr}/readyz\n\
@@ -57,7 +57,7 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: Shutdown) -> Result<(
                 .as_deref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
-        );
+        ));
     }
     let finish = daemon
         .await
@@ -72,7 +72,7 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: Shutdown) -> Result<(
         .lines()
         .filter(|line| line.contains(r#""type":"flowwatch.execution.overdue""#))
         .count();
-    eprintln!(
+    say(format_args!(
         "\nflowwatch demo finished in {:.1}s: {} events ({overdue} overdue run), {} API calls made, {} throttles absorbed; {}.\n\
          `flowwatch run --exit-when-done` would exit {} here.",
         fake.elapsed().as_secs_f64(),
@@ -81,7 +81,7 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: Shutdown) -> Result<(
         stats.throttled,
         finish.describe(),
         finish.exit_code(),
-    );
+    ));
     fake.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -130,4 +130,10 @@ fn write_files(
     };
     write("watchlist.toml", &watchlist)?;
     write("flowwatch.toml", &config)
+}
+
+/// Tells the person running the demo; a closed stderr loses the text rather than panicking.
+fn say(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{text}");
 }

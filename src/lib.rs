@@ -52,9 +52,11 @@ use crate::engine::{Engine, ExitWhen};
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location};
 use crate::input::watchlist::Watchlist;
 use crate::output::events::Sinks;
+use crate::output::files::{self, LockError, StateLock};
 use crate::output::health::Health;
 use crate::output::metrics::Metrics;
 use crate::output::publisher::Publisher;
+use crate::output::store;
 use crate::server::http::AppState;
 use crate::server::reload::{Reloader, digest};
 
@@ -113,8 +115,12 @@ pub fn check_config(config: &std::path::Path) -> Result<String, String> {
         }
     };
     let watchlist = Watchlist::load(&settings.watchlist);
-    let store = Store::check(&settings.state.path)
-        .map_err(|e| format!("{}: {}", e.path.display(), e.message));
+    let store = check_files(&settings)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            Store::check(&settings.state.path)
+                .map_err(|e| format!("{}: {}", e.path.display(), e.message))
+        });
     match (watchlist, store) {
         (Ok(watchlist), Ok(())) => Ok(input::config::summary(&settings, &watchlist)),
         (Ok(_), Err(store)) => Err(store),
@@ -150,6 +156,13 @@ pub async fn run_with<C: FlowExecutions>(
     }
     // The engine takes the watchlist; no 100,000-entry copy is kept for these counts.
     let (entry_count, flow_count) = (watchlist.entries.len(), watchlist.flows.len());
+    check_files(&settings)?;
+    // Held until the daemon stops: one daemon per state directory.
+    let _state_lock = lock_state(&settings)?;
+    if files::state_missing_beside_events(&settings.state.path, settings.events.file.as_deref()) {
+        tracing::warn!(state = %settings.state.path.display(),
+            "no state database, but the event file has events: starting afresh, so every transition seen now is announced again (same event ids)");
+    }
     let (publisher, metrics, health) = open_outputs(&settings)?;
     let listener = TcpListener::bind(settings.server.listen)
         .await
@@ -181,13 +194,20 @@ pub async fn run_with<C: FlowExecutions>(
         executions = entry_count, flows = flow_count, "flowwatch is listening");
 
     let http_stop = shutdown.child();
+    let metrics_for_server = metrics.clone();
     let app = server::http::app(AppState {
         metrics,
         health,
         commands,
         reload: reloader.clone(),
     });
-    let server = tokio::spawn(server::http::serve(listener, app, http_stop.clone()));
+    let server = tokio::spawn(server::http::serve(
+        listener,
+        app,
+        settings.server.max_connections,
+        metrics_for_server,
+        http_stop.clone(),
+    ));
     if let Some(bound) = options.bound {
         let _ = bound.send(addr);
     }
@@ -222,6 +242,43 @@ pub async fn run_with<C: FlowExecutions>(
 
 /// Opens everything that makes transitions visible; a bad event file or state directory stops
 /// the start-up here, not at the first transition.
+/// The file checks `run` and `check-config` share: what `run` would refuse, found before
+/// anything is opened.
+fn check_files(settings: &Settings) -> Result<(), Error> {
+    let state = &settings.state.path;
+    files::check_state_dir(state)
+        .map_err(|(path, problem)| state_problem(settings, path, problem))?;
+    if let Some(file) = &settings.events.file {
+        files::check_events_file(file).map_err(|problem| {
+            Error::Config(Diagnostics(vec![Diagnostic::new(
+                Location::Path(file.clone()),
+                problem,
+            )]))
+        })?;
+    }
+    Ok(())
+}
+
+/// Takes the state directory for this daemon alone: another daemon holding it is a fatal error
+/// (exit 3) naming it; a directory that cannot hold the lock is a config error.
+fn lock_state(settings: &Settings) -> Result<StateLock, Error> {
+    let dir = &settings.state.path;
+    StateLock::acquire(dir).map_err(|e| match e {
+        LockError::Held(message) => Error::Fatal(message),
+        LockError::Io(e) => {
+            let reason = store::why_not_writable(dir).unwrap_or_else(|| model::io_error_text(&e));
+            state_problem(settings, dir.join(files::LOCK_FILE), reason)
+        }
+    })
+}
+
+fn state_problem(settings: &Settings, path: std::path::PathBuf, problem: String) -> Error {
+    Error::Config(Diagnostics(vec![Diagnostic::new(
+        Location::Path(path),
+        format!("{problem} (state.path = {})", settings.state.path.display()),
+    )]))
+}
+
 fn open_outputs(settings: &Settings) -> Result<(Publisher, Arc<Metrics>, Arc<Health>), Error> {
     let metrics = Arc::new(
         Metrics::with_per_execution(settings.metrics.per_execution)
@@ -232,16 +289,8 @@ fn open_outputs(settings: &Settings) -> Result<(Publisher, Arc<Metrics>, Arc<Hea
         let path = file.map(|p| p.display().to_string()).unwrap_or_default();
         fatal_io(&format!("cannot open event file {path}"), &e)
     })?;
-    let store = Store::open(&settings.state.path).map_err(|e| {
-        Error::Config(Diagnostics(vec![Diagnostic::new(
-            Location::Path(e.path.clone()),
-            format!(
-                "{} (state.path = {})",
-                e.message,
-                settings.state.path.display()
-            ),
-        )]))
-    })?;
+    let store = Store::open(&settings.state.path)
+        .map_err(|e| state_problem(settings, e.path, e.message))?;
     let health = Arc::new(Health::new());
     let publisher = Publisher::new(
         store,

@@ -1,6 +1,7 @@
 //! The flowwatch binary: parses the command line, sets up logging and signals, calls the
 //! library, and maps the result to an exit code.
 
+use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
                 match flowwatch::demo::run(listen, hold, shutdown).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
-                        eprintln!("flowwatch demo: {e}");
+                        say_err(format_args!("flowwatch demo: {e}"));
                         ExitCode::from(3)
                     }
                 }
@@ -48,11 +49,11 @@ fn main() -> ExitCode {
 fn check_config(config: &Path) -> ExitCode {
     match flowwatch::check_config(config) {
         Ok(summary) => {
-            println!("{summary}");
+            let _ = writeln!(std::io::stdout(), "{summary}");
             ExitCode::SUCCESS
         }
         Err(problems) => {
-            eprintln!("{problems}");
+            say_err(format_args!("{problems}"));
             ExitCode::from(2)
         }
     }
@@ -62,7 +63,7 @@ fn run(config: &Path, exit_when_done: bool) -> ExitCode {
     let settings = match Settings::load(config) {
         Ok(settings) => settings,
         Err(problems) => {
-            eprintln!("{problems}");
+            say_err(format_args!("{problems}"));
             return ExitCode::from(2);
         }
     };
@@ -98,7 +99,9 @@ where
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("flowwatch: cannot start the async runtime: {e}");
+            say_err(format_args!(
+                "flowwatch: cannot start the async runtime: {e}"
+            ));
             return ExitCode::from(3);
         }
     };
@@ -107,4 +110,10 @@ where
         tokio::spawn(flowwatch::on_signals(shutdown.clone()));
         body(shutdown).await
     })
+}
+
+/// Writes a line to stderr. A closed stderr (its reader gone) loses the line rather than
+/// panicking, which would turn the exit code into 101.
+fn say_err(text: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{text}");
 }

@@ -26,10 +26,13 @@ pub fn filter(settings: &LogSettings) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// Installs the global subscriber; later calls (in tests) are ignored.
+/// Installs the global subscriber; later calls (in tests) are ignored. A log line that cannot
+/// be written (stderr closed by whoever read it) is dropped: tracing-subscriber's own report of
+/// that would be an `eprintln!`, which panics on a closed stderr and would take the engine down.
 pub fn init(settings: &LogSettings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(settings))
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);

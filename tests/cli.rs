@@ -605,3 +605,118 @@ async fn status_and_metrics_carry_no_credentials() {
     signal(&child, "TERM");
     fake.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_state_directory_exits_3_naming_the_first() {
+    let script = scenario(vec![scripted("daily-orders", 1, &[(0, "IN_PROGRESS")])]);
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), FAST, &script);
+    let (first, _, _) = spawn_daemon(&config, &fake, "info").await;
+    let pid = first.id().expect("pid");
+
+    let mut second = flowwatch(&["run", "--config", &config.to_string_lossy()]);
+    against(&mut second, &fake);
+    let (code, stdout, stderr) = output(&mut second).await;
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another flowwatch (pid {pid}) is using the state directory"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stdout.is_empty(),
+        "the second daemon wrote no event: {stdout}"
+    );
+
+    // Once the first is gone (even by SIGKILL), the directory is free again.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut third, addr, _) = spawn_daemon(&config, &fake, "info").await;
+    assert_eq!(http(addr, "GET", "/livez").await.0, 200);
+    let _ = third.start_kill();
+}
+
+/// The ids of the events in `path` (none when it does not exist).
+fn event_ids(path: &Path) -> Vec<String> {
+    read_events(path)
+        .iter()
+        .filter_map(|e| e["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+async fn wait_for_event(path: &Path, suffix: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !event_ids(path).iter().any(|id| id.ends_with(suffix)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event ending {suffix} in {}: {:?}",
+            path.display(),
+            event_ids(path)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_file_follows_log_rotation_by_rename_and_sighup_or_by_deletion() {
+    let script = scenario(vec![
+        scripted("daily-orders", 1, &[(0, "IN_PROGRESS"), (10, "SUCCEEDED")]),
+        scripted("daily-orders", 2, &[(0, "IN_PROGRESS"), (20, "FAILED")]),
+    ]);
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), FAST, &script);
+    let (child, _, _logs) = spawn_daemon(&config, &fake, "info").await;
+    let events = ws.path("events.jsonl");
+    let rotated = ws.path("events.jsonl.1");
+    wait_for_event(&events, &format!("{}/IN_PROGRESS", execution_id(2))).await;
+
+    // logrotate's default: rename, then SIGHUP. The file reappears at once, empty.
+    std::fs::rename(&events, &rotated).expect("rename");
+    signal(&child, "HUP");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !events.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not reopened on SIGHUP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for_event(&events, &format!("{}/SUCCEEDED", execution_id(1))).await;
+    assert_eq!(
+        event_ids(&rotated).len(),
+        2,
+        "the rotated file keeps what it had"
+    );
+
+    // Deleted without a signal: the next event notices and goes to a new file at the path.
+    std::fs::remove_file(&events).expect("delete");
+    wait_for_event(&events, &format!("{}/FAILED", execution_id(2))).await;
+    assert_eq!(event_ids(&events).len(), 1, "{:?}", event_ids(&events));
+    drop(child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_whose_stderr_reader_goes_away_keeps_watching() {
+    let script = scenario(vec![scripted(
+        "daily-orders",
+        1,
+        &[(0, "IN_PROGRESS"), (3, "SUCCEEDED")],
+    )]);
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), FAST, &script);
+    // Dropping the log receiver ends the task reading stderr: the pipe closes, and every later
+    // log line fails to write.
+    let (child, addr, logs) = spawn_daemon(&config, &fake, "debug").await;
+    drop(logs);
+    wait_for_event(
+        &ws.path("events.jsonl"),
+        &format!("{}/SUCCEEDED", execution_id(1)),
+    )
+    .await;
+    assert_eq!(http(addr, "GET", "/livez").await.0, 200);
+    drop(child);
+}

@@ -27,6 +27,8 @@ struct Case {
     #[serde(default)]
     watchlist_is_dir: bool,
     state_db: Option<String>,
+    /// `{dir}/state/flowwatch.db` is a symlink to this path.
+    state_db_symlink: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     expect: Vec<String>,
@@ -78,6 +80,11 @@ fn lay_out(case: &Case, dir: &Path) {
     if let Some(db) = &case.state_db {
         std::fs::create_dir_all(dir.join("state")).expect("state dir");
         std::fs::write(dir.join("state").join("flowwatch.db"), db).expect("db");
+    }
+    if let Some(target) = &case.state_db_symlink {
+        std::fs::create_dir_all(dir.join("state")).expect("state dir");
+        std::os::unix::fs::symlink(fill(target), dir.join("state").join("flowwatch.db"))
+            .expect("symlink");
     }
 }
 

@@ -96,10 +96,20 @@ async fn a_slow_client_is_disconnected_after_the_header_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn connections_beyond_the_limit_are_closed_and_idle_ones_expire() {
-    let (fake, _ws, daemon) = daemon().await;
+async fn connections_beyond_the_limit_are_turned_away_counted_and_idle_ones_expire() {
+    const LIMIT: usize = 16;
+    let script = scenario(vec![scripted("f", 1, &[(0, "IN_PROGRESS")])]);
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
+    ws.edit(
+        &config,
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:0\"\nmax_connections = {LIMIT}"),
+    );
+    let daemon = Daemon::start(&config, &fake, false).await;
     let mut idle = Vec::new();
-    for _ in 0..limits::MAX_CONNECTIONS {
+    for _ in 0..LIMIT {
         idle.push(TcpStream::connect(daemon.addr).await.expect("connect"));
     }
     // Let the server accept them all.
@@ -118,7 +128,60 @@ async fn connections_beyond_the_limit_are_closed_and_idle_ones_expire() {
     // The idle ones sent no request: they are closed after the header timeout, and slots free up.
     tokio::time::sleep(limits::HEADER_READ_TIMEOUT + Duration::from_secs(1)).await;
     still_serving(&daemon).await;
+    let metrics = daemon.metrics().await;
+    let closed = |reason: &str| {
+        sample(
+            &metrics,
+            "flowwatch_http_connections_closed_total",
+            &[("reason", reason)],
+        )
+        .unwrap_or_default()
+    };
+    assert_eq!(closed("limit"), 1.0, "{metrics}");
+    assert_eq!(closed("header_timeout"), LIMIT as f64, "{metrics}");
     drop(idle);
+    daemon.stop().await;
+    fake.stop().await;
+}
+
+/// Keeps `count` connections open that never send a byte, as a flood of idle clients would:
+/// each one the server closes is opened again at once.
+async fn idle_flood(addr: std::net::SocketAddr, count: usize) -> tokio::task::JoinSet<()> {
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        flood.spawn(async move {
+            loop {
+                let Ok(mut stream) = TcpStream::connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let mut byte = [0u8; 1];
+                let _ = stream.read(&mut byte).await;
+            }
+        });
+    }
+    flood
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_are_answered_while_300_idle_connections_are_open() {
+    let (fake, _ws, daemon) = daemon().await;
+    let flood = idle_flood(daemon.addr, 300).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut answered = 0;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = std::time::Instant::now();
+        let probe = tokio::time::timeout(Duration::from_secs(3), daemon.get("/livez")).await;
+        if matches!(probe, Ok((200, _))) {
+            answered += 1;
+        }
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(answered, 10, "slowest probe {slowest:?}");
+    assert!(slowest < Duration::from_secs(3), "{slowest:?}");
+    drop(flood);
     daemon.stop().await;
     fake.stop().await;
 }

@@ -57,6 +57,8 @@ pub enum Command {
     Overview(usize, oneshot::Sender<Overview>),
     /// Replace the watchlist: entries that stay keep their state and schedule.
     Replace(Watchlist, oneshot::Sender<ReloadSummary>),
+    /// Reopen the event file by its path (SIGHUP, after log rotation).
+    ReopenSinks,
 }
 
 /// What a watchlist replacement changed.

@@ -117,6 +117,7 @@ impl<C: FlowExecutions> Engine<C> {
                 let summary = self.replace(watchlist);
                 let _ = reply.send(summary);
             }
+            Command::ReopenSinks => self.publisher.reopen_sinks(),
         }
     }
 

@@ -40,7 +40,13 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
+    /// Open connections at most; more are turned away (logged and counted).
+    pub max_connections: usize,
 }
+
+/// The default of `server.max_connections`: idle connections are cheap and closed after the
+/// header timeout, so a flood of them cannot hold every slot.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AwsSettings {
@@ -169,7 +175,7 @@ impl LogFormat {
 
 /// Every key the config accepts, by table; anything else is an error.
 const KNOWN: &[(&str, &[&str])] = &[
-    ("server", &["listen"]),
+    ("server", &["listen", "max_connections"]),
     ("aws", &["region", "endpoint_url", "profile"]),
     (
         "polling",
@@ -356,6 +362,15 @@ impl Reader<'_> {
             );
         }
         let listen = self.or("server.listen", SocketAddr::from(([0, 0, 0, 0], 9726)));
+        let max_connections = self.or("server.max_connections", DEFAULT_MAX_CONNECTIONS);
+        if !(16..=65_536).contains(&max_connections) {
+            self.problem(
+                "server.max_connections",
+                format!(
+                    "server.max_connections must be between 16 and 65536, not {max_connections}"
+                ),
+            );
+        }
         let region: Option<String> = self.get("aws.region");
         let endpoint_url: Option<String> = self.get("aws.endpoint_url");
         let profile: Option<String> = self.get("aws.profile");
@@ -399,7 +414,10 @@ impl Reader<'_> {
         Some(Settings {
             config_path: config_path.to_path_buf(),
             watchlist: relative_to_config(&watchlist?),
-            server: ServerSettings { listen },
+            server: ServerSettings {
+                listen,
+                max_connections,
+            },
             aws: AwsSettings {
                 region,
                 endpoint_url,

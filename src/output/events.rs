@@ -103,6 +103,12 @@ struct FileSink {
     failing: bool,
 }
 
+/// Which file an open handle or a path is: device and inode.
+fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (metadata.dev(), metadata.ino())
+}
+
 impl Sinks {
     /// Opens the event file (creating its directory) so a bad path fails at start-up, not at the
     /// first transition.
@@ -157,6 +163,16 @@ impl Sinks {
         all_ok
     }
 
+    /// Reopens the event file by its path, so events go to the file there now (SIGHUP after
+    /// log rotation). A file that cannot be opened is opened again at the next event.
+    pub fn reopen(&mut self) {
+        if let Some(sink) = &mut self.file {
+            sink.file = open_append(&sink.path)
+                .inspect_err(|e| tracing::error!(path = %sink.path.display(), error = %e, "cannot reopen the event file"))
+                .ok();
+        }
+    }
+
     /// Pushes events to disk before exit.
     pub fn flush(&mut self) {
         if let Some(FileSink {
@@ -173,7 +189,20 @@ impl Sinks {
 }
 
 impl FileSink {
+    /// Whether the file open is no longer the one at the path: renamed or deleted by log
+    /// rotation. Writing on would put events where nobody reads them.
+    fn rotated(&self) -> bool {
+        let Some(open) = self.file.as_ref().and_then(|f| f.metadata().ok()) else {
+            return false;
+        };
+        std::fs::metadata(&self.path).map_or(true, |at_path| identity(&at_path) != identity(&open))
+    }
+
     fn write(&mut self, line: &[u8]) -> io::Result<()> {
+        if self.rotated() {
+            tracing::info!(path = %self.path.display(), "the event file was renamed or deleted: reopening it by its path");
+            self.file = None;
+        }
         if self.file.is_none() {
             self.file = Some(open_append(&self.path)?);
         }

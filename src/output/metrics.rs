@@ -37,6 +37,7 @@ pub struct Metrics {
     flow_last_success: GaugeVec,
     flow_last_failure: GaugeVec,
     flow_success_expected_within: GaugeVec,
+    http_connections_closed: IntCounterVec,
     /// Whether per-execution status and time series are exported.
     per_execution: bool,
     /// The request series by operation and outcome, looked up once rather than per request.
@@ -167,6 +168,12 @@ impl Metrics {
                 "flowwatch_flow_success_expected_within_seconds",
                 "The expect_success_within of a [[flow]] entry: a success is expected at least this often (seconds).",
             )?,
+            http_connections_closed: counters(
+                &r,
+                "flowwatch_http_connections_closed_total",
+                "HTTP connections the server closed unserved: reason=\"limit\" (server.max_connections were open) or \"header_timeout\" (no complete request headers in time).",
+                &["reason"],
+            )?,
             series: Series::default(),
             per_execution,
             registry: r,
@@ -205,6 +212,11 @@ impl Metrics {
         for counter in &self.request_counts {
             counter.reset();
         }
+        for reason in ["limit", "header_timeout"] {
+            self.http_connections_closed
+                .with_label_values(&[reason])
+                .reset();
+        }
         for result in ["success", "failure"] {
             self.config_reloads.with_label_values(&[result]).reset();
             for sink in ["stdout", "file"] {
@@ -213,6 +225,13 @@ impl Metrics {
         }
         self.config_last_reload_success.set(unix_now());
         self.config_last_reload_successful.set(1.0);
+    }
+
+    /// Counts an HTTP connection closed unserved, by reason.
+    pub fn connection_closed(&self, reason: &str) {
+        self.http_connections_closed
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Counts a watchlist reload.

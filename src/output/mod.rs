@@ -1,7 +1,8 @@
 //! Everything flowwatch makes visible: the durable store, the event sinks, the Prometheus
-//! metrics and the health state the probes read.
+//! metrics and the health state the probes read; and the checks and lock of their files.
 
 pub mod events;
+pub mod files;
 pub mod health;
 pub mod internal_events;
 pub mod metrics;

@@ -362,6 +362,11 @@ impl Publisher {
         }
     }
 
+    /// Reopens the event file by its path (after log rotation).
+    pub fn reopen_sinks(&mut self) {
+        self.sinks.reopen();
+    }
+
     /// Pushes events to disk before exit.
     pub fn flush(&mut self) {
         self.sinks.flush();

@@ -693,7 +693,7 @@ impl Batch<'_> {
 
 /// The file-system reason a directory cannot take a new file, if there is one: SQLite's own
 /// "unable to open database file" does not say.
-fn why_not_writable(dir: &Path) -> Option<String> {
+pub fn why_not_writable(dir: &Path) -> Option<String> {
     let probe = dir.join(".flowwatch-write-probe");
     match std::fs::OpenOptions::new()
         .write(true)

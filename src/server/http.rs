@@ -31,10 +31,10 @@ const SCHEDULER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 pub mod limits {
     use std::time::Duration;
 
-    /// Connections served at once; more are closed as soon as they are accepted.
-    pub const MAX_CONNECTIONS: usize = 128;
     /// A client must send a request's headers within this time (also on an idle keep-alive
-    /// connection), or the connection is closed: slowloris clients do not hold slots.
+    /// connection, and on a new one that sends nothing), or the connection is closed: idle and
+    /// slowloris clients hold a slot for at most this long. With `server.max_connections`
+    /// slots (1,024 by default), a flood of idle connections cannot keep a probe out.
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
     /// Header lines per request; more get 431.
     pub const MAX_HEADERS: usize = 64;
@@ -92,9 +92,20 @@ async fn refuse_large_bodies(
     next.run(request).await
 }
 
-/// Serves `app` on `listener` until `stop` is requested, within [`limits`].
-pub async fn serve(listener: TcpListener, app: Router, stop: Shutdown) {
-    let slots = Arc::new(Semaphore::new(limits::MAX_CONNECTIONS));
+/// Serves `app` on `listener` until `stop` is requested, within [`limits`] and at most
+/// `max_connections` connections at once. A connection turned away at the limit, or closed
+/// because its headers did not come in time, is counted and logged (at most every
+/// [`WARN_EVERY`]), never dropped silently.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    max_connections: usize,
+    metrics: Arc<Metrics>,
+    stop: Shutdown,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let refused = Arc::new(Closures::new(metrics.clone(), ConnectionClosed::Limit));
+    let timed_out = Arc::new(Closures::new(metrics, ConnectionClosed::HeaderTimeout));
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -112,36 +123,108 @@ pub async fn serve(listener: TcpListener, app: Router, stop: Shutdown) {
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(
-                limit = limits::MAX_CONNECTIONS,
-                "too many HTTP connections; closing a new one"
-            );
+            refused.record(max_connections);
             drop(stream);
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let stop = stop.clone();
+        let (stop, timed_out) = (stop.clone(), timed_out.clone());
         connections.spawn(async move {
             let _slot = slot;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits::HEADER_READ_TIMEOUT)
-                .max_headers(limits::MAX_HEADERS)
-                .max_buf_size(limits::MAX_HEADER_BYTES);
-            let connection =
-                builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => return,
-                () = stop.requested() => {}
-                () = tokio::time::sleep(limits::CONNECTION_LIFETIME) => {}
+            if serve_connection(stream, service, stop).await {
+                timed_out.record(max_connections);
             }
-            connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(limits::SHUTDOWN_GRACE, connection).await;
         });
     }
     while connections.join_next().await.is_some() {}
+}
+
+/// Serves one connection until it ends, `stop` is requested or its lifetime is over. Returns
+/// whether it was closed because its request headers did not come in time.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    service: hyper_util::service::TowerToHyperService<Router>,
+    stop: Shutdown,
+) -> bool {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits::HEADER_READ_TIMEOUT)
+        .max_headers(limits::MAX_HEADERS)
+        .max_buf_size(limits::MAX_HEADER_BYTES);
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return result.is_err_and(|e| e.is_timeout()),
+        () = stop.requested() => {}
+        () = tokio::time::sleep(limits::CONNECTION_LIFETIME) => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(limits::SHUTDOWN_GRACE, connection).await;
+    false
+}
+
+/// How often a run of closed connections is logged, with how many there were.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Why the server closed a connection it did not serve.
+#[derive(Debug, Clone, Copy)]
+pub enum ConnectionClosed {
+    /// `server.max_connections` were open.
+    Limit,
+    /// The client did not send its request headers within the header timeout.
+    HeaderTimeout,
+}
+
+impl ConnectionClosed {
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectionClosed::Limit => "limit",
+            ConnectionClosed::HeaderTimeout => "header_timeout",
+        }
+    }
+}
+
+/// Closed connections of one kind: each is counted; a warning says how many at most every
+/// [`WARN_EVERY`].
+struct Closures {
+    metrics: Arc<Metrics>,
+    why: ConnectionClosed,
+    /// When the last warning was logged, and how many closed since.
+    pending: std::sync::Mutex<(Option<tokio::time::Instant>, u64)>,
+}
+
+impl Closures {
+    fn new(metrics: Arc<Metrics>, why: ConnectionClosed) -> Self {
+        Self {
+            metrics,
+            why,
+            pending: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    fn record(&self, max_connections: usize) {
+        self.metrics.connection_closed(self.why.label());
+        let now = tokio::time::Instant::now();
+        let mut pending = crate::model::lock(&self.pending);
+        pending.1 += 1;
+        if pending.0.is_some_and(|at| now < at + WARN_EVERY) {
+            return;
+        }
+        let count = std::mem::take(&mut pending.1);
+        pending.0 = Some(now);
+        match self.why {
+            ConnectionClosed::Limit => tracing::warn!(
+                count,
+                max_connections,
+                "HTTP connections turned away: server.max_connections are open (see flowwatch_http_connections_closed_total)"
+            ),
+            ConnectionClosed::HeaderTimeout => {
+                tracing::warn!(count, timeout = ?limits::HEADER_READ_TIMEOUT,
+                "HTTP connections closed: no complete request headers within the timeout (idle or slow clients)")
+            }
+        }
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -1,6 +1,6 @@
 //! Reloading the watchlist, on `POST /-/reload`, on SIGHUP, and when the file changes on disk:
 //! the new file is read and validated here, then handed to the engine; an invalid one is refused
-//! and the old watchlist keeps running.
+//! and the old watchlist keeps running. SIGHUP also reopens the event file (log rotation).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -124,7 +124,8 @@ impl Reloader {
                     if received.is_none() {
                         return;
                     }
-                    tracing::info!("SIGHUP: reloading the watchlist");
+                    tracing::info!("SIGHUP: reopening the event file and reloading the watchlist");
+                    let _ = self.commands.send(Command::ReopenSinks).await;
                     let _ = self.reload().await;
                 }
             }
