@@ -200,6 +200,8 @@ pub async fn run_with<C: FlowExecutions>(
         health,
         commands,
         reload: reloader.clone(),
+        lifecycle: settings.server.enable_lifecycle,
+        status_gate: Arc::new(tokio::sync::Semaphore::new(1)),
     });
     let server = tokio::spawn(server::http::serve(
         listener,

@@ -185,3 +185,77 @@ async fn probes_are_answered_while_300_idle_connections_are_open() {
     daemon.stop().await;
     fake.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn reload_over_http_is_off_unless_enable_lifecycle_says_so() {
+    let script = scenario(vec![scripted("f", 1, &[(0, "IN_PROGRESS")])]);
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
+    ws.edit(&config, "enable_lifecycle = true\n", "");
+    let daemon = Daemon::start(&config, &fake, false).await;
+    let (code, body) = http(daemon.addr, "POST", "/-/reload").await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("server.enable_lifecycle = true"), "{body}");
+    assert!(
+        body.contains("SIGHUP"),
+        "the hint names what still works: {body}"
+    );
+    let reloads = sample(
+        &daemon.metrics().await,
+        "flowwatch_config_reloads_total",
+        &[("result", "success")],
+    );
+    assert_eq!(reloads, Some(0.0), "nothing was reloaded");
+    daemon.stop().await;
+    fake.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_lists_one_page_of_executions_at_a_time() {
+    let script = scenario(vec![
+        scripted("f", 1, &[(0, "IN_PROGRESS")]),
+        scripted("f", 2, &[(0, "IN_PROGRESS")]),
+        scripted("g", 3, &[(0, "IN_PROGRESS")]),
+    ]);
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
+    let daemon = Daemon::start(&config, &fake, false).await;
+    let page = |query: &'static str| {
+        let addr = daemon.addr;
+        async move {
+            let (code, body) = http(addr, "GET", &format!("/status{query}")).await;
+            (
+                code,
+                serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
+            )
+        }
+    };
+    let ids = |doc: &serde_json::Value| -> Vec<String> {
+        doc["executions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["execution_id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let (_, all) = page("").await;
+    assert_eq!(ids(&all).len(), 3);
+    assert_eq!(all["executions_total"], 3);
+    assert_eq!(all["next_offset"], serde_json::Value::Null);
+    let (_, second) = page("?limit=1&offset=1").await;
+    assert_eq!(ids(&second), [execution_id(2)]);
+    assert_eq!(second["next_offset"], 2);
+    assert_eq!(second["watched"], 3, "the counts cover every execution");
+    let flow = format!("?flow={INSTANCE}/g");
+    let addr = daemon.addr;
+    let (_, body) = http(addr, "GET", &format!("/status{flow}")).await;
+    let of_g: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(ids(&of_g), [execution_id(3)]);
+    let (code, body) = http(addr, "GET", "/status?limit=lots").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("limit must be a whole number"), "{body}");
+    daemon.stop().await;
+    fake.stop().await;
+}

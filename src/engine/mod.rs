@@ -51,14 +51,30 @@ use crate::systemd::Watchdog;
 /// Requests to the engine from the HTTP server, the signal handlers and the file watch.
 #[derive(Debug)]
 pub enum Command {
-    /// The `/status` document.
-    Status(oneshot::Sender<serde_json::Value>),
+    /// The `/status` document, with one page of executions.
+    Status(StatusPage, oneshot::Sender<serde_json::Value>),
     /// The status page's content, from the flow at this offset.
     Overview(usize, oneshot::Sender<Overview>),
     /// Replace the watchlist: entries that stay keep their state and schedule.
     Replace(Watchlist, oneshot::Sender<ReloadSummary>),
     /// Reopen the event file by its path (SIGHUP, after log rotation).
     ReopenSinks,
+}
+
+/// Which executions one `/status` document lists: those of `flow` (all when `None`), from the
+/// `offset`-th, at most `limit` of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusPage {
+    pub flow: Option<FlowKey>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+impl StatusPage {
+    /// Executions per page unless `limit` says otherwise.
+    pub const DEFAULT_LIMIT: usize = 1000;
+    /// The most executions one page lists.
+    pub const MAX_LIMIT: usize = 10_000;
 }
 
 /// What a watchlist replacement changed.

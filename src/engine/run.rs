@@ -107,8 +107,8 @@ impl<C: FlowExecutions> Engine<C> {
         // What is decided is durable before a reload changes the watch set or /status shows it.
         self.end_turn(true);
         match command {
-            Command::Status(reply) => {
-                let _ = reply.send(self.status_document());
+            Command::Status(page, reply) => {
+                let _ = reply.send(self.status_document(&page));
             }
             Command::Overview(offset, reply) => {
                 let _ = reply.send(self.overview(offset));

@@ -13,7 +13,7 @@ use crate::engine::discovery::FlowWatch;
 use crate::engine::pacing::startup_offset;
 use crate::engine::pool::Job;
 use crate::engine::state::{ExecutionState, executions_by_status};
-use crate::engine::{Engine, ReloadSummary};
+use crate::engine::{Engine, ReloadSummary, StatusPage};
 use crate::input::watchlist::Watchlist;
 use crate::model::{ExecutionKey, FlowEntry, FlowKey, WatchEntry, unix_seconds};
 
@@ -286,13 +286,22 @@ impl<C: FlowExecutions> Engine<C> {
         }
     }
 
-    pub(super) fn status_document(&self) -> Value {
+    /// The `/status` document, with the executions `page` selects (the counts cover them all).
+    pub(super) fn status_document(&self, page: &StatusPage) -> Value {
         let counts = executions_by_status(self.executions.values().map(|s| &**s));
-        let executions: Vec<Value> = self
-            .executions
-            .values()
-            .map(|s| s.to_json(!self.series_dropped.contains(&s.entry.key)))
-            .collect();
+        let selected = self.executions.values().filter(|s| {
+            page.flow.as_ref().is_none_or(|f| {
+                *s.entry.key.instance_id == *f.instance_id && *s.entry.key.flow_name == *f.flow_name
+            })
+        });
+        let mut total = 0;
+        let mut executions = Vec::new();
+        for (i, s) in selected.enumerate() {
+            total += 1;
+            if i >= page.offset && executions.len() < page.limit {
+                executions.push(s.to_json(!self.series_dropped.contains(&s.entry.key)));
+            }
+        }
         let wall = SystemTime::now();
         let mut per_flow: HashMap<FlowKey, usize> = HashMap::new();
         for state in self.executions.values().filter(|s| s.found_by_discovery) {
@@ -303,12 +312,17 @@ impl<C: FlowExecutions> Engine<C> {
             .iter()
             .map(|(k, f)| f.to_json(per_flow.get(k).copied().unwrap_or(0), wall))
             .collect();
+        let next = page.offset + executions.len();
         json!({
             "watched": self.executions.len(),
             "flows": flows,
             "by_status": counts.iter().map(|(s, n)| (s.as_str().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "in_flight": self.pool.in_flight(),
             "rate_limit_requests_per_second": self.pool.rate(),
+            "executions_total": total,
+            "offset": page.offset,
+            "limit": page.limit,
+            "next_offset": (next < total).then_some(next),
             "executions": executions,
         })
     }

@@ -42,6 +42,8 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// Open connections at most; more are turned away (logged and counted).
     pub max_connections: usize,
+    /// Whether `POST /-/reload` works (as Prometheus's `--web.enable-lifecycle`).
+    pub enable_lifecycle: bool,
 }
 
 /// The default of `server.max_connections`: idle connections are cheap and closed after the
@@ -175,7 +177,7 @@ impl LogFormat {
 
 /// Every key the config accepts, by table; anything else is an error.
 const KNOWN: &[(&str, &[&str])] = &[
-    ("server", &["listen", "max_connections"]),
+    ("server", &["listen", "max_connections", "enable_lifecycle"]),
     ("aws", &["region", "endpoint_url", "profile"]),
     (
         "polling",
@@ -363,6 +365,7 @@ impl Reader<'_> {
         }
         let listen = self.or("server.listen", SocketAddr::from(([0, 0, 0, 0], 9726)));
         let max_connections = self.or("server.max_connections", DEFAULT_MAX_CONNECTIONS);
+        let enable_lifecycle = self.or("server.enable_lifecycle", false);
         if !(16..=65_536).contains(&max_connections) {
             self.problem(
                 "server.max_connections",
@@ -417,6 +420,7 @@ impl Reader<'_> {
             server: ServerSettings {
                 listen,
                 max_connections,
+                enable_lifecycle,
             },
             aws: AwsSettings {
                 region,

@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::engine::Command;
+use crate::engine::{Command, StatusPage};
+use crate::model::FlowKey;
 use crate::output::health::{Health, Readiness};
 use crate::output::metrics::Metrics;
 use crate::output::series::SeriesCursor;
@@ -54,6 +55,10 @@ pub struct AppState {
     pub health: Arc<Health>,
     pub commands: mpsc::Sender<Command>,
     pub reload: Reloader,
+    /// `server.enable_lifecycle`: whether `POST /-/reload` works.
+    pub lifecycle: bool,
+    /// One `/status` document is built at a time.
+    pub status_gate: Arc<Semaphore>,
 }
 
 pub fn app(state: AppState) -> Router {
@@ -293,15 +298,75 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn status(State(state): State<AppState>) -> Response {
+/// `/status`: `?limit=N` (at most [`StatusPage::MAX_LIMIT`]), `?offset=N`, and
+/// `?flow=<instance_id>/<flow_name>` select the executions listed. One document is built at a
+/// time; the engine builds only the page asked for.
+async fn status(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let page = match status_page(query.as_deref().unwrap_or_default()) {
+        Ok(page) => page,
+        Err(problem) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": problem})),
+            )
+                .into_response();
+        }
+    };
+    let Ok(Ok(_permit)) =
+        tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, state.status_gate.acquire()).await
+    else {
+        return unavailable("another /status request is being answered; try again");
+    };
     let (tx, rx) = oneshot::channel();
-    if state.commands.send(Command::Status(tx)).await.is_err() {
+    if state
+        .commands
+        .send(Command::Status(page, tx))
+        .await
+        .is_err()
+    {
         return unavailable("the scheduler is not running");
     }
     match tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, rx).await {
         Ok(Ok(doc)) => axum::Json(doc).into_response(),
         _ => unavailable("the scheduler did not answer in time"),
     }
+}
+
+/// The `/status` page a query string asks for.
+fn status_page(query: &str) -> Result<StatusPage, String> {
+    let mut page = StatusPage {
+        flow: None,
+        offset: 0,
+        limit: StatusPage::DEFAULT_LIMIT,
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || {
+            value
+                .parse::<usize>()
+                .map_err(|_| format!("{name} must be a whole number, not {value:?}"))
+        };
+        match name {
+            "limit" => page.limit = number()?.clamp(1, StatusPage::MAX_LIMIT),
+            "offset" => page.offset = number()?,
+            "flow" => {
+                let (instance_id, flow_name) = value
+                    .split_once("%2F")
+                    .or_else(|| value.split_once('/'))
+                    .ok_or("flow must be <instance_id>/<flow_name>")?;
+                page.flow = Some(FlowKey {
+                    instance_id: instance_id.to_string(),
+                    flow_name: flow_name.to_string(),
+                });
+            }
+            other => {
+                return Err(format!(
+                    "unknown parameter {other:?}: use limit, offset or flow"
+                ));
+            }
+        }
+    }
+    Ok(page)
 }
 
 /// The status page; `?offset=N` starts at the N-th flow.
@@ -349,6 +414,16 @@ async fn page(State(state): State<AppState>, RawQuery(query): RawQuery) -> Respo
 }
 
 async fn reload(State(state): State<AppState>) -> Response {
+    if !state.lifecycle {
+        return (
+            StatusCode::FORBIDDEN,
+            axum::Json(json!({
+                "result": "failure",
+                "error": "POST /-/reload is off: set server.enable_lifecycle = true to allow it; SIGHUP (systemctl reload flowwatch) and saving the watchlist file reload it in any case",
+            })),
+        )
+            .into_response();
+    }
     match state.reload.reload().await {
         Ok(summary) => (
             StatusCode::OK,

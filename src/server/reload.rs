@@ -21,6 +21,9 @@ pub struct Reloader {
     path: PathBuf,
     commands: mpsc::Sender<Command>,
     metrics: Arc<Metrics>,
+    /// One reload at a time, whatever asked for it: a burst of requests runs one after another
+    /// rather than parsing the watchlist many times at once.
+    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Reloader {
@@ -29,12 +32,14 @@ impl Reloader {
             path,
             commands,
             metrics,
+            one_at_a_time: Arc::default(),
         }
     }
 
     /// Reads the watchlist and installs it. Resolves to a one-line summary, or to the problems
     /// that made the new watchlist unusable.
     pub async fn reload(&self) -> Result<String, String> {
+        let _turn = self.one_at_a_time.lock().await;
         let result = self.install().await;
         self.metrics.record_reload(result.is_ok());
         result

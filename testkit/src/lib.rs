@@ -106,7 +106,7 @@ impl Workspace {
         self.write(
             "flowwatch.toml",
             &format!(
-                "watchlist = \"watchlist.toml\"\n[server]\nlisten = \"127.0.0.1:0\"\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n{polling}\n[state]\npath = \"{dir}\"\n[events]\nstdout = false\nfile = \"{dir}/events.jsonl\"\n[log]\nlevel = \"debug\"\n",
+                "watchlist = \"watchlist.toml\"\n[server]\nlisten = \"127.0.0.1:0\"\nenable_lifecycle = true\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n{polling}\n[state]\npath = \"{dir}\"\n[events]\nstdout = false\nfile = \"{dir}/events.jsonl\"\n[log]\nlevel = \"debug\"\n",
                 dir = self.dir.path().display()
             ),
         )
