@@ -529,6 +529,30 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The longest strings flowwatch keeps from an API answer, in characters: anything longer is
+/// cut (ending in `…`) before it is stored, logged, served or emitted, so one huge answer
+/// cannot become a huge event, row or `/status` field.
+pub mod bounds {
+    /// A failure `message`, and the message of an API error.
+    pub const MESSAGE: usize = 4096;
+    /// A status string flowwatch does not know, and a `sourceType`.
+    pub const STATUS: usize = 64;
+    /// S3 bucket names, object keys, dataset identifiers and the diagnostics URI.
+    pub const LOCATION: usize = 2048;
+}
+
+/// `text`, cut to at most `max` characters (the last of them `…`) when it is longer.
+pub fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some(_) => {
+            let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+            cut.push('…');
+            cut
+        }
+    }
+}
+
 /// An I/O error in words, without the `(os error N)` noise.
 pub fn io_error_text(e: &std::io::Error) -> String {
     match e.kind() {
@@ -536,5 +560,19 @@ pub fn io_error_text(e: &std::io::Error) -> String {
         std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
         std::io::ErrorKind::AddrInUse => "address already in use".to_string(),
         _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_strings_are_cut_to_their_bound_with_an_ellipsis() {
+        assert_eq!(bounded("short", 10), "short");
+        assert_eq!(bounded("exactly10!", 10), "exactly10!");
+        assert_eq!(bounded("ééééééééééé", 10), "ééééééééé…");
+        let long = bounded(&"x".repeat(100_000), bounds::MESSAGE);
+        assert_eq!(long.chars().count(), bounds::MESSAGE);
     }
 }

@@ -720,3 +720,37 @@ async fn a_daemon_whose_stderr_reader_goes_away_keeps_watching() {
     assert_eq!(http(addr, "GET", "/livez").await.0, 200);
     drop(child);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once_without_waiting_for_the_drain() {
+    // From 1 s on every poll hangs, so the first SIGTERM waits up to 5 s for the drain.
+    let hanging = with_fault(
+        scripted("daily-orders", 1, &[(0, "IN_PROGRESS")]),
+        1,
+        None,
+        1.0,
+        flowwatch_fake::Fault::Hang,
+    );
+    let script = scenario(vec![hanging]);
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let slow = FAST.replace("request_timeout = \"2s\"", "request_timeout = \"30s\"");
+    let config = ws.config(&fake.endpoint_url(), &slow, &script);
+    let (mut child, _, _logs) = spawn_daemon(&config, &fake, "info").await;
+    // Let a poll start hanging.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = tokio::time::Instant::now();
+    signal(&child, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "exited {:?} after the second SIGTERM",
+        second.elapsed()
+    );
+}

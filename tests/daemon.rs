@@ -911,3 +911,36 @@ async fn thirty_percent_server_errors_still_converge_to_the_right_statuses() {
     daemon.stop().await;
     fake.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_failure_message_is_cut_before_it_is_stored_served_or_emitted() {
+    let mut huge = scripted("f", 1, &[(0, "IN_PROGRESS"), (2, "FAILED")]);
+    huge.timeline[1].message = Some(format!("{}END", "x".repeat(200_000)));
+    let script = scenario(vec![huge]);
+    let fake = flowwatch_fake::FakeServer::start(script.clone())
+        .await
+        .expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
+    let daemon = Daemon::start(&config, &fake, false).await;
+    eventually(Duration::from_secs(30), "FAILED", || async {
+        daemon.execution(1).await["status"] == "FAILED"
+    })
+    .await;
+    let served = daemon.execution(1).await["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let emitted = ws
+        .events()
+        .iter()
+        .find(|e| e["data"]["to_status"] == "FAILED")
+        .and_then(|e| e["data"]["message"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    for text in [&served, &emitted] {
+        assert_eq!(text.chars().count(), 4096, "cut to 4,096 characters");
+        assert!(text.ends_with('…') && !text.contains("END"));
+    }
+    daemon.stop().await;
+    fake.stop().await;
+}

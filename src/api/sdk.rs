@@ -16,7 +16,8 @@ use aws_smithy_types::retry::{ErrorKind, ProvideErrorKind};
 use super::{ApiError, FlowExecutions, ListPage};
 use crate::input::config::AwsSettings;
 use crate::model::{
-    ApiStatus, DatasetSource, ExecutionKey, FlowKey, Observation, S3Source, SourceInfo,
+    ApiStatus, DatasetSource, ExecutionKey, FlowKey, Observation, S3Source, SourceInfo, bounded,
+    bounds,
 };
 
 /// The SDK implementation of [`FlowExecutions`].
@@ -176,33 +177,34 @@ fn observation_of(fe: &DataIntegrationFlowExecution) -> Result<Observation, ApiE
         Some("IN_PROGRESS") => ApiStatus::InProgress,
         Some("SUCCEEDED") => ApiStatus::Succeeded,
         Some("FAILED") => ApiStatus::Failed,
-        Some(other) => ApiStatus::Unrecognised(other.to_string()),
+        Some(other) => ApiStatus::Unrecognised(bounded(other, bounds::STATUS)),
         None => {
             return Err(ApiError::InvalidResponse {
                 message: "the response's flowExecution has no status".to_string(),
             });
         }
     };
+    let location = |text: &str| bounded(text, bounds::LOCATION);
     let source_info = fe.source_info().map(|si| SourceInfo {
-        source_type: si.source_type().as_str().to_string(),
+        source_type: bounded(si.source_type().as_str(), bounds::STATUS),
         s3_source: si.s3_source().map(|s| S3Source {
-            bucket_name: s.bucket_name().to_string(),
-            key: s.key().to_string(),
+            bucket_name: location(s.bucket_name()),
+            key: location(s.key()),
         }),
         dataset_source: si.dataset_source().map(|d| DatasetSource {
-            dataset_identifier: d.dataset_identifier().to_string(),
+            dataset_identifier: location(d.dataset_identifier()),
         }),
     });
     Ok(Observation {
         status,
         source_info,
-        message: fe.message().map(str::to_string),
+        message: fe.message().map(|m| bounded(m, bounds::MESSAGE)),
         start_time: fe.start_time().map(|t| t.as_secs_f64()),
         end_time: fe.end_time().map(|t| t.as_secs_f64()),
         diagnostic_reports_root_s3_uri: fe
             .output_metadata()
             .and_then(|m| m.diagnostic_reports_root_s3_uri())
-            .map(str::to_string),
+            .map(location),
     })
 }
 
@@ -245,7 +247,7 @@ where
         let code = ProvideErrorMetadata::code(err);
         let message = err
             .message()
-            .map(str::to_string)
+            .map(|m| bounded(m, bounds::MESSAGE))
             .unwrap_or_else(|| match code {
                 Some(code) => code.to_string(),
                 None => format!(

@@ -36,7 +36,8 @@ impl Shutdown {
     }
 }
 
-/// Requests `shutdown` at the first SIGTERM or SIGINT.
+/// Requests `shutdown` at the first SIGTERM or SIGINT, and exits the process (code 0) at the
+/// second, without waiting for the drain.
 pub async fn on_signals(shutdown: Shutdown) {
     #[cfg(unix)]
     {
@@ -52,13 +53,25 @@ pub async fn on_signals(shutdown: Shutdown) {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        tracing::info!(signal = name, "shutting down");
+        tracing::info!(
+            signal = name,
+            "shutting down (a second SIGTERM or SIGINT exits at once)"
+        );
+        shutdown.request();
+        // A second signal does not wait for the drain: what is committed is in the state
+        // database, and events not delivered yet are delivered at the next start.
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::warn!(signal = name, "second signal: exiting at once");
+        std::process::exit(0);
     }
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+        shutdown.request();
     }
-    shutdown.request();
 }
 
 #[cfg(test)]
