@@ -57,8 +57,10 @@ use crate::output::health::Health;
 use crate::output::metrics::Metrics;
 use crate::output::publisher::Publisher;
 use crate::output::store;
+use crate::server::auth::BasicAuth;
 use crate::server::http::AppState;
 use crate::server::reload::{Reloader, digest};
+use crate::server::tls::Tls;
 
 /// How long the HTTP server may take to close its connections at shutdown.
 const HTTP_SHUTDOWN_BOUND: Duration = Duration::from_secs(6);
@@ -122,7 +124,7 @@ pub fn check_config(config: &std::path::Path) -> Result<String, String> {
                 .map_err(|e| format!("{}: {}", e.path.display(), e.message))
         });
     match (watchlist, store) {
-        (Ok(watchlist), Ok(())) => Ok(input::config::summary(&settings, &watchlist)),
+        (Ok(watchlist), Ok(())) => Ok(input::summary::summary(&settings, &watchlist)),
         (Ok(_), Err(store)) => Err(store),
         (Err(problems), Ok(())) => Err(problems.to_string()),
         (Err(problems), Err(store)) => Err(format!("{store}\n{problems}")),
@@ -163,6 +165,10 @@ pub async fn run_with<C: FlowExecutions>(
         tracing::warn!(state = %settings.state.path.display(),
             "no state database, but the event file has events: starting afresh, so every transition seen now is announced again (same event ids)");
     }
+    let tls = match &settings.server.tls {
+        Some(tls) => Some(Arc::new(Tls::new(tls.clone()).map_err(Error::Fatal)?)),
+        None => None,
+    };
     let (publisher, metrics, health) = open_outputs(&settings)?;
     let listener = TcpListener::bind(settings.server.listen)
         .await
@@ -202,11 +208,13 @@ pub async fn run_with<C: FlowExecutions>(
         reload: reloader.clone(),
         lifecycle: settings.server.enable_lifecycle,
         status_gate: Arc::new(tokio::sync::Semaphore::new(1)),
+        auth: BasicAuth::new(settings.server.basic_auth_users.clone()),
     });
     let server = tokio::spawn(server::http::serve(
         listener,
         app,
         settings.server.max_connections,
+        tls,
         metrics_for_server,
         http_stop.clone(),
     ));
@@ -250,6 +258,14 @@ fn check_files(settings: &Settings) -> Result<(), Error> {
     let state = &settings.state.path;
     files::check_state_dir(state)
         .map_err(|(path, problem)| state_problem(settings, path, problem))?;
+    if let Some(tls) = &settings.server.tls {
+        server::tls::server_config(tls).map_err(|problem| {
+            Error::Config(Diagnostics(vec![Diagnostic::new(
+                Location::Path(settings.config_path.clone()),
+                format!("server.tls: {problem}"),
+            )]))
+        })?;
+    }
     if let Some(file) = &settings.events.file {
         files::check_events_file(file).map_err(|problem| {
             Error::Config(Diagnostics(vec![Diagnostic::new(

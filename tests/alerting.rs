@@ -16,32 +16,6 @@ use flowwatch_testkit::*;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn spawn(program: &[&str], args: &[String], log: &std::path::Path) -> Child {
-    let file = std::fs::File::create(log).expect("log file");
-    let err = file.try_clone().expect("log file");
-    for name in program {
-        let mut cmd = Command::new(name);
-        cmd.args(args)
-            .stdout(Stdio::from(file.try_clone().expect("log file")))
-            .stderr(Stdio::from(err.try_clone().expect("log file")))
-            .kill_on_drop(true);
-        if let Ok(child) = cmd.spawn() {
-            return child;
-        }
-    }
-    panic!(
-        "{} is not installed: `apt-get install prometheus prometheus-alertmanager` (bash .ci/test does it)",
-        program.join(" or ")
-    );
-}
-
 /// Alert notifications received by the webhook, with their arrival times.
 type Received = Arc<Mutex<Vec<(Instant, serde_json::Value)>>>;
 
@@ -116,7 +90,7 @@ impl Stack {
                 "route:\n  receiver: hook\n  group_by: [alertname, flow_name, execution_id]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://{hook}/alerts\n        send_resolved: true\n"
             ),
         );
-        let alertmanager = spawn(
+        let alertmanager = spawn_tool(
             &["prometheus-alertmanager", "alertmanager"],
             &[
                 format!("--config.file={}", alertmanager_config.display()),
@@ -126,7 +100,7 @@ impl Stack {
             ],
             &ws.path("alertmanager.log"),
         );
-        let prometheus = spawn(
+        let prometheus = spawn_tool(
             &["prometheus"],
             &[
                 format!("--config.file={}", prometheus_config.display()),

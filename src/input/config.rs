@@ -14,6 +14,7 @@ use toml_edit::{Document, Item};
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location, SourceText};
 use crate::input::duration::{self, DurationError};
 use crate::input::watchlist::toml_message;
+use crate::input::web::{self, BasicAuthUsers, TlsSettings, TlsVersion};
 
 /// The default config path when neither `--config` nor `FLOWWATCH_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/flowwatch/flowwatch.toml";
@@ -40,6 +41,10 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
+    /// `[server.tls]`: serve HTTPS.
+    pub tls: Option<TlsSettings>,
+    /// `[server.basic_auth_users]`: when any, every endpoint but the probes needs credentials.
+    pub basic_auth_users: BasicAuthUsers,
     /// Open connections at most; more are turned away (logged and counted).
     pub max_connections: usize,
     /// Whether `POST /-/reload` works (as Prometheus's `--web.enable-lifecycle`).
@@ -177,7 +182,17 @@ impl LogFormat {
 
 /// Every key the config accepts, by table; anything else is an error.
 const KNOWN: &[(&str, &[&str])] = &[
-    ("server", &["listen", "max_connections", "enable_lifecycle"]),
+    (
+        "server",
+        &[
+            "listen",
+            "max_connections",
+            "enable_lifecycle",
+            "tls",
+            "basic_auth_users",
+        ],
+    ),
+    ("server.tls", &web::TLS_KEYS),
     ("aws", &["region", "endpoint_url", "profile"]),
     (
         "polling",
@@ -206,6 +221,9 @@ const KNOWN: &[(&str, &[&str])] = &[
     ("events", &["stdout", "file"]),
     ("log", &["level", "format"]),
 ];
+
+/// Tables whose keys are names the operator chooses.
+const OPEN_TABLES: &[&str] = &["server.basic_auth_users"];
 
 /// A duration setting, read with the one [`duration::parse`].
 #[derive(Clone, Copy)]
@@ -321,37 +339,103 @@ impl Reader<'_> {
             if name == "watchlist" {
                 continue;
             }
-            let Some((_, fields)) = KNOWN.iter().find(|(table, _)| table == name) else {
-                let known: Vec<&str> = std::iter::once("watchlist")
-                    .chain(KNOWN.iter().map(|(t, _)| *t))
-                    .collect();
+            if KNOWN.iter().any(|(table, _)| table == name) {
+                self.unknown_fields(name, value);
+                continue;
+            }
+            let known: Vec<&str> = std::iter::once("watchlist")
+                .chain(KNOWN.iter().map(|(t, _)| *t).filter(|t| !t.contains('.')))
+                .collect();
+            self.problem_at(
+                name,
+                true,
+                format!(
+                    "unknown key `{name}` (expected one of: {})",
+                    known.join(", ")
+                ),
+            );
+        }
+    }
+
+    /// Reports the keys of table `name` the config does not know, and of its known subtables.
+    fn unknown_fields(&mut self, name: &str, value: &figment::value::Value) {
+        let Some(table) = value.as_dict() else {
+            self.problem(name, format!("`{name}` must be a table, like [{name}]"));
+            return;
+        };
+        if OPEN_TABLES.contains(&name) {
+            return;
+        }
+        let fields = KNOWN
+            .iter()
+            .find(|(t, _)| *t == name)
+            .map_or(&[][..], |(_, fields)| *fields);
+        for (field, inner) in table {
+            let path = format!("{name}.{field}");
+            if KNOWN.iter().any(|(t, _)| *t == path) || OPEN_TABLES.contains(&path.as_str()) {
+                self.unknown_fields(&path, inner);
+            } else if !fields.contains(&field.as_str()) {
                 self.problem_at(
-                    name,
+                    &path,
                     true,
                     format!(
-                        "unknown key `{name}` (expected one of: {})",
-                        known.join(", ")
+                        "unknown key `{path}` (expected one of: {})",
+                        fields.join(", ")
                     ),
                 );
-                continue;
-            };
-            let Some(table) = value.as_dict() else {
-                self.problem(name, format!("`{name}` must be a table, like [{name}]"));
-                continue;
-            };
-            for field in table.keys() {
-                if !fields.contains(&field.as_str()) {
-                    self.problem_at(
-                        &format!("{name}.{field}"),
-                        true,
-                        format!(
-                            "unknown key `{name}.{field}` (expected one of: {})",
-                            fields.join(", ")
-                        ),
-                    );
-                }
             }
         }
+    }
+
+    /// `[server.tls]` and `[server.basic_auth_users]`, with their files and hashes checked.
+    fn web(
+        &mut self,
+        relative: &dyn Fn(&Path) -> PathBuf,
+    ) -> (Option<TlsSettings>, BasicAuthUsers) {
+        let users: BasicAuthUsers = self.or("server.basic_auth_users", BasicAuthUsers::new());
+        for (user, hash) in &users {
+            if let Err(problem) = web::check_bcrypt_hash(user, hash) {
+                self.problem(&format!("server.basic_auth_users.{user}"), problem);
+            }
+        }
+        if self.figment.find_value("server.tls").is_err() {
+            return (None, users);
+        }
+        let file = |reader: &mut Self, key: &str| -> Option<PathBuf> {
+            let path: Option<PathBuf> = reader.get(key);
+            if path.is_none() && reader.figment.find_value(key).is_err() {
+                reader.problem("server.tls", format!("[server.tls] needs {key}"));
+            }
+            path.filter(|p| !p.as_os_str().is_empty())
+                .map(|p| relative(&p))
+        };
+        let cert_file = file(self, "server.tls.cert_file");
+        let key_file = file(self, "server.tls.key_file");
+        let client_ca_file: Option<PathBuf> = self
+            .get::<PathBuf>("server.tls.client_ca_file")
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(|p| relative(&p));
+        let min_version = self.or("server.tls.min_version", "TLS1.2".to_string());
+        let min_version = match TlsVersion::parse(&min_version) {
+            Ok(v) => v,
+            Err(problem) => {
+                self.problem("server.tls.min_version", problem);
+                TlsVersion::Tls12
+            }
+        };
+        let (Some(cert_file), Some(key_file)) = (cert_file, key_file) else {
+            return (None, users);
+        };
+        let tls = TlsSettings {
+            cert_file,
+            key_file,
+            client_ca_file,
+            min_version,
+        };
+        for (key, problem) in web::check_tls_files(&tls) {
+            self.problem(key, problem);
+        }
+        (Some(tls), users)
     }
 
     fn settings(&mut self, config_path: &Path) -> Option<Settings> {
@@ -414,11 +498,14 @@ impl Reader<'_> {
                 base.join(p)
             }
         };
+        let (tls, basic_auth_users) = self.web(&relative_to_config);
         Some(Settings {
             config_path: config_path.to_path_buf(),
             watchlist: relative_to_config(&watchlist?),
             server: ServerSettings {
                 listen,
+                tls,
+                basic_auth_users,
                 max_connections,
                 enable_lifecycle,
             },
@@ -731,82 +818,4 @@ pub fn watchlist_path_hint(config_path: &Path) -> Option<PathBuf> {
     } else {
         base.join(path)
     })
-}
-
-/// The `check-config` summary of valid settings.
-pub fn summary(settings: &Settings, watchlist: &crate::input::watchlist::Watchlist) -> String {
-    use std::collections::BTreeSet;
-    let flows: BTreeSet<_> = watchlist
-        .entries
-        .iter()
-        .map(|e| (&*e.key.instance_id, &*e.key.flow_name))
-        .chain(
-            watchlist
-                .flows
-                .iter()
-                .map(|f| (f.key.instance_id.as_str(), f.key.flow_name.as_str())),
-        )
-        .collect();
-    let instances: BTreeSet<_> = flows.iter().map(|(instance, _)| *instance).collect();
-    let p = &settings.polling;
-    let or_default = |v: &Option<String>| {
-        v.clone()
-            .unwrap_or_else(|| "(default provider chain)".into())
-    };
-    let mut sinks = Vec::new();
-    if settings.events.stdout {
-        sinks.push("stdout".to_string());
-    }
-    if let Some(file) = &settings.events.file {
-        sinks.push(file.display().to_string());
-    }
-    format!(
-        "config ok: {}\n\
-         watchlist: {} (executions: {}, discovered flows: {}, flows: {}, instances: {})\n\
-         listen: {}\n\
-         aws: region {}, profile {}, endpoint {}\n\
-         polling: every {} growing x{} to {}, at most {} requests/s and {} in flight, timeout {}, not-found grace {}, series kept {} after the end\n\
-         discovery: every {}, pages of {}, at most {} pages per flow and round\n\
-         flow health: {} durations kept per flow, expected end from {}, overdue past {}x the median and {}\n\
-         events: {}\n\
-         state: {}\n\
-         log: {} ({})",
-        settings.config_path.display(),
-        settings.watchlist.display(),
-        watchlist.entries.len(),
-        watchlist.flows.len(),
-        flows.len(),
-        instances.len(),
-        settings.server.listen,
-        or_default(&settings.aws.region),
-        or_default(&settings.aws.profile),
-        settings
-            .aws
-            .endpoint_url
-            .clone()
-            .unwrap_or_else(|| "(AWS default)".into()),
-        humantime::format_duration(p.initial_interval),
-        p.multiplier,
-        humantime::format_duration(p.max_interval),
-        p.max_requests_per_second,
-        p.max_in_flight,
-        humantime::format_duration(p.request_timeout),
-        humantime::format_duration(p.not_found_grace),
-        humantime::format_duration(p.retain_terminal),
-        humantime::format_duration(settings.discovery.interval),
-        settings.discovery.page_size,
-        settings.discovery.max_pages_per_round,
-        settings.flow_health.history,
-        settings.flow_health.min_history,
-        settings.flow_health.overdue_factor,
-        humantime::format_duration(settings.flow_health.overdue_min),
-        if sinks.is_empty() {
-            "(none)".to_string()
-        } else {
-            sinks.join(", ")
-        },
-        settings.state.path.display(),
-        settings.log.level,
-        settings.log.format.as_str(),
-    )
 }

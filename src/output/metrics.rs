@@ -171,7 +171,7 @@ impl Metrics {
             http_connections_closed: counters(
                 &r,
                 "flowwatch_http_connections_closed_total",
-                "HTTP connections the server closed unserved: reason=\"limit\" (server.max_connections were open) or \"header_timeout\" (no complete request headers in time).",
+                "HTTP connections the server closed unserved: reason=\"limit\" (server.max_connections were open), \"header_timeout\" (no complete request headers in time) or \"tls_handshake\" (a failed or slow TLS handshake).",
                 &["reason"],
             )?,
             series: Series::default(),
@@ -212,7 +212,7 @@ impl Metrics {
         for counter in &self.request_counts {
             counter.reset();
         }
-        for reason in ["limit", "header_timeout"] {
+        for reason in ["limit", "header_timeout", "tls_handshake"] {
             self.http_connections_closed
                 .with_label_values(&[reason])
                 .reset();

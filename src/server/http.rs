@@ -22,8 +22,10 @@ use crate::model::FlowKey;
 use crate::output::health::{Health, Readiness};
 use crate::output::metrics::Metrics;
 use crate::output::series::SeriesCursor;
+use crate::server::auth::BasicAuth;
 use crate::server::reload::Reloader;
 use crate::server::shutdown::Shutdown;
+use crate::server::tls::Tls;
 
 /// How long `/status` and `/-/reload` wait for the engine.
 const SCHEDULER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,17 +61,26 @@ pub struct AppState {
     pub lifecycle: bool,
     /// One `/status` document is built at a time.
     pub status_gate: Arc<Semaphore>,
+    /// `[server.basic_auth_users]`, when any.
+    pub auth: Option<Arc<BasicAuth>>,
 }
 
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/", get(page))
         .route("/metrics", get(metrics))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .route("/-/reload", post(reload))
-        .fallback(not_found)
+        .fallback(not_found);
+    let router = match state.auth.clone() {
+        Some(auth) => router.layer(axum::middleware::from_fn(move |request, next| {
+            super::auth::require(auth.clone(), request, next)
+        })),
+        None => router,
+    };
+    router
         .layer(axum::middleware::from_fn(refuse_large_bodies))
         .with_state(state)
 }
@@ -105,12 +116,17 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     max_connections: usize,
+    tls: Option<Arc<Tls>>,
     metrics: Arc<Metrics>,
     stop: Shutdown,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
     let refused = Arc::new(Closures::new(metrics.clone(), ConnectionClosed::Limit));
-    let timed_out = Arc::new(Closures::new(metrics, ConnectionClosed::HeaderTimeout));
+    let timed_out = Arc::new(Closures::new(
+        metrics.clone(),
+        ConnectionClosed::HeaderTimeout,
+    ));
+    let no_handshake = Arc::new(Closures::new(metrics, ConnectionClosed::TlsHandshake));
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -134,9 +150,20 @@ pub async fn serve(
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let (stop, timed_out) = (stop.clone(), timed_out.clone());
+        let (tls, no_handshake) = (tls.clone(), no_handshake.clone());
         connections.spawn(async move {
             let _slot = slot;
-            if serve_connection(stream, service, stop).await {
+            let timed_out_waiting = match tls {
+                None => serve_connection(stream, service, stop).await,
+                Some(tls) => match tls.accept(stream, limits::HEADER_READ_TIMEOUT).await {
+                    Ok(stream) => serve_connection(stream, service, stop).await,
+                    Err(error) => {
+                        no_handshake.record_with(max_connections, &error);
+                        return;
+                    }
+                },
+            };
+            if timed_out_waiting {
                 timed_out.record(max_connections);
             }
         });
@@ -146,11 +173,14 @@ pub async fn serve(
 
 /// Serves one connection until it ends, `stop` is requested or its lifetime is over. Returns
 /// whether it was closed because its request headers did not come in time.
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     service: hyper_util::service::TowerToHyperService<Router>,
     stop: Shutdown,
-) -> bool {
+) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
@@ -179,6 +209,9 @@ pub enum ConnectionClosed {
     Limit,
     /// The client did not send its request headers within the header timeout.
     HeaderTimeout,
+    /// The TLS handshake failed (no client certificate, a plain HTTP request...) or did not end
+    /// within the header timeout.
+    TlsHandshake,
 }
 
 impl ConnectionClosed {
@@ -186,6 +219,7 @@ impl ConnectionClosed {
         match self {
             ConnectionClosed::Limit => "limit",
             ConnectionClosed::HeaderTimeout => "header_timeout",
+            ConnectionClosed::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -209,6 +243,11 @@ impl Closures {
     }
 
     fn record(&self, max_connections: usize) {
+        self.record_with(max_connections, "");
+    }
+
+    /// Counts one closed connection; `error` says why, when known.
+    fn record_with(&self, max_connections: usize, error: &str) {
         self.metrics.connection_closed(self.why.label());
         let now = tokio::time::Instant::now();
         let mut pending = crate::model::lock(&self.pending);
@@ -228,6 +267,11 @@ impl Closures {
                 tracing::warn!(count, timeout = ?limits::HEADER_READ_TIMEOUT,
                 "HTTP connections closed: no complete request headers within the timeout (idle or slow clients)")
             }
+            ConnectionClosed::TlsHandshake => tracing::warn!(
+                count,
+                last_error = error,
+                "HTTPS connections closed: the TLS handshake failed or did not end in time"
+            ),
         }
     }
 }

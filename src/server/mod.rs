@@ -1,7 +1,9 @@
-//! What serves operators at run time: the HTTP routes and their limits, the status page,
-//! watchlist reloads, and the shutdown every task listens for.
+//! What serves operators at run time: the HTTP routes and their limits, TLS and basic auth, the
+//! status page, watchlist reloads, and the shutdown every task listens for.
 
+pub mod auth;
 pub mod http;
 mod page;
 pub mod reload;
 pub mod shutdown;
+pub mod tls;

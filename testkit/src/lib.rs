@@ -369,3 +369,35 @@ pub fn peak_in_window(arrivals: &[f64], window: f64) -> usize {
     }
     peak
 }
+
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Starts the first of `program` (alternative names of one tool) that exists, with its output
+/// in `log`; killed when dropped. Panics, naming the Debian packages, when none is installed.
+pub fn spawn_tool(program: &[&str], args: &[String], log: &Path) -> tokio::process::Child {
+    let file = std::fs::File::create(log).expect("log file");
+    for name in program {
+        let mut cmd = tokio::process::Command::new(name);
+        cmd.args(args)
+            .stdout(std::process::Stdio::from(
+                file.try_clone().expect("log file"),
+            ))
+            .stderr(std::process::Stdio::from(
+                file.try_clone().expect("log file"),
+            ))
+            .kill_on_drop(true);
+        if let Ok(child) = cmd.spawn() {
+            return child;
+        }
+    }
+    panic!(
+        "{} is not installed: `apt-get install prometheus prometheus-alertmanager` (bash .ci/test does it)",
+        program.join(" or ")
+    );
+}

@@ -1,0 +1,83 @@
+//! The summary `check-config` prints for valid settings: what flowwatch would do, in words.
+
+use std::collections::BTreeSet;
+
+use crate::input::config::Settings;
+use crate::input::watchlist::Watchlist;
+
+/// The `check-config` summary of valid settings.
+pub fn summary(settings: &Settings, watchlist: &Watchlist) -> String {
+    let flows: BTreeSet<_> = watchlist
+        .entries
+        .iter()
+        .map(|e| (&*e.key.instance_id, &*e.key.flow_name))
+        .chain(
+            watchlist
+                .flows
+                .iter()
+                .map(|f| (f.key.instance_id.as_str(), f.key.flow_name.as_str())),
+        )
+        .collect();
+    let instances: BTreeSet<_> = flows.iter().map(|(instance, _)| *instance).collect();
+    let p = &settings.polling;
+    let or_default = |v: &Option<String>| {
+        v.clone()
+            .unwrap_or_else(|| "(default provider chain)".into())
+    };
+    let mut sinks = Vec::new();
+    if settings.events.stdout {
+        sinks.push("stdout".to_string());
+    }
+    if let Some(file) = &settings.events.file {
+        sinks.push(file.display().to_string());
+    }
+    format!(
+        "config ok: {}\n\
+         watchlist: {} (executions: {}, discovered flows: {}, flows: {}, instances: {})\n\
+         listen: {}\n\
+         aws: region {}, profile {}, endpoint {}\n\
+         polling: every {} growing x{} to {}, at most {} requests/s and {} in flight, timeout {}, not-found grace {}, series kept {} after the end\n\
+         discovery: every {}, pages of {}, at most {} pages per flow and round\n\
+         flow health: {} durations kept per flow, expected end from {}, overdue past {}x the median and {}\n\
+         events: {}\n\
+         state: {}\n\
+         log: {} ({})",
+        settings.config_path.display(),
+        settings.watchlist.display(),
+        watchlist.entries.len(),
+        watchlist.flows.len(),
+        flows.len(),
+        instances.len(),
+        settings.server.listen,
+        or_default(&settings.aws.region),
+        or_default(&settings.aws.profile),
+        settings
+            .aws
+            .endpoint_url
+            .clone()
+            .unwrap_or_else(|| "(AWS default)".into()),
+        humantime::format_duration(p.initial_interval),
+        p.multiplier,
+        humantime::format_duration(p.max_interval),
+        p.max_requests_per_second,
+        p.max_in_flight,
+        humantime::format_duration(p.request_timeout),
+        humantime::format_duration(p.not_found_grace),
+        humantime::format_duration(p.retain_terminal),
+        humantime::format_duration(settings.discovery.interval),
+        settings.discovery.page_size,
+        settings.discovery.max_pages_per_round,
+        settings.flow_health.history,
+        settings.flow_health.min_history,
+        settings.flow_health.overdue_factor,
+        humantime::format_duration(settings.flow_health.overdue_min),
+        if sinks.is_empty() {
+            "(none)".to_string()
+        } else {
+            sinks.join(", ")
+        },
+        settings.state.path.display(),
+        settings.log.level,
+        settings.log.format.as_str(),
+    )
+}
