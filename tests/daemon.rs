@@ -944,3 +944,54 @@ async fn a_huge_failure_message_is_cut_before_it_is_stored_served_or_emitted() {
     daemon.stop().await;
     fake.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_over_1_mib_is_cut_off_and_counted_as_an_internal_error() {
+    // 8 MiB of body for the first 10 s, then ordinary answers.
+    let huge = flowwatch_fake::Fault::Body {
+        http_status: 200,
+        content_type: "application/json".to_string(),
+        body: format!(
+            "{{\"flowExecution\":{{\"message\":\"{}\"}}}}",
+            "x".repeat(8 << 20)
+        ),
+    };
+    let execution = with_fault(
+        scripted("f", 1, &[(0, "IN_PROGRESS")]),
+        0,
+        Some(10),
+        1.0,
+        huge,
+    );
+    let script = scenario(vec![execution]);
+    let fake = flowwatch_fake::FakeServer::start(script.clone())
+        .await
+        .expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
+    let daemon = Daemon::start(&config, &fake, false).await;
+    eventually(Duration::from_secs(8), "a cut-off answer", || async {
+        daemon.execution(1).await["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("larger than 1048576 bytes"))
+    })
+    .await;
+    let internal = sample(
+        &daemon.metrics().await,
+        "flowwatch_api_requests_total",
+        &[
+            ("operation", "GetDataIntegrationFlowExecution"),
+            ("outcome", "internal_error"),
+        ],
+    )
+    .unwrap_or_default();
+    assert!(internal >= 1.0, "counted as internal_error: {internal}");
+    eventually(
+        Duration::from_secs(60),
+        "ordinary answers again",
+        || async { daemon.execution(1).await["status"] == "IN_PROGRESS" },
+    )
+    .await;
+    daemon.stop().await;
+    fake.stop().await;
+}

@@ -2,6 +2,7 @@
 //! every way a call can fail, classified into an [`ApiError`] with a bounded metric label. The
 //! SDK implementation lives in [`sdk`].
 
+mod body_limit;
 mod sdk;
 
 use std::future::Future;

@@ -14,6 +14,7 @@ use aws_sdk_supplychain::types::DataIntegrationFlowExecution;
 use aws_smithy_types::retry::{ErrorKind, ProvideErrorKind};
 
 use super::{ApiError, FlowExecutions, ListPage};
+use crate::api::body_limit::{BodyLimit, BodyTooLarge, is_too_large};
 use crate::input::config::AwsSettings;
 use crate::model::{
     ApiStatus, DatasetSource, ExecutionKey, FlowKey, Observation, S3Source, SourceInfo, bounded,
@@ -59,7 +60,10 @@ impl SdkFlowExecutions {
         if config.credentials_provider().is_none() {
             return Err("no AWS credentials provider is available".to_string());
         }
-        Ok(Self::new(Client::new(&config)))
+        let config = aws_sdk_supplychain::config::Builder::from(&config)
+            .interceptor(BodyLimit)
+            .build();
+        Ok(Self::new(Client::from_conf(config)))
     }
 }
 
@@ -222,6 +226,11 @@ pub fn classify<E>(error: SdkError<E, HttpResponse>) -> ApiError
 where
     E: ProvideErrorMetadata + ProvideErrorKind + std::error::Error + 'static,
 {
+    if is_too_large(&error) {
+        return ApiError::Internal {
+            message: BodyTooLarge.to_string(),
+        };
+    }
     match &error {
         SdkError::TimeoutError(_) => return ApiError::Timeout,
         SdkError::DispatchFailure(failure) => {
@@ -303,6 +312,7 @@ pub fn static_client(endpoint_url: &str, request_timeout: Duration) -> SdkFlowEx
         .endpoint_url(endpoint_url)
         .retry_config(RetryConfig::disabled())
         .timeout_config(timeouts(request_timeout))
+        .interceptor(BodyLimit)
         .build();
     SdkFlowExecutions::new(Client::from_conf(config))
 }

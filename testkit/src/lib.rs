@@ -370,12 +370,22 @@ pub fn peak_in_window(arrivals: &[f64], window: f64) -> usize {
     peak
 }
 
-/// A loopback port nothing listens on now.
+/// A loopback port nothing listens on now, for a process the test starts (Prometheus,
+/// Alertmanager, the flowwatch binary). It comes from below Linux's ephemeral range
+/// (32768-60999), where every port-0 bind of the tests draws from, and never twice in one test
+/// binary: a port handed out and released cannot be taken by another test's socket before the
+/// process it is for binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = (std::process::id() % 600) * 20;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(20_000 + (offset + n) % 12_000).unwrap_or(20_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Starts the first of `program` (alternative names of one tool) that exists, with its output

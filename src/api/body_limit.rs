@@ -1,0 +1,100 @@
+//! A bound on the size of an API answer: each response body is read through [`Limited`], which
+//! fails the read past [`MAX_BODY_BYTES`] without keeping the excess. The SDK then drops the
+//! connection, and the call counts as `internal_error`: one huge (or endless) answer cannot
+//! grow flowwatch's memory, an event, a database row or `/status`.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use aws_sdk_supplychain::config::interceptors::BeforeDeserializationInterceptorContextMut;
+use aws_sdk_supplychain::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_smithy_types::body::SdkBody;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+/// The largest answer body flowwatch reads. An execution or a List page of 20 is a few KiB.
+pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
+
+/// The read of an answer stopped at [`MAX_BODY_BYTES`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the answer is larger than {} bytes (1 MiB); it was not read further",
+    MAX_BODY_BYTES
+)]
+pub struct BodyTooLarge;
+
+/// The interceptor that puts every response body behind [`Limited`].
+#[derive(Debug)]
+pub struct BodyLimit;
+
+impl Intercept for BodyLimit {
+    fn name(&self) -> &'static str {
+        "flowwatch-body-limit"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut BeforeDeserializationInterceptorContextMut<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let body = context.response_mut().take_body();
+        *context.response_mut().body_mut() = body.map(|inner| {
+            SdkBody::from_body_1_x(Limited {
+                inner,
+                read: 0,
+                limit: MAX_BODY_BYTES,
+            })
+        });
+        Ok(())
+    }
+}
+
+/// A body that fails once more than `limit` bytes came.
+struct Limited {
+    inner: SdkBody,
+    read: u64,
+    limit: u64,
+}
+
+impl Body for Limited {
+    type Data = Bytes;
+    type Error = aws_smithy_runtime_api::box_error::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            other => return other,
+        };
+        if let Some(data) = frame.data_ref() {
+            self.read += data.len() as u64;
+            if self.read > self.limit {
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether `error`, or an error it came from, is [`BodyTooLarge`].
+pub fn is_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<BodyTooLarge>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
