@@ -151,7 +151,9 @@ pub async fn run_with<C: FlowExecutions>(
     shutdown: Shutdown,
 ) -> Result<Finish, Error> {
     // Read before loading, so any change after this moment is seen by the file watch.
-    let watched_digest = std::fs::read(&settings.watchlist).ok().map(|b| digest(&b));
+    let watched_digest = input::read_text(&settings.watchlist, input::MAX_WATCHLIST_BYTES)
+        .ok()
+        .map(|text| digest(text.as_bytes()));
     let watchlist = Watchlist::load(&settings.watchlist)?;
     if options.exit_when_done && !options.done_despite_flows && !watchlist.flows.is_empty() {
         return Err(exit_when_done_with_flows(&settings, watchlist.flows.len()));

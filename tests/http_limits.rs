@@ -65,6 +65,11 @@ async fn large_or_unbounded_bodies_get_413() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let answer = raw(&daemon, b"POST /-/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let answer = raw(&daemon, b"POST /-/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "chunked after another coding: {answer}"
+    );
     still_serving(&daemon).await;
     daemon.stop().await;
     fake.stop().await;

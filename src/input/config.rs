@@ -279,13 +279,10 @@ fn figment(config_path: &Path) -> Figment {
 }
 
 fn read_config_text(config_path: &Path) -> Result<String, Diagnostics> {
-    std::fs::read_to_string(config_path).map_err(|e| {
+    crate::input::read_text(config_path, crate::input::MAX_CONFIG_BYTES).map_err(|e| {
         Diagnostics(vec![Diagnostic::new(
             Location::Path(config_path.to_path_buf()),
-            format!(
-                "cannot read config file: {}",
-                crate::model::io_error_text(&e)
-            ),
+            format!("cannot read config file: {e}"),
         )])
     })
 }

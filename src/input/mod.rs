@@ -3,9 +3,31 @@
 //! (`file:line:column: message`) both report their problems with; and the summary
 //! `check-config` prints.
 
+use std::io::Read;
+use std::path::Path;
+
 pub mod config;
 pub mod diagnostic;
 pub mod duration;
 pub mod summary;
 pub mod watchlist;
 pub mod web;
+
+/// The largest watchlist flowwatch reads: 100,000 entries take about 20 MiB.
+pub const MAX_WATCHLIST_BYTES: u64 = 64 << 20;
+/// The largest config file flowwatch reads.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// A text file, read only up to `max` bytes: a path that is not a regular file (`/dev/zero`) or
+/// an absurdly large one is refused, not read until memory runs out.
+pub fn read_text(path: &Path, max: u64) -> Result<String, String> {
+    let file = std::fs::File::open(path).map_err(|e| crate::model::io_error_text(&e))?;
+    let mut text = String::new();
+    file.take(max + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| crate::model::io_error_text(&e))?;
+    if text.len() as u64 > max {
+        return Err(format!("the file is larger than {} MiB", max >> 20));
+    }
+    Ok(text)
+}

@@ -54,8 +54,8 @@ pub fn summary(settings: &Settings, watchlist: &Watchlist) -> String {
         settings
             .aws
             .endpoint_url
-            .clone()
-            .unwrap_or_else(|| "(AWS default)".into()),
+            .as_deref()
+            .map_or_else(|| "(AWS default)".into(), without_userinfo),
         humantime::format_duration(p.initial_interval),
         p.multiplier,
         humantime::format_duration(p.max_interval),
@@ -80,4 +80,34 @@ pub fn summary(settings: &Settings, watchlist: &Watchlist) -> String {
         settings.log.level,
         settings.log.format.as_str(),
     )
+}
+
+/// A URL with any `user:password@` taken out, so a summary never shows credentials.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_an_endpoint_are_never_shown() {
+        assert_eq!(
+            without_userinfo("http://user:secret@127.0.0.1:4566/path"),
+            "http://127.0.0.1:4566/path"
+        );
+        assert_eq!(
+            without_userinfo("https://scn.example/a@b"),
+            "https://scn.example/a@b"
+        );
+        assert_eq!(without_userinfo("not a url"), "not a url");
+    }
 }

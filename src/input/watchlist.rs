@@ -29,12 +29,13 @@ type Span = Option<std::ops::Range<usize>>;
 impl Watchlist {
     /// Reads and validates the watchlist file.
     pub fn load(path: &Path) -> Result<Self, Diagnostics> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Diagnostics(vec![Diagnostic::new(
-                Location::Path(path.to_path_buf()),
-                format!("cannot read watchlist: {}", crate::model::io_error_text(&e)),
-            )])
-        })?;
+        let text =
+            crate::input::read_text(path, crate::input::MAX_WATCHLIST_BYTES).map_err(|e| {
+                Diagnostics(vec![Diagnostic::new(
+                    Location::Path(path.to_path_buf()),
+                    format!("cannot read watchlist: {e}"),
+                )])
+            })?;
         Self::parse(path, &text)
     }
 

@@ -97,7 +97,11 @@ async fn refuse_large_bodies(
     let chunked = request
         .headers()
         .get(header::TRANSFER_ENCODING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
+        });
     if declared.is_some_and(|n| n > limits::MAX_BODY_BYTES) || chunked {
         return (
             StatusCode::PAYLOAD_TOO_LARGE,

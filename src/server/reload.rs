@@ -101,11 +101,15 @@ impl Reloader {
                 continue;
             }
             // Missing for a moment (mid-swap) or unreadable: look again next time.
-            let Ok(bytes) = tokio::fs::read(&self.path).await else {
+            let path = self.path.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                crate::input::read_text(&path, crate::input::MAX_WATCHLIST_BYTES)
+            });
+            let Ok(Ok(text)) = read.await else {
                 continue;
             };
             last_identity = current;
-            let now = Some(digest(&bytes));
+            let now = Some(digest(text.as_bytes()));
             if now != seen {
                 seen = now;
                 tracing::info!(path = %self.path.display(), "the watchlist changed on disk: reloading");
