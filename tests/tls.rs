@@ -63,8 +63,15 @@ fn htpasswd_hash(password: &str) -> String {
         .replacen("$2b$", "$2y$", 1)
 }
 
-/// Starts flowwatch with `web` (its `[server.tls]` and users) on `port`.
-async fn flowwatch(ws: &Workspace, fake: &FakeServer, port: u16, web: &str) -> Child {
+/// Starts flowwatch with `web` (its `[server.tls]` and users) on `port`, and waits until
+/// `/livez` answers a client that passes `client` to curl.
+async fn flowwatch(
+    ws: &Workspace,
+    fake: &FakeServer,
+    port: u16,
+    web: &str,
+    client: &[&str],
+) -> Child {
     let script = scenario(vec![scripted("daily-orders", 1, &[(0, "IN_PROGRESS")])]);
     let config = ws.config(&fake.endpoint_url(), POLLING, &script);
     let text = std::fs::read_to_string(&config).expect("config");
@@ -83,7 +90,7 @@ async fn flowwatch(ws: &Workspace, fake: &FakeServer, port: u16, web: &str) -> C
     let child = cmd.spawn().expect("spawn flowwatch");
     // Up once the probe answers over TLS.
     for _ in 0..100 {
-        if curl(ws, port, "/livez", &[]).await.0 == 200 {
+        if curl(ws, port, "/livez", client).await.0 == 200 {
             return child;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -136,7 +143,7 @@ async fn real_prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_i
     let pki = Pki::new(&ws);
     let (cert, key) = pki.issue(&ws, "flowwatch", false);
     let port = free_port();
-    let _flowwatch = flowwatch(&ws, &fake, port, &web(&cert, &key, "")).await;
+    let _flowwatch = flowwatch(&ws, &fake, port, &web(&cert, &key, ""), &[]).await;
 
     // The probes stay open; the rest needs credentials.
     assert_eq!(curl(&ws, port, "/readyz", &[]).await.0, 200);
@@ -259,32 +266,14 @@ async fn client_certificates_are_required_with_a_client_ca_and_a_rotated_certifi
     let with_client: Vec<&str> = with_client.iter().map(String::as_str).collect();
 
     // Probes need a client certificate too: the TLS layer asks for it before any HTTP.
-    let script = scenario(vec![scripted("daily-orders", 1, &[(0, "IN_PROGRESS")])]);
-    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
-    let text = std::fs::read_to_string(&config).expect("config");
-    ws.write(
-        "flowwatch.toml",
-        &format!("{text}\n{}", web(&cert, &key, &client_ca)),
-    );
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowwatch"));
-    cmd.args(["run", "--config", &config.to_string_lossy()])
-        .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("FLOWWATCH_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    let _flowwatch = cmd.spawn().expect("spawn flowwatch");
-    let mut ready = false;
-    for _ in 0..100 {
-        if curl(&ws, port, "/livez", &with_client).await.0 == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "never answered a client with a certificate");
+    let _flowwatch = flowwatch(
+        &ws,
+        &fake,
+        port,
+        &web(&cert, &key, &client_ca),
+        &with_client,
+    )
+    .await;
     let (code, _) = curl(&ws, port, "/livez", &[]).await;
     assert_eq!(code, 0, "no client certificate, no connection");
 
