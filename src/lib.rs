@@ -8,13 +8,17 @@
 //! top, and this file wires them.
 //!
 //! - `model`: keys, statuses, observations, transitions, time helpers. Imports no other module.
-//! - `input`: the config, the watchlist, and the located diagnostics both report problems with.
-//! - `api`: the `FlowExecutions` trait (Get and List), the SDK client, error classification.
+//! - `input`: the config (with its TLS and basic auth settings), the watchlist, and the located
+//!   diagnostics both report problems with.
+//! - `api`: the `FlowExecutions` trait (Get and List), the SDK client with its bound on answers,
+//!   error classification.
 //! - `engine`: the loop, the due-time queue, the request pool, the pure decisions (`policy`),
-//!   the watch set, discovery and the forecast. Every observation takes one path.
+//!   the watch set, discovery, the forecast and flow health, and the status page's content.
+//!   Every observation takes one path.
 //! - `output`: the `Publisher`, the only way a transition becomes visible (store first, then
-//!   metrics and event sinks), and the health state.
-//! - `server`: HTTP routes and limits, reloads, and the [`Shutdown`] every task listens for.
+//!   metrics and event sinks), the health state, and the checks and lock of the state files.
+//! - `server`: HTTP routes and limits, TLS, basic auth, the status page, reloads, and the
+//!   [`Shutdown`] every task listens for.
 //! - `systemd`, `telemetry`: notifications to systemd, and logging.
 //!
 //! The binary (`main.rs`) only parses the command line and maps the result to an exit code.
