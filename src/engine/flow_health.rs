@@ -3,7 +3,7 @@
 //!
 //! The durations are the forecast's ([`Forecast::median`]), one source of truth for adaptive
 //! polling and for flow health: filled from the store at start-up and by every terminal
-//! transition committed since, whether polled, listed or pushed. Every [`SWEEP`] the engine
+//! transition committed since, whether polled or listed. Every [`SWEEP`] the engine
 //! compares each running execution with its flow's median ([`expectation`], a pure function)
 //! and stages one overdue event, once, for an execution that has run too long.
 
