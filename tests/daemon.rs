@@ -995,3 +995,48 @@ async fn an_answer_over_1_mib_is_cut_off_and_counted_as_an_internal_error() {
     daemon.stop().await;
     fake.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_endless_answer_is_read_to_1_mib_then_dropped_not_until_the_timeout() {
+    let execution = with_fault(
+        scripted("f", 1, &[(0, "IN_PROGRESS")]),
+        0,
+        Some(10),
+        1.0,
+        flowwatch_fake::Fault::Endless,
+    );
+    let script = scenario(vec![execution]);
+    let fake = flowwatch_fake::FakeServer::start(script.clone())
+        .await
+        .expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
+    let daemon = Daemon::start(&config, &fake, false).await;
+    eventually(Duration::from_secs(8), "a cut-off answer", || async {
+        daemon.execution(1).await["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("larger than 1048576 bytes"))
+    })
+    .await;
+    let timeouts = sample(
+        &daemon.metrics().await,
+        "flowwatch_api_requests_total",
+        &[
+            ("operation", "GetDataIntegrationFlowExecution"),
+            ("outcome", "timeout"),
+        ],
+    );
+    assert_eq!(
+        timeouts,
+        Some(0.0),
+        "stopped at the bound, not at the request timeout"
+    );
+    eventually(
+        Duration::from_secs(60),
+        "ordinary answers again",
+        || async { daemon.execution(1).await["status"] == "IN_PROGRESS" },
+    )
+    .await;
+    daemon.stop().await;
+    fake.stop().await;
+}

@@ -149,6 +149,8 @@ pub enum Fault {
     Hang,
     /// The connection is dropped without a response.
     Reset,
+    /// A 200 answer whose chunked body never ends.
+    Endless,
     /// Any status, content type and body: HTML error pages, truncated or non-JSON bodies.
     Body {
         http_status: u16,
@@ -327,6 +329,30 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// A whole answer, or one that never ends (64 KiB chunks, as fast as the client reads).
+enum FakeBody {
+    Whole(Full<Bytes>),
+    Endless,
+}
+
+impl http_body::Body for FakeBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            FakeBody::Whole(full) => std::pin::Pin::new(full).poll_frame(cx),
+            FakeBody::Endless => {
+                static CHUNK: [u8; 64 * 1024] = [b' '; 64 * 1024];
+                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(&CHUNK)))))
+            }
+        }
+    }
+}
+
 /// Returned by the handler to make hyper drop the connection without an answer.
 #[derive(Debug)]
 struct DropConnection;
@@ -343,12 +369,13 @@ enum Answer {
     Respond(Response<Full<Bytes>>),
     Hang,
     Reset,
+    Endless,
 }
 
 async fn handle(
     shared: &Shared,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, DropConnection> {
+) -> Result<Response<FakeBody>, DropConnection> {
     let answer = answer(shared, &req);
     match answer {
         Answer::Respond(response) => {
@@ -358,6 +385,14 @@ async fn handle(
             if code == 429 {
                 stats.throttled += 1;
             }
+            Ok(response.map(FakeBody::Whole))
+        }
+        Answer::Endless => {
+            let mut response = Response::new(FakeBody::Endless);
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
             Ok(response)
         }
         Answer::Hang => {
@@ -505,6 +540,7 @@ fn active_fault(shared: &Shared, faults: &[FaultWindow], now: Duration) -> Optio
         return Some(match &window.fault {
             Fault::Hang => Answer::Hang,
             Fault::Reset => Answer::Reset,
+            Fault::Endless => Answer::Endless,
             Fault::Error {
                 error_type,
                 http_status,
