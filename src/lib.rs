@@ -55,11 +55,11 @@ use crate::api::SdkFlowExecutions;
 use crate::engine::{Engine, ExitWhen};
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location};
 use crate::input::watchlist::Watchlist;
-use crate::output::events::Sinks;
 use crate::output::files::{self, LockError, StateLock};
 use crate::output::health::Health;
 use crate::output::metrics::Metrics;
 use crate::output::publisher::Publisher;
+use crate::output::sinks::Sinks;
 use crate::output::store;
 use crate::server::auth::BasicAuth;
 use crate::server::http::AppState;
@@ -309,12 +309,21 @@ fn open_outputs(settings: &Settings) -> Result<(Publisher, Arc<Metrics>, Arc<Hea
             .map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?,
     );
     let file = settings.events.file.as_deref();
-    let sinks = Sinks::open(settings.events.stdout, file).map_err(|e| {
+    let mut store = Store::open(&settings.state.path)
+        .map_err(|e| state_problem(settings, e.path, e.message))?;
+    store
+        .set_sinks(&Sinks::enabled(settings.events.stdout, file.is_some()))
+        .map_err(|e| state_problem(settings, e.path, e.message))?;
+    let sinks = Sinks::open(
+        settings.events.stdout,
+        file,
+        &settings.state.path,
+        metrics.clone(),
+    )
+    .map_err(|e| {
         let path = file.map(|p| p.display().to_string()).unwrap_or_default();
         fatal_io(&format!("cannot open event file {path}"), &e)
     })?;
-    let store = Store::open(&settings.state.path)
-        .map_err(|e| state_problem(settings, e.path, e.message))?;
     let health = Arc::new(Health::new());
     let publisher = Publisher::new(
         store,

@@ -754,3 +754,54 @@ async fn a_second_sigterm_exits_at_once_without_waiting_for_the_drain() {
         second.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdout_nobody_reads_stalls_neither_the_event_file_nor_shutdown() {
+    // 300 executions that succeed: some 250 KB of events, far past a 64 KiB pipe.
+    const N: usize = 300;
+    let script = scenario(
+        (1..=N)
+            .map(|n| scripted("daily-orders", n, &[(0, "IN_PROGRESS"), (2, "SUCCEEDED")]))
+            .collect(),
+    );
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), FAST, &script);
+    ws.edit(&config, "stdout = false", "stdout = true");
+    // spawn_daemon pipes stdout; nobody ever reads it.
+    let (mut child, addr, _logs) = spawn_daemon(&config, &fake, "info").await;
+    let events = ws.path("events.jsonl");
+    let succeeded = |ids: &[String]| ids.iter().filter(|id| id.ends_with("/SUCCEEDED")).count();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while succeeded(&event_ids(&events)) < N {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event file has {} of {N} SUCCEEDED events",
+            succeeded(&event_ids(&events))
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ids = event_ids(&events);
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no event twice in the file");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = http(addr, "GET", "/readyz").await;
+        if code == 503 && body.contains("event sink stdout has been blocked in a write") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never said: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let sigterm = tokio::time::Instant::now();
+    signal(&child, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("stops within 10 s with stdout stalled")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+    println!("SIGTERM with stdout stalled took {:?}", sigterm.elapsed());
+}

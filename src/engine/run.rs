@@ -25,7 +25,6 @@ impl<C: FlowExecutions> Engine<C> {
         stop: impl Future<Output = ()>,
     ) -> Finish {
         let mut stop = std::pin::pin!(stop);
-        self.publisher.deliver_pending();
         self.publisher.health().set_state_restored();
         // The loop turns at least every half ping period, so a ping is never later than 1.5
         // periods (three quarters of WATCHDOG_USEC), even when a tick lands just short of one.
@@ -60,11 +59,7 @@ impl<C: FlowExecutions> Engine<C> {
                     self.drop_expired_series();
                 }
                 () = sleep_until(self.next_sweep) => self.sweep_flow_health(std::time::SystemTime::now()),
-                _ = heartbeat.tick() => {
-                    if self.publisher.redelivery_due(Instant::now()) {
-                        self.publisher.deliver_pending();
-                    }
-                }
+                _ = heartbeat.tick() => self.publisher.check_sinks(),
             }
             self.end_turn(false);
         };

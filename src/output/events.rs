@@ -1,16 +1,12 @@
-//! Transitions and their CloudEvents 1.0 JSON Lines encoding, and the sinks they are written to
-//! (stdout and an append-only file).
+//! The CloudEvents 1.0 encoding of what flowwatch announces: transitions, rejections and overdue
+//! runs. The sinks that write them are in `sinks`.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
 use crate::model::{ExecutionKey, Overdue, Status, Transition, rfc3339, rfc3339_from_secs};
-use crate::output::metrics::Metrics;
 
 /// The CloudEvents `type` of a status change.
 pub const TRANSITION_TYPE: &str = "flowwatch.execution.transition";
@@ -89,161 +85,6 @@ pub fn overdue_event(o: &Overdue) -> Value {
         "labels": o.labels,
     });
     envelope(&o.key, "OVERDUE", OVERDUE_TYPE, o.at, data)
-}
-
-/// Where events go. Each sink is independent: one failing does not stop the other.
-pub struct Sinks {
-    stdout: bool,
-    file: Option<FileSink>,
-}
-
-struct FileSink {
-    path: PathBuf,
-    file: Option<File>,
-    failing: bool,
-}
-
-/// Which file an open handle or a path is: device and inode.
-fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    (metadata.dev(), metadata.ino())
-}
-
-impl Sinks {
-    /// Opens the event file (creating its directory) so a bad path fails at start-up, not at the
-    /// first transition.
-    pub fn open(stdout: bool, file: Option<&Path>) -> io::Result<Self> {
-        let file = match file {
-            Some(path) => Some(FileSink {
-                path: path.to_path_buf(),
-                file: Some(open_append(path)?),
-                failing: false,
-            }),
-            None => None,
-        };
-        Ok(Self { stdout, file })
-    }
-
-    /// Writes one event (a JSON line without its newline) to every sink and counts the result
-    /// per sink; true when every sink took it.
-    pub fn emit(&mut self, event: &str, metrics: &Metrics) -> bool {
-        let mut line = String::with_capacity(event.len() + 1);
-        line.push_str(event);
-        line.push('\n');
-        let mut all_ok = true;
-        if self.stdout {
-            let result = {
-                let mut out = io::stdout().lock();
-                out.write_all(line.as_bytes()).and_then(|()| out.flush())
-            };
-            metrics.event_written("stdout", result.is_ok());
-            all_ok &= result.is_ok();
-            if let Err(e) = result {
-                tracing::error!(error = %e, "cannot write event to stdout");
-            }
-        }
-        if let Some(sink) = &mut self.file {
-            let result = sink.write(line.as_bytes());
-            metrics.event_written("file", result.is_ok());
-            all_ok &= result.is_ok();
-            match result {
-                Ok(()) if sink.failing => {
-                    sink.failing = false;
-                    tracing::info!(path = %sink.path.display(), "event file is writable again");
-                }
-                Ok(()) => {}
-                Err(e) if !sink.failing => {
-                    sink.failing = true;
-                    tracing::error!(path = %sink.path.display(), error = %e,
-                        "cannot write event to file; counting failures until it recovers");
-                }
-                Err(_) => {}
-            }
-        }
-        all_ok
-    }
-
-    /// Reopens the event file by its path, so events go to the file there now (SIGHUP after
-    /// log rotation). A file that cannot be opened is opened again at the next event.
-    pub fn reopen(&mut self) {
-        if let Some(sink) = &mut self.file {
-            sink.file = open_append(&sink.path)
-                .inspect_err(|e| tracing::error!(path = %sink.path.display(), error = %e, "cannot reopen the event file"))
-                .ok();
-        }
-    }
-
-    /// Pushes events to disk before exit.
-    pub fn flush(&mut self) {
-        if let Some(FileSink {
-            file: Some(f),
-            path,
-            ..
-        }) = &mut self.file
-            && let Err(e) = f.sync_data()
-        {
-            tracing::warn!(path = %path.display(), error = %e, "cannot sync event file");
-        }
-        let _ = io::stdout().lock().flush();
-    }
-}
-
-impl FileSink {
-    /// Whether the file open is no longer the one at the path: renamed or deleted by log
-    /// rotation. Writing on would put events where nobody reads them.
-    fn rotated(&self) -> bool {
-        let Some(open) = self.file.as_ref().and_then(|f| f.metadata().ok()) else {
-            return false;
-        };
-        std::fs::metadata(&self.path).map_or(true, |at_path| identity(&at_path) != identity(&open))
-    }
-
-    fn write(&mut self, line: &[u8]) -> io::Result<()> {
-        if self.rotated() {
-            tracing::info!(path = %self.path.display(), "the event file was renamed or deleted: reopening it by its path");
-            self.file = None;
-        }
-        if self.file.is_none() {
-            self.file = Some(open_append(&self.path)?);
-        }
-        let result = match &mut self.file {
-            Some(f) => f.write_all(line),
-            None => Ok(()),
-        };
-        if result.is_err() {
-            // Reopen next time: the file may have been rotated away or its disk replaced.
-            self.file = None;
-        }
-        result
-    }
-}
-
-fn open_append(path: &Path) -> io::Result<File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .read(true)
-        .open(path)?;
-    // A process killed in the middle of a line leaves it unterminated: end it, so the next event
-    // starts on a line of its own and readers can skip the torn one.
-    if ends_mid_line(&mut file)? {
-        file.write_all(b"\n")?;
-    }
-    Ok(file)
-}
-
-fn ends_mid_line(file: &mut File) -> io::Result<bool> {
-    use std::io::{Read, Seek, SeekFrom};
-    if file.metadata()?.len() == 0 {
-        return Ok(false);
-    }
-    file.seek(SeekFrom::End(-1))?;
-    let mut last = [0u8; 1];
-    file.read_exact(&mut last)?;
-    Ok(last[0] != b'\n')
 }
 
 #[cfg(test)]

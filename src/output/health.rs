@@ -29,6 +29,8 @@ struct Inner {
     polling: bool,
     /// Why the state database cannot be written, while it cannot.
     store_error: Option<String>,
+    /// An event sink stuck in a write, in words.
+    stalled_sink: Option<String>,
 }
 
 /// Why the service is not ready.
@@ -54,6 +56,7 @@ impl Health {
                 recent: VecDeque::with_capacity(RECENT),
                 polling: true,
                 store_error: None,
+                stalled_sink: None,
             }),
         }
     }
@@ -76,6 +79,11 @@ impl Health {
 
     pub fn set_polling(&self, polling: bool) {
         self.lock().polling = polling;
+    }
+
+    /// An event sink stuck in a write (`None` once none is).
+    pub fn set_stalled_sink(&self, stalled: Option<String>) {
+        self.lock().stalled_sink = stalled;
     }
 
     pub fn set_store_error(&self, error: Option<String>) {
@@ -108,6 +116,9 @@ impl Health {
         }
         if let Some(error) = &inner.store_error {
             return Readiness::NotReady(format!("cannot write state: {error}"));
+        }
+        if let Some(stalled) = &inner.stalled_sink {
+            return Readiness::NotReady(stalled.clone());
         }
         let Some((_, last_detail)) = inner.recent.back() else {
             return if inner.polling {

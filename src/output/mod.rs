@@ -8,4 +8,5 @@ pub mod internal_events;
 pub mod metrics;
 pub mod publisher;
 pub mod series;
+pub mod sinks;
 pub mod store;

@@ -7,21 +7,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::time::Instant;
-
 use crate::model::{
     ExecutionKey, FlowKey, Freshness, Observation, Overdue, Status, Transition, unix_seconds,
 };
-use crate::output::events::{Sinks, overdue_event, rejected_event, transition_event};
+use crate::output::events::{overdue_event, rejected_event, transition_event};
 use crate::output::health::Health;
 use crate::output::internal_events::{
     InternalEvent, OverdueCommitted, StoreFailed, StoreRecovered, TransitionCommitted,
 };
 use crate::output::metrics::Metrics;
+use crate::output::sinks::Sinks;
 use crate::output::store::{Restored, Store, StoreError};
 
-/// How soon delivery is tried again after a sink failed.
-const REDELIVERY_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the sinks get at shutdown to write what they were given.
+const FLUSH_BOUND: Duration = Duration::from_secs(3);
 
 /// A change the engine decided on, to commit and then publish.
 #[derive(Debug, Clone)]
@@ -60,7 +59,6 @@ pub struct Publisher {
     health: Arc<Health>,
     /// The last store error, so a run of the same failure is logged once.
     store_error: Option<String>,
-    redeliver_after: Option<Instant>,
     /// Terminal durations kept per flow (`flow_health.history`).
     history: usize,
 }
@@ -79,7 +77,6 @@ impl Publisher {
             metrics,
             health,
             store_error: None,
-            redeliver_after: None,
             history,
         };
         publisher.restore_counters();
@@ -310,66 +307,24 @@ impl Publisher {
         }
     }
 
-    /// Writes a committed event to the sinks; it leaves the outbox once every sink took it, so a
-    /// crash between the two repeats at most that one event (same id). Returns whether every
-    /// sink took it.
-    fn deliver(&mut self, event: &Written) -> bool {
-        if !self.sinks.emit(&event.line, &self.metrics) {
-            self.redeliver_after = Some(Instant::now() + REDELIVERY_INTERVAL);
-            return false;
-        }
-        if let Err(e) = self.store.mark_delivered(event.seq) {
-            // Delivered but not marked: it is delivered again after a restart (same id).
-            self.store_failed(&e);
-        }
-        true
+    /// Hands a committed event to the sinks' threads; each marks it written when it has.
+    fn deliver(&self, event: &Written) {
+        self.sinks.deliver(event.seq, &event.line, &self.metrics);
     }
 
-    /// Whether events wait for a sink that failed, and it is time to try again.
-    pub fn redelivery_due(&self, now: Instant) -> bool {
-        self.redeliver_after.is_some_and(|t| t <= now)
-    }
-
-    /// Delivers every committed event not delivered yet: at start-up (events of a run that
-    /// stopped between commit and delivery) and after a sink failed.
-    pub fn deliver_pending(&mut self) {
-        self.redeliver_after = None;
-        let pending = match self.store.pending_events() {
-            Ok(pending) => pending,
-            Err(e) => {
-                self.store_failed(&e);
-                self.redeliver_after = Some(Instant::now() + REDELIVERY_INTERVAL);
-                return;
-            }
-        };
-        let pending: Vec<Written> = pending
-            .into_iter()
-            .map(|p| Written {
-                seq: p.seq,
-                line: p.event.to_string(),
-            })
-            .collect();
-        if !pending.is_empty() {
-            tracing::info!(
-                events = pending.len(),
-                "delivering events committed but not delivered yet"
-            );
-        }
-        for event in &pending {
-            if !self.deliver(event) {
-                break;
-            }
-        }
+    /// Tells health which sink, if any, is stuck in a write.
+    pub fn check_sinks(&self) {
+        self.health.set_stalled_sink(self.sinks.stalled());
     }
 
     /// Reopens the event file by its path (after log rotation).
-    pub fn reopen_sinks(&mut self) {
+    pub fn reopen_sinks(&self) {
         self.sinks.reopen();
     }
 
-    /// Pushes events to disk before exit.
-    pub fn flush(&mut self) {
-        self.sinks.flush();
+    /// Lets the sinks write what they were given before exit, for at most [`FLUSH_BOUND`].
+    pub fn flush(&self) {
+        self.sinks.flush(FLUSH_BOUND);
     }
 
     fn store_failed(&mut self, e: &StoreError) {

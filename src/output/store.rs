@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use serde_json::Value;
 
 use crate::model::{ExecutionKey, FlowKey, Observation, Status};
 
@@ -49,16 +48,11 @@ pub struct FlowHistory {
     pub last_failure: Option<f64>,
 }
 
-/// An event committed but not yet delivered to every sink.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PendingEvent {
-    pub seq: i64,
-    pub event: Value,
-}
-
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The enabled event sinks: each keeps its own place in the outbox.
+    sinks: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for Store {
@@ -84,7 +78,11 @@ impl Store {
         })?;
         let conn = Connection::open(&path)
             .map_err(|e| fail(why_not_writable(dir).unwrap_or_else(|| describe(&e))))?;
-        let store = Self { conn, path };
+        let store = Self {
+            conn,
+            path,
+            sinks: Vec::new(),
+        };
         store.init().map_err(|e| store.error(&e))?;
         Ok(store)
     }
@@ -171,6 +169,11 @@ impl Store {
                  last_success REAL,
                  last_failure REAL,
                  PRIMARY KEY (instance_id, flow_name)
+             );
+             CREATE TABLE IF NOT EXISTS outbox_sinks (
+                 seq INTEGER NOT NULL,
+                 sink TEXT NOT NULL,
+                 PRIMARY KEY (seq, sink)
              );
              CREATE TABLE IF NOT EXISTS overdue (
                  instance_id TEXT NOT NULL,
@@ -491,24 +494,41 @@ impl Store {
         Ok(rows)
     }
 
-    /// Events committed but not delivered yet, oldest first.
-    pub fn pending_events(&self) -> Result<Vec<PendingEvent>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT seq, event FROM outbox ORDER BY seq")
-            .map_err(|e| self.error(&e))?;
-        let rows: Vec<(i64, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.error(&e))?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(seq, text)| {
-                serde_json::from_str(&text)
-                    .ok()
-                    .map(|event| PendingEvent { seq, event })
-            })
-            .collect())
+    /// How many events wait in the outbox for at least one sink.
+    pub fn undelivered(&self) -> Result<usize, StoreError> {
+        self.conn
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0))
+            .map(|n| n.max(0) as usize)
+            .map_err(|e| self.error(&e))
+    }
+
+    /// Sets the enabled event sinks. Events left in the outbox by a flowwatch that kept one place
+    /// for all sinks are pending for each; places of sinks no longer enabled go.
+    pub fn set_sinks(&mut self, sinks: &[&'static str]) -> Result<(), StoreError> {
+        self.sinks = sinks.to_vec();
+        let path = self.path.clone();
+        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for sink in sinks {
+                tx.execute(
+                    "INSERT OR IGNORE INTO outbox_sinks (seq, sink)
+                     SELECT seq, ?1 FROM outbox o
+                     WHERE NOT EXISTS (SELECT 1 FROM outbox_sinks s WHERE s.seq = o.seq)",
+                    [sink],
+                )?;
+            }
+            let enabled: Vec<String> = sinks.iter().map(|s| format!("'{s}'")).collect();
+            tx.execute_batch(&format!(
+                "DELETE FROM outbox_sinks WHERE sink NOT IN ({});
+                 DELETE FROM outbox WHERE NOT EXISTS (SELECT 1 FROM outbox_sinks s WHERE s.seq = outbox.seq);",
+                if enabled.is_empty() { "''".to_string() } else { enabled.join(", ") }
+            ))?;
+            tx.commit()
+        };
+        run(&mut self.conn).map_err(|e| StoreError {
+            path,
+            message: describe(&e),
+        })
     }
 
     /// Starts a batch: everything written through it commits in one transaction, or not at all.
@@ -518,16 +538,11 @@ impl Store {
             path: path.to_path_buf(),
             message: describe(&e),
         })?;
-        Ok(Batch { tx, path })
-    }
-
-    /// Marks an event delivered to every sink.
-    pub fn mark_delivered(&self, seq: i64) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM outbox WHERE seq = ?1")
-            .and_then(|mut stmt| stmt.execute([seq]))
-            .map(|_| ())
-            .map_err(|e| self.error(&e))
+        Ok(Batch {
+            tx,
+            path,
+            sinks: &self.sinks,
+        })
     }
 }
 
@@ -536,6 +551,7 @@ impl Store {
 pub struct Batch<'a> {
     tx: rusqlite::Transaction<'a>,
     path: &'a Path,
+    sinks: &'a [&'static str],
 }
 
 impl Batch<'_> {
@@ -682,12 +698,74 @@ impl Batch<'_> {
             .map_err(|e| self.error(&e))
     }
 
+    /// Puts an event in the outbox, pending for every enabled sink.
     fn outbox(&self, event: &str) -> Result<i64, StoreError> {
         self.tx
             .prepare_cached("INSERT INTO outbox (event) VALUES (?1)")
             .and_then(|mut s| s.execute([event]))
             .map_err(|e| self.error(&e))?;
-        Ok(self.tx.last_insert_rowid())
+        let seq = self.tx.last_insert_rowid();
+        for sink in self.sinks {
+            self.tx
+                .prepare_cached("INSERT INTO outbox_sinks (seq, sink) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![seq, sink]))
+                .map_err(|e| self.error(&e))?;
+        }
+        Ok(seq)
+    }
+}
+
+/// One event sink's own connection to the store: what the outbox holds for it, and the marks of
+/// what it wrote. A sink's thread owns it.
+pub struct Delivery {
+    conn: Connection,
+    sink: &'static str,
+}
+
+impl Delivery {
+    /// Events read from the outbox at a time.
+    const PAGE: i64 = 1000;
+
+    /// Opens the database in the state directory `dir` for `sink`.
+    pub fn open(dir: &Path, sink: &'static str) -> std::io::Result<Self> {
+        let conn =
+            Connection::open(dir.join(DB_FILE)).map_err(|e| std::io::Error::other(describe(&e)))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| std::io::Error::other(describe(&e)))?;
+        Ok(Self { conn, sink })
+    }
+
+    /// Events pending for this sink after outbox sequence number `after`, in order.
+    pub fn pending(&self, after: i64) -> Result<Vec<(i64, String)>, String> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT o.seq, o.event FROM outbox o JOIN outbox_sinks s ON s.seq = o.seq
+                 WHERE s.sink = ?1 AND o.seq > ?2 ORDER BY o.seq LIMIT ?3",
+            )
+            .map_err(|e| describe(&e))?;
+        stmt.query_map(params![self.sink, after, Self::PAGE], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| describe(&e))
+    }
+
+    /// This sink wrote event `seq`; the event leaves the outbox once every sink has.
+    pub fn mark(&self, seq: i64) -> Result<(), String> {
+        self.conn
+            .prepare_cached("DELETE FROM outbox_sinks WHERE seq = ?1 AND sink = ?2")
+            .and_then(|mut s| s.execute(params![seq, self.sink]))
+            .and_then(|_| {
+                self.conn
+                    .prepare_cached(
+                        "DELETE FROM outbox WHERE seq = ?1
+                           AND NOT EXISTS (SELECT 1 FROM outbox_sinks WHERE seq = ?1)",
+                    )?
+                    .execute([seq])
+            })
+            .map(|_| ())
+            .map_err(|e| describe(&e))
     }
 }
 
@@ -779,6 +857,7 @@ mod tests {
         };
         let seq = {
             let mut store = Store::open(dir.path()).expect("open");
+            store.set_sinks(&["stdout", "file"]).expect("sinks");
             let batch = store.batch().expect("batch");
             let seq = batch
                 .transition(
@@ -804,16 +883,22 @@ mod tests {
                 1
             )]
         );
-        let pending = store.pending_events().expect("pending");
-        assert_eq!(
-            pending,
-            vec![PendingEvent {
-                seq,
-                event: serde_json::json!({"id": "x"})
-            }]
+        // Each sink has its own place: written by one, the event waits for the other.
+        let (stdout, file) = (
+            Delivery::open(dir.path(), "stdout").expect("stdout"),
+            Delivery::open(dir.path(), "file").expect("file"),
         );
-        store.mark_delivered(seq).expect("mark");
-        assert!(store.pending_events().expect("pending").is_empty());
+        let event = (seq, serde_json::json!({"id": "x"}).to_string());
+        assert_eq!(stdout.pending(0).expect("pending"), vec![event.clone()]);
+        stdout.mark(seq).expect("mark");
+        assert!(stdout.pending(0).expect("pending").is_empty());
+        assert_eq!(file.pending(0).expect("pending"), vec![event]);
+        file.mark(seq).expect("mark");
+        let rows: i64 = store
+            .conn
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 0, "gone once every sink wrote it");
     }
 
     #[test]

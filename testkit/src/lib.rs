@@ -141,9 +141,21 @@ impl Workspace {
         );
     }
 
-    /// Every event written so far.
+    /// Every event written so far. The file sink writes from a thread of its own, in real time
+    /// even on a paused test clock: the file is read until it stops growing (two reads 20 ms
+    /// apart agree), so what the daemon committed has reached it.
     pub fn events(&self) -> Vec<Value> {
-        read_events(&self.path("events.jsonl"))
+        let path = self.path("events.jsonl");
+        let mut last = read_events(&path);
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = read_events(&path);
+            if now.len() == last.len() {
+                return now;
+            }
+            last = now;
+        }
+        last
     }
 }
 
