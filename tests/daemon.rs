@@ -947,13 +947,13 @@ async fn a_huge_failure_message_is_cut_before_it_is_stored_served_or_emitted() {
 
 #[tokio::test(start_paused = true)]
 async fn an_answer_over_1_mib_is_cut_off_and_counted_as_an_internal_error() {
-    // 8 MiB of body for the first 10 s, then ordinary answers.
+    // A 100 MB body for the first 10 s, then ordinary answers.
     let huge = flowwatch_fake::Fault::Body {
         http_status: 200,
         content_type: "application/json".to_string(),
         body: format!(
             "{{\"flowExecution\":{{\"message\":\"{}\"}}}}",
-            "x".repeat(8 << 20)
+            "x".repeat(100 << 20)
         ),
     };
     let execution = with_fault(

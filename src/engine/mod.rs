@@ -52,7 +52,7 @@ use crate::systemd::Watchdog;
 #[derive(Debug)]
 pub enum Command {
     /// The `/status` document, with one page of executions.
-    Status(StatusPage, oneshot::Sender<serde_json::Value>),
+    Status(StatusPage, oneshot::Sender<StatusDocument>),
     /// The status page's content, from the flow at this offset.
     Overview(usize, oneshot::Sender<Overview>),
     /// Replace the watchlist: entries that stay keep their state and schedule.
@@ -75,6 +75,30 @@ impl StatusPage {
     pub const DEFAULT_LIMIT: usize = 1000;
     /// The most executions one page lists.
     pub const MAX_LIMIT: usize = 10_000;
+}
+
+/// A `/status` document as the engine hands it out: the counts and flows, and the page's
+/// executions as copies, to be turned into JSON off the engine's task.
+#[derive(Debug)]
+pub struct StatusDocument {
+    head: serde_json::Value,
+    executions: Vec<crate::engine::state::StatusRow>,
+}
+
+impl StatusDocument {
+    /// The whole document as JSON.
+    pub fn into_json(self) -> serde_json::Value {
+        let mut doc = self.head;
+        let executions: Vec<serde_json::Value> =
+            self.executions.iter().map(|row| row.to_json()).collect();
+        if let Some(map) = doc.as_object_mut() {
+            map.insert(
+                "executions".to_string(),
+                serde_json::Value::Array(executions),
+            );
+        }
+        doc
+    }
 }
 
 /// What a watchlist replacement changed.

@@ -13,7 +13,7 @@ use crate::engine::discovery::FlowWatch;
 use crate::engine::pacing::startup_offset;
 use crate::engine::pool::Job;
 use crate::engine::state::{ExecutionState, executions_by_status};
-use crate::engine::{Engine, ReloadSummary, StatusPage};
+use crate::engine::{Engine, ReloadSummary, StatusDocument, StatusPage};
 use crate::input::watchlist::Watchlist;
 use crate::model::{ExecutionKey, FlowEntry, FlowKey, WatchEntry, unix_seconds};
 
@@ -287,7 +287,8 @@ impl<C: FlowExecutions> Engine<C> {
     }
 
     /// The `/status` document, with the executions `page` selects (the counts cover them all).
-    pub(super) fn status_document(&self, page: &StatusPage) -> Value {
+    /// The executions are copied here and turned into JSON by the caller, off the engine's task.
+    pub(super) fn status_document(&self, page: &StatusPage) -> StatusDocument {
         let counts = executions_by_status(self.executions.values().map(|s| &**s));
         let selected = self.executions.values().filter(|s| {
             page.flow.as_ref().is_none_or(|f| {
@@ -299,7 +300,7 @@ impl<C: FlowExecutions> Engine<C> {
         for (i, s) in selected.enumerate() {
             total += 1;
             if i >= page.offset && executions.len() < page.limit {
-                executions.push(s.to_json(!self.series_dropped.contains(&s.entry.key)));
+                executions.push(s.status_row(!self.series_dropped.contains(&s.entry.key)));
             }
         }
         let wall = SystemTime::now();
@@ -313,7 +314,7 @@ impl<C: FlowExecutions> Engine<C> {
             .map(|(k, f)| f.to_json(per_flow.get(k).copied().unwrap_or(0), wall))
             .collect();
         let next = page.offset + executions.len();
-        json!({
+        let head = json!({
             "watched": self.executions.len(),
             "flows": flows,
             "by_status": counts.iter().map(|(s, n)| (s.as_str().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
@@ -323,7 +324,7 @@ impl<C: FlowExecutions> Engine<C> {
             "offset": page.offset,
             "limit": page.limit,
             "next_offset": (next < total).then_some(next),
-            "executions": executions,
-        })
+        });
+        StatusDocument { head, executions }
     }
 }

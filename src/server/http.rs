@@ -374,9 +374,13 @@ async fn status(State(state): State<AppState>, RawQuery(query): RawQuery) -> Res
     {
         return unavailable("the scheduler is not running");
     }
-    match tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, rx).await {
-        Ok(Ok(doc)) => axum::Json(doc).into_response(),
-        _ => unavailable("the scheduler did not answer in time"),
+    let Ok(Ok(doc)) = tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, rx).await else {
+        return unavailable("the scheduler did not answer in time");
+    };
+    // Built and encoded on the blocking pool: neither holds up the engine's thread.
+    match tokio::task::spawn_blocking(move || serde_json::to_vec(&doc.into_json())).await {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        _ => unavailable("the status document could not be built"),
     }
 }
 
