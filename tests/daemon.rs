@@ -945,9 +945,58 @@ async fn a_huge_failure_message_is_cut_before_it_is_stored_served_or_emitted() {
     fake.stop().await;
 }
 
+/// Plays `fault` on every poll for the first 10 s, then ordinary answers: waits until a poll is
+/// cut off at the 1 MiB bound, and until ordinary answers come through again. Returns the calls
+/// counted by outcome when the cut-off was seen.
+async fn cut_off_by(fault: flowwatch_fake::Fault) -> (f64, Option<f64>) {
+    let execution = with_fault(
+        scripted("f", 1, &[(0, "IN_PROGRESS")]),
+        0,
+        Some(10),
+        1.0,
+        fault,
+    );
+    let script = scenario(vec![execution]);
+    let fake = flowwatch_fake::FakeServer::start(script.clone())
+        .await
+        .expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
+    let daemon = Daemon::start(&config, &fake, false).await;
+    eventually(Duration::from_secs(8), "a cut-off answer", || async {
+        daemon.execution(1).await["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("larger than 1048576 bytes"))
+    })
+    .await;
+    let metrics = daemon.metrics().await;
+    let calls = |outcome: &str| {
+        sample(
+            &metrics,
+            "flowwatch_api_requests_total",
+            &[
+                ("operation", "GetDataIntegrationFlowExecution"),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    let counted = (
+        calls("internal_error").unwrap_or_default(),
+        calls("timeout"),
+    );
+    eventually(
+        Duration::from_secs(60),
+        "ordinary answers again",
+        || async { daemon.execution(1).await["status"] == "IN_PROGRESS" },
+    )
+    .await;
+    daemon.stop().await;
+    fake.stop().await;
+    counted
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_answer_over_1_mib_is_cut_off_and_counted_as_an_internal_error() {
-    // A 100 MB body for the first 10 s, then ordinary answers.
     let huge = flowwatch_fake::Fault::Body {
         http_status: 200,
         content_type: "application/json".to_string(),
@@ -956,87 +1005,16 @@ async fn an_answer_over_1_mib_is_cut_off_and_counted_as_an_internal_error() {
             "x".repeat(100 << 20)
         ),
     };
-    let execution = with_fault(
-        scripted("f", 1, &[(0, "IN_PROGRESS")]),
-        0,
-        Some(10),
-        1.0,
-        huge,
-    );
-    let script = scenario(vec![execution]);
-    let fake = flowwatch_fake::FakeServer::start(script.clone())
-        .await
-        .expect("fake");
-    let ws = Workspace::new();
-    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
-    let daemon = Daemon::start(&config, &fake, false).await;
-    eventually(Duration::from_secs(8), "a cut-off answer", || async {
-        daemon.execution(1).await["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("larger than 1048576 bytes"))
-    })
-    .await;
-    let internal = sample(
-        &daemon.metrics().await,
-        "flowwatch_api_requests_total",
-        &[
-            ("operation", "GetDataIntegrationFlowExecution"),
-            ("outcome", "internal_error"),
-        ],
-    )
-    .unwrap_or_default();
+    let (internal, _) = cut_off_by(huge).await;
     assert!(internal >= 1.0, "counted as internal_error: {internal}");
-    eventually(
-        Duration::from_secs(60),
-        "ordinary answers again",
-        || async { daemon.execution(1).await["status"] == "IN_PROGRESS" },
-    )
-    .await;
-    daemon.stop().await;
-    fake.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_endless_answer_is_read_to_1_mib_then_dropped_not_until_the_timeout() {
-    let execution = with_fault(
-        scripted("f", 1, &[(0, "IN_PROGRESS")]),
-        0,
-        Some(10),
-        1.0,
-        flowwatch_fake::Fault::Endless,
-    );
-    let script = scenario(vec![execution]);
-    let fake = flowwatch_fake::FakeServer::start(script.clone())
-        .await
-        .expect("fake");
-    let ws = Workspace::new();
-    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
-    let daemon = Daemon::start(&config, &fake, false).await;
-    eventually(Duration::from_secs(8), "a cut-off answer", || async {
-        daemon.execution(1).await["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("larger than 1048576 bytes"))
-    })
-    .await;
-    let timeouts = sample(
-        &daemon.metrics().await,
-        "flowwatch_api_requests_total",
-        &[
-            ("operation", "GetDataIntegrationFlowExecution"),
-            ("outcome", "timeout"),
-        ],
-    );
+    let (_, timeouts) = cut_off_by(flowwatch_fake::Fault::Endless).await;
     assert_eq!(
         timeouts,
         Some(0.0),
         "stopped at the bound, not at the request timeout"
     );
-    eventually(
-        Duration::from_secs(60),
-        "ordinary answers again",
-        || async { daemon.execution(1).await["status"] == "IN_PROGRESS" },
-    )
-    .await;
-    daemon.stop().await;
-    fake.stop().await;
 }

@@ -56,6 +56,15 @@ impl Pki {
     }
 }
 
+/// One running execution: what the fake serves and the daemon's watchlist lists.
+fn script() -> flowwatch_fake::Scenario {
+    scenario(vec![scripted("daily-orders", 1, &[(0, "IN_PROGRESS")])])
+}
+
+async fn one_execution() -> FakeServer {
+    FakeServer::start(script()).await.expect("fake")
+}
+
 /// `htpasswd -nBC 10` prints `$2y$` hashes; bcrypt writes `$2b$`, the same algorithm.
 fn htpasswd_hash(password: &str) -> String {
     bcrypt::hash(password, 10)
@@ -72,8 +81,7 @@ async fn flowwatch(
     web: &str,
     client: &[&str],
 ) -> Child {
-    let script = scenario(vec![scripted("daily-orders", 1, &[(0, "IN_PROGRESS")])]);
-    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
+    let config = ws.config(&fake.endpoint_url(), POLLING, &script());
     let text = std::fs::read_to_string(&config).expect("config");
     ws.write("flowwatch.toml", &format!("{text}\n{web}"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowwatch"));
@@ -132,13 +140,7 @@ fn web(cert: &Path, key: &Path, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_is_down() {
-    let fake = FakeServer::start(scenario(vec![scripted(
-        "daily-orders",
-        1,
-        &[(0, "IN_PROGRESS")],
-    )]))
-    .await
-    .expect("fake");
+    let fake = one_execution().await;
     let ws = Workspace::new();
     let pki = Pki::new(&ws);
     let (cert, key) = pki.issue(&ws, "flowwatch", false);
@@ -244,13 +246,7 @@ async fn real_prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_are_required_with_a_client_ca_and_a_rotated_certificate_is_served() {
-    let fake = FakeServer::start(scenario(vec![scripted(
-        "daily-orders",
-        1,
-        &[(0, "IN_PROGRESS")],
-    )]))
-    .await
-    .expect("fake");
+    let fake = one_execution().await;
     let ws = Workspace::new();
     let pki = Pki::new(&ws);
     let (cert, key) = pki.issue(&ws, "flowwatch", false);

@@ -9,6 +9,7 @@ use std::path::Path;
 pub mod config;
 pub mod diagnostic;
 pub mod duration;
+mod locate;
 pub mod summary;
 pub mod watchlist;
 pub mod web;

@@ -6,6 +6,7 @@ pub mod files;
 pub mod health;
 pub mod internal_events;
 pub mod metrics;
+pub mod outbox;
 pub mod publisher;
 pub mod series;
 pub mod sinks;

@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::output::metrics::Metrics;
-use crate::output::store::Delivery;
+use crate::output::outbox::Delivery;
 
 /// Events waiting for one sink's thread; past it, the sink falls behind and catches up later.
 pub const QUEUE: usize = 4096;
