@@ -35,6 +35,7 @@ mod server;
 mod systemd;
 mod telemetry;
 
+pub use crate::api::sqs::PushQueue;
 pub use crate::api::{ApiError, FlowExecutions, static_client};
 pub use crate::engine::Finish;
 pub use crate::input::config::{DEFAULT_CONFIG_PATH, Settings};
@@ -69,6 +70,9 @@ use crate::server::tls::Tls;
 /// How long the HTTP server may take to close its connections at shutdown.
 const HTTP_SHUTDOWN_BOUND: Duration = Duration::from_secs(6);
 
+/// How long the last deletes of applied pushed messages may take at shutdown.
+const PUSH_DELETE_BOUND: Duration = Duration::from_secs(5);
+
 /// Errors that end the daemon, each with its exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -102,6 +106,9 @@ pub struct RunOptions {
     pub reload_on_sighup: bool,
     /// Told the HTTP server's address once it is listening (useful with port 0).
     pub bound: Option<oneshot::Sender<SocketAddr>>,
+    /// The push queue to read when `[push]` names one; `run` builds it from the AWS
+    /// configuration when this is `None`.
+    pub push_queue: Option<PushQueue>,
 }
 
 /// `flowwatch check-config`: validates the config, the watchlist and the state directory as
@@ -141,9 +148,17 @@ pub async fn run(
     options: RunOptions,
     shutdown: Shutdown,
 ) -> Result<Finish, Error> {
-    let client = SdkFlowExecutions::from_settings(&settings.aws, settings.polling.request_timeout)
+    let shared = api::shared_config(&settings.aws, settings.polling.request_timeout)
         .await
         .map_err(Error::Fatal)?;
+    let client = SdkFlowExecutions::from_shared(&shared, &settings.aws);
+    let mut options = options;
+    if let Some(push) = &settings.push {
+        options.push_queue.get_or_insert_with(|| {
+            PushQueue::from_shared(&shared, push, settings.polling.request_timeout)
+        });
+    }
+    // `run_with` builds the push queue the same way when it is not given one.
     run_with(settings, Arc::new(client), options, shutdown).await
 }
 
@@ -202,6 +217,30 @@ pub async fn run_with<C: FlowExecutions>(
             (true, true) => ExitWhen::ExecutionsDone,
         },
     );
+    let push_queue = match (&settings.push, options.push_queue) {
+        (Some(push), None) => {
+            let shared = api::shared_config(&settings.aws, settings.polling.request_timeout)
+                .await
+                .map_err(Error::Fatal)?;
+            Some(PushQueue::from_shared(
+                &shared,
+                push,
+                settings.polling.request_timeout,
+            ))
+        }
+        (_, queue) => queue,
+    };
+    let (engine, deleter) = match (&settings.push, push_queue) {
+        (Some(push), Some(queue)) => {
+            metrics
+                .enable_push()
+                .map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?;
+            let (channels, deleter) =
+                engine::receiver::start(queue, metrics.clone(), health.clone(), shutdown.child());
+            (engine.with_push(channels, push.clone()), Some(deleter))
+        }
+        _ => (engine, None),
+    };
     tracing::info!(version = env!("CARGO_PKG_VERSION"), %addr, watchlist = %settings.watchlist.display(),
         executions = entry_count, flows = flow_count, "flowwatch is listening");
 
@@ -247,6 +286,15 @@ pub async fn run_with<C: FlowExecutions>(
         task.abort();
     }
     file_watch.abort();
+    if let Some(deleter) = deleter
+        && tokio::time::timeout(PUSH_DELETE_BOUND, deleter)
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            "applied pushed messages not deleted at shutdown will be received again, and change nothing"
+        );
+    }
     match tokio::time::timeout(HTTP_SHUTDOWN_BOUND, server).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "http server task failed"),

@@ -74,6 +74,7 @@ fn run(config: &Path, exit_when_done: bool) -> ExitCode {
             done_despite_flows: false,
             reload_on_sighup: true,
             bound: None,
+            push_queue: None,
         };
         match flowwatch::run(settings, options, shutdown).await {
             Ok(finish) => ExitCode::from(finish.exit_code()),

@@ -359,26 +359,38 @@ impl Outcome {
 pub enum Operation {
     GetExecution,
     ListExecutions,
+    /// SQS, for push: a long poll of the queue.
+    ReceiveMessage,
+    /// SQS, for push: the messages applied and committed leave the queue.
+    DeleteMessageBatch,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 2] = [Operation::GetExecution, Operation::ListExecutions];
+    pub const ALL: [Operation; 4] = [
+        Operation::GetExecution,
+        Operation::ListExecutions,
+        Operation::ReceiveMessage,
+        Operation::DeleteMessageBatch,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::GetExecution => "GetDataIntegrationFlowExecution",
             Operation::ListExecutions => "ListDataIntegrationFlowExecutions",
+            Operation::ReceiveMessage => "ReceiveMessage",
+            Operation::DeleteMessageBatch => "DeleteMessageBatch",
         }
     }
 }
 
-/// How an observation reached flowwatch: a poll (GetDataIntegrationFlowExecution) or a List page
-/// of a watched flow. Events and `/status` carry it.
+/// How an observation reached flowwatch: a poll (GetDataIntegrationFlowExecution), a List page
+/// of a watched flow, or a status-change event pushed through SQS. Events and `/status` carry it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ObservedVia {
     Poll,
     List,
+    Push,
 }
 
 impl ObservedVia {
@@ -386,6 +398,44 @@ impl ObservedVia {
         match self {
             ObservedVia::Poll => "poll",
             ObservedVia::List => "list",
+            ObservedVia::Push => "push",
+        }
+    }
+}
+
+/// What became of one message received from the push queue (the `outcome` label of
+/// `flowwatch_push_messages_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PushOutcome {
+    /// It told something new: a transition, or times the execution did not have.
+    Applied,
+    /// It told what was known already (a repeat, or a change polling saw first).
+    Duplicate,
+    /// It told a status older than the known one (events arrive out of order).
+    Stale,
+    /// Its execution is not watched, nor is its flow.
+    Unwatched,
+    /// It is not an AWS Supply Chain status-change event flowwatch can read: left in the queue,
+    /// so the redrive policy moves it to the dead-letter queue.
+    Malformed,
+}
+
+impl PushOutcome {
+    pub const ALL: [PushOutcome; 5] = [
+        PushOutcome::Applied,
+        PushOutcome::Duplicate,
+        PushOutcome::Stale,
+        PushOutcome::Unwatched,
+        PushOutcome::Malformed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PushOutcome::Applied => "applied",
+            PushOutcome::Duplicate => "duplicate",
+            PushOutcome::Stale => "stale",
+            PushOutcome::Unwatched => "unwatched",
+            PushOutcome::Malformed => "malformed",
         }
     }
 }

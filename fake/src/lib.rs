@@ -30,6 +30,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod events;
+pub use events::{EventPublishing, Published, aws_json};
+
 /// What the fake serves.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,5 +1,6 @@
 //! A bound on the size of an API answer: each response body is read through [`Limited`], which
-//! fails the read past [`MAX_BODY_BYTES`] without keeping the excess. The SDK then drops the
+//! fails the read past its limit ([`MAX_BODY_BYTES`] for Supply Chain, [`MAX_SQS_BODY_BYTES`]
+//! for SQS) without keeping the excess. The SDK then drops the
 //! connection, and the call counts as `internal_error`: one huge (or endless) answer cannot
 //! grow flowwatch's memory, an event, a database row or `/status`.
 
@@ -12,20 +13,26 @@ use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-/// The largest answer body flowwatch reads. An execution or a List page of 20 is a few KiB.
+/// The largest Supply Chain answer body flowwatch reads. An execution or a List page of 20 is a
+/// few KiB.
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// The largest SQS answer body flowwatch reads: ten messages of SQS's largest size (1 MiB),
+/// escaped in JSON. An EventBridge event is at most 256 KiB.
+pub const MAX_SQS_BODY_BYTES: u64 = 24 * 1024 * 1024;
 
-/// The read of an answer stopped at [`MAX_BODY_BYTES`].
+/// The read of an answer stopped at its limit.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the answer is larger than {} bytes (1 MiB); it was not read further",
-    MAX_BODY_BYTES
-)]
-pub struct BodyTooLarge;
+#[error("the answer is larger than {0} bytes; it was not read further")]
+pub struct BodyTooLarge(pub u64);
 
 /// The interceptor that puts every response body behind [`Limited`].
 #[derive(Debug)]
-pub struct BodyLimit;
+pub struct BodyLimit(u64);
+
+impl BodyLimit {
+    pub const API: BodyLimit = BodyLimit(MAX_BODY_BYTES);
+    pub const SQS: BodyLimit = BodyLimit(MAX_SQS_BODY_BYTES);
+}
 
 impl Intercept for BodyLimit {
     fn name(&self) -> &'static str {
@@ -38,12 +45,13 @@ impl Intercept for BodyLimit {
         _: &RuntimeComponents,
         _: &mut ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let limit = self.0;
         let body = context.response_mut().take_body();
-        *context.response_mut().body_mut() = body.map(|inner| {
+        *context.response_mut().body_mut() = body.map(move |inner| {
             SdkBody::from_body_1_x(Limited {
                 inner,
                 read: 0,
-                limit: MAX_BODY_BYTES,
+                limit,
             })
         });
         Ok(())
@@ -72,7 +80,7 @@ impl Body for Limited {
         if let Some(data) = frame.data_ref() {
             self.read += data.len() as u64;
             if self.read > self.limit {
-                return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
             }
         }
         Poll::Ready(Some(Ok(frame)))
@@ -87,14 +95,14 @@ impl Body for Limited {
     }
 }
 
-/// Whether `error`, or an error it came from, is [`BodyTooLarge`].
-pub fn is_too_large(error: &(dyn std::error::Error + 'static)) -> bool {
+/// The [`BodyTooLarge`] that `error` is, or comes from.
+pub fn too_large<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTooLarge> {
     let mut current = Some(error);
     while let Some(e) = current {
-        if e.is::<BodyTooLarge>() {
-            return true;
+        if let Some(found) = e.downcast_ref::<BodyTooLarge>() {
+            return Some(found);
         }
         current = e.source();
     }
-    false
+    None
 }

@@ -1,16 +1,19 @@
 //! The Supply Chain API as flowwatch sees it: the [`FlowExecutions`] trait (Get and List), and
 //! every way a call can fail, classified into an [`ApiError`] with a bounded metric label. The
-//! SDK implementation lives in [`sdk`].
+//! SDK implementation lives in [`sdk`]. For push: the SQS queue ([`sqs`]) and the status-change
+//! events it holds ([`event`]).
 
 mod body_limit;
+pub mod event;
 mod sdk;
+pub mod sqs;
 
 use std::future::Future;
 use std::time::Duration;
 
 use crate::model::{ExecutionKey, FlowKey, Observation, Outcome};
 
-pub use sdk::{SdkFlowExecutions, static_client};
+pub use sdk::{SdkFlowExecutions, shared_config, static_client};
 
 /// The two calls flowwatch makes. The SDK implements them for real; the fake server answers
 /// them over HTTP in tests and the demo.

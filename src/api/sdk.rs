@@ -14,7 +14,7 @@ use aws_sdk_supplychain::types::DataIntegrationFlowExecution;
 use aws_smithy_types::retry::{ErrorKind, ProvideErrorKind};
 
 use super::{ApiError, FlowExecutions, ListPage};
-use crate::api::body_limit::{BodyLimit, BodyTooLarge, is_too_large};
+use crate::api::body_limit::{BodyLimit, too_large};
 use crate::input::config::AwsSettings;
 use crate::model::{
     ApiStatus, DatasetSource, ExecutionKey, FlowKey, Observation, S3Source, SourceInfo, bounded,
@@ -32,39 +32,45 @@ impl SdkFlowExecutions {
         Self { client }
     }
 
-    /// Builds the client from aws-config's default provider chain (environment, profile, SSO,
-    /// web identity, IMDS) with the region, profile and endpoint of `settings`. SDK retries are
+    /// The Supply Chain client on `shared`, with `aws.endpoint_url` when set. SDK retries are
     /// off: flowwatch's own pacing is the single source of retries.
-    pub async fn from_settings(
-        settings: &AwsSettings,
-        request_timeout: Duration,
-    ) -> Result<Self, String> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(timeouts(request_timeout));
-        if let Some(region) = &settings.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(profile) = &settings.profile {
-            loader = loader.profile_name(profile);
-        }
+    pub fn from_shared(shared: &aws_config::SdkConfig, settings: &AwsSettings) -> Self {
+        let mut config =
+            aws_sdk_supplychain::config::Builder::from(shared).interceptor(BodyLimit::API);
         if let Some(url) = &settings.endpoint_url {
-            loader = loader.endpoint_url(url);
+            config = config.endpoint_url(url);
         }
-        let config = loader.load().await;
-        if config.region().is_none() {
-            return Err("no AWS region configured: set aws.region in the config, \
-                        FLOWWATCH_AWS__REGION, AWS_REGION, or a region in the AWS profile"
-                .to_string());
-        }
-        if config.credentials_provider().is_none() {
-            return Err("no AWS credentials provider is available".to_string());
-        }
-        let config = aws_sdk_supplychain::config::Builder::from(&config)
-            .interceptor(BodyLimit)
-            .build();
-        Ok(Self::new(Client::from_conf(config)))
+        Self::new(Client::from_conf(config.build()))
     }
+}
+
+/// The AWS configuration every client shares: aws-config's default provider chain
+/// (environment, profile, SSO, web identity, IMDS) with the region and profile of `settings`,
+/// SDK retries off, and `request_timeout` per call. The endpoint override of each service is
+/// set on its own client, so `aws.endpoint_url` never sends SQS calls to Supply Chain.
+pub async fn shared_config(
+    settings: &AwsSettings,
+    request_timeout: Duration,
+) -> Result<aws_config::SdkConfig, String> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(timeouts(request_timeout));
+    if let Some(region) = &settings.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(profile) = &settings.profile {
+        loader = loader.profile_name(profile);
+    }
+    let config = loader.load().await;
+    if config.region().is_none() {
+        return Err("no AWS region configured: set aws.region in the config, \
+                    FLOWWATCH_AWS__REGION, AWS_REGION, or a region in the AWS profile"
+            .to_string());
+    }
+    if config.credentials_provider().is_none() {
+        return Err("no AWS credentials provider is available".to_string());
+    }
+    Ok(config)
 }
 
 /// The per-request timeout covers the whole call; connecting gets a tighter bound of its own.
@@ -226,9 +232,9 @@ pub fn classify<E>(error: SdkError<E, HttpResponse>) -> ApiError
 where
     E: ProvideErrorMetadata + ProvideErrorKind + std::error::Error + 'static,
 {
-    if is_too_large(&error) {
+    if let Some(too_large) = too_large(&error) {
         return ApiError::Internal {
-            message: BodyTooLarge.to_string(),
+            message: too_large.to_string(),
         };
     }
     match &error {
@@ -312,7 +318,7 @@ pub fn static_client(endpoint_url: &str, request_timeout: Duration) -> SdkFlowEx
         .endpoint_url(endpoint_url)
         .retry_config(RetryConfig::disabled())
         .timeout_config(timeouts(request_timeout))
-        .interceptor(BodyLimit)
+        .interceptor(BodyLimit::API)
         .build();
     SdkFlowExecutions::new(Client::from_conf(config))
 }

@@ -20,7 +20,9 @@ mod pacing;
 mod pages;
 mod policy;
 mod pool;
+mod push;
 mod queue;
+pub mod receiver;
 mod run;
 mod state;
 mod watch;
@@ -176,6 +178,9 @@ pub struct Engine<C> {
     rng: fastrand::Rng,
     exit_when: ExitWhen,
     watchdog: Watchdog,
+    /// Push, when `[push]` names a queue; its news arrive on `push_news`.
+    push: Option<push::PushLink>,
+    push_news: Option<tokio::sync::mpsc::Receiver<receiver::PushNews>>,
 }
 
 impl<C: FlowExecutions> Engine<C> {
@@ -215,6 +220,8 @@ impl<C: FlowExecutions> Engine<C> {
             rng: fastrand::Rng::new(),
             exit_when,
             watchdog: Watchdog::from_env(),
+            push: None,
+            push_news: None,
         };
         engine.restore_flow_history();
         engine.replace(watchlist);

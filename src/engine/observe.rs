@@ -31,6 +31,8 @@ const COMMIT_BATCH: usize = 512;
 #[derive(Debug, Default)]
 pub struct Staged {
     changes: Vec<Change>,
+    /// Receipts of pushed messages, deleted once the changes are committed.
+    receipts: Vec<String>,
     /// When the first of them was staged.
     since: Option<Instant>,
 }
@@ -41,13 +43,24 @@ impl Staged {
         self.changes.push(change);
     }
 
-    pub(super) fn is_empty(&self) -> bool {
-        self.changes.is_empty()
+    /// A pushed message goes once this turn's changes are committed.
+    pub(super) fn ack(&mut self, receipt: String) {
+        if !receipt.is_empty() {
+            self.since.get_or_insert_with(Instant::now);
+            self.receipts.push(receipt);
+        }
     }
 
-    fn take(&mut self) -> Vec<Change> {
+    pub(super) fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.receipts.is_empty()
+    }
+
+    fn take(&mut self) -> (Vec<Change>, Vec<String>) {
         self.since = None;
-        std::mem::take(&mut self.changes)
+        (
+            std::mem::take(&mut self.changes),
+            std::mem::take(&mut self.receipts),
+        )
     }
 }
 
@@ -64,6 +77,11 @@ impl<C: FlowExecutions> Engine<C> {
     /// A request panicked (it does not by design): its job is retried later.
     fn lost(&mut self, job: Job, error: &str) {
         tracing::error!(error, job = %job, "request ended abnormally");
+        if let Job::Poll(key) = &job
+            && let Some(pushed) = self.release_held(key, None)
+        {
+            self.observe(key, pushed, ObservedVia::Push, SystemTime::now());
+        }
         let at = Instant::now() + self.polling.max_interval;
         match job {
             Job::Poll(key) if self.executions.get(&key).is_some_and(|s| !s.is_done()) => {
@@ -129,8 +147,19 @@ impl<C: FlowExecutions> Engine<C> {
         let recovered = previous.is_some_and(|p| p != Outcome::Success);
         self.call_done(Operation::GetExecution, &key, Ok(recovered), elapsed);
         let wall = SystemTime::now();
+        let held = self
+            .executions
+            .get(&key)
+            .is_some_and(|s| s.held_push.is_some());
+        let (observation, via) = match held {
+            true => match self.release_held(&key, Some(observation)) {
+                Some(pushed) => (pushed, ObservedVia::Push),
+                None => return,
+            },
+            false => (observation, ObservedVia::Poll),
+        };
         // The entry may have been removed by a reload while its request was in flight.
-        if !self.observe(&key, observation, ObservedVia::Poll, wall) {
+        if !self.observe(&key, observation, via, wall) {
             return;
         }
         let now = Instant::now();
@@ -146,19 +175,30 @@ impl<C: FlowExecutions> Engine<C> {
         let Some(state) = self.executions.get_mut(key).filter(|s| !s.is_done()) else {
             return;
         };
-        let delay = poll_delay(
-            state,
-            &mut self.forecast,
-            &self.polling,
-            &mut self.rng,
-            now,
-            wall,
-        );
+        let reconcile = self.push.as_ref().and_then(|p| p.reconcile_every());
+        let delay = match reconcile {
+            // Push reports changes: a poll only reconciles, never sooner than the interval.
+            Some(every) if state.status == crate::model::Status::InProgress => {
+                every + every.mul_f64(0.1 * self.rng.f64())
+            }
+            _ => poll_delay(
+                state,
+                &mut self.forecast,
+                &self.polling,
+                &mut self.rng,
+                now,
+                wall,
+            ),
+        };
         self.schedule(key, now + delay);
     }
 
     /// A poll failed: the error table decides, and the decision is applied.
     fn poll_failed(&mut self, key: ExecutionKey, error: ApiError, elapsed: Duration) {
+        // A pushed change that waited for this poll is applied as pushed.
+        if let Some(pushed) = self.release_held(&key, None) {
+            self.observe(&key, pushed, ObservedVia::Push, SystemTime::now());
+        }
         let now = Instant::now();
         let (previous, not_found) = match self.executions.get_mut(&key) {
             Some(state) => {
@@ -192,6 +232,10 @@ impl<C: FlowExecutions> Engine<C> {
         state.attempts += u64::from(decision.attempt);
         state.last_error = Some(error.to_string());
         let wall = SystemTime::now();
+        if state.is_done() {
+            // Terminal by a pushed change this poll was for: nothing more to decide.
+            return self.unschedule(&Job::Poll(key));
+        }
         if let Some(to) = decision.to {
             let t = state.transition_to(to, ObservedVia::Poll, wall);
             self.staged.push(Change::Transition(t));
@@ -275,7 +319,10 @@ impl<C: FlowExecutions> Engine<C> {
         if self.staged.is_empty() || !(force || due || many) {
             return;
         }
-        let changes = self.staged.take();
+        let (changes, receipts) = self.staged.take();
+        if changes.is_empty() {
+            return self.ack(receipts);
+        }
         let now = Instant::now();
         if self.publisher.commit(&changes) {
             for change in &changes {
@@ -283,7 +330,9 @@ impl<C: FlowExecutions> Engine<C> {
                     self.committed(t, now);
                 }
             }
+            self.ack(receipts);
         } else {
+            // The pushed messages stay in the queue and come back.
             for change in changes.into_iter().rev() {
                 self.undo(change, now);
             }

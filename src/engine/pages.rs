@@ -188,28 +188,40 @@ impl<C: FlowExecutions> Engine<C> {
         wall: SystemTime,
     ) -> bool {
         let key = entry.key.clone();
-        if !self
-            .publisher
-            .record_discovered(&key, wall, observation.start_time)
-        {
+        if !self.join_discovered(entry, observation.start_time, wall) {
+            return false;
+        }
+        self.observe(&key, observation, ObservedVia::List, wall);
+        if let Some(state) = self.executions.get(&key) {
+            tracing::info!(execution = %key, status = %state.status, via = "list", "discovered a new execution");
+        }
+        self.plan_next_poll(&key, Instant::now(), wall);
+        true
+    }
+
+    /// Puts a new execution of a watched flow in the watch set, as UNKNOWN and not yet
+    /// scheduled, once the store has recorded it; false when the store did not take it.
+    pub(super) fn join_discovered(
+        &mut self,
+        entry: WatchEntry,
+        start_time: Option<f64>,
+        wall: SystemTime,
+    ) -> bool {
+        let key = entry.key.clone();
+        if !self.publisher.record_discovered(&key, wall, start_time) {
             return false;
         }
         let mut state = ExecutionState::new(entry, self.backoff.start());
         state.found_by_discovery = true;
         self.publisher.execution_discovered(&key, state.status);
         self.export_freshness_of(&key);
-        self.executions.insert(key.clone(), Box::new(state));
-        self.observe(&key, observation, ObservedVia::List, wall);
-        if let Some(state) = self.executions.get(&key) {
-            tracing::info!(execution = %key, status = %state.status, "discovered a new execution");
-        }
-        self.plan_next_poll(&key, Instant::now(), wall);
+        self.executions.insert(key, Box::new(state));
         true
     }
 
     /// Takes back into the watch set a known execution that left it while it still runs (an
     /// explicit entry removed while its flow stays watched), without announcing it again.
-    fn adopt(&mut self, entry: WatchEntry, observation: &Observation) {
+    pub(super) fn adopt(&mut self, entry: WatchEntry, observation: &Observation) {
         if observation.status != ApiStatus::InProgress {
             return;
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tracing::Level;
 
 use crate::api::ApiError;
-use crate::model::{ApiStatus, Outcome, Status};
+use crate::model::{ApiStatus, Outcome, PushOutcome, Status};
 
 /// What a failed call calls for: one row per line of the error table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +151,18 @@ pub fn judge(current: Status, observed: &ApiStatus) -> Verdict {
         Verdict::Stale
     } else {
         Verdict::Transition(observed)
+    }
+}
+
+/// What a pushed event is worth, given its verdict and whether it brings a start or end time
+/// the execution did not have. Only `Applied` events are recorded: a repeat never replaces what
+/// a poll saw (the diagnostics URI, say) with the event's thinner copy.
+pub fn push_outcome(verdict: Verdict, new_times: bool) -> PushOutcome {
+    match verdict {
+        Verdict::Transition(_) => PushOutcome::Applied,
+        Verdict::Stale => PushOutcome::Stale,
+        Verdict::Duplicate | Verdict::Unrecognised if new_times => PushOutcome::Applied,
+        Verdict::Duplicate | Verdict::Unrecognised => PushOutcome::Duplicate,
     }
 }
 
@@ -435,5 +447,39 @@ mod tests {
             ),
             Verdict::Unrecognised
         );
+    }
+
+    #[test]
+    fn a_pushed_event_is_applied_only_when_it_tells_something_new() {
+        use PushOutcome::*;
+        let judged = |current, observed: ApiStatus, new_times| {
+            push_outcome(judge(current, &observed), new_times)
+        };
+        assert_eq!(
+            judged(Status::InProgress, ApiStatus::Failed, false),
+            Applied
+        );
+        assert_eq!(
+            judged(Status::Unknown, ApiStatus::InProgress, true),
+            Applied
+        );
+        // The same status again: a repeat, unless it brings the start time first.
+        assert_eq!(
+            judged(Status::InProgress, ApiStatus::InProgress, false),
+            Duplicate
+        );
+        assert_eq!(
+            judged(Status::InProgress, ApiStatus::InProgress, true),
+            Applied
+        );
+        assert_eq!(judged(Status::Failed, ApiStatus::Failed, false), Duplicate);
+        // A late IN_PROGRESS never undoes a terminal status, nor does the other terminal one.
+        assert_eq!(
+            judged(Status::Succeeded, ApiStatus::InProgress, true),
+            Stale
+        );
+        assert_eq!(judged(Status::Failed, ApiStatus::Succeeded, false), Stale);
+        let unknown = ApiStatus::Unrecognised("PAUSED".into());
+        assert_eq!(judged(Status::InProgress, unknown, false), Duplicate);
     }
 }

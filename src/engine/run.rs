@@ -32,6 +32,7 @@ impl<C: FlowExecutions> Engine<C> {
             .watchdog
             .period()
             .map_or(HEARTBEAT, |p| (p / 2).min(HEARTBEAT));
+        let mut push_news = self.push_news.take();
         let mut heartbeat = tokio::time::interval(beat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let finish = loop {
@@ -53,6 +54,7 @@ impl<C: FlowExecutions> Engine<C> {
                     }
                 }
                 Some(command) = commands.recv() => self.on_command(command),
+                Some(news) = next_news(&mut push_news), if push_news.is_some() => self.on_push(news),
                 Some(turn) = turn, if next_due.is_some() => self.dispatch(turn),
                 () = sleep_until(commit_at.unwrap_or_else(Instant::now)), if commit_at.is_some() => {}
                 () = sleep_until(next_drop.unwrap_or_else(Instant::now)), if next_drop.is_some() => {
@@ -178,5 +180,15 @@ impl<C: FlowExecutions> Engine<C> {
         }
         self.end_turn(true);
         self.publisher.flush();
+    }
+}
+
+/// The next news of push; pending forever once the receiver has stopped.
+async fn next_news(
+    news: &mut Option<mpsc::Receiver<crate::engine::receiver::PushNews>>,
+) -> Option<crate::engine::receiver::PushNews> {
+    match news {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::engine::pacing::Backoff;
 use crate::engine::policy::Verdict;
+use crate::engine::push::HeldPush;
 use crate::engine::queue::Slot;
 use crate::model::{
     ApiStatus, Observation, ObservedVia, Outcome, Seconds, Status, Transition, WatchEntry, rfc3339,
@@ -47,6 +48,8 @@ pub struct ExecutionState {
     pub expected_end: Seconds,
     /// Its overdue event is staged or committed.
     pub overdue: bool,
+    /// A pushed terminal change waiting for its GET (`push.fetch_details`).
+    pub held_push: Option<Box<HeldPush>>,
     unrecognised_seen: Option<String>,
 }
 
@@ -70,6 +73,7 @@ impl ExecutionState {
             slot: None,
             expected_end: Seconds::default(),
             overdue: false,
+            held_push: None,
             unrecognised_seen: None,
         }
     }
@@ -95,6 +99,14 @@ impl ExecutionState {
         self.observation.as_ref().is_none_or(|o| {
             o.start_time != observation.start_time || o.end_time != observation.end_time
         })
+    }
+
+    /// Whether `observation` brings a start or end time this execution does not have yet.
+    pub fn lacks_times_of(&self, observation: &Observation) -> bool {
+        let known = self.observation.as_deref();
+        let lacks = |theirs: Option<f64>, ours: Option<f64>| theirs.is_some() && ours.is_none();
+        lacks(observation.start_time, known.and_then(|o| o.start_time))
+            || lacks(observation.end_time, known.and_then(|o| o.end_time))
     }
 
     /// Keeps an answer the API gave, as `verdict` judged it: a transition moves the status, an

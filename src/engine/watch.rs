@@ -324,6 +324,7 @@ impl<C: FlowExecutions> Engine<C> {
             "offset": page.offset,
             "limit": page.limit,
             "next_offset": (next < total).then_some(next),
+            "push": self.push.as_ref().map(|p| p.to_json()),
         });
         StatusDocument { head, executions }
     }

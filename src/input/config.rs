@@ -14,6 +14,7 @@ use toml_edit::Document;
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location, SourceText};
 use crate::input::duration::{self, DurationError};
 use crate::input::locate::Locator;
+use crate::input::push::{self, PushSettings};
 use crate::input::watchlist::toml_message;
 use crate::input::web::{self, BasicAuthUsers, TlsSettings, TlsVersion};
 
@@ -33,6 +34,8 @@ pub struct Settings {
     pub polling: PollingSettings,
     pub discovery: DiscoverySettings,
     pub flow_health: FlowHealthSettings,
+    /// `[push]`, when a queue is named.
+    pub push: Option<PushSettings>,
     pub metrics: MetricsSettings,
     pub state: StateSettings,
     pub events: EventSettings,
@@ -217,6 +220,16 @@ const KNOWN: &[(&str, &[&str])] = &[
     (
         "flow_health",
         &["history", "min_history", "overdue_factor", "overdue_min"],
+    ),
+    (
+        "push",
+        &[
+            "queue_url",
+            "endpoint_url",
+            "wait_time",
+            "reconcile_interval",
+            "fetch_details",
+        ],
     ),
     ("state", &["path"]),
     ("events", &["stdout", "file"]),
@@ -465,6 +478,7 @@ impl Reader<'_> {
         };
         let discovery = self.discovery();
         let flow_health = self.flow_health();
+        let push = self.push();
         let state_path: PathBuf = self.or("state.path", PathBuf::from("/var/lib/flowwatch"));
         let events_stdout = self.or("events.stdout", true);
         let events_file: PathBuf = self.or(
@@ -515,6 +529,7 @@ impl Reader<'_> {
             polling,
             discovery,
             flow_health,
+            push,
             metrics,
             state: StateSettings {
                 path: relative_to_config(&state_path),
@@ -561,6 +576,30 @@ impl Reader<'_> {
             overdue_factor: self.or("flow_health.overdue_factor", d.overdue_factor),
             overdue_min: self.duration("flow_health.overdue_min", d.overdue_min),
         }
+    }
+
+    /// `[push]`; `None` when `queue_url` is absent or empty (push is off).
+    fn push(&mut self) -> Option<PushSettings> {
+        let queue_url: String = self.or("push.queue_url", String::new());
+        let settings = PushSettings {
+            endpoint_url: self
+                .get::<String>("push.endpoint_url")
+                .filter(|url| !url.is_empty()),
+            wait_time: self.duration("push.wait_time", PushSettings::DEFAULT_WAIT_TIME),
+            reconcile_interval: self.duration(
+                "push.reconcile_interval",
+                PushSettings::DEFAULT_RECONCILE_INTERVAL,
+            ),
+            fetch_details: self.or("push.fetch_details", true),
+            queue_url,
+        };
+        if settings.queue_url.is_empty() {
+            return None;
+        }
+        for (key, problem) in push::check(&settings) {
+            self.problem(key, problem);
+        }
+        Some(settings)
     }
 
     fn check_aws(

@@ -10,6 +10,7 @@ pub mod config;
 pub mod diagnostic;
 pub mod duration;
 mod locate;
+pub mod push;
 pub mod summary;
 pub mod watchlist;
 pub mod web;

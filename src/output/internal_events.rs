@@ -76,6 +76,8 @@ fn what(operation: Operation) -> &'static str {
     match operation {
         Operation::GetExecution => "polling",
         Operation::ListExecutions => "discovery",
+        Operation::ReceiveMessage => "receiving pushed events",
+        Operation::DeleteMessageBatch => "deleting applied pushed events",
     }
 }
 
@@ -168,5 +170,122 @@ impl InternalEvent for StoreRecovered {
     fn emit(self, _metrics: &Metrics, health: &Health) {
         tracing::info!("the state database is writable again");
         health.set_store_error(None);
+    }
+}
+
+/// A call to the push queue answered or failed. It is counted only: push failures never make
+/// flowwatch unready, since polling covers every execution.
+pub struct QueueCall {
+    pub operation: Operation,
+    pub outcome: Outcome,
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for QueueCall {
+    fn emit(self, metrics: &Metrics, _health: &Health) {
+        metrics.record_request(self.operation, self.outcome, self.elapsed.as_secs_f64());
+    }
+}
+
+/// Receiving from the push queue works: for the first time, or again.
+pub struct PushWorking<'a> {
+    pub queue_url: &'a str,
+    pub again: bool,
+}
+
+impl InternalEvent for PushWorking<'_> {
+    fn emit(self, metrics: &Metrics, _health: &Health) {
+        if let Some(push) = metrics.push() {
+            push.healthy(true);
+        }
+        if self.again {
+            tracing::info!(
+                queue = self.queue_url,
+                "receiving pushed events works again: running executions are polled only to reconcile"
+            );
+        } else {
+            tracing::info!(
+                queue = self.queue_url,
+                "receiving pushed events: running executions are polled only to reconcile"
+            );
+        }
+    }
+}
+
+/// Receiving from the push queue failed; `first` for the first failure of a run of them.
+pub struct PushFailing<'a> {
+    pub queue_url: &'a str,
+    pub error: &'a dyn Display,
+    pub first: bool,
+    pub retry_in: Duration,
+}
+
+impl InternalEvent for PushFailing<'_> {
+    fn emit(self, metrics: &Metrics, _health: &Health) {
+        if let Some(push) = metrics.push() {
+            push.healthy(false);
+        }
+        let retry_in = humantime::format_duration(self.retry_in).to_string();
+        if self.first {
+            tracing::warn!(queue = self.queue_url, error = %self.error, retry_in,
+                "cannot receive pushed events: polling runs at its normal pace until receiving works again (repeats are logged at debug)");
+        } else {
+            tracing::debug!(queue = self.queue_url, error = %self.error, retry_in, "receiving pushed events failed again");
+        }
+    }
+}
+
+/// What became of one pushed message; `delay` is from the event's time to now, for applied ones.
+pub struct PushMessage {
+    pub outcome: crate::model::PushOutcome,
+    pub delay: Option<f64>,
+}
+
+impl InternalEvent for PushMessage {
+    fn emit(self, metrics: &Metrics, _health: &Health) {
+        if let Some(push) = metrics.push() {
+            push.message(self.outcome);
+            if let Some(delay) = self.delay {
+                push.delay(delay);
+            }
+        }
+    }
+}
+
+/// A pushed message flowwatch cannot read: counted each time it comes, logged the first time.
+pub struct PushMalformed<'a> {
+    pub message_id: &'a str,
+    pub problem: &'a str,
+    pub first: bool,
+}
+
+impl InternalEvent for PushMalformed<'_> {
+    fn emit(self, metrics: &Metrics, health: &Health) {
+        PushMessage {
+            outcome: crate::model::PushOutcome::Malformed,
+            delay: None,
+        }
+        .emit(metrics, health);
+        if self.first {
+            tracing::warn!(
+                message_id = self.message_id,
+                problem = self.problem,
+                "a pushed message is not a status change flowwatch can read: it stays in the queue, whose redrive policy moves it to the dead-letter queue"
+            );
+        }
+    }
+}
+
+/// Applied messages could not be deleted from the queue: they come back after their visibility
+/// timeout, and applying them again changes nothing.
+pub struct PushDeleteFailed<'a> {
+    pub messages: usize,
+    pub error: &'a dyn Display,
+}
+
+impl InternalEvent for PushDeleteFailed<'_> {
+    fn emit(self, _metrics: &Metrics, _health: &Health) {
+        tracing::warn!(messages = self.messages, error = %self.error,
+            "cannot delete applied pushed messages: they will be received again, and change nothing");
     }
 }

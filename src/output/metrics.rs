@@ -11,6 +11,7 @@ use prometheus::{
 };
 
 use crate::model::{ExecutionKey, Observation, Operation, Outcome, Status};
+use crate::output::push_metrics::PushMetrics;
 #[cfg(test)]
 use crate::output::series::{FAMILIES, ROWS_PER_CHUNK, failure_label};
 use crate::output::series::{Series, SeriesCursor};
@@ -43,6 +44,8 @@ pub struct Metrics {
     /// The request series by operation and outcome, looked up once rather than per request.
     request_counts: Vec<IntCounter>,
     request_durations: Vec<Histogram>,
+    /// The push family, once `[push]` turned it on.
+    push: std::sync::OnceLock<PushMetrics>,
 }
 
 const FLOW_LABELS: [&str; 2] = ["instance_id", "flow_name"];
@@ -65,7 +68,7 @@ impl Metrics {
         let api_duration = HistogramVec::new(
             HistogramOpts::new(
                 "flowwatch_api_request_duration_seconds",
-                "Duration of Supply Chain API requests, whatever their outcome.",
+                "Duration of API requests (Supply Chain, and SQS for push), whatever their outcome.",
             )
             .buckets(vec![
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -88,7 +91,7 @@ impl Metrics {
             api_requests: counters(
                 &r,
                 "flowwatch_api_requests_total",
-                "Supply Chain API requests by operation and outcome.",
+                "API requests by operation and outcome: the Supply Chain API, and SQS for push.",
                 &["operation", "outcome"],
             )?,
             api_duration: registered(&r, api_duration)?,
@@ -179,6 +182,7 @@ impl Metrics {
             registry: r,
             request_counts: Vec::new(),
             request_durations: Vec::new(),
+            push: std::sync::OnceLock::new(),
         };
         for operation in Operation::ALL {
             let name = operation.as_str();
@@ -375,6 +379,22 @@ impl Metrics {
         if let Some(histogram) = self.request_durations.get(op) {
             histogram.observe(seconds);
         }
+    }
+
+    /// Registers the push family (`[push]` names a queue); healthy starts at 0 until a first
+    /// receive succeeds.
+    pub fn enable_push(&self) -> prometheus::Result<()> {
+        if self.push.get().is_none() {
+            let push = PushMetrics::register(&self.registry)?;
+            push.healthy(false);
+            let _ = self.push.set(push);
+        }
+        Ok(())
+    }
+
+    /// The push family, when enabled.
+    pub fn push(&self) -> Option<&PushMetrics> {
+        self.push.get()
     }
 
     /// The global request rate changed.

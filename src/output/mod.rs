@@ -8,6 +8,7 @@ pub mod internal_events;
 pub mod metrics;
 pub mod outbox;
 pub mod publisher;
+pub mod push_metrics;
 pub mod series;
 pub mod sinks;
 pub mod store;

@@ -16,6 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+pub mod moto;
+
 pub const INSTANCE: &str = "8850c54e-e187-4fa7-89d4-6370f165174d";
 
 /// The n-th test execution id.
@@ -187,6 +189,10 @@ impl Daemon {
             &fake.endpoint_url(),
             settings.polling.request_timeout,
         ));
+        let push_queue = settings
+            .push
+            .as_ref()
+            .map(|push| flowwatch::PushQueue::static_queue(push, settings.polling.request_timeout));
         let shutdown = Shutdown::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let options = RunOptions {
@@ -194,6 +200,7 @@ impl Daemon {
             done_despite_flows: false,
             reload_on_sighup: false,
             bound: Some(tx),
+            push_queue,
         };
         let task = tokio::spawn(flowwatch::run_with(
             settings,

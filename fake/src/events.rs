@@ -1,0 +1,228 @@
+//! Status-change events, as the real service publishes them: each scripted step of each
+//! execution goes to EventBridge with PutEvents (AWS JSON 1.1, source `aws.supplychain`) at the
+//! step's time. Loss, repeats and delay (so reordering) are scriptable, since EventBridge
+//! delivers at least once and out of order.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use crate::{FakeServer, ScriptedExecution, Shared, describe_execution, lock};
+
+/// How the fake publishes events.
+#[derive(Debug, Clone)]
+pub struct EventPublishing {
+    /// The EventBridge endpoint, `http://host:port` (moto's server in the tests).
+    pub endpoint_url: String,
+    pub region: String,
+    pub account: String,
+    /// The share of events never sent.
+    pub drop: f64,
+    /// The share of events sent twice.
+    pub duplicate: f64,
+    /// Each event is sent after a uniform delay up to this, so later changes can come first.
+    pub max_delay: Duration,
+}
+
+impl EventPublishing {
+    pub fn to(endpoint_url: &str) -> Self {
+        Self {
+            endpoint_url: endpoint_url.trim_end_matches('/').to_string(),
+            region: "us-east-1".into(),
+            account: "123456789012".into(),
+            drop: 0.0,
+            duplicate: 0.0,
+            max_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// What was published.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    pub sent: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub failed: u64,
+}
+
+impl FakeServer {
+    /// Publishes every step of the current script at its time (steps already past go at once),
+    /// until all are sent. The task's result says what happened to them.
+    pub fn publish_events(&self, publishing: EventPublishing) -> JoinHandle<Published> {
+        let shared = self.shared.clone();
+        tokio::spawn(async move { publish(shared, publishing).await })
+    }
+}
+
+async fn publish(shared: Arc<Shared>, publishing: EventPublishing) -> Published {
+    let mut due = planned(&shared, &publishing);
+    due.sort_by_key(|(at, _)| *at);
+    let mut published = Published::default();
+    for (at, entry) in due {
+        tokio::time::sleep_until(shared.started + at).await;
+        let copies = {
+            let mut rng = lock(&shared.rng);
+            if rng.f64() < publishing.drop {
+                published.dropped += 1;
+                0
+            } else if rng.f64() < publishing.duplicate {
+                published.duplicated += 1;
+                2
+            } else {
+                1
+            }
+        };
+        for _ in 0..copies {
+            match put_events(&publishing, &entry).await {
+                Ok(()) => published.sent += 1,
+                Err(_) => published.failed += 1,
+            }
+        }
+    }
+    published
+}
+
+/// Every step of every execution, as an event entry, with the time to send it.
+fn planned(shared: &Shared, publishing: &EventPublishing) -> Vec<(Duration, Value)> {
+    let scripts: Vec<ScriptedExecution> = lock(&shared.scenario).scenario.executions.clone();
+    let mut rng = lock(&shared.rng);
+    let mut due = Vec::new();
+    for script in &scripts {
+        for step in &script.timeline {
+            let Some(execution) = describe_execution(shared, script, step.at) else {
+                continue;
+            };
+            let delay = publishing.max_delay.mul_f64(rng.f64());
+            let at_wall = shared.started_wall + step.at;
+            due.push((step.at + delay, entry(publishing, &execution, at_wall)));
+        }
+    }
+    due
+}
+
+/// A PutEvents entry for one execution's wire form, with the detail the service sends.
+fn entry(publishing: &EventPublishing, execution: &Value, at: SystemTime) -> Value {
+    let iso = |v: &Value| {
+        v.as_f64()
+            .map(|secs| {
+                let t = UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0));
+                humantime::format_rfc3339_seconds(t).to_string()
+            })
+            .unwrap_or_default()
+    };
+    let source = &execution["sourceInfo"];
+    let mut detail = json!({
+        "version": "1.0",
+        "instanceId": execution["instanceId"],
+        "flowArn": format!(
+            "arn:aws:scn:{}:{}:instance/{}/data-integration-flows/{}",
+            publishing.region,
+            publishing.account,
+            execution["instanceId"].as_str().unwrap_or_default(),
+            execution["flowName"].as_str().unwrap_or_default()
+        ),
+        "flowExecutionId": execution["executionId"],
+        "status": execution["status"],
+        "startTime": iso(&execution["startTime"]),
+        "endTime": iso(&execution["endTime"]),
+        "message": execution["message"].as_str().unwrap_or_default(),
+        "sourceType": source["sourceType"].as_str().unwrap_or_default(),
+    });
+    if let Some(s3) = source.get("s3Source") {
+        detail["sourceInfo"] = json!({ "s3Source": s3 });
+    }
+    if let Some(dataset) = source.get("datasetSource") {
+        detail["sourceInfo"] = json!({ "datasetSource": dataset });
+    }
+    json!({
+        "Source": "aws.supplychain",
+        "DetailType": "AWS Supply Chain Data Integration Status Change",
+        "Detail": detail.to_string(),
+        "Resources": [],
+        "Time": at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    })
+}
+
+/// One PutEvents call.
+async fn put_events(publishing: &EventPublishing, entry: &Value) -> Result<(), String> {
+    let answer = aws_json(
+        &publishing.endpoint_url,
+        &publishing.region,
+        "events",
+        "AWSEvents.PutEvents",
+        &json!({ "Entries": [entry] }),
+    )
+    .await?;
+    match answer["FailedEntryCount"].as_u64() {
+        Some(0) => Ok(()),
+        _ => Err(format!("PutEvents failed: {answer}")),
+    }
+}
+
+/// One call of an AWS JSON protocol (`target` as `Service.Operation`: `AWSEvents.PutRule`,
+/// `AmazonSQS.CreateQueue`) over a fresh HTTP/1.1 connection, signed with a placeholder that
+/// a local implementation such as moto accepts. Returns the answer's JSON, or the error.
+pub async fn aws_json(
+    endpoint_url: &str,
+    region: &str,
+    service: &str,
+    target: &str,
+    body: &Value,
+) -> Result<Value, String> {
+    let authority = endpoint_url
+        .split("://")
+        .nth(1)
+        .ok_or("the endpoint is not a URL")?
+        .trim_end_matches('/')
+        .to_string();
+    let stream = TcpStream::connect(&authority)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let day: String = date.chars().filter(char::is_ascii_digit).take(8).collect();
+    let version = if service == "sqs" { "1.0" } else { "1.1" };
+    let request = Request::post("/")
+        .header("host", &authority)
+        .header("content-type", format!("application/x-amz-json-{version}"))
+        .header("x-amz-target", target)
+        .header(
+            "authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential=AKIDFAKE/{day}/{region}/{service}/aws4_request, SignedHeaders=host, Signature=0"
+            ),
+        )
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if status.is_success() {
+        Ok(answer)
+    } else {
+        Err(format!(
+            "{target} answered {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        ))
+    }
+}

@@ -1,0 +1,262 @@
+//! Pushed events in the engine. Each message is read ([`event::parse`]), judged against what is
+//! known of its execution by the pure [`policy::push_outcome`], and applied through the one
+//! observation path with `observed_via = "push"`. Its receipt is staged with the turn's changes,
+//! so the message is deleted only once the store holds what it changed.
+//!
+//! While receiving works, running executions are polled only every `reconcile_interval`, to find
+//! changes whose events were lost; when it fails, polling returns to its normal pace at once.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::api::FlowExecutions;
+use crate::api::event::{self, PushedEvent};
+use crate::api::sqs::Received;
+use crate::engine::Engine;
+use crate::engine::policy::{self, Verdict};
+use crate::engine::receiver::{PushChannels, PushNews};
+use crate::input::push::PushSettings;
+use crate::model::{
+    ApiStatus, ExecutionKey, FlowKey, Observation, ObservedVia, PushOutcome, Status, WatchEntry,
+};
+use crate::output::internal_events::{PushMalformed, PushMessage};
+
+/// Message ids of malformed messages already logged; past this many the set starts over.
+const MALFORMED_REMEMBERED: usize = 10_000;
+
+/// The engine's end of push.
+#[derive(Debug)]
+pub struct PushLink {
+    acks: mpsc::Sender<Vec<String>>,
+    settings: PushSettings,
+    /// Receiving works: running executions are polled only to reconcile.
+    working: bool,
+    /// Why receiving fails, while it does.
+    failing: Option<String>,
+    malformed_logged: HashSet<String>,
+}
+
+impl PushLink {
+    /// The reconcile interval while receiving works; `None` when polling keeps its own pace.
+    pub(super) fn reconcile_every(&self) -> Option<std::time::Duration> {
+        self.working.then_some(self.settings.reconcile_interval)
+    }
+
+    /// The `push` part of `/status`.
+    pub(super) fn to_json(&self) -> Value {
+        json!({
+            "queue_url": self.settings.queue_url,
+            "healthy": self.working,
+            "reason": self.failing.as_deref().or((!self.working).then_some("no answer from the queue yet")),
+            "reconcile_interval_seconds": self.settings.reconcile_interval.as_secs(),
+            "fetch_details": self.settings.fetch_details,
+        })
+    }
+}
+
+/// A pushed terminal change waiting for the one GET that fills in what the event lacks
+/// (`fetch_details`): applied when that poll answers, with its fields, or as pushed if it fails.
+#[derive(Debug)]
+pub struct HeldPush {
+    observation: Observation,
+    receipts: Vec<String>,
+    /// The event's time, for the delay metric.
+    time: Option<f64>,
+}
+
+impl<C: FlowExecutions> Engine<C> {
+    /// Takes pushed events from `channels`, as `settings` says.
+    pub fn with_push(mut self, channels: PushChannels, settings: PushSettings) -> Self {
+        self.push_news = Some(channels.news);
+        self.push = Some(PushLink {
+            acks: channels.acks,
+            settings,
+            working: false,
+            failing: None,
+            malformed_logged: HashSet::new(),
+        });
+        self
+    }
+
+    pub(super) fn on_push(&mut self, news: PushNews) {
+        match news {
+            PushNews::Working => self.push_working(true, None),
+            PushNews::Failing(reason) => self.push_working(false, Some(reason)),
+            PushNews::Messages(messages) => {
+                for message in messages {
+                    self.pushed(message);
+                }
+            }
+        }
+    }
+
+    /// Receiving started working or failing: every running execution's next poll is planned
+    /// again, to reconcile only, or at the normal pace.
+    fn push_working(&mut self, working: bool, reason: Option<String>) {
+        let Some(link) = self.push.as_mut() else {
+            return;
+        };
+        let was = std::mem::replace(&mut link.working, working);
+        link.failing = reason;
+        if was == working {
+            return;
+        }
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let running: Vec<ExecutionKey> = self
+            .executions
+            .iter()
+            .filter(|(_, s)| s.status == Status::InProgress && s.slot.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in running {
+            self.plan_next_poll(&key, now, wall);
+        }
+    }
+
+    fn pushed(&mut self, message: Received) {
+        let event = match event::parse(&message.body) {
+            Ok(event) => event,
+            Err(problem) => return self.malformed(&message.message_id, &problem),
+        };
+        let time = event.time;
+        if let Some(outcome) = self.apply_pushed(event, message.receipt_handle) {
+            self.count_pushed(outcome, time);
+        }
+    }
+
+    fn malformed(&mut self, message_id: &str, problem: &str) {
+        let Some(link) = self.push.as_mut() else {
+            return;
+        };
+        if link.malformed_logged.len() >= MALFORMED_REMEMBERED {
+            link.malformed_logged.clear();
+        }
+        let first = link.malformed_logged.insert(message_id.to_string());
+        self.publisher.emit(PushMalformed {
+            message_id,
+            problem,
+            first,
+        });
+    }
+
+    fn count_pushed(&self, outcome: PushOutcome, time: Option<f64>) {
+        let delay = (outcome == PushOutcome::Applied)
+            .then(|| time.map(|t| crate::model::unix_seconds(SystemTime::now()) - t))
+            .flatten();
+        self.publisher.emit(PushMessage { outcome, delay });
+    }
+
+    /// Applies one event; returns its outcome, or `None` when it waits for its GET (it is
+    /// counted once applied).
+    fn apply_pushed(&mut self, event: PushedEvent, receipt: String) -> Option<PushOutcome> {
+        let wall = SystemTime::now();
+        let key = event.key.clone();
+        let joined = !self.executions.contains_key(&key) && self.join_pushed(&event, wall);
+        let Some(state) = self.executions.get_mut(&key) else {
+            self.staged.ack(receipt);
+            return Some(PushOutcome::Unwatched);
+        };
+        let verdict = policy::judge(state.status, &event.observation.status);
+        let outcome = policy::push_outcome(verdict, state.lacks_times_of(&event.observation));
+        if outcome != PushOutcome::Applied {
+            self.staged.ack(receipt);
+            return Some(outcome);
+        }
+        let fetch = self.push.as_ref().is_some_and(|p| p.settings.fetch_details);
+        let terminal = matches!(verdict, Verdict::Transition(to) if to.is_terminal());
+        if fetch && terminal && state.slot.is_some() {
+            let held = state.held_push.get_or_insert_with(|| {
+                Box::new(HeldPush {
+                    observation: event.observation.clone(),
+                    receipts: Vec::new(),
+                    time: event.time,
+                })
+            });
+            held.receipts.push(receipt);
+            self.schedule(&key, Instant::now());
+            return None;
+        }
+        self.observe(&key, event.observation, ObservedVia::Push, wall);
+        self.staged.ack(receipt);
+        if joined {
+            self.plan_next_poll(&key, Instant::now(), wall);
+        }
+        Some(PushOutcome::Applied)
+    }
+
+    /// An event of an execution that is not watched: it joins when its flow is watched through
+    /// `[[flow]]` (a known one only while it still runs), and is due for a poll at once, which
+    /// the event's own observation usually replaces. Returns whether it is watched now.
+    fn join_pushed(&mut self, event: &PushedEvent, wall: SystemTime) -> bool {
+        let key = &event.key;
+        let Some(labels) = self
+            .flows
+            .get(&FlowKey::of(key))
+            .map(|f| f.entry.labels.clone())
+        else {
+            return false;
+        };
+        let entry = WatchEntry {
+            key: key.clone(),
+            labels,
+        };
+        if self.publisher.is_known(key) {
+            self.adopt(entry, &event.observation);
+            return self.executions.contains_key(key);
+        }
+        if !self.join_discovered(entry, event.observation.start_time, wall) {
+            return false;
+        }
+        tracing::info!(execution = %key, status = event.observation.status.as_str(), via = "push",
+            "discovered a new execution");
+        self.schedule(key, Instant::now());
+        true
+    }
+
+    /// The held change of `key`, if any: its receipts are staged with the change, and it is
+    /// counted as applied. The observation to apply is the poll's when the poll already shows a
+    /// terminal status, else the pushed one.
+    pub(super) fn release_held(
+        &mut self,
+        key: &ExecutionKey,
+        fetched: Option<Observation>,
+    ) -> Option<Observation> {
+        let held = self.executions.get_mut(key)?.held_push.take()?;
+        let HeldPush {
+            observation,
+            receipts,
+            time,
+        } = *held;
+        for receipt in receipts {
+            self.staged.ack(receipt);
+        }
+        self.count_pushed(PushOutcome::Applied, time);
+        Some(match fetched {
+            Some(fetched) if matches!(fetched.status, ApiStatus::Succeeded | ApiStatus::Failed) => {
+                fetched
+            }
+            _ => observation,
+        })
+    }
+
+    /// Receipts whose messages' changes are committed (or changed nothing) go to be deleted.
+    /// When the deleter is that far behind, they are left: the messages come back, and change
+    /// nothing then.
+    pub(super) fn ack(&mut self, receipts: Vec<String>) {
+        let Some(link) = self.push.as_ref() else {
+            return;
+        };
+        if receipts.is_empty() {
+            return;
+        }
+        if link.acks.try_send(receipts).is_err() {
+            tracing::debug!(
+                "the deleter of pushed messages is behind: some applied messages will be received again"
+            );
+        }
+    }
+}
