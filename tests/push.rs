@@ -221,3 +221,245 @@ async fn repeats_late_foreign_and_unreadable_messages_are_each_counted_and_only_
     assert_eq!(moto.messages_in(&queue.url).await, 0);
     daemon.stop().await;
 }
+
+/// Transition events of execution `n`, as `(to_status, observed_via)`.
+fn transitions_of(ws: &Workspace, n: usize) -> Vec<(String, String)> {
+    let id = execution_id(n);
+    ws.events()
+        .into_iter()
+        .filter(|e| {
+            e["type"] == "flowwatch.execution.transition"
+                && e["data"]["execution_id"] == id.as_str()
+        })
+        .map(|e| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (
+                text(&e["data"]["to_status"]),
+                text(&e["data"]["observed_via"]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executions_of_a_watched_flow_join_from_their_events_without_a_list_call() {
+    let ws = Workspace::new();
+    let moto = Moto::start(&ws.path("")).await;
+    let queue = moto.push_queues("events", 5, 30).await;
+    // The run starts after the first discovery round; the next one is an hour away.
+    let s = scenario(vec![scripted(
+        "orders",
+        7,
+        &[(3, "IN_PROGRESS"), (6, "FAILED")],
+    )]);
+    let fake = FakeServer::start(s.clone()).await.expect("fake starts");
+    let config = ws.config(
+        &fake.endpoint_url(),
+        &format!(
+            "{POLLING}[discovery]\ninterval = \"1h\"\n{}",
+            push_table(&moto, &queue, "10m")
+        ),
+        &s,
+    );
+    ws.write(
+        "watchlist.toml",
+        &format!("[[flow]]\ninstance_id = \"{}\"\nflow_name = \"orders\"\nlabels = {{ team = \"supply\" }}\n", flowwatch_testkit::INSTANCE),
+    );
+    let daemon = Daemon::start(&config, &fake, false).await;
+    eventually(Duration::from_secs(10), "push is healthy", || async {
+        sample(&daemon.metrics().await, "flowwatch_push_healthy", &[]) == Some(1.0)
+    })
+    .await;
+    let lists = fake.stats().lists();
+    let publishing = fake.publish_events(EventPublishing::to(&moto.endpoint));
+    eventually(
+        Duration::from_secs(15),
+        "the pushed run joins and ends",
+        || async { transitions_of(&ws, 7).len() == 2 },
+    )
+    .await;
+    assert_eq!(
+        transitions_of(&ws, 7),
+        [
+            ("IN_PROGRESS".to_string(), "push".to_string()),
+            ("FAILED".to_string(), "push".to_string())
+        ]
+    );
+    assert_eq!(fake.stats().lists(), lists, "no List call was needed");
+    let joined = daemon.execution(7).await;
+    assert_eq!(joined["origin"], "discovered", "{joined}");
+    assert_eq!(joined["labels"]["team"], "supply", "{joined}");
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "flowwatch_discovered_executions_total",
+            &[("flow_name", "orders")]
+        ),
+        Some(1.0)
+    );
+    daemon.stop().await;
+    publishing.await.expect("publisher");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_event_is_lost_is_found_by_reconciling_within_the_interval() {
+    let ws = Workspace::new();
+    let moto = Moto::start(&ws.path("")).await;
+    let queue = moto.push_queues("events", 5, 30).await;
+    let s = scenario(vec![scripted(
+        "orders",
+        1,
+        &[(0, "IN_PROGRESS"), (2, "SUCCEEDED")],
+    )]);
+    let (fake, daemon) = start(&ws, &s, &moto, &queue, "10s", "").await;
+    eventually(Duration::from_secs(10), "push is healthy", || async {
+        sample(&daemon.metrics().await, "flowwatch_push_healthy", &[]) == Some(1.0)
+    })
+    .await;
+    let mut lossy = EventPublishing::to(&moto.endpoint);
+    lossy.drop = 1.0;
+    let publishing = fake.publish_events(lossy);
+    let healthy_at = tokio::time::Instant::now();
+    eventually(
+        Duration::from_secs(20),
+        "the SUCCEEDED no event told",
+        || async { terminal_events(&ws).len() == 1 },
+    )
+    .await;
+    let took = healthy_at.elapsed();
+    assert!(
+        took <= Duration::from_secs(12),
+        "found after {took:?}: the reconcile interval is 10 s (+10 % jitter)"
+    );
+    assert_eq!(
+        transitions_of(&ws, 1).last().map(|(_, via)| via.as_str()),
+        Some("poll")
+    );
+    assert_eq!(publishing.await.expect("publisher").dropped, 2);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_queue_leaves_polling_at_its_pace_and_push_recovers_by_itself() {
+    let ws = Workspace::new();
+    // Nothing listens on the queue's endpoint yet.
+    let port = flowwatch_testkit::free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let queue = PushQueues {
+        url: format!("{endpoint}/123456789012/events"),
+        dead_letter_url: String::new(),
+    };
+    let s = scenario(vec![
+        scripted("orders", 1, &[(0, "IN_PROGRESS"), (3, "SUCCEEDED")]),
+        scripted("orders", 2, &[(0, "IN_PROGRESS"), (600, "SUCCEEDED")]),
+    ]);
+    let fake = FakeServer::start(s.clone()).await.expect("fake starts");
+    let push = format!(
+        "[push]\nqueue_url = \"{}\"\nendpoint_url = \"{endpoint}\"\nreconcile_interval = \"10m\"\n",
+        queue.url
+    );
+    let config = ws.config(&fake.endpoint_url(), &format!("{POLLING}{push}"), &s);
+    let daemon = Daemon::start(&config, &fake, false).await;
+    eventually(
+        Duration::from_secs(10),
+        "polling finds the end at its own pace",
+        || async { terminal_events(&ws).len() == 1 },
+    )
+    .await;
+    let metrics = daemon.metrics().await;
+    assert_eq!(sample(&metrics, "flowwatch_push_healthy", &[]), Some(0.0));
+    assert!(
+        sample(
+            &metrics,
+            "flowwatch_api_requests_total",
+            &[
+                ("operation", "ReceiveMessage"),
+                ("outcome", "transport_error")
+            ]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        daemon.get("/readyz").await.0,
+        200,
+        "polling covers everything: still ready"
+    );
+    let status = daemon.status().await;
+    assert_eq!(status["push"]["healthy"], false, "{status}");
+    assert!(
+        status["push"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("transport")),
+        "{status}"
+    );
+
+    let moto = Moto::start_on(&ws.path(""), port).await;
+    moto.push_queues("events", 5, 30).await;
+    eventually(
+        Duration::from_secs(40),
+        "push recovers by itself",
+        || async { sample(&daemon.metrics().await, "flowwatch_push_healthy", &[]) == Some(1.0) },
+    )
+    .await;
+    // Polls wait for the reconcile interval again.
+    let gets = fake.stats().requests;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        fake.stats().requests - gets <= 1,
+        "polling slowed down to reconcile"
+    );
+    assert_eq!(daemon.status().await["push"]["healthy"], true);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_received_again_after_a_restart_changes_nothing() {
+    let ws = Workspace::new();
+    let moto = Moto::start(&ws.path("")).await;
+    let queue = moto.push_queues("events", 5, 2).await;
+    let s = scenario(vec![scripted(
+        "orders",
+        1,
+        &[(0, "IN_PROGRESS"), (600, "SUCCEEDED")],
+    )]);
+    let failed = status_event("orders", &execution_id(1), "FAILED", "2026-01-01T00:05:00Z");
+    let (fake, daemon) = start(&ws, &s, &moto, &queue, "10m", "fetch_details = false\n").await;
+    moto.send(&queue.url, &failed).await;
+    eventually(
+        Duration::from_secs(10),
+        "the pushed FAILED is committed",
+        || async { terminal_events(&ws).len() == 1 },
+    )
+    .await;
+    daemon.stop().await;
+    // As if the daemon had crashed between the commit and the delete: the message comes again.
+    // (A long poll cut short at shutdown may still take it, for the queue's visibility timeout
+    // of 2 s here: it comes back after that.)
+    moto.send(&queue.url, &failed).await;
+    let config = ws.path("flowwatch.toml");
+    let daemon = Daemon::start(&config, &fake, false).await;
+    eventually(
+        Duration::from_secs(10),
+        "the repeat is received",
+        || async { pushed(&daemon.metrics().await, "duplicate") == 1.0 },
+    )
+    .await;
+    assert_eq!(terminal_events(&ws).len(), 1, "no second event");
+    let metrics = daemon.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "flowwatch_transitions_total",
+            &[("flow_name", "orders"), ("to_status", "FAILED")]
+        ),
+        Some(1.0)
+    );
+    eventually(Duration::from_secs(10), "the repeat is deleted", || async {
+        moto.messages_in(&queue.url).await == 0
+    })
+    .await;
+    daemon.stop().await;
+}
