@@ -236,7 +236,7 @@ pub async fn run_with<C: FlowExecutions>(
                 .enable_push()
                 .map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?;
             let (channels, deleter) =
-                engine::receiver::start(queue, metrics.clone(), health.clone(), shutdown.child());
+                engine::receiver::start(queue, metrics.clone(), health.clone(), shutdown.token());
             (engine.with_push(channels, push.clone()), Some(deleter))
         }
         _ => (engine, None),

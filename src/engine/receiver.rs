@@ -11,6 +11,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::sqs::{BATCH, PushQueue, Received};
 use crate::model::{Operation, Outcome};
@@ -19,7 +20,6 @@ use crate::output::internal_events::{
     InternalEvent, PushDeleteFailed, PushFailing, PushWorking, QueueCall,
 };
 use crate::output::metrics::Metrics;
-use crate::server::shutdown::Shutdown;
 
 /// Batches of messages waiting for the engine: while it is busy, the receiver waits and messages
 /// stay in the queue.
@@ -54,7 +54,7 @@ pub fn start(
     queue: PushQueue,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> (PushChannels, tokio::task::JoinHandle<()>) {
     let queue = Arc::new(queue);
     let (news_tx, news) = mpsc::channel(NEWS_DEPTH);
@@ -86,7 +86,7 @@ async fn receive(
     queue: Arc<PushQueue>,
     news: mpsc::Sender<PushNews>,
     out: Outlet,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) {
     let pauses = || {
         ExponentialBuilder::default()
@@ -101,7 +101,7 @@ async fn receive(
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            () = shutdown.requested() => return,
+            () = shutdown.cancelled() => return,
             result = queue.receive(working == Some(true)) => result,
         };
         let outcome = result
@@ -140,7 +140,7 @@ async fn receive(
                     send(&news, PushNews::Failing(error.to_string()), &shutdown).await;
                 }
                 tokio::select! {
-                    () = shutdown.requested() => return,
+                    () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(pause) => None,
                 }
             }
@@ -152,9 +152,9 @@ async fn receive(
 }
 
 /// Hands `news` to the engine, unless shutdown comes first.
-async fn send(news: &mpsc::Sender<PushNews>, report: PushNews, shutdown: &Shutdown) {
+async fn send(news: &mpsc::Sender<PushNews>, report: PushNews, shutdown: &CancellationToken) {
     tokio::select! {
-        () = shutdown.requested() => {}
+        () = shutdown.cancelled() => {}
         _ = news.send(report) => {}
     }
 }

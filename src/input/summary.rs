@@ -39,6 +39,7 @@ pub fn summary(settings: &Settings, watchlist: &Watchlist) -> String {
          polling: every {} growing x{} to {}, at most {} requests/s and {} in flight, timeout {}, not-found grace {}, series kept {} after the end\n\
          discovery: every {}, pages of {}, at most {} pages per flow and round\n\
          flow health: {} durations kept per flow, expected end from {}, overdue past {}x the median and {}\n\
+         push: {}\n\
          events: {}\n\
          state: {}\n\
          log: {} ({})",
@@ -71,6 +72,7 @@ pub fn summary(settings: &Settings, watchlist: &Watchlist) -> String {
         settings.flow_health.min_history,
         settings.flow_health.overdue_factor,
         humantime::format_duration(settings.flow_health.overdue_min),
+        push_summary(settings),
         if sinks.is_empty() {
             "(none)".to_string()
         } else {
@@ -79,6 +81,28 @@ pub fn summary(settings: &Settings, watchlist: &Watchlist) -> String {
         settings.state.path.display(),
         settings.log.level,
         settings.log.format.as_str(),
+    )
+}
+
+fn push_summary(settings: &Settings) -> String {
+    let Some(push) = &settings.push else {
+        return "off (no push.queue_url): every execution is polled at its own pace".to_string();
+    };
+    format!(
+        "queue {} (region {}, endpoint {}), long poll {}, running executions polled every {} while it works, {}",
+        without_userinfo(&push.queue_url),
+        push.queue_region()
+            .unwrap_or_else(|| "as for the Supply Chain client".into()),
+        push.endpoint_url
+            .as_deref()
+            .map_or_else(|| "(AWS default)".into(), without_userinfo),
+        humantime::format_duration(push.wait_time),
+        humantime::format_duration(push.reconcile_interval),
+        if push.fetch_details {
+            "one GET for the details of a pushed end"
+        } else {
+            "no GET for details"
+        }
     )
 }
 

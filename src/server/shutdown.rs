@@ -27,6 +27,11 @@ impl Shutdown {
         self.token.cancelled().await;
     }
 
+    /// The token under it, for tasks below the server that must not depend on this type.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
     /// A shutdown that follows this one, and can also be requested on its own (the HTTP server
     /// stops after the engine, which stops on this one).
     pub fn child(&self) -> Self {
