@@ -7,7 +7,8 @@
 //! cargo bench --bench scale -- --sizes 1000,10000    # scale runs of these sizes only
 //! cargo bench --bench scale -- --only efficiency     # the per-flow and uniform scenarios only
 //! cargo bench --bench scale -- --only scale --sizes 100000 --pollers lean
-//!                                   # one poller: flowwatch, lean (per_execution=false), baseline
+//!                                   # one poller: flowwatch, lean (per_execution=false), push
+//!                                   # (moto's EventBridge and SQS, N <= 10,000), baseline
 //! FLOWWATCH_BENCH_TIMELINE=dir      # also write each run's requests per second to dir
 //! FLOWWATCH_BENCH_WRAP="heaptrack -o /tmp/ht"   # run flowwatch under a profiler
 //! FLOWWATCH_BENCH_SCRAPE_SECONDS=15              # scrape /metrics every 15 s, not every second
@@ -31,8 +32,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowwatch_fake::{
-    Durations, FakeRateLimit, FakeServer, GENERATED_INSTANCE, Generated, Scenario, generate,
+    Durations, EventPublishing, FakeRateLimit, FakeServer, GENERATED_INSTANCE, Generated, Scenario,
+    generate,
 };
+use flowwatch_testkit::moto::Moto;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Mutex;
 
@@ -45,6 +48,8 @@ enum Poller {
         per_execution: bool,
         max_rps: f64,
         max_in_flight: usize,
+        /// Push through moto's EventBridge and SQS, with this share of events dropped.
+        push: Option<f64>,
     },
     /// Every execution every `interval`, by `workers` tasks, SDK standard retries on.
     Baseline { interval: Duration, workers: usize },
@@ -56,15 +61,20 @@ impl Poller {
             Poller::Flowwatch {
                 adaptive,
                 per_execution,
+                push,
                 ..
             } => format!(
-                "flowwatch{}{}",
+                "flowwatch{}{}{}",
                 if *adaptive { "" } else { " (plain backoff)" },
                 if *per_execution {
                     ""
                 } else {
                     " (per_execution=false)"
-                }
+                },
+                push.map_or(String::new(), |drop| format!(
+                    " push ({:.0} % of events dropped)",
+                    drop * 100.0
+                ))
             ),
             Poller::Baseline { interval, workers } => format!(
                 "baseline {}s {}",
@@ -186,6 +196,7 @@ async fn efficiency_runs() -> Vec<Row> {
         per_execution: true,
         max_rps: 50.0,
         max_in_flight: 16,
+        push: None,
     };
     let baseline = Poller::Baseline {
         interval: Duration::from_secs(5),
@@ -229,15 +240,20 @@ async fn scale_runs(n: usize, only: Option<&[String]>) -> Vec<Row> {
         failed_share: 0.1,
         start_within: Duration::from_secs(5),
     };
-    let flowwatch = |per_execution| Poller::Flowwatch {
+    let flowwatch = |per_execution, push| Poller::Flowwatch {
         adaptive: true,
         per_execution,
         max_rps: 2000.0,
         max_in_flight: 64,
+        push,
     };
-    let mut pollers = vec![("flowwatch", flowwatch(true))];
+    let mut pollers = vec![("flowwatch", flowwatch(true, None))];
     if n >= 100_000 {
-        pollers.push(("lean", flowwatch(false)));
+        pollers.push(("lean", flowwatch(false, None)));
+    }
+    // moto, the EventBridge and SQS of the push runs, is not built for 200,000 events.
+    if n <= 10_000 {
+        pollers.push(("push", flowwatch(true, Some(PUSH_DROPPED))));
     }
     pollers.push((
         "baseline",
@@ -264,6 +280,12 @@ async fn scale_runs(n: usize, only: Option<&[String]>) -> Vec<Row> {
     }
     rows
 }
+
+/// The share of status-change events the push runs lose on the way.
+const PUSH_DROPPED: f64 = 0.05;
+/// The push runs' reconcile interval: long enough that no execution (10-40 s) is polled twice
+/// unless its end was lost.
+const PUSH_RECONCILE: &str = "1m";
 
 /// Plays one run and measures it.
 async fn measure(run: Run) -> Row {
@@ -296,12 +318,22 @@ async fn measure(run: Run) -> Row {
     let clock = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = free_port();
+    let (push_table, _moto) = match &run.poller {
+        Poller::Flowwatch {
+            push: Some(drop), ..
+        } => {
+            let (table, moto) = start_push(dir.path(), &fake, *drop).await;
+            (table, Some(moto))
+        }
+        _ => (String::new(), None),
+    };
     let mut child = match &run.poller {
         Poller::Flowwatch {
             adaptive,
             per_execution,
             max_rps,
             max_in_flight,
+            ..
         } => {
             let config = write_flowwatch_files(
                 dir.path(),
@@ -312,6 +344,7 @@ async fn measure(run: Run) -> Row {
                 *per_execution,
                 *max_rps,
                 *max_in_flight,
+                &push_table,
             );
             // FLOWWATCH_BENCH_WRAP runs flowwatch under a profiler, e.g. "heaptrack -o /tmp/ht".
             let wrap = std::env::var("FLOWWATCH_BENCH_WRAP").unwrap_or_default();
@@ -557,6 +590,7 @@ fn write_flowwatch_files(
     per_execution: bool,
     max_rps: f64,
     max_in_flight: usize,
+    push_table: &str,
 ) -> PathBuf {
     let mut watchlist =
         std::io::BufWriter::new(std::fs::File::create(dir.join("watchlist.toml")).expect("create"));
@@ -581,12 +615,29 @@ fn write_flowwatch_files(
              [metrics]\nper_execution = {per_execution}\n\
              [state]\npath = \"{dir}\"\n\
              [events]\nstdout = true\nfile = \"\"\n\
-             [log]\nlevel = \"warn\"\n",
+             [log]\nlevel = \"warn\"\n{push_table}",
             dir = dir.display()
         ),
     )
     .expect("write config");
     config
+}
+
+/// moto with a queue fed by a rule, and the fake publishing every scripted change to it with
+/// the share `lost` of them lost; returns the `[push]` table for flowwatch (no detail GETs: the calls
+/// counted are polls only), and moto, which runs until dropped.
+async fn start_push(dir: &Path, fake: &FakeServer, lost: f64) -> (String, Moto) {
+    let moto = Moto::start(dir).await;
+    let queue = moto.push_queues("flowwatch-bench", 5, 30).await;
+    let mut publishing = EventPublishing::to(&moto.endpoint);
+    publishing.drop = lost;
+    // The publisher ends by itself once every step is sent.
+    std::mem::drop(fake.publish_events(publishing));
+    let table = format!(
+        "[push]\nqueue_url = \"{}\"\nendpoint_url = \"{}\"\nreconcile_interval = \"{PUSH_RECONCILE}\"\nfetch_details = false\n",
+        queue.url, moto.endpoint
+    );
+    (table, moto)
 }
 
 /// A loopback address with a port free right now, for flowwatch to listen on.

@@ -366,12 +366,10 @@ pub enum Operation {
 }
 
 impl Operation {
-    pub const ALL: [Operation; 4] = [
-        Operation::GetExecution,
-        Operation::ListExecutions,
-        Operation::ReceiveMessage,
-        Operation::DeleteMessageBatch,
-    ];
+    /// The Supply Chain API's calls, whose series always exist.
+    pub const SUPPLY_CHAIN: [Operation; 2] = [Operation::GetExecution, Operation::ListExecutions];
+    /// The SQS calls of push, whose series exist only with `[push]`.
+    pub const PUSH: [Operation; 2] = [Operation::ReceiveMessage, Operation::DeleteMessageBatch];
 
     pub fn as_str(self) -> &'static str {
         match self {

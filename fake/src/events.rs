@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
@@ -62,32 +63,62 @@ impl FakeServer {
     }
 }
 
+/// Entries one PutEvents call takes at most (EventBridge's limit).
+const ENTRIES_PER_CALL: usize = 10;
+/// PutEvents calls in flight at once.
+const CALLS_IN_FLIGHT: usize = 8;
+
 async fn publish(shared: Arc<Shared>, publishing: EventPublishing) -> Published {
     let mut due = planned(&shared, &publishing);
     due.sort_by_key(|(at, _)| *at);
     let mut published = Published::default();
-    for (at, entry) in due {
+    let mut due = due.into_iter().peekable();
+    while let Some((at, first)) = due.next() {
         tokio::time::sleep_until(shared.started + at).await;
-        let copies = {
-            let mut rng = lock(&shared.rng);
-            if rng.f64() < publishing.drop {
-                published.dropped += 1;
-                0
-            } else if rng.f64() < publishing.duplicate {
-                published.duplicated += 1;
-                2
-            } else {
-                1
-            }
-        };
-        for _ in 0..copies {
-            match put_events(&publishing, &entry).await {
-                Ok(()) => published.sent += 1,
-                Err(_) => published.failed += 1,
-            }
+        // Everything due by now goes together, in calls of up to ten entries.
+        let now = shared.started.elapsed();
+        let mut batch = vec![first];
+        while let Some((_, entry)) = due.next_if(|(at, _)| *at <= now) {
+            batch.push(entry);
+        }
+        let entries = copies(&shared, &publishing, batch, &mut published);
+        let calls: Vec<_> = entries
+            .chunks(ENTRIES_PER_CALL)
+            .map(|chunk| {
+                let (publishing, chunk) = (publishing.clone(), chunk.to_vec());
+                async move { put_events(&publishing, &chunk).await }
+            })
+            .collect();
+        let mut calls = futures_util::stream::iter(calls).buffer_unordered(CALLS_IN_FLIGHT);
+        while let Some((sent, failed)) = calls.next().await {
+            published.sent += sent;
+            published.failed += failed;
         }
     }
     published
+}
+
+/// The entries to send, after the scripted loss and repeats.
+fn copies(
+    shared: &Shared,
+    publishing: &EventPublishing,
+    batch: Vec<Value>,
+    published: &mut Published,
+) -> Vec<Value> {
+    let mut rng = lock(&shared.rng);
+    let mut entries = Vec::with_capacity(batch.len());
+    for entry in batch {
+        if rng.f64() < publishing.drop {
+            published.dropped += 1;
+            continue;
+        }
+        if rng.f64() < publishing.duplicate {
+            published.duplicated += 1;
+            entries.push(entry.clone());
+        }
+        entries.push(entry);
+    }
+    entries
 }
 
 /// Every step of every execution, as an event entry, with the time to send it.
@@ -151,19 +182,20 @@ fn entry(publishing: &EventPublishing, execution: &Value, at: SystemTime) -> Val
     })
 }
 
-/// One PutEvents call.
-async fn put_events(publishing: &EventPublishing, entry: &Value) -> Result<(), String> {
+/// One PutEvents call; returns how many entries were sent and how many failed.
+async fn put_events(publishing: &EventPublishing, entries: &[Value]) -> (u64, u64) {
     let answer = aws_json(
         &publishing.endpoint_url,
         &publishing.region,
         "events",
         "AWSEvents.PutEvents",
-        &json!({ "Entries": [entry] }),
+        &json!({ "Entries": entries }),
     )
-    .await?;
-    match answer["FailedEntryCount"].as_u64() {
-        Some(0) => Ok(()),
-        _ => Err(format!("PutEvents failed: {answer}")),
+    .await;
+    let total = entries.len() as u64;
+    match answer.map(|a| a["FailedEntryCount"].as_u64()) {
+        Ok(Some(failed)) => (total - failed.min(total), failed.min(total)),
+        _ => (0, total),
     }
 }
 

@@ -184,7 +184,7 @@ impl Metrics {
             request_durations: Vec::new(),
             push: std::sync::OnceLock::new(),
         };
-        for operation in Operation::ALL {
+        for operation in Operation::SUPPLY_CHAIN {
             let name = operation.as_str();
             for outcome in Outcome::ALL {
                 let counter = metrics
@@ -372,6 +372,12 @@ impl Metrics {
     }
 
     pub fn record_request(&self, operation: Operation, outcome: Outcome, seconds: f64) {
+        if Operation::PUSH.contains(&operation) {
+            if let Some(push) = self.push.get() {
+                push.record_request(operation, outcome, seconds);
+            }
+            return;
+        }
         let (op, out) = (operation as usize, outcome as usize);
         if let Some(counter) = self.request_counts.get(op * Outcome::ALL.len() + out) {
             counter.inc();
@@ -385,7 +391,8 @@ impl Metrics {
     /// receive succeeds.
     pub fn enable_push(&self) -> prometheus::Result<()> {
         if self.push.get().is_none() {
-            let push = PushMetrics::register(&self.registry)?;
+            let push =
+                PushMetrics::register(&self.registry, &self.api_requests, &self.api_duration)?;
             push.healthy(false);
             let _ = self.push.set(push);
         }

@@ -1,9 +1,11 @@
 //! The push family of metrics (DESIGN §4), registered only when `[push]` names a queue, so a
 //! daemon without push exports no `flowwatch_push_healthy` to alert on.
 
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 
-use crate::model::PushOutcome;
+use crate::model::{Operation, Outcome, PushOutcome};
 
 /// Buckets of `flowwatch_push_delay_seconds`: EventBridge and SQS usually take well under a
 /// second; minutes mean a backlog.
@@ -16,10 +18,18 @@ pub struct PushMetrics {
     messages: IntCounterVec,
     delay: Histogram,
     healthy: Gauge,
+    /// `flowwatch_api_requests_total` and `_duration_seconds` of the SQS calls, by
+    /// [`Operation::PUSH`] (and outcome), created at 0 here.
+    request_counts: Vec<IntCounter>,
+    request_durations: Vec<Histogram>,
 }
 
 impl PushMetrics {
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+    pub fn register(
+        registry: &Registry,
+        requests: &IntCounterVec,
+        durations: &HistogramVec,
+    ) -> prometheus::Result<Self> {
         let messages = IntCounterVec::new(
             Opts::new(
                 "flowwatch_push_messages_total",
@@ -44,11 +54,39 @@ impl PushMetrics {
         for outcome in PushOutcome::ALL {
             messages.with_label_values(&[outcome.as_str()]).reset();
         }
+        let mut request_counts = Vec::new();
+        let mut request_durations = Vec::new();
+        for operation in Operation::PUSH {
+            for outcome in Outcome::ALL {
+                request_counts.push(
+                    requests.with_label_values(&[operation.as_str(), outcome.metric_label()]),
+                );
+            }
+            request_durations.push(durations.with_label_values(&[operation.as_str()]));
+        }
         Ok(Self {
             messages,
             delay,
             healthy,
+            request_counts,
+            request_durations,
         })
+    }
+
+    /// One SQS call of push.
+    pub fn record_request(&self, operation: Operation, outcome: Outcome, seconds: f64) {
+        let Some(op) = Operation::PUSH.iter().position(|o| *o == operation) else {
+            return;
+        };
+        if let Some(counter) = self
+            .request_counts
+            .get(op * Outcome::ALL.len() + outcome as usize)
+        {
+            counter.inc();
+        }
+        if let Some(histogram) = self.request_durations.get(op) {
+            histogram.observe(seconds);
+        }
     }
 
     pub fn message(&self, outcome: PushOutcome) {
