@@ -129,10 +129,11 @@ async fn pushed_changes_are_applied_at_once_with_their_details_and_polling_only_
         "{metrics}"
     );
     // Once push works, polls wait for the reconcile interval (10m): only the two GETs of
-    // fetch_details follow (and a poll in flight when push turned healthy, at most).
+    // fetch_details follow, and each execution's first poll if it was not made yet (adaptive
+    // polling may hold one back while the other scouts its flow).
     let gets = fake.stats().requests - gets_before;
     assert!(
-        gets <= 3,
+        gets <= 4,
         "{gets} GETs in 10 s: polling at its normal pace makes about 10"
     );
     let status = daemon.status().await;

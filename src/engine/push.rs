@@ -156,10 +156,14 @@ impl<C: FlowExecutions> Engine<C> {
         let wall = SystemTime::now();
         let key = event.key.clone();
         let joined = !self.executions.contains_key(&key) && self.join_pushed(&event, wall);
-        let Some(state) = self.executions.get_mut(&key) else {
-            self.staged.ack(receipt);
-            return Some(PushOutcome::Unwatched);
-        };
+        if !self.executions.contains_key(&key) {
+            let outcome = self.outside_watch_set(&event);
+            if outcome.is_some() {
+                self.staged.ack(receipt);
+            }
+            return outcome;
+        }
+        let state = self.executions.get_mut(&key)?;
         let verdict = policy::judge(state.status, &event.observation.status);
         let outcome = policy::push_outcome(verdict, state.lacks_times_of(&event.observation));
         if outcome != PushOutcome::Applied {
@@ -215,6 +219,23 @@ impl<C: FlowExecutions> Engine<C> {
             "discovered a new execution");
         self.schedule(key, Instant::now());
         true
+    }
+
+    /// An event of an execution still outside the watch set after `join_pushed`: `unwatched`
+    /// when its flow is not watched; judged against what the store knows when its flow is (a
+    /// finished run that has left the watch set); `None` when the store did not take a new one
+    /// (the message is left, to come back).
+    fn outside_watch_set(&mut self, event: &PushedEvent) -> Option<PushOutcome> {
+        if !self.flows.contains_key(&FlowKey::of(&event.key)) {
+            return Some(PushOutcome::Unwatched);
+        }
+        let known = self.publisher.restored(&event.key)?;
+        Some(
+            match policy::judge(known.status, &event.observation.status) {
+                Verdict::Stale => PushOutcome::Stale,
+                _ => PushOutcome::Duplicate,
+            },
+        )
     }
 
     /// The held change of `key`, if any: its receipts are staged with the change, and it is

@@ -122,7 +122,9 @@ async fn receive(
                         queue_url: queue.url(),
                         again,
                     });
-                    send(&news, PushNews::Working, &shutdown).await;
+                    if !send(&news, PushNews::Working, &shutdown).await {
+                        return;
+                    }
                 }
                 (!messages.is_empty()).then_some(PushNews::Messages(messages))
             }
@@ -136,8 +138,8 @@ async fn receive(
                     first,
                     retry_in: pause,
                 });
-                if first {
-                    send(&news, PushNews::Failing(error.to_string()), &shutdown).await;
+                if first && !send(&news, PushNews::Failing(error.to_string()), &shutdown).await {
+                    return;
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -145,17 +147,24 @@ async fn receive(
                 }
             }
         };
-        if let Some(report) = report {
-            send(&news, report, &shutdown).await;
+        if let Some(report) = report
+            && !send(&news, report, &shutdown).await
+        {
+            return;
         }
     }
 }
 
-/// Hands `news` to the engine, unless shutdown comes first.
-async fn send(news: &mpsc::Sender<PushNews>, report: PushNews, shutdown: &CancellationToken) {
+/// Hands `report` to the engine; false once shutdown comes first or the engine has stopped
+/// (receiving more would only hide messages until their visibility timeout).
+async fn send(
+    news: &mpsc::Sender<PushNews>,
+    report: PushNews,
+    shutdown: &CancellationToken,
+) -> bool {
     tokio::select! {
-        () = shutdown.cancelled() => {}
-        _ = news.send(report) => {}
+        () = shutdown.cancelled() => false,
+        sent = news.send(report) => sent.is_ok(),
     }
 }
 
