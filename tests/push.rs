@@ -38,6 +38,14 @@ fn terminal_events(ws: &Workspace) -> Vec<Value> {
         .collect()
 }
 
+/// Waits up to `seconds` for `flowwatch_push_healthy` 1.
+async fn push_healthy(daemon: &Daemon, seconds: u64) {
+    eventually(Duration::from_secs(seconds), "push is healthy", || async {
+        sample(&daemon.metrics().await, "flowwatch_push_healthy", &[]) == Some(1.0)
+    })
+    .await;
+}
+
 fn pushed(metrics: &str, outcome: &str) -> f64 {
     sample(
         metrics,
@@ -76,10 +84,7 @@ async fn pushed_changes_are_applied_at_once_with_their_details_and_polling_only_
     ]);
     s.executions[1].diagnostic_reports_root_s3_uri = Some("s3://diagnostics/run-2/".into());
     let (fake, daemon) = start(&ws, &s, &moto, &queue, "10m", "").await;
-    eventually(Duration::from_secs(10), "push is healthy", || async {
-        sample(&daemon.metrics().await, "flowwatch_push_healthy", &[]) == Some(1.0)
-    })
-    .await;
+    push_healthy(&daemon, 10).await;
     let gets_before = fake.stats().requests;
     let publishing = fake.publish_events(EventPublishing::to(&moto.endpoint));
     eventually(Duration::from_secs(20), "both runs end", || async {
@@ -267,10 +272,7 @@ async fn executions_of_a_watched_flow_join_from_their_events_without_a_list_call
         &format!("[[flow]]\ninstance_id = \"{}\"\nflow_name = \"orders\"\nlabels = {{ team = \"supply\" }}\n", flowwatch_testkit::INSTANCE),
     );
     let daemon = Daemon::start(&config, &fake, false).await;
-    eventually(Duration::from_secs(10), "push is healthy", || async {
-        sample(&daemon.metrics().await, "flowwatch_push_healthy", &[]) == Some(1.0)
-    })
-    .await;
+    push_healthy(&daemon, 10).await;
     let lists = fake.stats().lists();
     let publishing = fake.publish_events(EventPublishing::to(&moto.endpoint));
     eventually(
@@ -314,10 +316,7 @@ async fn a_change_whose_event_is_lost_is_found_by_reconciling_within_the_interva
         &[(0, "IN_PROGRESS"), (2, "SUCCEEDED")],
     )]);
     let (fake, daemon) = start(&ws, &s, &moto, &queue, "10s", "").await;
-    eventually(Duration::from_secs(10), "push is healthy", || async {
-        sample(&daemon.metrics().await, "flowwatch_push_healthy", &[]) == Some(1.0)
-    })
-    .await;
+    push_healthy(&daemon, 10).await;
     let mut lossy = EventPublishing::to(&moto.endpoint);
     lossy.drop = 1.0;
     let publishing = fake.publish_events(lossy);
@@ -399,12 +398,8 @@ async fn an_unreachable_queue_leaves_polling_at_its_pace_and_push_recovers_by_it
 
     let moto = Moto::start_on(&ws.path(""), port).await;
     moto.push_queues("events", 5, 30).await;
-    eventually(
-        Duration::from_secs(40),
-        "push recovers by itself",
-        || async { sample(&daemon.metrics().await, "flowwatch_push_healthy", &[]) == Some(1.0) },
-    )
-    .await;
+    // Receiving retries with a pause of at most 60 s; it has failed for a few seconds here.
+    push_healthy(&daemon, 40).await;
     // Polls wait for the reconcile interval again.
     let gets = fake.stats().requests;
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::ApiError;
 use crate::api::sqs::{BATCH, PushQueue, Received};
 use crate::model::{Operation, Outcome};
 use crate::output::health::Health;
@@ -76,6 +77,17 @@ impl Outlet {
     fn emit(&self, event: impl InternalEvent) {
         event.emit(&self.metrics, &self.health);
     }
+
+    /// Counts one call to the queue, started at `started`, by its outcome.
+    fn counted<T>(&self, operation: Operation, result: &Result<T, ApiError>, started: Instant) {
+        self.emit(QueueCall {
+            operation,
+            outcome: result
+                .as_ref()
+                .map_or_else(ApiError::outcome, |_| Outcome::Success),
+            elapsed: started.elapsed(),
+        });
+    }
 }
 
 /// Long-polls until shutdown. Until receiving is known to work (at start, and after failures)
@@ -104,14 +116,7 @@ async fn receive(
             () = shutdown.cancelled() => return,
             result = queue.receive(working == Some(true)) => result,
         };
-        let outcome = result
-            .as_ref()
-            .map_or_else(|e| e.outcome(), |_| Outcome::Success);
-        out.emit(QueueCall {
-            operation: Operation::ReceiveMessage,
-            outcome,
-            elapsed: started.elapsed(),
-        });
+        out.counted(Operation::ReceiveMessage, &result, started);
         let report = match result {
             Ok(messages) => {
                 let again = working == Some(false);
@@ -176,14 +181,7 @@ async fn delete(queue: Arc<PushQueue>, mut acks: mpsc::Receiver<Vec<String>>, ou
         for chunk in receipts.chunks(BATCH) {
             let started = Instant::now();
             let result = queue.delete(chunk).await;
-            let outcome = result
-                .as_ref()
-                .map_or_else(|e| e.outcome(), |_| Outcome::Success);
-            out.emit(QueueCall {
-                operation: Operation::DeleteMessageBatch,
-                outcome,
-                elapsed: started.elapsed(),
-            });
+            out.counted(Operation::DeleteMessageBatch, &result, started);
             match result {
                 Ok(0) => {}
                 Ok(failed) => out.emit(PushDeleteFailed {
