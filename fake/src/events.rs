@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
+use crate::queue::QueueSender;
 use crate::{FakeServer, ScriptedExecution, Shared, describe_execution, lock};
 
 /// How the fake publishes events.
@@ -30,6 +31,9 @@ pub struct EventPublishing {
     pub duplicate: f64,
     /// Each event is sent after a uniform delay up to this, so later changes can come first.
     pub max_delay: Duration,
+    /// Send straight into this queue, as the rule's SQS target would, instead of through
+    /// EventBridge (the benchmark; see [`crate::FakeQueue`]).
+    pub queue: Option<QueueSender>,
 }
 
 impl EventPublishing {
@@ -41,17 +45,28 @@ impl EventPublishing {
             drop: 0.0,
             duplicate: 0.0,
             max_delay: Duration::ZERO,
+            queue: None,
+        }
+    }
+
+    /// Publishing straight into `queue`.
+    pub fn into_queue(queue: QueueSender) -> Self {
+        Self {
+            queue: Some(queue),
+            ..Self::to("http://unused")
         }
     }
 }
 
 /// What was published.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Published {
     pub sent: u64,
     pub dropped: u64,
     pub duplicated: u64,
     pub failed: u64,
+    /// Executions whose SUCCEEDED or FAILED event was dropped: only polling can find their end.
+    pub ends_dropped: Vec<String>,
 }
 
 impl FakeServer {
@@ -82,6 +97,13 @@ async fn publish(shared: Arc<Shared>, publishing: EventPublishing) -> Published 
             batch.push(entry);
         }
         let entries = copies(&shared, &publishing, batch, &mut published);
+        if let Some(queue) = &publishing.queue {
+            for entry in &entries {
+                queue.send(envelope(&publishing, entry).to_string());
+            }
+            published.sent += entries.len() as u64;
+            continue;
+        }
         let calls: Vec<_> = entries
             .chunks(ENTRIES_PER_CALL)
             .map(|chunk| {
@@ -110,6 +132,14 @@ fn copies(
     for entry in batch {
         if rng.f64() < publishing.drop {
             published.dropped += 1;
+            let detail: Value = entry["Detail"]
+                .as_str()
+                .and_then(|d| serde_json::from_str(d).ok())
+                .unwrap_or(Value::Null);
+            if matches!(detail["status"].as_str(), Some("SUCCEEDED" | "FAILED")) {
+                let id = detail["flowExecutionId"].as_str().unwrap_or_default();
+                published.ends_dropped.push(id.to_string());
+            }
             continue;
         }
         if rng.f64() < publishing.duplicate {
@@ -179,6 +209,26 @@ fn entry(publishing: &EventPublishing, execution: &Value, at: SystemTime) -> Val
         "Detail": detail.to_string(),
         "Resources": [],
         "Time": at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    })
+}
+
+/// The EventBridge envelope of a PutEvents entry, as the rule's SQS target receives it.
+fn envelope(publishing: &EventPublishing, entry: &Value) -> Value {
+    let time = UNIX_EPOCH + Duration::from_secs(entry["Time"].as_u64().unwrap_or(0));
+    let detail: Value = entry["Detail"]
+        .as_str()
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or(Value::Null);
+    json!({
+        "version": "0",
+        "id": format!("{}-{}", detail["flowExecutionId"].as_str().unwrap_or_default(), detail["status"].as_str().unwrap_or_default()),
+        "detail-type": entry["DetailType"],
+        "source": entry["Source"],
+        "account": publishing.account,
+        "time": humantime::format_rfc3339_seconds(time).to_string(),
+        "region": publishing.region,
+        "resources": [],
+        "detail": detail,
     })
 }
 

@@ -31,7 +31,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod events;
+mod queue;
 pub use events::{EventPublishing, Published, aws_json};
+pub use queue::{FakeQueue, QueueSender};
 
 /// What the fake serves.
 #[derive(Debug, Clone, Default, Deserialize)]
