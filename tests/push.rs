@@ -459,3 +459,65 @@ async fn a_message_received_again_after_a_restart_changes_nothing() {
     .await;
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_and_reordered_events_give_one_event_per_change_and_the_right_end() {
+    let ws = Workspace::new();
+    let moto = Moto::start(&ws.path("")).await;
+    let queue = moto.push_queues("events", 5, 30).await;
+    // Short runs, so a run's end often overtakes its start on the way.
+    let s = scenario(
+        (1..=8)
+            .map(|n| {
+                let end = if n % 3 == 0 { "FAILED" } else { "SUCCEEDED" };
+                scripted("orders", n, &[(1, "IN_PROGRESS"), (2, end)])
+            })
+            .collect(),
+    );
+    let (fake, daemon) = start(&ws, &s, &moto, &queue, "10m", "fetch_details = false\n").await;
+    push_healthy(&daemon, 10).await;
+    let mut unruly = EventPublishing::to(&moto.endpoint);
+    unruly.duplicate = 0.5;
+    unruly.max_delay = Duration::from_secs(3);
+    let published = fake.publish_events(unruly).await.expect("publisher");
+    assert_eq!(published.failed, 0, "{published:?}");
+    assert!(published.duplicated > 0, "{published:?}");
+    eventually(
+        Duration::from_secs(20),
+        "every message is dealt with",
+        || async {
+            let m = daemon.metrics().await;
+            let counted: f64 = ["applied", "duplicate", "stale", "unwatched", "malformed"]
+                .iter()
+                .map(|o| pushed(&m, o))
+                .sum();
+            counted == published.sent as f64
+        },
+    )
+    .await;
+    for n in 1..=8 {
+        let end = if n % 3 == 0 { "FAILED" } else { "SUCCEEDED" };
+        let ends: Vec<_> = transitions_of(&ws, n)
+            .into_iter()
+            .filter(|(to, _)| to == "SUCCEEDED" || to == "FAILED")
+            .collect();
+        assert_eq!(ends.len(), 1, "one end event for execution {n}: {ends:?}");
+        assert_eq!(ends[0].0, end, "execution {n}");
+        assert_eq!(daemon.execution(n).await["status"], end);
+    }
+    let m = daemon.metrics().await;
+    assert_eq!(pushed(&m, "malformed"), 0.0);
+    assert!(
+        pushed(&m, "duplicate") >= published.duplicated as f64 - 8.0,
+        "{m}"
+    );
+    println!(
+        "sent {} (duplicated {}): applied {}, duplicate {}, stale {}",
+        published.sent,
+        published.duplicated,
+        pushed(&m, "applied"),
+        pushed(&m, "duplicate"),
+        pushed(&m, "stale")
+    );
+    daemon.stop().await;
+}
