@@ -65,16 +65,6 @@ impl Metrics {
     /// `per_execution = false` leaves out the per-execution status and time series.
     pub fn with_per_execution(per_execution: bool) -> Result<Self, prometheus::Error> {
         let r = Registry::new();
-        let api_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "flowwatch_api_request_duration_seconds",
-                "Duration of API requests (Supply Chain, and SQS for push), whatever their outcome.",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["operation"],
-        )?;
         let mut metrics = Self {
             transitions: counters(
                 &r,
@@ -94,7 +84,7 @@ impl Metrics {
                 "API requests by operation and outcome: the Supply Chain API, and SQS for push.",
                 &["operation", "outcome"],
             )?,
-            api_duration: registered(&r, api_duration)?,
+            api_duration: registered(&r, api_durations()?)?,
             rate_limit: gauge(
                 &r,
                 "flowwatch_rate_limit_requests_per_second",
@@ -184,28 +174,38 @@ impl Metrics {
             request_durations: Vec::new(),
             push: std::sync::OnceLock::new(),
         };
-        for operation in Operation::SUPPLY_CHAIN {
-            let name = operation.as_str();
-            for outcome in Outcome::ALL {
-                let counter = metrics
-                    .api_requests
-                    .with_label_values(&[name, outcome.metric_label()]);
-                metrics.request_counts.push(counter);
-            }
-            metrics
-                .request_durations
-                .push(metrics.api_duration.with_label_values(&[name]));
-        }
+        metrics.request_series();
+        metrics.build_info()?;
+        metrics.preset();
+        Ok(metrics)
+    }
+
+    /// `flowwatch_build_info`, always 1.
+    fn build_info(&self) -> prometheus::Result<()> {
         int_gauges(
-            &metrics.registry,
+            &self.registry,
             "flowwatch_build_info",
             "Build information; always 1.",
             &["version"],
         )?
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
-        metrics.preset();
-        Ok(metrics)
+        Ok(())
+    }
+
+    /// The request series of the Supply Chain calls, looked up once here rather than per request.
+    fn request_series(&mut self) {
+        for operation in Operation::SUPPLY_CHAIN {
+            let name = operation.as_str();
+            for outcome in Outcome::ALL {
+                let counter = self
+                    .api_requests
+                    .with_label_values(&[name, outcome.metric_label()]);
+                self.request_counts.push(counter);
+            }
+            self.request_durations
+                .push(self.api_duration.with_label_values(&[name]));
+        }
     }
 
     /// Series that exist from the start, so the first increase is seen by `increase()`.
@@ -486,6 +486,20 @@ impl Metrics {
             .flow_success_expected_within
             .remove_label_values(&labels);
     }
+}
+
+/// `flowwatch_api_request_duration_seconds`, by operation.
+fn api_durations() -> prometheus::Result<HistogramVec> {
+    HistogramVec::new(
+        HistogramOpts::new(
+            "flowwatch_api_request_duration_seconds",
+            "Duration of API requests (Supply Chain, and SQS for push), whatever their outcome.",
+        )
+        .buckets(vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ]),
+        &["operation"],
+    )
 }
 
 /// `metric`, registered in `registry`.
