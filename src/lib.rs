@@ -217,30 +217,15 @@ pub async fn run_with<C: FlowExecutions>(
             (true, true) => ExitWhen::ExecutionsDone,
         },
     );
-    let push_queue = match (&settings.push, options.push_queue) {
-        (Some(push), None) => {
-            let shared = api::shared_config(&settings.aws, settings.polling.request_timeout)
-                .await
-                .map_err(Error::Fatal)?;
-            Some(PushQueue::from_shared(
-                &shared,
-                push,
-                settings.polling.request_timeout,
-            ))
-        }
-        (_, queue) => queue,
-    };
-    let (engine, deleter) = match (&settings.push, push_queue) {
-        (Some(push), Some(queue)) => {
-            metrics
-                .enable_push()
-                .map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?;
-            let (channels, deleter) =
-                engine::receiver::start(queue, metrics.clone(), health.clone(), shutdown.token());
-            (engine.with_push(channels, push.clone()), Some(deleter))
-        }
-        _ => (engine, None),
-    };
+    let (engine, deleter) = with_push(
+        engine,
+        &settings,
+        options.push_queue,
+        &metrics,
+        &health,
+        &shutdown,
+    )
+    .await?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), %addr, watchlist = %settings.watchlist.display(),
         executions = entry_count, flows = flow_count, "flowwatch is listening");
 
@@ -286,14 +271,8 @@ pub async fn run_with<C: FlowExecutions>(
         task.abort();
     }
     file_watch.abort();
-    if let Some(deleter) = deleter
-        && tokio::time::timeout(PUSH_DELETE_BOUND, deleter)
-            .await
-            .is_err()
-    {
-        tracing::warn!(
-            "applied pushed messages not deleted at shutdown will be received again, and change nothing"
-        );
+    if let Some(deleter) = deleter {
+        await_deletes(deleter).await;
     }
     match tokio::time::timeout(HTTP_SHUTDOWN_BOUND, server).await {
         Ok(Ok(())) => {}
@@ -302,6 +281,49 @@ pub async fn run_with<C: FlowExecutions>(
     }
     tracing::info!(finish = finish.describe(), "flowwatch stopped");
     Ok(finish)
+}
+
+/// The engine with push when `[push]` names a queue: the queue given (tests, the benchmark) or
+/// one built on the AWS configuration, its receiver started. Returns the task that deletes
+/// applied messages, which ends after the engine.
+async fn with_push<C: FlowExecutions>(
+    engine: Engine<C>,
+    settings: &Settings,
+    queue: Option<PushQueue>,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    shutdown: &Shutdown,
+) -> Result<(Engine<C>, Option<tokio::task::JoinHandle<()>>), Error> {
+    let Some(push) = &settings.push else {
+        return Ok((engine, None));
+    };
+    let queue = match queue {
+        Some(queue) => queue,
+        None => {
+            let shared = api::shared_config(&settings.aws, settings.polling.request_timeout)
+                .await
+                .map_err(Error::Fatal)?;
+            PushQueue::from_shared(&shared, push, settings.polling.request_timeout)
+        }
+    };
+    metrics
+        .enable_push()
+        .map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?;
+    let (channels, deleter) =
+        engine::receiver::start(queue, metrics.clone(), health.clone(), shutdown.token());
+    Ok((engine.with_push(channels, push.clone()), Some(deleter)))
+}
+
+/// Lets the last deletes of applied pushed messages finish, for a bounded time.
+async fn await_deletes(deleter: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(PUSH_DELETE_BOUND, deleter)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "applied pushed messages not deleted at shutdown will be received again, and change nothing"
+        );
+    }
 }
 
 /// Opens everything that makes transitions visible; a bad event file or state directory stops

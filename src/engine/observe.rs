@@ -151,12 +151,14 @@ impl<C: FlowExecutions> Engine<C> {
             .executions
             .get(&key)
             .is_some_and(|s| s.held_push.is_some());
-        let (observation, via) = match held {
-            true => match self.release_held(&key, Some(observation)) {
+        // A pushed end that waited for this poll is applied now, with the poll's fields.
+        let (observation, via) = if held {
+            match self.release_held(&key, Some(observation)) {
                 Some(pushed) => (pushed, ObservedVia::Push),
                 None => return,
-            },
-            false => (observation, ObservedVia::Poll),
+            }
+        } else {
+            (observation, ObservedVia::Poll)
         };
         // The entry may have been removed by a reload while its request was in flight.
         if !self.observe(&key, observation, via, wall) {
