@@ -140,8 +140,8 @@ fn present(text: Option<&str>) -> Option<&str> {
     text.filter(|t| !t.is_empty())
 }
 
-/// An ISO 8601 time (`2024-03-30T12:26:13Z`, fractions and `+00:00` too), or epoch seconds, as
-/// unix seconds; `""` or absent is none.
+/// An ISO 8601 time (`2024-03-30T12:26:13Z`, with fractions or a `±HH:MM` offset too), or
+/// epoch seconds, as unix seconds; `""` or absent is none.
 fn time_of(value: Option<&Value>, field: &str) -> Result<Option<f64>, String> {
     let text = match value {
         None | Some(Value::Null) => return Ok(None),
@@ -150,17 +150,38 @@ fn time_of(value: Option<&Value>, field: &str) -> Result<Option<f64>, String> {
         Some(Value::String(s)) => s,
         Some(other) => return Err(format!("{field} is not a time: {other}")),
     };
-    let utc = match text.strip_suffix("+00:00") {
-        Some(base) => format!("{base}Z"),
-        None => text.clone(),
-    };
-    let t = humantime::parse_rfc3339_weak(utc.trim_end_matches('Z')).map_err(|e| {
+    let (local, offset) = split_offset(text);
+    let t = humantime::parse_rfc3339_weak(local.trim_end_matches('Z')).map_err(|e| {
         format!(
-            "{field} {:?} is not an ISO 8601 UTC time: {e}",
+            "{field} {:?} is not an ISO 8601 time: {e}",
             bounded(text, 100)
         )
     })?;
-    Ok(Some(crate::model::unix_seconds(t)))
+    Ok(Some(crate::model::unix_seconds(t) - offset))
+}
+
+/// A time's text without its `±HH:MM` offset, and the offset in seconds (0 for `Z` or none).
+fn split_offset(text: &str) -> (&str, f64) {
+    let Some((base, offset)) = text
+        .len()
+        .checked_sub(6)
+        .and_then(|i| text.split_at_checked(i))
+    else {
+        return (text, 0.0);
+    };
+    let bytes = offset.as_bytes();
+    let digits = |r: std::ops::Range<usize>| offset.get(r).and_then(|d| d.parse::<f64>().ok());
+    let sign = match bytes.first() {
+        Some(b'+') => 1.0,
+        Some(b'-') => -1.0,
+        _ => return (text, 0.0),
+    };
+    match (digits(1..3), bytes.get(3), digits(4..6)) {
+        (Some(hours), Some(b':'), Some(minutes)) if base.contains('T') => {
+            (base, sign * (hours * 3600.0 + minutes * 60.0))
+        }
+        _ => (text, 0.0),
+    }
 }
 
 fn source_info(source_type: Option<&str>, info: Option<WireSourceInfo>) -> Option<SourceInfo> {
@@ -249,6 +270,22 @@ mod tests {
         assert_eq!(event.observation.end_time, None);
         assert_eq!(event.observation.message, None);
         assert_eq!(event.time, None);
+    }
+
+    #[test]
+    fn times_may_carry_an_offset_or_be_epoch_seconds() {
+        let with_offset = FAILED.replace("2024-03-30T12:20:00Z", "2024-03-30T12:20:00+00:00");
+        let event = parse(&with_offset).expect("a valid event");
+        assert_eq!(event.observation.start_time, Some(1_711_801_200.0));
+        let epoch = FAILED.replace(r#""2024-03-30T12:20:00Z""#, "1711801200.25");
+        let event = parse(&epoch).expect("a valid event");
+        assert_eq!(event.observation.start_time, Some(1_711_801_200.25));
+        let east = FAILED.replace("2024-03-30T12:20:00Z", "2024-03-30T14:20:00+02:00");
+        let event = parse(&east).expect("a valid event");
+        assert_eq!(event.observation.start_time, Some(1_711_801_200.0));
+        let west = FAILED.replace("2024-03-30T12:20:00Z", "2024-03-30T07:20:00.5-05:00");
+        let event = parse(&west).expect("a valid event");
+        assert_eq!(event.observation.start_time, Some(1_711_801_200.5));
     }
 
     #[test]
