@@ -916,13 +916,7 @@ async fn thirty_percent_server_errors_still_converge_to_the_right_statuses() {
 async fn a_huge_failure_message_is_cut_before_it_is_stored_served_or_emitted() {
     let mut huge = scripted("f", 1, &[(0, "IN_PROGRESS"), (2, "FAILED")]);
     huge.timeline[1].message = Some(format!("{}END", "x".repeat(200_000)));
-    let script = scenario(vec![huge]);
-    let fake = flowwatch_fake::FakeServer::start(script.clone())
-        .await
-        .expect("fake");
-    let ws = Workspace::new();
-    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
-    let daemon = Daemon::start(&config, &fake, false).await;
+    let (fake, ws, daemon) = start(vec![huge], POLLING, false).await;
     eventually(Duration::from_secs(30), "FAILED", || async {
         daemon.execution(1).await["status"] == "FAILED"
     })
@@ -956,13 +950,7 @@ async fn cut_off_by(fault: flowwatch_fake::Fault) -> (f64, Option<f64>) {
         1.0,
         fault,
     );
-    let script = scenario(vec![execution]);
-    let fake = flowwatch_fake::FakeServer::start(script.clone())
-        .await
-        .expect("fake");
-    let ws = Workspace::new();
-    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
-    let daemon = Daemon::start(&config, &fake, false).await;
+    let (fake, _ws, daemon) = start(vec![execution], POLLING, false).await;
     eventually(Duration::from_secs(8), "a cut-off answer", || async {
         daemon.execution(1).await["last_error"]
             .as_str()
