@@ -8,6 +8,7 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_supplychain::Client;
+use aws_sdk_supplychain::config::SharedCredentialsProvider;
 use aws_sdk_supplychain::config::http::HttpResponse;
 use aws_sdk_supplychain::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_supplychain::types::DataIntegrationFlowExecution;
@@ -301,9 +302,10 @@ where
     }
 }
 
-/// A client for a local endpoint with fixed credentials and region, bypassing the provider
-/// chain: for `flowwatch demo` and the tests, which talk to the fake server.
-pub fn static_client(endpoint_url: &str, request_timeout: Duration) -> SdkFlowExecutions {
+/// The AWS configuration of local endpoints: fixed credentials and region, bypassing the
+/// provider chain, with the same retries (none) and timeouts as [`shared_config`]. For
+/// `flowwatch demo`, the tests and the benchmark, which talk to fakes and moto.
+pub fn local_config(request_timeout: Duration) -> aws_config::SdkConfig {
     let credentials = aws_sdk_supplychain::config::Credentials::new(
         "AKIDFLOWWATCHLOCAL",
         "local-fake-secret-not-a-real-key",
@@ -311,14 +313,20 @@ pub fn static_client(endpoint_url: &str, request_timeout: Duration) -> SdkFlowEx
         None,
         "flowwatch-static",
     );
-    let config = aws_sdk_supplychain::Config::builder()
+    aws_config::SdkConfig::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(credentials)
-        .endpoint_url(endpoint_url)
+        .credentials_provider(SharedCredentialsProvider::new(credentials))
         .retry_config(RetryConfig::disabled())
         .timeout_config(timeouts(request_timeout))
-        .interceptor(BodyLimit::API)
-        .build();
-    SdkFlowExecutions::new(Client::from_conf(config))
+        .build()
+}
+
+/// A client for a local endpoint, on [`local_config`].
+pub fn static_client(endpoint_url: &str, request_timeout: Duration) -> SdkFlowExecutions {
+    let settings = AwsSettings {
+        endpoint_url: Some(endpoint_url.to_string()),
+        ..AwsSettings::default()
+    };
+    SdkFlowExecutions::from_shared(&local_config(request_timeout), &settings)
 }

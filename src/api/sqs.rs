@@ -4,15 +4,13 @@
 
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
-use aws_config::retry::RetryConfig;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::DeleteMessageBatchRequestEntry;
 
 use super::ApiError;
 use crate::api::body_limit::BodyLimit;
-use crate::api::sdk::{classify, timeouts};
+use crate::api::sdk::{classify, local_config, timeouts};
 use crate::input::push::PushSettings;
 use crate::model::{bounded, bounds};
 
@@ -57,30 +55,10 @@ impl PushQueue {
         Self::new(Client::from_conf(config.build()), push)
     }
 
-    /// A queue at `push.endpoint_url` with fixed credentials, bypassing the provider chain: for
+    /// A queue at `push.endpoint_url` on [`local_config`], bypassing the provider chain: for
     /// tests and the benchmark, which talk to a local SQS.
     pub fn static_queue(push: &PushSettings, request_timeout: Duration) -> Self {
-        let credentials = aws_sdk_sqs::config::Credentials::new(
-            "AKIDFLOWWATCHLOCAL",
-            "local-fake-secret-not-a-real-key",
-            None,
-            None,
-            "flowwatch-static",
-        );
-        let mut config = aws_sdk_sqs::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(aws_config::Region::new(
-                push.queue_region()
-                    .unwrap_or_else(|| "us-east-1".to_string()),
-            ))
-            .credentials_provider(credentials)
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(timeouts(push.wait_time + request_timeout))
-            .interceptor(BodyLimit::SQS);
-        if let Some(url) = &push.endpoint_url {
-            config = config.endpoint_url(url);
-        }
-        Self::new(Client::from_conf(config.build()), push)
+        Self::from_shared(&local_config(request_timeout), push, request_timeout)
     }
 
     fn new(client: Client, push: &PushSettings) -> Self {
