@@ -96,14 +96,15 @@ async fn publish(shared: Arc<Shared>, publishing: EventPublishing) -> Published 
         while let Some((_, entry)) = due.next_if(|(at, _)| *at <= now) {
             batch.push(entry);
         }
-        let entries = copies(&shared, &publishing, batch, &mut published);
+        let changes = copies(&shared, &publishing, batch, &mut published);
         if let Some(queue) = &publishing.queue {
-            for entry in &entries {
-                queue.send(envelope(&publishing, entry).to_string());
+            for change in &changes {
+                queue.send(envelope(&publishing, change).to_string());
             }
-            published.sent += entries.len() as u64;
+            published.sent += changes.len() as u64;
             continue;
         }
+        let entries: Vec<Value> = changes.iter().map(put_entry).collect();
         let calls: Vec<_> = entries
             .chunks(ENTRIES_PER_CALL)
             .map(|chunk| {
@@ -120,22 +121,26 @@ async fn publish(shared: Arc<Shared>, publishing: EventPublishing) -> Published 
     published
 }
 
-/// The entries to send, after the scripted loss and repeats.
+/// One status change to publish: the event's `detail`, and when it happened.
+#[derive(Clone)]
+struct Change {
+    detail: Value,
+    at: SystemTime,
+}
+
+/// The changes to send, after the scripted loss and repeats.
 fn copies(
     shared: &Shared,
     publishing: &EventPublishing,
-    batch: Vec<Value>,
+    batch: Vec<Change>,
     published: &mut Published,
-) -> Vec<Value> {
+) -> Vec<Change> {
     let mut rng = lock(&shared.rng);
-    let mut entries = Vec::with_capacity(batch.len());
-    for entry in batch {
+    let mut changes = Vec::with_capacity(batch.len());
+    for change in batch {
         if rng.f64() < publishing.drop {
             published.dropped += 1;
-            let detail: Value = entry["Detail"]
-                .as_str()
-                .and_then(|d| serde_json::from_str(d).ok())
-                .unwrap_or(Value::Null);
+            let detail = &change.detail;
             if matches!(detail["status"].as_str(), Some("SUCCEEDED" | "FAILED")) {
                 let id = detail["flowExecutionId"].as_str().unwrap_or_default();
                 published.ends_dropped.push(id.to_string());
@@ -144,15 +149,15 @@ fn copies(
         }
         if rng.f64() < publishing.duplicate {
             published.duplicated += 1;
-            entries.push(entry.clone());
+            changes.push(change.clone());
         }
-        entries.push(entry);
+        changes.push(change);
     }
-    entries
+    changes
 }
 
-/// Every step of every execution, as an event entry, with the time to send it.
-fn planned(shared: &Shared, publishing: &EventPublishing) -> Vec<(Duration, Value)> {
+/// Every step of every execution, as a change, with the time to send it.
+fn planned(shared: &Shared, publishing: &EventPublishing) -> Vec<(Duration, Change)> {
     let scripts: Vec<ScriptedExecution> = lock(&shared.scenario).scenario.executions.clone();
     let mut rng = lock(&shared.rng);
     let mut due = Vec::new();
@@ -162,15 +167,18 @@ fn planned(shared: &Shared, publishing: &EventPublishing) -> Vec<(Duration, Valu
                 continue;
             };
             let delay = publishing.max_delay.mul_f64(rng.f64());
-            let at_wall = shared.started_wall + step.at;
-            due.push((step.at + delay, entry(publishing, &execution, at_wall)));
+            let change = Change {
+                detail: detail(publishing, &execution),
+                at: shared.started_wall + step.at,
+            };
+            due.push((step.at + delay, change));
         }
     }
     due
 }
 
-/// A PutEvents entry for one execution's wire form, with the detail the service sends.
-fn entry(publishing: &EventPublishing, execution: &Value, at: SystemTime) -> Value {
+/// The `detail` the service sends for one execution's wire form.
+fn detail(publishing: &EventPublishing, execution: &Value) -> Value {
     let iso = |v: &Value| {
         v.as_f64()
             .map(|secs| {
@@ -203,29 +211,34 @@ fn entry(publishing: &EventPublishing, execution: &Value, at: SystemTime) -> Val
     if let Some(dataset) = source.get("datasetSource") {
         detail["sourceInfo"] = json!({ "datasetSource": dataset });
     }
+    detail
+}
+
+const SOURCE: &str = "aws.supplychain";
+const DETAIL_TYPE: &str = "AWS Supply Chain Data Integration Status Change";
+
+/// The PutEvents entry of a change.
+fn put_entry(change: &Change) -> Value {
     json!({
-        "Source": "aws.supplychain",
-        "DetailType": "AWS Supply Chain Data Integration Status Change",
-        "Detail": detail.to_string(),
+        "Source": SOURCE,
+        "DetailType": DETAIL_TYPE,
+        "Detail": change.detail.to_string(),
         "Resources": [],
-        "Time": at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        "Time": change.at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     })
 }
 
-/// The EventBridge envelope of a PutEvents entry, as the rule's SQS target receives it.
-fn envelope(publishing: &EventPublishing, entry: &Value) -> Value {
-    let time = UNIX_EPOCH + Duration::from_secs(entry["Time"].as_u64().unwrap_or(0));
-    let detail: Value = entry["Detail"]
-        .as_str()
-        .and_then(|d| serde_json::from_str(d).ok())
-        .unwrap_or(Value::Null);
+/// The EventBridge envelope of a change, as the rule's SQS target receives it.
+fn envelope(publishing: &EventPublishing, change: &Change) -> Value {
+    let detail = &change.detail;
+    let text = |field: &str| detail[field].as_str().unwrap_or_default().to_string();
     json!({
         "version": "0",
-        "id": format!("{}-{}", detail["flowExecutionId"].as_str().unwrap_or_default(), detail["status"].as_str().unwrap_or_default()),
-        "detail-type": entry["DetailType"],
-        "source": entry["Source"],
+        "id": format!("{}-{}", text("flowExecutionId"), text("status")),
+        "detail-type": DETAIL_TYPE,
+        "source": SOURCE,
         "account": publishing.account,
-        "time": humantime::format_rfc3339_seconds(time).to_string(),
+        "time": humantime::format_rfc3339_seconds(change.at).to_string(),
         "region": publishing.region,
         "resources": [],
         "detail": detail,

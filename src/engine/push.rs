@@ -155,8 +155,8 @@ impl<C: FlowExecutions> Engine<C> {
     fn apply_pushed(&mut self, event: PushedEvent, receipt: String) -> Option<PushOutcome> {
         let wall = SystemTime::now();
         let key = event.key.clone();
-        let joined = !self.executions.contains_key(&key) && self.join_pushed(&event, wall);
-        if !self.executions.contains_key(&key) {
+        let joined = !self.executions.contains_key(&key);
+        if joined && !self.join_pushed(&event, wall) {
             let outcome = self.outside_watch_set(&event);
             if outcome.is_some() {
                 self.staged.ack(receipt);
