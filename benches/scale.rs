@@ -464,8 +464,7 @@ async fn measure(run: Run) -> Row {
     } else {
         usage
     };
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+    stop(&mut child, pid).await;
     reader.abort();
     let (calls, throttled) = fake.counts();
     let stats = fake.stats();
@@ -673,7 +672,24 @@ fn free_port() -> SocketAddr {
         .expect("a free port")
 }
 
-/// One `GET /metrics`; the body's size.
+/// Stops the poller as systemd would: SIGTERM, then SIGKILL after 30 s. A profiler named in
+/// `FLOWWATCH_BENCH_WRAP` gets the SIGTERM and writes its data before it exits.
+async fn stop(child: &mut tokio::process::Child, pid: u32) {
+    let term = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await;
+    if term.is_ok_and(|s| s.success())
+        && tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .is_ok()
+    {
+        return;
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
 /// How often `/metrics` is scraped: every second (`FLOWWATCH_BENCH_SCRAPE_SECONDS` changes
 /// it), every 5 s at the least once a scrape takes over 250 ms.
 fn scrape_interval() -> Duration {

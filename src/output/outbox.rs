@@ -3,11 +3,10 @@
 //! outbox (`output::store`).
 
 use std::path::Path;
-use std::time::Duration;
 
 use rusqlite::{Connection, params};
 
-use crate::output::store::{DB_FILE, describe};
+use crate::output::store::{DB_FILE, describe, tune};
 
 /// One event sink's own connection to the store: what the outbox holds for it, and the marks of
 /// what it wrote. A sink's thread owns it.
@@ -24,8 +23,7 @@ impl Delivery {
     pub fn open(dir: &Path, sink: &'static str) -> std::io::Result<Self> {
         let conn =
             Connection::open(dir.join(DB_FILE)).map_err(|e| std::io::Error::other(describe(&e)))?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|e| std::io::Error::other(describe(&e)))?;
+        tune(&conn).map_err(|e| std::io::Error::other(describe(&e)))?;
         Ok(Self { conn, sink })
     }
 

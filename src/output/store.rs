@@ -21,6 +21,14 @@ use crate::model::{ExecutionKey, FlowKey, Observation, Status};
 pub const DB_FILE: &str = "flowwatch.db";
 const SCHEMA_VERSION: i64 = 1;
 
+/// Sets what every connection to the database needs: commits durable across a process crash
+/// without an fsync each (`synchronous` is per connection, and SQLite's default, FULL, syncs
+/// the WAL on every commit), and a wait of 5 s for a lock the other connection holds.
+pub fn tune(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(Duration::from_secs(5))
+}
+
 /// A store failure, in words an operator can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("state database {path}: {message}")]
@@ -117,8 +125,7 @@ impl Store {
     fn init(&self) -> rusqlite::Result<()> {
         quick_check(&self.conn)?;
         self.conn.pragma_update(None, "journal_mode", "WAL")?;
-        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
-        self.conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        tune(&self.conn)?;
         self.conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS executions (
