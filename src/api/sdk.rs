@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_supplychain::Client;
 use aws_sdk_supplychain::config::SharedCredentialsProvider;
@@ -55,6 +56,7 @@ pub async fn shared_config(
 ) -> Result<aws_config::SdkConfig, String> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::disabled())
+        .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
         .timeout_config(timeouts(request_timeout));
     if let Some(region) = &settings.region {
         loader = loader.region(aws_config::Region::new(region.clone()));
@@ -75,6 +77,8 @@ pub async fn shared_config(
 }
 
 /// The per-request timeout covers the whole call; connecting gets a tighter bound of its own.
+/// So the SDK's stalled-stream protection, a throughput monitor on every body (meant for long
+/// downloads), is turned off beside it: a stalled answer is cut by this timeout.
 pub fn timeouts(request_timeout: Duration) -> TimeoutConfig {
     TimeoutConfig::builder()
         .operation_timeout(request_timeout)
@@ -318,6 +322,7 @@ pub fn local_config(request_timeout: Duration) -> aws_config::SdkConfig {
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(SharedCredentialsProvider::new(credentials))
         .retry_config(RetryConfig::disabled())
+        .stalled_stream_protection(StalledStreamProtectionConfig::disabled())
         .timeout_config(timeouts(request_timeout))
         .build()
 }
