@@ -2,11 +2,12 @@
 //! through a bounded queue, so a sink that blocks (a stdout nobody reads) or fails never holds up
 //! the engine, and one sink's trouble never touches the other.
 //!
-//! Each sink keeps its own place in the outbox (`outbox_sinks` in the store). Its thread writes
-//! an event, then marks it written for that sink, with a connection of its own; the event's row
-//! goes once every sink has it. So a crash between a write and its mark repeats that one event
-//! on that sink, and a sink that failed or fell behind (its queue was full) catches up from the
-//! outbox, in order, without writing anything twice.
+//! Each sink keeps its own place in the outbox (`output::outbox`). Its thread writes an event,
+//! then marks it written in its place file; what it wrote leaves the outbox in one transaction
+//! at most [`FORGET_EVERY`] later (an event's row goes once every sink has it). So a crash
+//! between a write and its mark repeats that one event on that sink, and a sink that failed or
+//! fell behind (its queue was full) catches up from the outbox, in order, without writing
+//! anything twice.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -25,6 +26,9 @@ pub const QUEUE: usize = 4096;
 pub const STALLED_AFTER: Duration = Duration::from_secs(5);
 /// How often a sink that failed or fell behind tries again.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
+/// How long events written stay in the outbox at most, so a burst leaves it in a few
+/// transactions rather than one per event.
+pub const FORGET_EVERY: Duration = Duration::from_millis(100);
 
 /// The names of the sinks, as `flowwatch_events_total{sink}` and the outbox know them.
 pub const STDOUT: &str = "stdout";
@@ -82,6 +86,8 @@ impl Sinks {
         let mut workers = Vec::new();
         for (name, writer) in writers {
             let delivery = Delivery::open(db, name)?;
+            // Read now, before the engine commits anything: see `Delivery::resume`.
+            let last = delivery.resume();
             let (jobs, queue) = std::sync::mpsc::sync_channel(QUEUE);
             let status = Arc::new(Status::default());
             status.behind.store(true, Ordering::Relaxed);
@@ -91,7 +97,10 @@ impl Sinks {
                 delivery,
                 status: status.clone(),
                 metrics: metrics.clone(),
-                last: 0,
+                last,
+                // Events written before a crash may still be in the outbox: they go first.
+                forgotten: 0,
+                unforgotten_since: (last > 0).then(Instant::now),
                 failing: false,
             };
             std::thread::Builder::new()
@@ -217,6 +226,10 @@ struct SinkThread {
     metrics: Arc<Metrics>,
     /// The last event written, by outbox sequence number.
     last: i64,
+    /// Events up to this one have left the outbox for this sink.
+    forgotten: i64,
+    /// When the oldest event written but still in the outbox was written.
+    unforgotten_since: Option<Instant>,
     failing: bool,
 }
 
@@ -224,7 +237,11 @@ impl SinkThread {
     fn run(mut self, queue: Receiver<Job>) {
         self.catch_up();
         loop {
-            match queue.recv_timeout(RETRY_EVERY) {
+            let wait = match self.unforgotten_since {
+                Some(since) => FORGET_EVERY.saturating_sub(since.elapsed()),
+                None => RETRY_EVERY,
+            };
+            match queue.recv_timeout(wait) {
                 Ok(Job::Write { seq, line }) => {
                     if self.status.behind.load(Ordering::Relaxed) {
                         self.catch_up();
@@ -238,6 +255,7 @@ impl SinkThread {
                         self.catch_up();
                     }
                     self.writer.flush();
+                    self.forget();
                     let _ = ack.send(());
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -247,8 +265,33 @@ impl SinkThread {
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.writer.flush();
+                    self.forget();
                     return;
                 }
+            }
+            if self
+                .unforgotten_since
+                .is_some_and(|since| since.elapsed() >= FORGET_EVERY)
+            {
+                self.forget();
+            }
+        }
+    }
+
+    /// Takes what this sink wrote out of the outbox, in one transaction.
+    fn forget(&mut self) {
+        if self.last <= self.forgotten {
+            return;
+        }
+        match self.delivery.forget_through(self.last) {
+            Ok(()) => {
+                self.forgotten = self.last;
+                self.unforgotten_since = None;
+            }
+            Err(e) => {
+                // Its place still says what was written; tried again FORGET_EVERY later.
+                tracing::error!(sink = self.name, error = %e, "cannot take written events out of the outbox");
+                self.unforgotten_since = Some(Instant::now());
             }
         }
     }
@@ -294,11 +337,12 @@ impl SinkThread {
                     self.failing = false;
                     tracing::info!(sink = self.name, "event sink works again");
                 }
-                if let Err(e) = self.delivery.mark(seq) {
-                    // Written but not marked: written again after a restart (same id).
+                if let Err(e) = self.delivery.mark(seq, event) {
+                    // Written but not marked: written again after a crash (same id).
                     tracing::error!(sink = self.name, error = %e, "cannot mark an event written");
                 }
                 self.last = seq;
+                self.unforgotten_since.get_or_insert_with(Instant::now);
                 true
             }
             Err(e) => {

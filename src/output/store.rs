@@ -838,16 +838,16 @@ mod tests {
             )]
         );
         // Each sink has its own place: written by one, the event waits for the other.
-        let (stdout, file) = (
+        let (mut stdout, mut file) = (
             Delivery::open(dir.path(), "stdout").expect("stdout"),
             Delivery::open(dir.path(), "file").expect("file"),
         );
         let event = (seq, serde_json::json!({"id": "x"}).to_string());
         assert_eq!(stdout.pending(0).expect("pending"), vec![event.clone()]);
-        stdout.mark(seq).expect("mark");
+        stdout.forget_through(seq).expect("forget");
         assert!(stdout.pending(0).expect("pending").is_empty());
         assert_eq!(file.pending(0).expect("pending"), vec![event]);
-        file.mark(seq).expect("mark");
+        file.forget_through(seq).expect("forget");
         let rows: i64 = store
             .conn
             .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
