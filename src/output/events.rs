@@ -4,9 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use crate::model::{ExecutionKey, Overdue, Status, Transition, rfc3339, rfc3339_from_secs};
+use crate::model::{
+    ExecutionKey, ObservedVia, Overdue, SourceInfo, Status, Transition, rfc3339, rfc3339_from_secs,
+};
 
 /// The CloudEvents `type` of a status change.
 pub const TRANSITION_TYPE: &str = "flowwatch.execution.transition";
@@ -15,39 +17,102 @@ pub const REJECTED_TYPE: &str = "flowwatch.execution.rejected";
 /// The CloudEvents `type` sent once when a running execution becomes overdue.
 pub const OVERDUE_TYPE: &str = "flowwatch.execution.overdue";
 
-/// The CloudEvents 1.0 envelope every flowwatch event shares. The id is deterministic
-/// (`<key>/<what>`), so a consumer can deduplicate, also across restarts.
-fn envelope(key: &ExecutionKey, what: &str, kind: &str, at: SystemTime, data: Value) -> Value {
-    json!({
-        "specversion": "1.0",
-        "id": format!("{key}/{what}"),
-        "source": "flowwatch",
-        "type": kind,
-        "time": rfc3339(at),
-        "subject": key.to_string(),
-        "datacontenttype": "application/json",
-        "data": data,
-    })
+/// The CloudEvents 1.0 envelope every flowwatch event shares, in its field order. The id is
+/// deterministic (`<key>/<what>`), so a consumer can deduplicate, also across restarts.
+#[derive(Serialize)]
+struct Envelope<D> {
+    specversion: &'static str,
+    id: String,
+    source: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    time: String,
+    subject: String,
+    datacontenttype: &'static str,
+    data: D,
+}
+
+/// One event as one line of JSON (no newline).
+fn envelope(
+    key: &ExecutionKey,
+    what: &str,
+    kind: &'static str,
+    at: SystemTime,
+    data: impl Serialize,
+) -> String {
+    let event = Envelope {
+        specversion: "1.0",
+        id: format!("{key}/{what}"),
+        source: "flowwatch",
+        kind,
+        time: rfc3339(at),
+        subject: key.to_string(),
+        datacontenttype: "application/json",
+        data,
+    };
+    // Strings, numbers, maps with string keys: nothing here can fail to serialise.
+    serde_json::to_string(&event).unwrap_or_default()
+}
+
+/// The ids every event's data starts with.
+#[derive(Serialize)]
+struct Ids<'a> {
+    instance_id: &'a str,
+    flow_name: &'a str,
+    execution_id: &'a str,
+}
+
+impl<'a> Ids<'a> {
+    fn of(key: &'a ExecutionKey) -> Self {
+        Self {
+            instance_id: &key.instance_id,
+            flow_name: &key.flow_name,
+            execution_id: &key.execution_id,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TransitionData<'a> {
+    #[serde(flatten)]
+    ids: Ids<'a>,
+    from_status: Status,
+    to_status: Status,
+    observed_via: ObservedVia,
+    message: Option<&'a str>,
+    start_time: Option<String>,
+    end_time: Option<String>,
+    source_info: Option<&'a SourceInfo>,
+    diagnostic_reports_root_s3_uri: Option<&'a str>,
+    labels: &'a BTreeMap<String, String>,
 }
 
 /// The event of a status change: one id per execution and target status.
-pub fn transition_event(t: &Transition) -> Value {
+pub fn transition_event(t: &Transition) -> String {
     let obs = t.observation.as_ref();
-    let data = json!({
-        "instance_id": t.key.instance_id,
-        "flow_name": t.key.flow_name,
-        "execution_id": t.key.execution_id,
-        "from_status": t.from,
-        "to_status": t.to,
-        "observed_via": t.via,
-        "message": obs.and_then(|o| o.message.clone()),
-        "start_time": obs.and_then(|o| o.start_time).map(rfc3339_from_secs),
-        "end_time": obs.and_then(|o| o.end_time).map(rfc3339_from_secs),
-        "source_info": obs.and_then(|o| o.source_info.clone()),
-        "diagnostic_reports_root_s3_uri": obs.and_then(|o| o.diagnostic_reports_root_s3_uri.clone()),
-        "labels": t.labels,
-    });
+    let data = TransitionData {
+        ids: Ids::of(&t.key),
+        from_status: t.from,
+        to_status: t.to,
+        observed_via: t.via,
+        message: obs.and_then(|o| o.message.as_deref()),
+        start_time: obs.and_then(|o| o.start_time).map(rfc3339_from_secs),
+        end_time: obs.and_then(|o| o.end_time).map(rfc3339_from_secs),
+        source_info: obs.and_then(|o| o.source_info.as_ref()),
+        diagnostic_reports_root_s3_uri: obs
+            .and_then(|o| o.diagnostic_reports_root_s3_uri.as_deref()),
+        labels: &t.labels,
+    };
     envelope(&t.key, t.to.as_str(), TRANSITION_TYPE, t.at, data)
+}
+
+#[derive(Serialize)]
+struct RejectedData<'a> {
+    #[serde(flatten)]
+    ids: Ids<'a>,
+    status: Status,
+    message: &'a str,
+    labels: &'a BTreeMap<String, String>,
 }
 
 /// The event sent when the API answers ValidationException: the entry is invalid and polling it
@@ -58,32 +123,40 @@ pub fn rejected_event(
     message: &str,
     at: SystemTime,
     labels: &BTreeMap<String, String>,
-) -> Value {
-    let data = json!({
-        "instance_id": key.instance_id,
-        "flow_name": key.flow_name,
-        "execution_id": key.execution_id,
-        "status": status,
-        "message": message,
-        "labels": labels,
-    });
+) -> String {
+    let data = RejectedData {
+        ids: Ids::of(key),
+        status,
+        message,
+        labels,
+    };
     envelope(key, "REJECTED", REJECTED_TYPE, at, data)
 }
 
+#[derive(Serialize)]
+struct OverdueData<'a> {
+    #[serde(flatten)]
+    ids: Ids<'a>,
+    start_time: String,
+    expected_end_time: String,
+    median_duration_seconds: f64,
+    overdue_after_seconds: f64,
+    running_seconds: f64,
+    labels: &'a BTreeMap<String, String>,
+}
+
 /// The event sent once when a running execution becomes overdue.
-pub fn overdue_event(o: &Overdue) -> Value {
+pub fn overdue_event(o: &Overdue) -> String {
     let e = &o.expectation;
-    let data = json!({
-        "instance_id": o.key.instance_id,
-        "flow_name": o.key.flow_name,
-        "execution_id": o.key.execution_id,
-        "start_time": rfc3339_from_secs(o.start_time),
-        "expected_end_time": rfc3339_from_secs(e.expected_end),
-        "median_duration_seconds": e.median,
-        "overdue_after_seconds": e.overdue_after,
-        "running_seconds": o.running.round(),
-        "labels": o.labels,
-    });
+    let data = OverdueData {
+        ids: Ids::of(&o.key),
+        start_time: rfc3339_from_secs(o.start_time),
+        expected_end_time: rfc3339_from_secs(e.expected_end),
+        median_duration_seconds: e.median,
+        overdue_after_seconds: e.overdue_after,
+        running_seconds: o.running.round(),
+        labels: &o.labels,
+    };
     envelope(&o.key, "OVERDUE", OVERDUE_TYPE, o.at, data)
 }
 
@@ -92,7 +165,7 @@ mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
-    use crate::model::{ApiStatus, Observation, ObservedVia, S3Source, SourceInfo};
+    use crate::model::{ApiStatus, Observation, S3Source};
 
     #[test]
     fn absurd_api_times_are_written_as_the_epoch_not_a_panic() {
@@ -136,7 +209,9 @@ mod tests {
             labels: BTreeMap::from([("team".to_string(), "planning".to_string())]),
             via: ObservedVia::Poll,
         };
-        let e = transition_event(&t);
+        let line = transition_event(&t);
+        assert!(!line.contains('\n'), "one event, one line");
+        let e: serde_json::Value = serde_json::from_str(&line).expect("JSON");
         assert_eq!(e["specversion"], "1.0");
         assert_eq!(
             e["id"],
@@ -154,6 +229,5 @@ mod tests {
         assert_eq!(d["diagnostic_reports_root_s3_uri"], "s3://bucket/diag/");
         assert_eq!(d["labels"]["team"], "planning");
         assert_eq!(d["observed_via"], "poll");
-        assert!(!e.to_string().contains('\n'), "one event, one line");
     }
 }

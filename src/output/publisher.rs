@@ -260,7 +260,7 @@ impl Publisher {
         for change in changes {
             match change {
                 Change::Transition(t) => {
-                    let line = transition_event(t).to_string();
+                    let line = transition_event(t);
                     let seq = batch.transition(&t.key, t.to, t.observation.as_ref(), &line)?;
                     events.push(Written { seq, line });
                     if let Some((ended, seconds)) = t.run() {
@@ -268,7 +268,7 @@ impl Publisher {
                     }
                 }
                 Change::Overdue(o) => {
-                    let line = overdue_event(o).to_string();
+                    let line = overdue_event(o);
                     let seq = batch.overdue(&o.key, &line)?;
                     events.push(Written { seq, line });
                 }
@@ -280,7 +280,7 @@ impl Publisher {
                     labels,
                     at,
                 } => {
-                    let line = rejected_event(key, *status, message, *at, labels).to_string();
+                    let line = rejected_event(key, *status, message, *at, labels);
                     let seq =
                         batch.rejection(key, *status, observation.as_ref(), message, &line)?;
                     events.push(Written { seq, line });

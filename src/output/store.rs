@@ -170,6 +170,9 @@ impl Store {
                  seconds REAL NOT NULL,
                  PRIMARY KEY (instance_id, flow_name, execution_id)
              );
+             -- A flow's most recent runs, newest first, without sorting: what trimming reads.
+             CREATE INDEX IF NOT EXISTS flow_durations_by_end
+                 ON flow_durations (instance_id, flow_name, ended);
              CREATE TABLE IF NOT EXISTS flow_outcomes (
                  instance_id TEXT NOT NULL,
                  flow_name TEXT NOT NULL,
