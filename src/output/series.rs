@@ -267,7 +267,7 @@ impl Family {
 
 /// A label value as the text format wants it: backslash, double quote and newline escaped.
 fn escape_label(out: &mut String, value: &str) {
-    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+    if memchr::memchr3(b'\\', b'"', b'\n', value.as_bytes()).is_none() {
         out.push_str(value);
         return;
     }
