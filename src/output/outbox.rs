@@ -72,12 +72,19 @@ impl Delivery {
         let conn =
             Connection::open(dir.join(DB_FILE)).map_err(|e| std::io::Error::other(describe(&e)))?;
         tune(&conn).map_err(|e| std::io::Error::other(describe(&e)))?;
+        let path = dir.join(format!("outbox-{sink}.place"));
         let place = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(dir.join(format!("outbox-{sink}.place")))?;
+            .open(&path)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {}", path.display(), crate::model::io_error_text(&e)),
+                )
+            })?;
         Ok(Self { conn, sink, place })
     }
 
