@@ -100,7 +100,8 @@ impl Sinks {
                 last,
                 // Events written before a crash may still be in the outbox: they go first.
                 forgotten: 0,
-                unforgotten_since: (last > 0).then(Instant::now),
+                forget_at: (last > 0).then(Instant::now),
+                forget_failing: false,
                 failing: false,
             };
             std::thread::Builder::new()
@@ -228,8 +229,10 @@ struct SinkThread {
     last: i64,
     /// Events up to this one have left the outbox for this sink.
     forgotten: i64,
-    /// When the oldest event written but still in the outbox was written.
-    unforgotten_since: Option<Instant>,
+    /// When to take the events written out of the outbox, while some are still in it.
+    forget_at: Option<Instant>,
+    /// The last attempt to take them out failed (logged once until it works again).
+    forget_failing: bool,
     failing: bool,
 }
 
@@ -237,10 +240,9 @@ impl SinkThread {
     fn run(mut self, queue: Receiver<Job>) {
         self.catch_up();
         loop {
-            let wait = match self.unforgotten_since {
-                Some(since) => FORGET_EVERY.saturating_sub(since.elapsed()),
-                None => RETRY_EVERY,
-            };
+            let wait = self.forget_at.map_or(RETRY_EVERY, |at| {
+                at.saturating_duration_since(Instant::now())
+            });
             match queue.recv_timeout(wait) {
                 Ok(Job::Write { seq, line }) => {
                     if self.status.behind.load(Ordering::Relaxed) {
@@ -269,10 +271,7 @@ impl SinkThread {
                     return;
                 }
             }
-            if self
-                .unforgotten_since
-                .is_some_and(|since| since.elapsed() >= FORGET_EVERY)
-            {
+            if self.forget_at.is_some_and(|at| at <= Instant::now()) {
                 self.forget();
             }
         }
@@ -286,12 +285,19 @@ impl SinkThread {
         match self.delivery.forget_through(self.last) {
             Ok(()) => {
                 self.forgotten = self.last;
-                self.unforgotten_since = None;
+                self.forget_at = None;
+                if std::mem::take(&mut self.forget_failing) {
+                    tracing::info!(sink = self.name, "written events leave the outbox again");
+                }
             }
             Err(e) => {
-                // Its place still says what was written; tried again FORGET_EVERY later.
-                tracing::error!(sink = self.name, error = %e, "cannot take written events out of the outbox");
-                self.unforgotten_since = Some(Instant::now());
+                // The place file still says what was written, so nothing is written twice; the
+                // outbox only keeps those rows longer.
+                if !std::mem::replace(&mut self.forget_failing, true) {
+                    tracing::error!(sink = self.name, error = %e,
+                        "cannot take written events out of the outbox; trying again every 5 s");
+                }
+                self.forget_at = Some(Instant::now() + RETRY_EVERY);
             }
         }
     }
@@ -342,7 +348,8 @@ impl SinkThread {
                     tracing::error!(sink = self.name, error = %e, "cannot mark an event written");
                 }
                 self.last = seq;
-                self.unforgotten_since.get_or_insert_with(Instant::now);
+                self.forget_at
+                    .get_or_insert_with(|| Instant::now() + FORGET_EVERY);
                 true
             }
             Err(e) => {
