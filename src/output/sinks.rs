@@ -98,7 +98,7 @@ impl Sinks {
                 status: status.clone(),
                 metrics: metrics.clone(),
                 last,
-                // Events written before a crash may still be in the outbox: they go first.
+                // Events written before a crash may still be in the outbox: taken out at once.
                 forgotten: 0,
                 forget_at: (last > 0).then(Instant::now),
                 forget_failing: false,
