@@ -271,7 +271,14 @@ impl FakeServer {
             rng: Mutex::new(fastrand::Rng::with_seed(0x5eed)),
             shutdown: CancellationToken::new(),
         });
-        let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        let served = shared.clone();
+        let task = tokio::spawn(serve_http1(listener, shared.shutdown.clone(), move || {
+            let shared = served.clone();
+            service_fn(move |req| {
+                let shared = shared.clone();
+                async move { handle(&shared, req).await }
+            })
+        }));
         Ok(Self { addr, shared, task })
     }
 
@@ -314,19 +321,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts connections on `listener` until `shutdown` is cancelled, and serves each with HTTP/1
+/// through a service `service` makes for it. The fake API and the fake queue both serve this way.
+pub(crate) async fn serve_http1<S>(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    service: impl Fn() -> S,
+) where
+    S: hyper::service::HttpService<Incoming> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: Send + 'static,
+    <S::ResBody as http_body::Body>::Data: Send,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     loop {
         let accepted = tokio::select! {
-            () = shared.shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let shared = shared.clone();
+        let service = service();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { handle(&shared, req).await }
-            });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

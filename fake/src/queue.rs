@@ -15,17 +15,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::lock;
+use crate::{lock, serve_http1};
 
 /// How long a received message stays hidden unless deleted, as SQS's default.
 const VISIBILITY: Duration = Duration::from_secs(30);
@@ -67,7 +65,14 @@ impl FakeQueue {
             arrived: Notify::new(),
             shutdown: CancellationToken::new(),
         });
-        tokio::spawn(serve(listener, inner.clone()));
+        let served = inner.clone();
+        tokio::spawn(serve_http1(listener, inner.shutdown.clone(), move || {
+            let inner = served.clone();
+            service_fn(move |req| {
+                let inner = inner.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&inner, req).await) }
+            })
+        }));
         Ok(Self { addr, inner })
     }
 
@@ -109,26 +114,6 @@ impl QueueSender {
 impl std::fmt::Debug for QueueSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("QueueSender")
-    }
-}
-
-async fn serve(listener: TcpListener, inner: Arc<Inner>) {
-    loop {
-        let accepted = tokio::select! {
-            () = inner.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let Ok((stream, _)) = accepted else { continue };
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let inner = inner.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&inner, req).await) }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
     }
 }
 
