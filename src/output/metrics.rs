@@ -676,14 +676,24 @@ mod tests {
 
     #[test]
     fn the_per_execution_families_are_written_as_the_prometheus_crate_writes_them() {
-        let key = |flow: &str, n: u32| {
+        // Interned as the watchlist does, so a flow's rows share their ids and its label text is
+        // reused; one flow name needs escaping.
+        let mut names = crate::model::Interner::default();
+        let mut key = |flow: &str, n: u32| {
             ExecutionKey::from_checked(
-                "8850c54e-e187-4fa7-89d4-6370f165174d",
-                flow,
+                names.get("8850c54e-e187-4fa7-89d4-6370f165174d"),
+                names.get(flow),
                 format!("e-{n}"),
             )
         };
         let rows = [
+            (
+                key("odd\"flow\\", 1),
+                Status::InProgress,
+                1_700_000_000.125,
+                None,
+                None,
+            ),
             (
                 key("b-flow", 2),
                 Status::Failed,

@@ -26,6 +26,7 @@ impl Series {
             let mut text = String::with_capacity(family.chunk_capacity());
             let mut last = None;
             let mut seen = 0;
+            let mut flow_labels = FlowLabels::default();
             {
                 let rows = crate::model::lock(&self.rows);
                 let after = cursor
@@ -46,7 +47,7 @@ impl Series {
                             family.name, family.help
                         );
                     }
-                    family.write(&mut text, key, row);
+                    family.write(&mut text, &mut flow_labels, key, row);
                 }
                 cursor.after = last.cloned();
             }
@@ -204,16 +205,13 @@ impl Family {
 
     /// Writes the family's samples for one execution, labels in name order as the prometheus
     /// crate writes them.
-    fn write(&self, out: &mut String, key: &ExecutionKey, row: &SeriesRow) {
+    fn write(&self, out: &mut String, flow: &mut FlowLabels, key: &ExecutionKey, row: &SeriesRow) {
+        let flow = flow.of(key);
         let ids = |out: &mut String| {
             out.push_str(self.name);
             out.push_str("{execution_id=\"");
             escape_label(out, &key.execution_id);
-            out.push_str("\",flow_name=\"");
-            escape_label(out, &key.flow_name);
-            out.push_str("\",instance_id=\"");
-            escape_label(out, &key.instance_id);
-            out.push('"');
+            out.push_str(flow);
         };
         let value = |out: &mut String, v: f64| {
             out.push_str("} ");
@@ -265,6 +263,33 @@ impl Family {
     }
 }
 
+/// The labels after `execution_id` (`",flow_name="…",instance_id="…"`), escaped once per flow
+/// rather than on every line: the rows come in key order, so a flow's executions follow each
+/// other and share its instance and flow name.
+#[derive(Default)]
+struct FlowLabels {
+    of: Option<(Arc<str>, Arc<str>)>,
+    text: String,
+}
+
+impl FlowLabels {
+    fn of(&mut self, key: &ExecutionKey) -> &str {
+        let same = self.of.as_ref().is_some_and(|(instance, flow)| {
+            Arc::ptr_eq(instance, &key.instance_id) && Arc::ptr_eq(flow, &key.flow_name)
+        });
+        if !same {
+            self.text.clear();
+            self.text.push_str("\",flow_name=\"");
+            escape_label(&mut self.text, &key.flow_name);
+            self.text.push_str("\",instance_id=\"");
+            escape_label(&mut self.text, &key.instance_id);
+            self.text.push('"');
+            self.of = Some((key.instance_id.clone(), key.flow_name.clone()));
+        }
+        &self.text
+    }
+}
+
 /// A label value as the text format wants it: backslash, double quote and newline escaped.
 fn escape_label(out: &mut String, value: &str) {
     if memchr::memchr3(b'\\', b'"', b'\n', value.as_bytes()).is_none() {
@@ -281,27 +306,6 @@ fn escape_label(out: &mut String, value: &str) {
     }
 }
 
-/// `n` in decimal, without going through `core::fmt`.
-fn write_integer(out: &mut String, n: i64) {
-    if n < 0 {
-        out.push('-');
-    }
-    let mut digits = [0u8; 20];
-    let mut rest = n.unsigned_abs();
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        out.push(char::from(d));
-    }
-}
-
 /// A sample value as the text format wants it (`+Inf`, `-Inf`, `NaN`).
 fn write_value(out: &mut String, v: f64) {
     if v.is_nan() {
@@ -310,7 +314,7 @@ fn write_value(out: &mut String, v: f64) {
         out.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
     } else if v.fract() == 0.0 && v.abs() < 1e15 && !(v == 0.0 && v.is_sign_negative()) {
         // A whole number prints the same either way; as an integer it skips float formatting.
-        write_integer(out, v as i64);
+        out.push_str(itoa::Buffer::new().format(v as i64));
     } else {
         let _ = write!(out, "{v}");
     }
@@ -344,6 +348,11 @@ mod tests {
             -1.0,
             1_794_999_000.0,
             1_794_999_990.5,
+            1_794_999_990.123_456_7,
+            -1_794_999_990.001,
+            1.5,
+            999_999_999_999_999.9,
+            0.000_001_5,
             1e15,
             1e20,
             -0.0,
@@ -352,6 +361,26 @@ mod tests {
             let mut out = String::new();
             write_value(&mut out, v);
             assert_eq!(out, format!("{v}"), "{v}");
+        }
+    }
+
+    #[test]
+    fn random_times_and_fractions_are_written_as_rust_displays_them() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut out = String::new();
+        for _ in 0..200_000 {
+            // Times with milliseconds as the API gives them, and values of every magnitude,
+            // whole numbers among them.
+            let v = if rng.bool() {
+                1.7e9 + f64::from(rng.u32(..1_000_000_000)) / 1000.0
+            } else {
+                rng.f64() * 10f64.powi(rng.i32(-7..17))
+            };
+            let v = if rng.bool() { v.trunc() } else { v };
+            let v = if rng.bool() { -v } else { v };
+            out.clear();
+            write_value(&mut out, v);
+            assert_eq!(out, format!("{v}"), "{v:e}");
         }
     }
 }
