@@ -616,19 +616,25 @@ impl Batch<'_> {
         seconds: Option<f64>,
         history: usize,
     ) -> Result<(), StoreError> {
-        let column = match status {
-            Status::Succeeded => "last_success",
-            Status::Failed => "last_failure",
+        let outcome = match status {
+            Status::Succeeded => {
+                "INSERT INTO flow_outcomes (instance_id, flow_name, last_success) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (instance_id, flow_name)
+                 DO UPDATE SET last_success = max(coalesce(last_success, excluded.last_success), excluded.last_success)"
+            }
+            Status::Failed => {
+                "INSERT INTO flow_outcomes (instance_id, flow_name, last_failure) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (instance_id, flow_name)
+                 DO UPDATE SET last_failure = max(coalesce(last_failure, excluded.last_failure), excluded.last_failure)"
+            }
             _ => return Ok(()),
         };
         let run = || -> rusqlite::Result<()> {
-            self.tx
-                .prepare_cached(&format!(
-                    "INSERT INTO flow_outcomes (instance_id, flow_name, {column}) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (instance_id, flow_name)
-                     DO UPDATE SET {column} = max(coalesce({column}, excluded.{column}), excluded.{column})"
-                ))?
-                .execute(params![key.instance_id, key.flow_name, ended])?;
+            self.tx.prepare_cached(outcome)?.execute(params![
+                key.instance_id,
+                key.flow_name,
+                ended
+            ])?;
             let Some(seconds) = seconds.filter(|s| s.is_finite() && *s > 0.0) else {
                 return Ok(());
             };
