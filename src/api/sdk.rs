@@ -77,12 +77,12 @@ pub async fn shared_config(
 }
 
 /// The per-request timeout covers the whole call; connecting gets a tighter bound of its own.
-/// So the SDK's stalled-stream protection, a throughput monitor on every body (meant for long
-/// downloads), is turned off beside it: a stalled answer is cut by this timeout.
+/// With SDK retries off a call is one attempt, so no attempt timeout (a second timer per call)
+/// is set beside it. The SDK's stalled-stream protection, a throughput monitor on every body
+/// (meant for long downloads), is turned off too: a stalled answer is cut by this timeout.
 pub fn timeouts(request_timeout: Duration) -> TimeoutConfig {
     TimeoutConfig::builder()
         .operation_timeout(request_timeout)
-        .operation_attempt_timeout(request_timeout)
         .connect_timeout(request_timeout.min(Duration::from_secs(5)))
         .build()
 }
