@@ -20,8 +20,9 @@
 //! flowwatch was behind its own schedule (a due request waited over 1 s, read from
 //! `flowwatch_schedule_lag_seconds` scraped every second), against the server's limit; p50/p95/max detection latency, from the fake's terminal time to the
 //! moment the poller reported it (flowwatch: its event on stdout); peak RSS (VmHWM); CPU seconds
-//! per 1,000 requests; the slowest `/metrics` scrape and its size; the status page (`GET /`),
-//! fetched once when half the executions are detected, its time and size.
+//! per 1,000 requests and CPU milliseconds per execution; the slowest `/metrics` scrape and its size; the status page (`GET /`),
+//! fetched once when half the executions are detected, its time and size. Under the table, each
+//! poller's CPU per 1,000 requests against the baseline's in the same run.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -797,9 +798,9 @@ fn cpu_model() -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n| poller | scenario | N | wall s | API calls | calls/exec | throttled | backlog rate / limit | rate while behind / limit | p50 s | p95 s | max s | undetected | peak RSS MiB | CPU s / 1000 calls | /metrics ms | /metrics size | status page ms | status page size |"
+        "\n| poller | scenario | N | wall s | API calls | calls/exec | throttled | backlog rate / limit | rate while behind / limit | p50 s | p95 s | max s | undetected | peak RSS MiB | CPU s / 1000 calls | CPU ms / execution | /metrics ms | /metrics size | status page ms | status page size |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let of_limit = |rate: Option<f64>, none: &str| {
             rate.map_or(none.to_string(), |rate| {
@@ -820,7 +821,7 @@ fn print_table(rows: &[Row]) {
             },
         );
         println!(
-            "| {} | {} | {} | {:.1} | {} | {:.2} | {:.2} % | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.4} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.1} | {} | {:.2} | {:.2} % | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.4} | {:.3} | {} | {} | {} | {} |",
             r.label,
             r.scenario,
             r.n,
@@ -835,7 +836,8 @@ fn print_table(rows: &[Row]) {
             r.max,
             r.undetected,
             r.peak_rss_mib,
-            1000.0 * r.cpu_seconds / r.calls.max(1) as f64,
+            cpu_per_1000_calls(r),
+            1000.0 * r.cpu_seconds / r.n.max(1) as f64,
             r.scrape_ms.map_or("-".to_string(), |m| format!("{m:.0}")),
             r.scrape_bytes
                 .map_or("-".to_string(), |b| format!("{:.1} MB", b as f64 / 1e6)),
@@ -845,6 +847,29 @@ fn print_table(rows: &[Row]) {
                 b as f64 / 1e3
             )),
         );
+    }
+    print_cpu_ratios(rows);
+}
+
+fn cpu_per_1000_calls(r: &Row) -> f64 {
+    1000.0 * r.cpu_seconds / r.calls.max(1) as f64
+}
+
+/// Each poller's CPU per 1,000 calls divided by the baseline's at the same scenario and N:
+/// the figure the CPU target is stated in.
+fn print_cpu_ratios(rows: &[Row]) {
+    for baseline in rows.iter().filter(|r| r.label.starts_with("baseline")) {
+        for r in rows.iter().filter(|r| {
+            !r.label.starts_with("baseline") && r.scenario == baseline.scenario && r.n == baseline.n
+        }) {
+            println!(
+                "CPU per 1,000 calls, {} at {} ({}): {:.2}x the baseline's",
+                r.label,
+                r.n,
+                r.scenario,
+                cpu_per_1000_calls(r) / cpu_per_1000_calls(baseline)
+            );
+        }
     }
 }
 
