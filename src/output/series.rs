@@ -268,13 +268,14 @@ impl Family {
 /// other and share its instance and flow name.
 #[derive(Default)]
 struct FlowLabels {
-    of: Option<(Arc<str>, Arc<str>)>,
+    /// The instance id and flow name `text` was written for.
+    ids: Option<(Arc<str>, Arc<str>)>,
     text: String,
 }
 
 impl FlowLabels {
     fn of(&mut self, key: &ExecutionKey) -> &str {
-        let same = self.of.as_ref().is_some_and(|(instance, flow)| {
+        let same = self.ids.as_ref().is_some_and(|(instance, flow)| {
             Arc::ptr_eq(instance, &key.instance_id) && Arc::ptr_eq(flow, &key.flow_name)
         });
         if !same {
@@ -284,7 +285,7 @@ impl FlowLabels {
             self.text.push_str("\",instance_id=\"");
             escape_label(&mut self.text, &key.instance_id);
             self.text.push('"');
-            self.of = Some((key.instance_id.clone(), key.flow_name.clone()));
+            self.ids = Some((key.instance_id.clone(), key.flow_name.clone()));
         }
         &self.text
     }
