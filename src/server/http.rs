@@ -314,10 +314,10 @@ impl futures_core::Stream for MetricsBody {
     ) -> std::task::Poll<Option<Self::Item>> {
         let this = self.get_mut();
         let chunk = match this.head.take() {
-            Some(head) => Some(head),
+            Some(head) => Some(bytes::Bytes::from(head)),
             None => this.metrics.next_series_chunk(&mut this.cursor),
         };
-        std::task::Poll::Ready(chunk.map(|text| Ok(bytes::Bytes::from(text))))
+        std::task::Poll::Ready(chunk.map(Ok))
     }
 }
 
