@@ -59,7 +59,8 @@ pub struct AppState {
     pub reload: Reloader,
     /// `server.enable_lifecycle`: whether `POST /-/reload` works.
     pub lifecycle: bool,
-    /// One `/status` document is built at a time.
+    /// One `/status` document or status page is built at a time: each walks the watched
+    /// executions on the engine's thread, so a crowd of viewers queues here, not in the engine.
     pub status_gate: Arc<Semaphore>,
     /// `[server.basic_auth_users]`, when any.
     pub auth: Option<Arc<BasicAuth>>,
@@ -363,7 +364,7 @@ async fn status(State(state): State<AppState>, RawQuery(query): RawQuery) -> Res
     let Ok(Ok(_permit)) =
         tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, state.status_gate.acquire()).await
     else {
-        return unavailable("another /status request is being answered; try again");
+        return unavailable("the status is being built for other requests; try again");
     };
     let (tx, rx) = oneshot::channel();
     if state
@@ -430,6 +431,11 @@ async fn page(State(state): State<AppState>, RawQuery(query): RawQuery) -> Respo
         .find_map(|pair| pair.strip_prefix("offset="))
         .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or(0);
+    let Ok(Ok(_permit)) =
+        tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, state.status_gate.acquire()).await
+    else {
+        return unavailable("the status is being built for other requests; try again");
+    };
     let (tx, rx) = oneshot::channel();
     if state
         .commands
@@ -504,4 +510,63 @@ fn unavailable(reason: &str) -> Response {
         axum::Json(json!({"error": reason})),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Overview;
+
+    fn state(commands: mpsc::Sender<Command>) -> AppState {
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        AppState {
+            metrics: metrics.clone(),
+            health: Arc::new(Health::new()),
+            reload: Reloader::new("watchlist.toml".into(), commands.clone(), metrics),
+            commands,
+            lifecycle: false,
+            status_gate: Arc::new(Semaphore::new(1)),
+            auth: None,
+        }
+    }
+
+    fn overview() -> Overview {
+        Overview {
+            now: 0.0,
+            watched: 0,
+            by_status: Vec::new(),
+            overdue: 0,
+            without_recent_success: 0,
+            flows_total: 0,
+            offset: 0,
+            flows: Vec::new(),
+            overdue_factor: 2.0,
+            overdue_min: Duration::from_secs(60),
+            min_history: 5,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_engine_builds_one_status_page_at_a_time_however_many_viewers_wait() {
+        let (commands, mut engine) = mpsc::channel(16);
+        let state = state(commands);
+        let viewers: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(page(State(state.clone()), RawQuery(None))))
+            .collect();
+        for _ in 0..3 {
+            let Some(Command::Overview(_, reply)) = engine.recv().await else {
+                panic!("the engine is asked for an overview");
+            };
+            let next = tokio::time::timeout(Duration::from_secs(1), engine.recv()).await;
+            assert!(
+                next.is_err(),
+                "no other viewer reaches the engine meanwhile"
+            );
+            assert!(reply.send(overview()).is_ok(), "the viewer waits for it");
+        }
+        for viewer in viewers {
+            let response = viewer.await.expect("the viewer's request ends");
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    }
 }
