@@ -464,13 +464,6 @@ impl Default for Seconds {
     }
 }
 
-/// Equal when both hold the same value, or both hold none.
-impl PartialEq for Seconds {
-    fn eq(&self, other: &Self) -> bool {
-        self.get() == other.get()
-    }
-}
-
 impl Seconds {
     pub fn of(value: Option<f64>) -> Self {
         Self(value.unwrap_or(f64::NAN))

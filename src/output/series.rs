@@ -1,55 +1,62 @@
 //! The per-execution families (status, start, end and expected end time, overdue, failure info),
-//! one small row per execution, written out by hand a chunk at a time, so their memory grows by a
-//! row per execution and a scrape never holds the rows' lock for long. Every line is what the
-//! prometheus crate would write for the same series (a unit test in `metrics` compares them).
-//!
-//! A chunk's text is kept once written, within [`WRITTEN_BUDGET`], and the next scrape sends it
-//! again unless one of its rows changed, was added or was removed since: between two scrapes most
-//! executions do not change (a finished one never does until it is dropped), so most of a scrape
-//! is text already written.
+//! one small row per
+//! execution, written out by hand a chunk at a time, so their memory grows by a row per
+//! execution and a scrape never holds the rows' lock for long. Every line is what the prometheus
+//! crate would write for the same series (a unit test in `metrics` compares them).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-
 use crate::model::{ExecutionKey, Seconds, Status};
 
-/// At most this much written text is kept for later scrapes; past it, chunks are written anew
-/// on every scrape, as if nothing were kept.
-pub const WRITTEN_BUDGET: usize = 16 << 20;
-
 /// The per-execution rows, by execution (so by instance, flow and execution id).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Series {
-    rows: Mutex<Rows>,
-}
-
-impl Default for Series {
-    fn default() -> Self {
-        Self::with_budget(WRITTEN_BUDGET)
-    }
+    rows: Mutex<BTreeMap<ExecutionKey, SeriesRow>>,
 }
 
 impl Series {
-    fn with_budget(budget: usize) -> Self {
-        Self {
-            rows: Mutex::new(Rows {
-                by_key: BTreeMap::new(),
-                changes: 0,
-                written: Written::new(budget),
-            }),
-        }
-    }
-
     /// The next piece of the per-execution families, or `None` after the last. The rows are
     /// locked for at most [`ROWS_PER_CHUNK`] executions at a time, so a scrape never holds up
     /// the engine for long, whatever the size of the watch set.
-    pub fn next_chunk(&self, cursor: &mut SeriesCursor) -> Option<Bytes> {
-        while cursor.family < FAMILIES.len() {
-            let text = crate::model::lock(&self.rows).chunk(cursor);
+    pub fn next_chunk(&self, cursor: &mut SeriesCursor) -> Option<String> {
+        while let Some(family) = FAMILIES.get(cursor.family) {
+            let mut text = String::with_capacity(family.chunk_capacity());
+            let mut last = None;
+            let mut seen = 0;
+            let mut flow_labels = FlowLabels::default();
+            {
+                let rows = crate::model::lock(&self.rows);
+                let after = cursor
+                    .after
+                    .as_ref()
+                    .map_or(Bound::Unbounded, Bound::Excluded);
+                for (key, row) in rows.range((after, Bound::Unbounded)).take(ROWS_PER_CHUNK) {
+                    seen += 1;
+                    last = Some(key);
+                    if !family.has_sample(row) {
+                        continue;
+                    }
+                    if !cursor.header_written {
+                        cursor.header_written = true;
+                        let _ = write!(
+                            text,
+                            "# HELP {0} {1}\n# TYPE {0} gauge\n",
+                            family.name, family.help
+                        );
+                    }
+                    family.write(&mut text, &mut flow_labels, key, row);
+                }
+                cursor.after = last.cloned();
+            }
+            if seen < ROWS_PER_CHUNK {
+                *cursor = SeriesCursor {
+                    family: cursor.family + 1,
+                    ..SeriesCursor::default()
+                };
+            }
             if !text.is_empty() {
                 return Some(text);
             }
@@ -57,32 +64,16 @@ impl Series {
         None
     }
 
-    /// The row of `key`, created when missing; marked changed when `change` changed it.
+    /// The row of `key`, created when missing.
     fn with_row(&self, key: &ExecutionKey, change: impl FnOnce(&mut SeriesRow)) {
         let mut rows = crate::model::lock(&self.rows);
-        let stamp = rows.changes + 1;
-        let changed = match rows.by_key.get_mut(key) {
-            Some(row) => {
-                let before = row.clone();
-                change(row);
-                let changed = *row != before;
-                if changed {
-                    row.changed = stamp;
-                }
-                changed
-            }
+        match rows.get_mut(key) {
+            Some(row) => change(row),
             None => {
-                let mut row = SeriesRow {
-                    changed: stamp,
-                    ..SeriesRow::default()
-                };
+                let mut row = SeriesRow::default();
                 change(&mut row);
-                rows.by_key.insert(key.clone(), row);
-                true
+                rows.insert(key.clone(), row);
             }
-        };
-        if changed {
-            rows.changes = stamp;
         }
     }
 
@@ -111,204 +102,14 @@ impl Series {
         self.with_row(key, |row| row.failure = Some(message));
     }
 
-    /// A removed row is a change too: the chunk it was in no longer has the rows it was
-    /// written from.
     pub fn remove(&self, key: &ExecutionKey) {
-        let mut rows = crate::model::lock(&self.rows);
-        if rows.by_key.remove(key).is_some() {
-            rows.changes += 1;
-        }
-    }
-}
-
-/// The rows, how many changes they have seen, and the text last written of each chunk.
-#[derive(Debug)]
-struct Rows {
-    by_key: BTreeMap<ExecutionKey, SeriesRow>,
-    /// Counts the changes to rows (a row added or removed among them); a row keeps the count of
-    /// its own last change.
-    changes: u64,
-    written: Written,
-}
-
-impl Rows {
-    /// The text of the chunk at `cursor` (empty when its rows have no sample of its family), the
-    /// kept one when its rows are as they were; moves the cursor past it.
-    fn chunk(&mut self, cursor: &mut SeriesCursor) -> Bytes {
-        let kept = self
-            .written
-            .get(cursor)
-            .filter(|kept| self.unchanged_since(cursor, kept))
-            .cloned();
-        let chunk = kept.unwrap_or_else(|| {
-            let chunk = self.write(cursor);
-            self.written.keep(cursor, chunk.clone());
-            chunk
-        });
-        cursor.pass(&chunk);
-        if cursor.family == FAMILIES.len() {
-            self.written.scraped(cursor.bytes);
-        }
-        chunk.text
-    }
-
-    /// Whether the rows after the cursor are the ones `kept` was written from, none changed.
-    fn unchanged_since(&self, cursor: &SeriesCursor, kept: &Chunk) -> bool {
-        if kept.as_of == self.changes {
-            return true;
-        }
-        let mut seen = 0;
-        let mut last = None;
-        for (key, row) in self.after(cursor) {
-            if row.changed > kept.as_of {
-                return false;
-            }
-            seen += 1;
-            last = Some(key);
-        }
-        seen == kept.seen && last == kept.last.as_ref()
-    }
-
-    fn after(&self, cursor: &SeriesCursor) -> impl Iterator<Item = (&ExecutionKey, &SeriesRow)> {
-        let after = cursor
-            .after
-            .as_ref()
-            .map_or(Bound::Unbounded, Bound::Excluded);
-        self.by_key
-            .range((after, Bound::Unbounded))
-            .take(ROWS_PER_CHUNK)
-    }
-
-    /// Writes the chunk at `cursor` from the rows as they are.
-    fn write(&self, cursor: &SeriesCursor) -> Chunk {
-        let family = &FAMILIES[cursor.family];
-        let mut text = String::with_capacity(family.chunk_capacity());
-        let mut header_written = cursor.header_written;
-        let mut flow_labels = FlowLabels::default();
-        let mut seen = 0;
-        let mut last = None;
-        for (key, row) in self.after(cursor) {
-            seen += 1;
-            last = Some(key);
-            if !family.has_sample(row) {
-                continue;
-            }
-            if !header_written {
-                header_written = true;
-                let _ = write!(
-                    text,
-                    "# HELP {0} {1}\n# TYPE {0} gauge\n",
-                    family.name, family.help
-                );
-            }
-            family.write(&mut text, &mut flow_labels, key, row);
-        }
-        if self.written.fits {
-            // Kept text holds no spare room.
-            text.shrink_to_fit();
-        }
-        Chunk {
-            after: cursor.after.clone(),
-            header_before: cursor.header_written,
-            header_after: header_written,
-            as_of: self.changes,
-            seen,
-            last: last.cloned(),
-            text: Bytes::from(text),
-        }
-    }
-}
-
-/// The text of one chunk as written, and what it was written from.
-#[derive(Debug, Clone)]
-struct Chunk {
-    /// The row before its first, and whether its family's header came before it.
-    after: Option<ExecutionKey>,
-    header_before: bool,
-    /// Whether the header was written by the end of it.
-    header_after: bool,
-    /// [`Rows::changes`] when it was written: a row changed later is not in its text.
-    as_of: u64,
-    /// How many rows it covers, and the last of them.
-    seen: usize,
-    last: Option<ExecutionKey>,
-    text: Bytes,
-}
-
-/// The chunks kept, by family and place in the family, and the bytes of text they hold. Text
-/// is kept only while a whole scrape fits in the budget: a watch set too large for it keeps
-/// nothing, rather than a budget's worth of chunks that change as often as any other.
-#[derive(Debug)]
-struct Written {
-    by_family: Vec<Vec<Option<Chunk>>>,
-    bytes: usize,
-    budget: usize,
-    /// Whether the last whole scrape fitted in the budget.
-    fits: bool,
-}
-
-impl Written {
-    fn new(budget: usize) -> Self {
-        Self {
-            by_family: FAMILIES.iter().map(|_| Vec::new()).collect(),
-            bytes: 0,
-            budget,
-            fits: true,
-        }
-    }
-
-    /// A scrape of `bytes` in all has ended.
-    fn scraped(&mut self, bytes: usize) {
-        self.fits = bytes <= self.budget;
-        if !self.fits {
-            self.forget_all();
-        }
-    }
-
-    fn forget_all(&mut self) {
-        self.by_family.iter_mut().for_each(Vec::clear);
-        self.bytes = 0;
-    }
-
-    /// The chunk kept for the cursor's place, if it starts where the cursor stands.
-    fn get(&self, cursor: &SeriesCursor) -> Option<&Chunk> {
-        self.by_family[cursor.family]
-            .get(cursor.index)?
-            .as_ref()
-            .filter(|c| c.after == cursor.after && c.header_before == cursor.header_written)
-    }
-
-    /// Keeps `chunk` at the cursor's place when the budget has room; the family's later places
-    /// go when it is the family's last chunk.
-    fn keep(&mut self, cursor: &SeriesCursor, chunk: Chunk) {
-        let places = &mut self.by_family[cursor.family];
-        if places.len() <= cursor.index {
-            places.resize_with(cursor.index + 1, || None);
-        }
-        let mut freed: usize = places[cursor.index].take().map_or(0, |old| old.text.len());
-        if chunk.seen < ROWS_PER_CHUNK {
-            freed += places
-                .drain(cursor.index + 1..)
-                .flatten()
-                .map(|c| c.text.len())
-                .sum::<usize>();
-        }
-        self.bytes -= freed;
-        if !self.fits {
-            return;
-        }
-        if self.bytes + chunk.text.len() > self.budget {
-            self.fits = false;
-            return self.forget_all();
-        }
-        self.bytes += chunk.text.len();
-        places[cursor.index] = Some(chunk);
+        crate::model::lock(&self.rows).remove(key);
     }
 }
 
 /// What the per-execution families say of one execution. It is kept small: there is one per
 /// watched execution.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default)]
 struct SeriesRow {
     start: Seconds,
     end: Seconds,
@@ -318,38 +119,14 @@ struct SeriesRow {
     failure: Option<Arc<str>>,
     status: Option<Status>,
     overdue: bool,
-    /// The [`Rows::changes`] count of its last change.
-    changed: u64,
 }
 
 /// Where the writing of the per-execution families stands between chunks.
 #[derive(Debug, Default)]
 pub struct SeriesCursor {
     family: usize,
-    /// The chunk's place in its family.
-    index: usize,
     after: Option<ExecutionKey>,
     header_written: bool,
-    /// The bytes of text so far in this scrape.
-    bytes: usize,
-}
-
-impl SeriesCursor {
-    /// Moves past `chunk`: to the next chunk of its family, or to the next family after its last.
-    fn pass(&mut self, chunk: &Chunk) {
-        self.bytes += chunk.text.len();
-        if chunk.seen < ROWS_PER_CHUNK {
-            *self = SeriesCursor {
-                family: self.family + 1,
-                bytes: self.bytes,
-                ..SeriesCursor::default()
-            };
-        } else {
-            self.index += 1;
-            self.after = chunk.last.clone();
-            self.header_written = chunk.header_after;
-        }
-    }
 }
 
 /// Executions per chunk of the exposition (and per hold of the rows' lock).
@@ -563,135 +340,6 @@ pub(super) fn failure_label(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every chunk of one scrape.
-    fn scrape(series: &Series) -> Vec<Bytes> {
-        let mut cursor = SeriesCursor::default();
-        std::iter::from_fn(|| series.next_chunk(&mut cursor)).collect()
-    }
-
-    /// The rows of `series` in a new one that has written nothing yet.
-    fn unwritten_copy(series: &Series) -> Series {
-        let copy = Series::default();
-        let rows = crate::model::lock(&series.rows).by_key.clone();
-        crate::model::lock(&copy.rows).by_key = rows;
-        copy
-    }
-
-    fn key(flow: usize, n: usize) -> ExecutionKey {
-        ExecutionKey::from_checked("i", format!("flow-{flow}"), format!("e-{n:05}"))
-    }
-
-    /// Changes one random row: a field, or the row itself added or removed.
-    fn change_one(series: &Series, rng: &mut fastrand::Rng, rows: usize) {
-        let k = key(rng.usize(..3), rng.usize(..rows));
-        match rng.u8(..6) {
-            0 => series.set_status(&k, Status::ALL[rng.usize(..Status::ALL.len())]),
-            1 => series.set_times(&k, Some(rng.f64() * 1e9), rng.bool().then_some(1.8e9)),
-            2 => series.set_expectation(&k, rng.bool().then_some(1.9e9), rng.bool()),
-            3 => series.set_failure(&k, "it \"failed\""),
-            _ => series.remove(&k),
-        }
-    }
-
-    #[test]
-    fn every_scrape_is_what_a_first_scrape_of_the_same_rows_writes() {
-        let mut rng = fastrand::Rng::with_seed(11);
-        let series = Series::default();
-        let rows = 3 * ROWS_PER_CHUNK;
-        for _ in 0..2 * rows {
-            change_one(&series, &mut rng, rows);
-        }
-        for round in 0..40 {
-            // From no change at all to changes in most chunks.
-            for _ in 0..rng.usize(..=(round * 3)) {
-                change_one(&series, &mut rng, rows);
-            }
-            assert_eq!(
-                scrape(&series).concat(),
-                scrape(&unwritten_copy(&series)).concat(),
-                "round {round}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_chunk_is_written_again_only_when_one_of_its_rows_changed() {
-        let series = Series::default();
-        for n in 0..3 * ROWS_PER_CHUNK {
-            series.set_status(&key(0, n), Status::Succeeded);
-        }
-        let first = scrape(&series);
-        assert_eq!(first.len(), 3, "three chunks of the status family");
-        let same = |a: &Bytes, b: &Bytes| a.as_ptr() == b.as_ptr();
-        // A status set to what it already is changes nothing.
-        series.set_status(&key(0, 5), Status::Succeeded);
-        let second = scrape(&series);
-        assert!(first.iter().zip(&second).all(|(a, b)| same(a, b)));
-        // A change in the second chunk is written there alone.
-        series.set_status(&key(0, ROWS_PER_CHUNK + 5), Status::Failed);
-        let third = scrape(&series);
-        assert!(same(&second[0], &third[0]) && same(&second[2], &third[2]));
-        assert!(!same(&second[1], &third[1]));
-        // A removed row moves the rows after it: the chunks from its own on are written again.
-        series.remove(&key(0, ROWS_PER_CHUNK + 7));
-        let fourth = scrape(&series);
-        assert!(same(&third[0], &fourth[0]));
-        assert!(!same(&third[1], &fourth[1]) && !same(&third[2], &fourth[2]));
-        assert_eq!(fourth.concat(), scrape(&unwritten_copy(&series)).concat());
-    }
-
-    /// The bytes of text kept, counted, and counted again from the chunks themselves.
-    fn kept(series: &Series) -> (usize, usize) {
-        let rows = crate::model::lock(&series.rows);
-        let counted = rows
-            .written
-            .by_family
-            .iter()
-            .flatten()
-            .flatten()
-            .map(|c| c.text.len())
-            .sum();
-        (rows.written.bytes, counted)
-    }
-
-    #[test]
-    fn text_is_kept_only_while_a_whole_scrape_fits_in_the_budget() {
-        let series = Series::with_budget(400 * 1024);
-        let add = |rows: std::ops::Range<usize>| {
-            for n in rows {
-                series.set_status(&key(n % 3, n), Status::InProgress);
-                series.set_times(&key(n % 3, n), Some(1.8e9 + n as f64), None);
-            }
-        };
-        add(0..ROWS_PER_CHUNK / 2);
-        let small = scrape(&series).concat();
-        let (bytes, counted) = kept(&series);
-        assert_eq!(bytes, small.len(), "all of a scrape that fits is kept");
-        assert_eq!(counted, bytes);
-        add(ROWS_PER_CHUNK / 2..4 * ROWS_PER_CHUNK);
-        let large = scrape(&series).concat();
-        assert!(large.len() > 400 * 1024);
-        assert_eq!(
-            kept(&series),
-            (0, 0),
-            "a scrape past the budget keeps nothing"
-        );
-        assert_eq!(scrape(&series).concat(), large);
-        assert_eq!(kept(&series), (0, 0));
-        for n in ROWS_PER_CHUNK / 2..4 * ROWS_PER_CHUNK {
-            series.remove(&key(n % 3, n));
-        }
-        assert_eq!(scrape(&series).concat(), small);
-        let (bytes, _) = kept(&series);
-        assert!(bytes == 0 || bytes == small.len());
-        scrape(&series);
-        assert_eq!(
-            kept(&series),
-            (small.len(), small.len()),
-            "kept again once it fits"
-        );
-    }
 
     #[test]
     fn values_are_written_as_rust_displays_them_whole_or_not() {

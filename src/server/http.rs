@@ -315,10 +315,10 @@ impl futures_core::Stream for MetricsBody {
     ) -> std::task::Poll<Option<Self::Item>> {
         let this = self.get_mut();
         let chunk = match this.head.take() {
-            Some(head) => Some(bytes::Bytes::from(head)),
+            Some(head) => Some(head),
             None => this.metrics.next_series_chunk(&mut this.cursor),
         };
-        std::task::Poll::Ready(chunk.map(Ok))
+        std::task::Poll::Ready(chunk.map(|text| Ok(bytes::Bytes::from(text))))
     }
 }
 
