@@ -12,6 +12,8 @@
 //! FLOWWATCH_BENCH_TIMELINE=dir      # also write each run's requests per second to dir
 //! FLOWWATCH_BENCH_WRAP="heaptrack -o /tmp/ht"   # run flowwatch under a profiler
 //! FLOWWATCH_BENCH_SCRAPE_SECONDS=15              # scrape /metrics every 15 s, not every second
+//! cargo bench --bench scale -- --only scale --sizes 10000 --pollers flowwatch,baseline --repeat 5
+//!                                   # the scale runs five times over, each poller in turn
 //! ```
 //!
 //! Columns: N; wall time until every execution was detected terminal; API calls (as the server
@@ -22,7 +24,8 @@
 //! moment the poller reported it (flowwatch: its event on stdout); peak RSS (VmHWM); CPU seconds
 //! per 1,000 requests and CPU milliseconds per execution; the slowest `/metrics` scrape and its size; the status page (`GET /`),
 //! fetched once when half the executions are detected, its time and size. Under the table, each
-//! poller's CPU per 1,000 requests against the baseline's in the same run.
+//! poller's CPU per 1,000 requests against the baseline's in the same pass, and with `--repeat`
+//! the median of those ratios over the passes.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -120,6 +123,8 @@ struct Row {
     scrape_bytes: Option<usize>,
     /// The status page, fetched once halfway: milliseconds and bytes.
     page: Option<(f64, usize)>,
+    /// Which pass of `--repeat` measured it.
+    pass: usize,
 }
 
 fn main() {
@@ -143,6 +148,10 @@ fn main() {
     let only = value("--only");
     let pollers: Option<Vec<String>> =
         value("--pollers").map(|p| p.split(',').map(|s| s.trim().to_string()).collect());
+    let passes: usize = value("--repeat")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -154,8 +163,13 @@ fn main() {
             rows.extend(efficiency_runs().await);
         }
         if only.as_deref() != Some("efficiency") {
-            for n in &sizes {
-                rows.extend(scale_runs(*n, pollers.as_deref()).await);
+            // Pass after pass rather than size after size: a slow spell of the machine then
+            // touches every size and poller alike.
+            for pass in 0..passes {
+                for n in &sizes {
+                    let measured = scale_runs(*n, pollers.as_deref()).await;
+                    rows.extend(measured.into_iter().map(|r| Row { pass, ..r }));
+                }
             }
         }
     });
@@ -529,6 +543,7 @@ async fn measure(run: Run) -> Row {
         scrape_ms,
         scrape_bytes,
         page,
+        pass: 0,
     }
 }
 
@@ -855,21 +870,52 @@ fn cpu_per_1000_calls(r: &Row) -> f64 {
     1000.0 * r.cpu_seconds / r.calls.max(1) as f64
 }
 
-/// Each poller's CPU per 1,000 calls divided by the baseline's at the same scenario and N:
-/// the figure the CPU target is stated in.
+/// Each poller's CPU per 1,000 calls divided by the baseline's at the same scenario, N and
+/// pass: the figure the CPU target is stated in. Over several passes, also the median ratio of
+/// each poller and N: one pair moves by about ±10 % from run to run.
 fn print_cpu_ratios(rows: &[Row]) {
+    let mut ratios: Vec<((String, usize), f64)> = Vec::new();
     for baseline in rows.iter().filter(|r| r.label.starts_with("baseline")) {
         for r in rows.iter().filter(|r| {
-            !r.label.starts_with("baseline") && r.scenario == baseline.scenario && r.n == baseline.n
+            !r.label.starts_with("baseline")
+                && r.scenario == baseline.scenario
+                && r.n == baseline.n
+                && r.pass == baseline.pass
         }) {
+            let ratio = cpu_per_1000_calls(r) / cpu_per_1000_calls(baseline);
             println!(
-                "CPU per 1,000 calls, {} at {} ({}): {:.2}x the baseline's",
-                r.label,
-                r.n,
-                r.scenario,
-                cpu_per_1000_calls(r) / cpu_per_1000_calls(baseline)
+                "CPU per 1,000 calls, {} at {} ({}): {ratio:.2}x the baseline's",
+                r.label, r.n, r.scenario,
             );
+            ratios.push(((r.label.clone(), r.n), ratio));
         }
+    }
+    let mut keys: Vec<&(String, usize)> = ratios.iter().map(|(k, _)| k).collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        let mut of_key: Vec<f64> = ratios
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, r)| *r)
+            .collect();
+        if of_key.len() < 2 {
+            continue;
+        }
+        of_key.sort_by(f64::total_cmp);
+        let median = if of_key.len() % 2 == 1 {
+            of_key[of_key.len() / 2]
+        } else {
+            (of_key[of_key.len() / 2 - 1] + of_key[of_key.len() / 2]) / 2.0
+        };
+        println!(
+            "CPU per 1,000 calls, {} at {}: median {median:.2}x the baseline's over {} passes ({:.2}x to {:.2}x)",
+            key.0,
+            key.1,
+            of_key.len(),
+            of_key[0],
+            of_key[of_key.len() - 1]
+        );
     }
 }
 
