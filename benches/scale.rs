@@ -689,7 +689,9 @@ fn free_port() -> SocketAddr {
 }
 
 /// Stops the poller as systemd would: SIGTERM, then SIGKILL after 30 s. A profiler named in
-/// `FLOWWATCH_BENCH_WRAP` gets the SIGTERM and writes its data before it exits.
+/// `FLOWWATCH_BENCH_WRAP` gets the SIGTERM and must pass it on: `perf record` and heaptrack stop
+/// flowwatch and write their data, but GNU `time` and `perf stat` die and leave flowwatch running
+/// (and loading the machine through the next runs).
 async fn stop(child: &mut tokio::process::Child, pid: u32) {
     let term = tokio::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
