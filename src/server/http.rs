@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::engine::{Command, StatusPage};
@@ -361,10 +361,9 @@ async fn status(State(state): State<AppState>, RawQuery(query): RawQuery) -> Res
                 .into_response();
         }
     };
-    let Ok(Ok(_permit)) =
-        tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, state.status_gate.acquire()).await
-    else {
-        return unavailable("the status is being built for other requests; try again");
+    let _turn = match status_turn(&state).await {
+        Ok(turn) => turn,
+        Err(busy) => return busy,
     };
     let (tx, rx) = oneshot::channel();
     if state
@@ -431,10 +430,9 @@ async fn page(State(state): State<AppState>, RawQuery(query): RawQuery) -> Respo
         .find_map(|pair| pair.strip_prefix("offset="))
         .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or(0);
-    let Ok(Ok(_permit)) =
-        tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, state.status_gate.acquire()).await
-    else {
-        return unavailable("the status is being built for other requests; try again");
+    let _turn = match status_turn(&state).await {
+        Ok(turn) => turn,
+        Err(busy) => return busy,
     };
     let (tx, rx) = oneshot::channel();
     if state
@@ -502,6 +500,17 @@ async fn not_found() -> Response {
         "not found: the endpoints are /, /metrics, /livez, /readyz, /status and POST /-/reload\n",
     )
         .into_response()
+}
+
+/// The turn of one `/status` document or status page, waited for up to
+/// [`SCHEDULER_REPLY_TIMEOUT`]; a 503 after that.
+async fn status_turn(state: &AppState) -> Result<SemaphorePermit<'_>, Response> {
+    match tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, state.status_gate.acquire()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(unavailable(
+            "the status is being built for other requests; try again",
+        )),
+    }
 }
 
 fn unavailable(reason: &str) -> Response {
