@@ -365,17 +365,9 @@ async fn status(State(state): State<AppState>, RawQuery(query): RawQuery) -> Res
         Ok(turn) => turn,
         Err(busy) => return busy,
     };
-    let (tx, rx) = oneshot::channel();
-    if state
-        .commands
-        .send(Command::Status(page, tx))
-        .await
-        .is_err()
-    {
-        return unavailable("the scheduler is not running");
-    }
-    let Ok(Ok(doc)) = tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, rx).await else {
-        return unavailable("the scheduler did not answer in time");
+    let doc = match ask_engine(&state, |tx| Command::Status(page, tx)).await {
+        Ok(doc) => doc,
+        Err(unanswered) => return unanswered,
     };
     // Built and encoded on the blocking pool: neither holds up the engine's thread.
     match tokio::task::spawn_blocking(move || serde_json::to_vec(&doc.into_json())).await {
@@ -434,18 +426,9 @@ async fn page(State(state): State<AppState>, RawQuery(query): RawQuery) -> Respo
         Ok(turn) => turn,
         Err(busy) => return busy,
     };
-    let (tx, rx) = oneshot::channel();
-    if state
-        .commands
-        .send(Command::Overview(offset, tx))
-        .await
-        .is_err()
-    {
-        return unavailable("the scheduler is not running");
-    }
-    let overview = match tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, rx).await {
-        Ok(Ok(overview)) => overview,
-        _ => return unavailable("the scheduler did not answer in time"),
+    let overview = match ask_engine(&state, |tx| Command::Overview(offset, tx)).await {
+        Ok(overview) => overview,
+        Err(unanswered) => return unanswered,
     };
     match super::page::render(&overview) {
         Ok(html) => (
@@ -510,6 +493,22 @@ async fn status_turn(state: &AppState) -> Result<SemaphorePermit<'_>, Response> 
         _ => Err(unavailable(
             "the status is being built for other requests; try again",
         )),
+    }
+}
+
+/// The engine's answer to `command`, built on its own thread; a 503 when the engine is not
+/// running or does not answer within [`SCHEDULER_REPLY_TIMEOUT`].
+async fn ask_engine<T>(
+    state: &AppState,
+    command: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    if state.commands.send(command(tx)).await.is_err() {
+        return Err(unavailable("the scheduler is not running"));
+    }
+    match tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, rx).await {
+        Ok(Ok(answer)) => Ok(answer),
+        _ => Err(unavailable("the scheduler did not answer in time")),
     }
 }
 
