@@ -45,6 +45,12 @@ pub use crate::server::http::limits;
 pub use crate::server::shutdown::{Shutdown, on_signals};
 pub use crate::telemetry::init as init_logging;
 
+/// What tests reach that the daemon itself never uses.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::api::static_client_in_region;
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,7 +119,7 @@ pub struct RunOptions {
 
 /// `flowwatch check-config`: validates the config, the watchlist and the state directory as
 /// `run` would. Returns the summary, or every problem found, one per line.
-pub fn check_config(config: &std::path::Path) -> Result<String, String> {
+pub async fn check_config(config: &std::path::Path) -> Result<String, String> {
     let settings = match Settings::load(config) {
         Ok(settings) => settings,
         Err(problems) => {
@@ -134,6 +140,11 @@ pub fn check_config(config: &std::path::Path) -> Result<String, String> {
             Store::check(&settings.state.path)
                 .map_err(|e| format!("{}: {}", e.path.display(), e.message))
         });
+    let region = match profile_region_if_used(&settings.aws).await {
+        Some(region) => check_resolved_region(&settings, Some(&region)).map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
+    let store = store.and(region);
     match (watchlist, store) {
         (Ok(watchlist), Ok(())) => Ok(input::summary::summary(&settings, &watchlist)),
         (Ok(_), Err(store)) => Err(store),
@@ -151,6 +162,7 @@ pub async fn run(
     let shared = api::shared_config(&settings.aws, settings.polling.request_timeout)
         .await
         .map_err(Error::Fatal)?;
+    check_resolved_region(&settings, shared.region().map(|r| r.as_ref()))?;
     let client = SdkFlowExecutions::from_shared(&shared, &settings.aws);
     let mut options = options;
     if let Some(push) = &settings.push {
@@ -160,6 +172,39 @@ pub async fn run(
     }
     // `run_with` builds the push queue the same way when it is not given one.
     run_with(settings, Arc::new(client), options, shutdown).await
+}
+
+/// The AWS profile's region, when the SDK would take the region from it: `aws.region` and the
+/// region variables are not set.
+async fn profile_region_if_used(aws: &input::config::AwsSettings) -> Option<String> {
+    let from_env = input::aws::region_from_environment(|n| std::env::var_os(n));
+    if aws.region.is_some() || from_env.is_some() {
+        return None;
+    }
+    api::profile_region(aws).await
+}
+
+/// Refuses a region the SDK resolved that is not a region name. `aws.region` and the region
+/// variables were checked at load with their locations, so a bad one here comes from the AWS
+/// profile (or, in principle, the instance metadata).
+fn check_resolved_region(settings: &Settings, region: Option<&str>) -> Result<(), Error> {
+    let Some(problem) = region.and_then(input::aws::region_problem) else {
+        return Ok(());
+    };
+    let file = std::env::var_os("AWS_CONFIG_FILE").map_or_else(
+        || std::path::PathBuf::from("~/.aws/config"),
+        std::path::PathBuf::from,
+    );
+    let profile = settings
+        .aws
+        .profile
+        .clone()
+        .or_else(|| std::env::var("AWS_PROFILE").ok())
+        .unwrap_or_else(|| "default".to_string());
+    Err(Error::Config(Diagnostics(vec![Diagnostic::new(
+        Location::Path(file),
+        format!("the region of AWS profile {profile:?}: {problem}"),
+    )])))
 }
 
 /// Runs the daemon with a given API client.

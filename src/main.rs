@@ -47,7 +47,11 @@ fn main() -> ExitCode {
 }
 
 fn check_config(config: &Path) -> ExitCode {
-    match flowwatch::check_config(config) {
+    block_on(|_shutdown| async move { check_config_in(config).await })
+}
+
+async fn check_config_in(config: &Path) -> ExitCode {
+    match flowwatch::check_config(config).await {
         Ok(summary) => {
             let _ = writeln!(std::io::stdout(), "{summary}");
             ExitCode::SUCCESS

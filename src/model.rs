@@ -322,10 +322,13 @@ pub enum Outcome {
     InternalError,
     Timeout,
     TransportError,
+    /// The request could not be built here (an invalid region, say): the API never saw it.
+    LocalError,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    /// In declaration order: metrics index their series by `outcome as usize`.
+    pub const ALL: [Outcome; 11] = [
         Outcome::Success,
         Outcome::Throttled,
         Outcome::QuotaExceeded,
@@ -336,6 +339,7 @@ impl Outcome {
         Outcome::InternalError,
         Outcome::Timeout,
         Outcome::TransportError,
+        Outcome::LocalError,
     ];
 
     pub fn metric_label(self) -> &'static str {
@@ -350,6 +354,7 @@ impl Outcome {
             Outcome::InternalError => "internal_error",
             Outcome::Timeout => "timeout",
             Outcome::TransportError => "transport_error",
+            Outcome::LocalError => "local_error",
         }
     }
 }

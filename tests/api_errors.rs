@@ -170,3 +170,141 @@ async fn a_hung_server_is_a_timeout() {
         "{waited:?}"
     );
 }
+
+#[tokio::test]
+async fn a_request_that_cannot_be_built_is_a_local_error_not_the_api_s_verdict() {
+    let fake = FakeServer::start(scenario(vec![scripted("flow", 1, &[(0, "IN_PROGRESS")])]))
+        .await
+        .expect("fake");
+    let client = flowwatch::testing::static_client_in_region(
+        &fake.endpoint_url(),
+        Duration::from_secs(2),
+        "us-east-1 ",
+    );
+    let error = client.get(&key(1)).await.expect_err("no request");
+    assert!(matches!(error, ApiError::Local { .. }), "{error:?}");
+    assert_eq!(error.outcome(), Outcome::LocalError);
+    assert_eq!(error.outcome().metric_label(), "local_error");
+    assert_eq!(fake.counts().0, 0, "the request never left the process");
+    fake.stop().await;
+}
+
+/// An execution's store row as a flowwatch before 0.1's fix left it: rejected for a request its
+/// SDK could not build.
+fn reject_as_an_earlier_version_did(state: &std::path::Path, n: usize) {
+    drop(flowwatch::Store::open(state).expect("a new state database"));
+    rusqlite::Connection::open(state.join("flowwatch.db"))
+        .and_then(|c| {
+            c.execute(
+                "INSERT INTO executions (instance_id, flow_name, execution_id, status, observation, rejected)
+                 VALUES (?1, 'daily-orders', ?2, 'UNKNOWN', NULL, ?3)",
+                [
+                    INSTANCE.to_string(),
+                    execution_id(n),
+                    "failed to construct request: GetDataIntegrationFlowExecutionEndpointParamsInterceptor \
+                     read_before_execution interceptor encountered an error"
+                        .to_string(),
+                ],
+            )
+        })
+        .expect("the old row");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unbuildable_request_is_retried_and_the_execution_ends_once_the_region_is_fixed() {
+    let scenario = scenario(vec![scripted(
+        "daily-orders",
+        1,
+        &[(0, "IN_PROGRESS"), (30, "SUCCEEDED")],
+    )]);
+    let fake = FakeServer::start(scenario.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), POLLING, &scenario);
+    let bad_region = flowwatch::testing::static_client_in_region(
+        &fake.endpoint_url(),
+        Duration::from_secs(2),
+        "us-east-1 ",
+    );
+    let daemon = Daemon::start_with(&config, bad_region, false).await;
+    let local_errors = |m: &str| {
+        sample(
+            m,
+            "flowwatch_api_requests_total",
+            &[
+                ("operation", "GetDataIntegrationFlowExecution"),
+                ("outcome", "local_error"),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    // POLLING's max_interval is 8s: three tries within a minute, never rejected.
+    eventually(Duration::from_secs(60), "three local errors", || async {
+        local_errors(&daemon.metrics().await) >= 3.0
+    })
+    .await;
+    let metrics = daemon.metrics().await;
+    let validation = sample(
+        &metrics,
+        "flowwatch_api_requests_total",
+        &[
+            ("operation", "GetDataIntegrationFlowExecution"),
+            ("outcome", "validation"),
+        ],
+    );
+    assert_eq!(validation, Some(0.0), "{metrics}");
+    let entry = daemon.execution(1).await;
+    assert_eq!(entry["rejected"], serde_json::Value::Null, "{entry}");
+    assert_eq!(entry["last_outcome"], "local_error", "{entry}");
+    assert!(entry["next_poll"].is_string(), "still scheduled: {entry}");
+    let (code, body) = daemon.get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no request could be built"), "{body}");
+    assert_eq!(fake.counts().0, 0);
+    daemon.stop().await;
+    assert!(
+        ws.events().is_empty(),
+        "no rejection event: {:?}",
+        ws.events()
+    );
+
+    // The region fixed, the daemon restarted on the same state: the execution is followed to
+    // its end.
+    let daemon = Daemon::start(&config, &fake, true).await;
+    assert_eq!(
+        daemon.finish().await,
+        flowwatch::Finish::AllDone { failed: false }
+    );
+    let to: Vec<String> = ws
+        .events()
+        .iter()
+        .map(|e| e["data"]["to_status"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(to.last().map(String::as_str), Some("SUCCEEDED"), "{to:?}");
+    fake.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_execution_an_earlier_version_rejected_for_a_local_failure_is_polled_again() {
+    let scenario = scenario(vec![scripted(
+        "daily-orders",
+        1,
+        &[(0, "IN_PROGRESS"), (20, "SUCCEEDED")],
+    )]);
+    let fake = FakeServer::start(scenario.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), POLLING, &scenario);
+    reject_as_an_earlier_version_did(ws.dir.path(), 1);
+    let daemon = Daemon::start(&config, &fake, true).await;
+    assert_eq!(
+        daemon.finish().await,
+        flowwatch::Finish::AllDone { failed: false }
+    );
+    assert!(fake.counts().0 > 0, "polled again");
+    let to: Vec<String> = ws
+        .events()
+        .iter()
+        .map(|e| e["data"]["to_status"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(to.iter().any(|s| s == "SUCCEEDED"), "{to:?}");
+    fake.stop().await;
+}

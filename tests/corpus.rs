@@ -29,6 +29,16 @@ struct Case {
     state_db: Option<String>,
     /// `{dir}/state/flowwatch.db` is a symlink to this path.
     state_db_symlink: Option<String>,
+    /// SQL run on `{dir}/state/flowwatch.db` (a new flowwatch database when `state_db_flowwatch`).
+    state_db_sql: Option<String>,
+    #[serde(default)]
+    state_db_flowwatch: bool,
+    /// More files in `{dir}`, by name.
+    #[serde(default)]
+    files: BTreeMap<String, String>,
+    /// Symlinks in `{dir}`: name to target.
+    #[serde(default)]
+    symlinks: BTreeMap<String, String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     expect: Vec<String>,
@@ -81,6 +91,22 @@ fn lay_out(case: &Case, dir: &Path) {
         std::fs::create_dir_all(dir.join("state")).expect("state dir");
         std::fs::write(dir.join("state").join("flowwatch.db"), db).expect("db");
     }
+    let db = dir.join("state").join("flowwatch.db");
+    if case.state_db_flowwatch {
+        drop(flowwatch::Store::open(&dir.join("state")).expect("a new state database"));
+    }
+    if let Some(sql) = &case.state_db_sql {
+        std::fs::create_dir_all(dir.join("state")).expect("state dir");
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.execute_batch(sql))
+            .expect("the case's SQL");
+    }
+    for (name, text) in &case.files {
+        std::fs::write(dir.join(name), fill(text)).expect("file");
+    }
+    for (name, target) in &case.symlinks {
+        std::os::unix::fs::symlink(fill(target), dir.join(name)).expect("symlink");
+    }
     if let Some(target) = &case.state_db_symlink {
         std::fs::create_dir_all(dir.join("state")).expect("state dir");
         std::os::unix::fs::symlink(fill(target), dir.join("state").join("flowwatch.db"))
@@ -98,7 +124,9 @@ fn flowwatch(case: &Case, dir: &Path, args: &[&str]) -> (Option<i32>, String) {
             cmd.env_remove(name);
         }
     }
-    cmd.env("AWS_EC2_METADATA_DISABLED", "true").envs(&case.env);
+    let fill = |text: &String| text.replace("{dir}", &dir.display().to_string());
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(case.env.iter().map(|(k, v)| (k, fill(v))));
     let out = cmd.output().expect("run flowwatch");
     let mut text = String::from_utf8_lossy(&out.stderr).to_string();
     text.push_str(&String::from_utf8_lossy(&out.stdout));

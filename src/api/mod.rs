@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use crate::model::{ExecutionKey, FlowKey, Observation, Outcome};
 
-pub use sdk::{SdkFlowExecutions, shared_config, static_client};
+pub use sdk::{
+    SdkFlowExecutions, profile_region, shared_config, static_client, static_client_in_region,
+};
 
 /// The two calls flowwatch makes. The SDK implements them for real; the fake server answers
 /// them over HTTP in tests and the demo.
@@ -72,6 +74,10 @@ pub enum ApiError {
     Timeout,
     #[error("transport error: {message}")]
     Transport { message: String },
+    /// The request could not be built here, so the API never saw it: an invalid region or
+    /// endpoint, say. A fault of this process's configuration, never a verdict on the execution.
+    #[error("the request could not be built: {message}")]
+    Local { message: String },
 }
 
 impl ApiError {
@@ -86,6 +92,7 @@ impl ApiError {
             ApiError::Internal { .. } | ApiError::InvalidResponse { .. } => Outcome::InternalError,
             ApiError::Timeout => Outcome::Timeout,
             ApiError::Transport { .. } => Outcome::TransportError,
+            ApiError::Local { .. } => Outcome::LocalError,
         }
     }
 

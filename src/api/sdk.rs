@@ -76,6 +76,17 @@ pub async fn shared_config(
     Ok(config)
 }
 
+/// The region the AWS profile names, read from the profile files alone (no instance metadata):
+/// what the SDK would use when neither `aws.region` nor the environment sets one.
+pub async fn profile_region(settings: &AwsSettings) -> Option<String> {
+    use aws_config::meta::region::ProvideRegion;
+    let mut provider = aws_config::profile::ProfileFileRegionProvider::builder();
+    if let Some(profile) = &settings.profile {
+        provider = provider.profile_name(profile);
+    }
+    provider.build().region().await.map(|r| r.to_string())
+}
+
 /// The per-request timeout covers the whole call; connecting gets a tighter bound of its own.
 /// With SDK retries off a call is one attempt, so no attempt timeout (a second timer per call)
 /// is set beside it. The SDK's stalled-stream protection, a throughput monitor on every body
@@ -252,8 +263,9 @@ where
                 message: DisplayErrorContext(&error).to_string(),
             };
         }
+        // Not the API's verdict: the request never left this process.
         SdkError::ConstructionFailure(_) => {
-            return ApiError::Validation {
+            return ApiError::Local {
                 message: DisplayErrorContext(&error).to_string(),
             };
         }
@@ -334,4 +346,22 @@ pub fn static_client(endpoint_url: &str, request_timeout: Duration) -> SdkFlowEx
         ..AwsSettings::default()
     };
     SdkFlowExecutions::from_shared(&local_config(request_timeout), &settings)
+}
+
+/// A client for a local endpoint in `region`, unchecked: for tests of a request the SDK cannot
+/// build, which the config's checks keep out of the daemon.
+pub fn static_client_in_region(
+    endpoint_url: &str,
+    request_timeout: Duration,
+    region: &str,
+) -> SdkFlowExecutions {
+    let settings = AwsSettings {
+        endpoint_url: Some(endpoint_url.to_string()),
+        ..AwsSettings::default()
+    };
+    let shared = local_config(request_timeout)
+        .into_builder()
+        .region(aws_config::Region::new(region.to_string()))
+        .build();
+    SdkFlowExecutions::from_shared(&shared, &settings)
 }

@@ -28,6 +28,9 @@ pub enum ErrorClass {
     Denied,
     /// ValidationException: the request itself is invalid.
     Invalid,
+    /// The request could not be built here (an invalid region, say): retried at
+    /// `max_interval`, never an attempt of the execution, never its fate.
+    Local,
 }
 
 impl ErrorClass {
@@ -45,6 +48,7 @@ impl ErrorClass {
             | ApiError::InvalidResponse { .. }
             | ApiError::Timeout
             | ApiError::Transport { .. } => ErrorClass::Transient,
+            ApiError::Local { .. } => ErrorClass::Local,
         }
     }
 
@@ -57,14 +61,23 @@ impl ErrorClass {
                 at_least: retry_after.unwrap_or_default(),
             },
             ErrorClass::Transient | ErrorClass::NotFound => Delay::Climb,
-            ErrorClass::Denied => Delay::Fixed(max_interval),
+            ErrorClass::Denied | ErrorClass::Local => Delay::Fixed(max_interval),
             ErrorClass::Invalid => Delay::Never,
         }
     }
 
+    /// Whether an operator must act (access, an invalid request, this process's own set-up):
+    /// the first such failure is logged as an error.
+    pub fn needs_operator(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Denied | ErrorClass::Invalid | ErrorClass::Local
+        )
+    }
+
     /// Whether the failed call counts as one of the execution's attempts.
     pub fn is_attempt(self) -> bool {
-        !matches!(self, ErrorClass::SlowDown { .. })
+        !matches!(self, ErrorClass::SlowDown { .. } | ErrorClass::Local)
     }
 }
 
@@ -189,7 +202,7 @@ pub fn poll_failed(
     max_interval: Duration,
 ) -> PollFailure {
     let class = ErrorClass::of(error);
-    let serious = matches!(class, ErrorClass::Denied | ErrorClass::Invalid);
+    let serious = class.needs_operator();
     let gone = class == ErrorClass::NotFound && not_found_for >= not_found_grace;
     PollFailure {
         to: gone.then_some(Status::NotFound),
@@ -230,10 +243,8 @@ pub fn list_failed(
     max_interval: Duration,
 ) -> ListFailure {
     let class = ErrorClass::of(error);
-    let serious = matches!(
-        class,
-        ErrorClass::NotFound | ErrorClass::Denied | ErrorClass::Invalid
-    );
+    // A missing flow is the operator's to fix too: its name is wrong, or it was deleted.
+    let serious = class == ErrorClass::NotFound || class.needs_operator();
     let next = match class {
         ErrorClass::NotFound => Delay::Fixed(slow),
         // A refused token (expired?) starts the round again at the top, at once.
@@ -359,6 +370,31 @@ mod tests {
         assert!(missing.flow_missing && missing.abandon_round);
         assert_eq!(missing.next, Delay::Fixed(SLOW));
         assert_eq!(missing.log, Level::ERROR);
+    }
+
+    #[test]
+    fn a_request_that_cannot_be_built_is_retried_at_max_interval_and_never_rejects() {
+        let error = ApiError::Local {
+            message: "endpoint params could not be built".to_string(),
+        };
+        let d = poll(error.clone());
+        assert_eq!(d.reject, None, "the API never saw the request");
+        assert_eq!(d.to, None);
+        assert_eq!(d.next, Delay::Fixed(MAX));
+        assert!(!d.attempt, "not the execution's failure");
+        assert_eq!(d.log, Level::ERROR);
+        let repeat = poll_failed(
+            &error,
+            Some(Outcome::LocalError),
+            Duration::ZERO,
+            GRACE,
+            MAX,
+        );
+        assert_eq!(repeat.log, Level::DEBUG);
+        let l = list(error.clone(), true);
+        assert!(!l.abandon_round && !l.flow_missing);
+        assert_eq!(l.next, Delay::Fixed(MAX));
+        assert_eq!(RateFeedback::of(Some(&error)), RateFeedback::Keep);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 use toml_edit::Document;
 
+use crate::input::aws;
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location, SourceText};
 use crate::input::duration::{self, DurationError};
 use crate::input::locate::Locator;
@@ -183,6 +184,16 @@ impl LogFormat {
         }
     }
 }
+
+/// The shortest poll interval and request timeout taken: below it a timer is all overhead.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// The longest wait between two polls of a running execution.
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(86_400);
+/// The longest a single call may take.
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// The slowest request rate taken: one call every 100 s. Far below it the pacing's arithmetic
+/// (the wait for one token) runs past what a clock can hold.
+const MIN_REQUEST_RATE: f64 = 0.01;
 
 /// Every key the config accepts, by table; anything else is an error.
 const KNOWN: &[(&str, &[&str])] = &[
@@ -414,6 +425,7 @@ impl Reader<'_> {
         }
         let file = |reader: &mut Self, key: &str| -> Option<PathBuf> {
             let path: Option<PathBuf> = reader.get(key);
+            reader.check_path(key, path.as_deref());
             if path.is_none() && reader.figment.find_value(key).is_err() {
                 reader.problem("server.tls", format!("[server.tls] needs {key}"));
             }
@@ -424,8 +436,9 @@ impl Reader<'_> {
         let key_file = file(self, "server.tls.key_file");
         let client_ca_file: Option<PathBuf> = self
             .get::<PathBuf>("server.tls.client_ca_file")
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(|p| relative(&p));
+            .filter(|p| !p.as_os_str().is_empty());
+        self.check_path("server.tls.client_ca_file", client_ca_file.as_deref());
+        let client_ca_file = client_ca_file.map(|p| relative(&p));
         let min_version = self.or("server.tls.min_version", "TLS1.2".to_string());
         let min_version = match TlsVersion::parse(&min_version) {
             Ok(v) => v,
@@ -495,6 +508,13 @@ impl Reader<'_> {
         self.check_flow_health(&flow_health);
         self.check_aws(&region, &endpoint_url, &profile);
         self.check_log(&log);
+        for (key, path) in [
+            ("watchlist", watchlist.as_deref()),
+            ("state.path", Some(state_path.as_path())),
+            ("events.file", Some(events_file.as_path())),
+        ] {
+            self.check_path(key, path);
+        }
         if watchlist.as_ref().is_some_and(|w| w.as_os_str().is_empty()) {
             self.problem("watchlist", "watchlist must name a file".into());
         }
@@ -608,29 +628,53 @@ impl Reader<'_> {
         endpoint_url: &Option<String>,
         profile: &Option<String>,
     ) {
-        let endpoint_ok = endpoint_url.as_deref().is_none_or(|url| {
-            (url.starts_with("http://") || url.starts_with("https://"))
-                && url.len() > "https://".len()
-                && !url.contains(char::is_whitespace)
-        });
-        if !endpoint_ok {
+        if let Some(url) = endpoint_url
+            && let Some(problem) = aws::http_url_problem(url)
+        {
             self.problem(
                 "aws.endpoint_url",
                 format!(
-                    "aws.endpoint_url must be an http:// or https:// URL, not {:?}",
-                    endpoint_url.as_deref().unwrap_or_default()
+                    "aws.endpoint_url must be an http:// or https:// URL, not {:?}: it {problem}",
+                    crate::model::bounded(url, 200)
                 ),
             );
         }
-        for (key, value) in [("aws.region", region), ("aws.profile", profile)] {
-            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
-                self.problem(
-                    key,
-                    format!(
-                        "{key} must not be empty: leave it out to use the default provider chain"
-                    ),
-                );
+        if profile.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            self.problem(
+                "aws.profile",
+                "aws.profile must not be empty: leave it out to use the default provider chain"
+                    .to_string(),
+            );
+        }
+        match region {
+            Some(region) if region.trim().is_empty() => self.problem(
+                "aws.region",
+                "aws.region must not be empty: leave it out to use the default provider chain"
+                    .to_string(),
+            ),
+            Some(region) => {
+                if let Some(problem) = aws::region_problem(region) {
+                    self.problem("aws.region", format!("aws.region: {problem}"));
+                }
             }
+            // The SDK takes the region from the environment then: check it as strictly.
+            None => {
+                if let Some((var, value)) = aws::region_from_environment(|n| std::env::var_os(n))
+                    && let Some(problem) = aws::region_problem(&value)
+                {
+                    self.problems.push(Diagnostic::new(
+                        Location::Env(var.to_string()),
+                        format!("{problem} (aws.region is not set, so the AWS SDK would use it)"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// A path the system cannot take is refused here, not where it is first opened.
+    fn check_path(&mut self, key: &str, path: Option<&Path>) {
+        if path.is_some_and(|p| p.as_os_str().as_encoded_bytes().contains(&0)) {
+            self.problem(key, format!("{key} must not contain a NUL character"));
         }
     }
 
@@ -703,7 +747,7 @@ impl Reader<'_> {
                 "flow_health.overdue_factor",
                 format!(
                     "flow_health.overdue_factor must be between 1.0 and 1000.0, not {}",
-                    h.overdue_factor
+                    number(h.overdue_factor)
                 ),
             );
         }
@@ -716,6 +760,24 @@ impl Reader<'_> {
                 p.initial_interval.is_zero(),
                 "polling.initial_interval",
                 "polling.initial_interval must be greater than zero".to_string(),
+            ),
+            (
+                !p.initial_interval.is_zero() && p.initial_interval < MIN_INTERVAL,
+                "polling.initial_interval",
+                format!(
+                    "polling.initial_interval must be at least {}, not {}",
+                    fmt(MIN_INTERVAL),
+                    fmt(p.initial_interval)
+                ),
+            ),
+            (
+                p.max_interval > MAX_POLL_INTERVAL,
+                "polling.max_interval",
+                format!(
+                    "polling.max_interval must be at most {}, not {}",
+                    fmt(MAX_POLL_INTERVAL),
+                    fmt(p.max_interval)
+                ),
             ),
             (
                 p.max_interval < p.initial_interval,
@@ -731,7 +793,7 @@ impl Reader<'_> {
                 "polling.multiplier",
                 format!(
                     "polling.multiplier must be between 1.0 and 100.0, not {}",
-                    p.multiplier
+                    number(p.multiplier)
                 ),
             ),
             (
@@ -741,7 +803,15 @@ impl Reader<'_> {
                 "polling.max_requests_per_second",
                 format!(
                     "polling.max_requests_per_second must be greater than 0 and at most 10000, not {}",
-                    p.max_requests_per_second
+                    number(p.max_requests_per_second)
+                ),
+            ),
+            (
+                p.max_requests_per_second > 0.0 && p.max_requests_per_second < MIN_REQUEST_RATE,
+                "polling.max_requests_per_second",
+                format!(
+                    "polling.max_requests_per_second must be at least {MIN_REQUEST_RATE} (one request every 100s), not {}",
+                    number(p.max_requests_per_second)
                 ),
             ),
             (
@@ -757,12 +827,33 @@ impl Reader<'_> {
                 "polling.request_timeout",
                 "polling.request_timeout must be greater than zero".to_string(),
             ),
+            (
+                !p.request_timeout.is_zero()
+                    && !(MIN_INTERVAL..=MAX_REQUEST_TIMEOUT).contains(&p.request_timeout),
+                "polling.request_timeout",
+                format!(
+                    "polling.request_timeout must be between {} and {}, not {}",
+                    fmt(MIN_INTERVAL),
+                    fmt(MAX_REQUEST_TIMEOUT),
+                    fmt(p.request_timeout)
+                ),
+            ),
         ];
         for (bad, key, message) in checks {
             if bad {
                 self.problem(key, message);
             }
         }
+    }
+}
+
+/// A number as an operator would write it: `1e-300` rather than three hundred digits.
+fn number(value: f64) -> String {
+    let magnitude = value.abs();
+    if magnitude != 0.0 && !(1e-4..1e15).contains(&magnitude) {
+        format!("{value:e}")
+    } else {
+        value.to_string()
     }
 }
 

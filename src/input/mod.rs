@@ -6,6 +6,7 @@
 use std::io::Read;
 use std::path::Path;
 
+pub mod aws;
 pub mod config;
 pub mod diagnostic;
 pub mod duration;

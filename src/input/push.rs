@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-/// The longest queue URL accepted (SQS URLs are well under 200 characters).
-const MAX_URL_LEN: usize = 2048;
+use crate::input::aws::http_url_problem;
 
 /// Push settings; present only when `push.queue_url` names a queue.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,22 +46,22 @@ impl PushSettings {
 /// Problems of `settings`, each with the key it is about.
 pub fn check(settings: &PushSettings) -> Vec<(&'static str, String)> {
     let mut problems = Vec::new();
-    if !is_http_url(&settings.queue_url) {
+    if let Some(problem) = http_url_problem(&settings.queue_url) {
         problems.push((
             "push.queue_url",
             format!(
-                "push.queue_url must be the queue's http:// or https:// URL (as `aws sqs get-queue-url` prints it), not {:?}",
+                "push.queue_url must be the queue's http:// or https:// URL (as `aws sqs get-queue-url` prints it), not {:?}: it {problem}",
                 crate::model::bounded(&settings.queue_url, 200)
             ),
         ));
     }
     if let Some(url) = &settings.endpoint_url
-        && !is_http_url(url)
+        && let Some(problem) = http_url_problem(url)
     {
         problems.push((
             "push.endpoint_url",
             format!(
-                "push.endpoint_url must be an http:// or https:// URL, not {:?}",
+                "push.endpoint_url must be an http:// or https:// URL, not {:?}: it {problem}",
                 crate::model::bounded(url, 200)
             ),
         ));
@@ -88,15 +87,6 @@ pub fn check(settings: &PushSettings) -> Vec<(&'static str, String)> {
         ));
     }
     problems
-}
-
-fn is_http_url(url: &str) -> bool {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"));
-    rest.is_some_and(|r| !r.is_empty())
-        && url.len() <= MAX_URL_LEN
-        && !url.contains(|c: char| c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]

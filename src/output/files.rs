@@ -16,11 +16,21 @@ pub const LOCK_FILE: &str = "flowwatch.lock";
 /// empty (a database flowwatch creates is never empty once opened, so an empty one was
 /// truncated).
 pub fn check_state_dir(dir: &Path) -> Result<(), (PathBuf, String)> {
-    if dir.exists() && !dir.is_dir() {
-        return Err((
-            dir.to_path_buf(),
-            "state.path is not a directory".to_string(),
-        ));
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => {
+            return Err((
+                dir.to_path_buf(),
+                "state.path is not a directory".to_string(),
+            ));
+        }
+        // Created at start-up.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        // A symlink loop, a component that is a file, no permission to look.
+        Err(e) => {
+            let problem = format!("state.path cannot be used: {}", io_error_text(&e));
+            return Err((dir.to_path_buf(), problem));
+        }
+        Ok(_) => {}
     }
     let db = dir.join(DB_FILE);
     let Ok(link) = db.symlink_metadata() else {

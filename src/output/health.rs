@@ -134,6 +134,12 @@ impl Health {
                 inner.recent.len()
             ));
         }
+        if all(|o| o == Outcome::LocalError) {
+            return Readiness::NotReady(format!(
+                "no request could be built on the last {} calls: {last_detail}",
+                inner.recent.len()
+            ));
+        }
         if all(|o| matches!(o, Outcome::Timeout | Outcome::TransportError)) {
             return Readiness::NotReady(format!(
                 "the API was unreachable on the last {} calls: {last_detail}",
@@ -170,6 +176,12 @@ mod tests {
             h.readiness(),
             Readiness::Ready,
             "throttled still proves access"
+        );
+        for _ in 0..RECENT {
+            h.record(Outcome::LocalError, || "invalid region".into());
+        }
+        assert!(
+            matches!(h.readiness(), Readiness::NotReady(r) if r.contains("no request could be built"))
         );
     }
 

@@ -20,6 +20,9 @@ use crate::model::{ExecutionKey, FlowKey, Observation, Status};
 /// The database file inside `state.path`.
 pub const DB_FILE: &str = "flowwatch.db";
 const SCHEMA_VERSION: i64 = 1;
+/// `PRAGMA application_id` of a flowwatch database ("FlWt"), so `file(1)` and flowwatch itself
+/// can tell it from another application's SQLite file.
+const APPLICATION_ID: i64 = 0x466C_5774;
 
 /// Sets what every connection to the database needs: commits durable across a process crash
 /// without an fsync each (`synchronous` is per connection, and SQLite's default, FULL, syncs
@@ -109,10 +112,13 @@ impl Store {
                     message: describe(&e),
                 }
             })?;
-        quick_check(&conn).map_err(|e| StoreError {
-            path,
-            message: describe(&e),
-        })
+        quick_check(&conn)
+            .and_then(|()| refuse_foreign(&conn))
+            .and_then(|()| check_schema_version(&conn))
+            .map_err(|e| StoreError {
+                path,
+                message: describe(&e),
+            })
     }
 
     fn error(&self, e: &rusqlite::Error) -> StoreError {
@@ -124,6 +130,7 @@ impl Store {
 
     fn init(&self) -> rusqlite::Result<()> {
         quick_check(&self.conn)?;
+        refuse_foreign(&self.conn)?;
         self.conn.pragma_update(None, "journal_mode", "WAL")?;
         tune(&self.conn)?;
         self.conn.execute_batch(
@@ -192,21 +199,32 @@ impl Store {
                  PRIMARY KEY (instance_id, flow_name, execution_id)
              );",
         )?;
-        match self.meta("schema_version")? {
-            None => {
-                self.conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
-                    [SCHEMA_VERSION],
-                )?;
-            }
-            Some(v) if v == SCHEMA_VERSION => {}
-            Some(v) => {
-                return Err(rusqlite::Error::InvalidParameterName(format!(
-                    "schema version {v} is not the {SCHEMA_VERSION} this flowwatch understands (written by a newer flowwatch?)"
-                )));
-            }
+        check_schema_version(&self.conn)?;
+        self.conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?1)",
+            [SCHEMA_VERSION],
+        )?;
+        // Marks the file as flowwatch's; databases written before the mark get it here.
+        self.conn
+            .pragma_update(None, "application_id", APPLICATION_ID)?;
+        self.backfill_flow_history()?;
+        self.lift_local_rejections()
+    }
+
+    /// Lifts rejections that were never the API's. Earlier versions took a request the SDK could
+    /// not build (an invalid region, say) for a ValidationException, and stopped polling the
+    /// execution for good. The SDK words each such failure "failed to construct request", which
+    /// no answer of the API carries, so those executions are polled again.
+    fn lift_local_rejections(&self) -> rusqlite::Result<()> {
+        let lifted = self.conn.execute(
+            "UPDATE executions SET rejected = NULL WHERE rejected LIKE 'failed to construct request%'",
+            [],
+        )?;
+        if lifted > 0 {
+            tracing::warn!(executions = lifted, path = %self.path.display(),
+                "polling again executions an earlier version rejected for a request it could not build");
         }
-        self.backfill_flow_history()
+        Ok(())
     }
 
     /// A value of the `meta` table.
@@ -757,6 +775,61 @@ pub fn why_not_writable(dir: &Path) -> Option<String> {
     }
 }
 
+/// Refuses another application's SQLite file, so that a wrong `state.path` never adds
+/// flowwatch's tables to it. A flowwatch database carries its application id, or (written
+/// before the mark) its `meta` table; a new one has no tables at all.
+fn refuse_foreign(conn: &Connection) -> rusqlite::Result<()> {
+    let id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let ours = id == APPLICATION_ID
+        || (id == 0 && (tables.is_empty() || tables.iter().any(|t| t == "meta")));
+    if ours {
+        return Ok(());
+    }
+    Err(rusqlite::Error::InvalidParameterName(format!(
+        "the file is another application's SQLite database (application id {id}, tables {}), \
+         not flowwatch's: point state.path at a directory of flowwatch's own",
+        crate::model::bounded(&tables.join(", "), 200)
+    )))
+}
+
+/// Refuses a schema version other than this flowwatch's: a newer one, or a damaged value. A
+/// database without one yet (new) passes.
+fn check_schema_version(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::types::Value;
+    let has_meta: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_meta {
+        return Ok(());
+    }
+    let value: Option<Value> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let problem = match value {
+        Some(Value::Integer(SCHEMA_VERSION)) => return Ok(()),
+        Some(Value::Integer(v)) => format!(
+            "schema version {v} is not the {SCHEMA_VERSION} this flowwatch understands (written by a newer flowwatch?)"
+        ),
+        Some(Value::Text(text)) => format!(
+            "schema version {:?} is not a number: the database is damaged; move it aside to start afresh",
+            crate::model::bounded(&text, 40)
+        ),
+        Some(Value::Null) | None => return Ok(()),
+        Some(_) => "the schema version is not a number: the database is damaged; move it aside to start afresh".to_string(),
+    };
+    Err(rusqlite::Error::InvalidParameterName(problem))
+}
+
 fn quick_check(conn: &Connection) -> rusqlite::Result<()> {
     let result: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if result == "ok" {
@@ -877,6 +950,50 @@ mod tests {
     }
 
     #[test]
+    fn another_application_s_database_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        Connection::open(&path)
+            .and_then(|c| c.execute_batch("CREATE TABLE invoices (id INTEGER PRIMARY KEY);"))
+            .expect("a foreign database");
+        let error = Store::open(dir.path()).expect_err("foreign");
+        assert!(
+            error
+                .message
+                .contains("another application's SQLite database"),
+            "{error}"
+        );
+        assert!(error.message.contains("invoices"), "{error}");
+        assert!(Store::check(dir.path()).is_err());
+        let tables: i64 = Connection::open(&path)
+            .and_then(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)))
+            .expect("count");
+        assert_eq!(tables, 1, "no table of flowwatch's was added");
+    }
+
+    #[test]
+    fn a_schema_version_that_is_newer_or_not_a_number_is_refused_by_open_and_check() {
+        for (value, expected) in [
+            ("999", "schema version 999 is not the 1"),
+            ("'abc'", "schema version \"abc\" is not a number"),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            drop(Store::open(dir.path()).expect("new"));
+            Connection::open(dir.path().join(DB_FILE))
+                .and_then(|c| {
+                    c.execute_batch(&format!(
+                        "UPDATE meta SET value = {value} WHERE key = 'schema_version'"
+                    ))
+                })
+                .expect("as a newer or damaged flowwatch left it");
+            let open = Store::open(dir.path()).expect_err("refused");
+            assert!(open.message.contains(expected), "{open}");
+            let check = Store::check(dir.path()).expect_err("refused");
+            assert!(check.message.contains(expected), "{check}");
+        }
+    }
+
+    #[test]
     fn a_flow_keeps_its_most_recent_durations_and_latest_outcomes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut store = Store::open(dir.path()).expect("open");
@@ -965,6 +1082,43 @@ mod tests {
         let history = &flows[&FlowKey::of(&key())];
         assert_eq!(history.durations, vec![(1060.0, 60.0)]);
         assert_eq!(history.last_success, Some(1060.0));
+    }
+
+    #[test]
+    fn a_rejection_for_a_request_that_could_not_be_built_is_lifted_and_the_api_s_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = ExecutionKey::from_checked(
+            key().instance_id.clone(),
+            key().flow_name.clone(),
+            "a1b2c3d4-0000-4000-8000-000000000002".to_string(),
+        );
+        {
+            let mut store = Store::open(dir.path()).expect("open");
+            let batch = store.batch().expect("batch");
+            // As an earlier version stored a region it could not build a request for.
+            batch
+                .rejection(&key(), Status::Unknown, None,
+                    "failed to construct request: endpoint params could not be built: invalid value for field: `region`", "{}")
+                .expect("local rejection");
+            batch
+                .rejection(
+                    &other,
+                    Status::Unknown,
+                    None,
+                    "1 validation error detected",
+                    "{}",
+                )
+                .expect("the API's rejection");
+            batch.commit().expect("commit");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        let lifted = store.execution(&key()).expect("read").expect("known");
+        assert_eq!((lifted.status, lifted.rejected), (Status::Unknown, None));
+        let kept = store.execution(&other).expect("read").expect("known");
+        assert_eq!(
+            kept.rejected.as_deref(),
+            Some("1 validation error detected")
+        );
     }
 
     fn running() -> Observation {

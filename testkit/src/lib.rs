@@ -185,10 +185,18 @@ pub struct Daemon {
 impl Daemon {
     pub async fn start(config: &Path, fake: &FakeServer, exit_when_done: bool) -> Self {
         let settings = Settings::load(config).expect("valid test config");
-        let client = Arc::new(static_client(
-            &fake.endpoint_url(),
-            settings.polling.request_timeout,
-        ));
+        let client = static_client(&fake.endpoint_url(), settings.polling.request_timeout);
+        Self::start_with(config, client, exit_when_done).await
+    }
+
+    /// The daemon on `config` with a client of the test's own.
+    pub async fn start_with<C: flowwatch::FlowExecutions>(
+        config: &Path,
+        client: C,
+        exit_when_done: bool,
+    ) -> Self {
+        let settings = Settings::load(config).expect("valid test config");
+        let client = Arc::new(client);
         let push_queue = settings
             .push
             .as_ref()
