@@ -356,7 +356,14 @@ async fn with_push<C: FlowExecutions>(
         .map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?;
     let (channels, deleter) =
         engine::receiver::start(queue, metrics.clone(), health.clone(), shutdown.token());
-    Ok((engine.with_push(channels, push.clone()), Some(deleter)))
+    // The region the instances are read in, when flowwatch knows it before the SDK resolves it.
+    let instance_region = settings.aws.region.clone().or_else(|| {
+        input::aws::region_from_environment(|n| std::env::var_os(n)).map(|(_, region)| region)
+    });
+    Ok((
+        engine.with_push(channels, push.clone(), instance_region),
+        Some(deleter),
+    ))
 }
 
 /// Lets the last deletes of applied pushed messages finish, for a bounded time.

@@ -309,6 +309,38 @@ pub struct Observation {
     pub diagnostic_reports_root_s3_uri: Option<String>,
 }
 
+/// The earliest time from outside flowwatch believes: 2000-01-01T00:00:00Z. AWS Supply Chain is
+/// far younger, so an earlier time is a broken clock or a hostile answer.
+pub const EARLIEST_BELIEVED: f64 = 946_684_800.0;
+/// How far ahead of this host's clock a time from outside may lie: clocks drift, not by a day.
+pub const AHEAD_BELIEVED: f64 = 86_400.0;
+
+/// Whether a unix time from outside (the API, a pushed event, a store an older version wrote)
+/// lies in the window flowwatch believes: from 2000 to a day ahead of `now`.
+pub fn believable(t: f64, now: f64) -> bool {
+    t.is_finite() && (EARLIEST_BELIEVED..=now + AHEAD_BELIEVED).contains(&t)
+}
+
+impl Observation {
+    /// Takes out a start or end time outside the [`believable`] window, so that it reaches
+    /// neither flow health, nor metrics, nor events. Returns what was taken out, for the log.
+    pub fn drop_unbelievable_times(&mut self, now: f64) -> Vec<(&'static str, f64)> {
+        let mut dropped = Vec::new();
+        for (name, slot) in [
+            ("start_time", &mut self.start_time),
+            ("end_time", &mut self.end_time),
+        ] {
+            if let Some(t) = *slot
+                && !believable(t, now)
+            {
+                dropped.push((name, t));
+                *slot = None;
+            }
+        }
+        dropped
+    }
+}
+
 /// The bounded set of API outcomes, used as the `outcome` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -421,15 +453,19 @@ pub enum PushOutcome {
     /// It is not an AWS Supply Chain status-change event flowwatch can read: left in the queue,
     /// so the redrive policy moves it to the dead-letter queue.
     Malformed,
+    /// A pushed end the API's answer contradicts (the GET still says IN_PROGRESS): not applied.
+    Contradicted,
 }
 
 impl PushOutcome {
-    pub const ALL: [PushOutcome; 5] = [
+    /// In declaration order: metrics index their series by `outcome as usize`.
+    pub const ALL: [PushOutcome; 6] = [
         PushOutcome::Applied,
         PushOutcome::Duplicate,
         PushOutcome::Stale,
         PushOutcome::Unwatched,
         PushOutcome::Malformed,
+        PushOutcome::Contradicted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -439,6 +475,7 @@ impl PushOutcome {
             PushOutcome::Stale => "stale",
             PushOutcome::Unwatched => "unwatched",
             PushOutcome::Malformed => "malformed",
+            PushOutcome::Contradicted => "contradicted",
         }
     }
 }
@@ -606,6 +643,19 @@ pub fn bounded(text: &str, max: usize) -> String {
     }
 }
 
+/// A URL with any `user:password@` taken out, so that what is shown of it (logs, `/status`, the
+/// summary) never carries credentials.
+pub fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// An I/O error in words, without the `(os error N)` noise.
 pub fn io_error_text(e: &std::io::Error) -> String {
     match e.kind() {
@@ -619,6 +669,60 @@ pub fn io_error_text(e: &std::io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_outside_2000_to_a_day_ahead_are_taken_out_of_an_observation() {
+        let now = 1_800_000_000.0;
+        let mut o = Observation {
+            status: ApiStatus::Succeeded,
+            source_info: None,
+            message: None,
+            start_time: Some(-1e18),
+            end_time: Some(1e300),
+            diagnostic_reports_root_s3_uri: None,
+        };
+        assert_eq!(
+            o.drop_unbelievable_times(now),
+            vec![("start_time", -1e18), ("end_time", 1e300)]
+        );
+        assert_eq!((o.start_time, o.end_time), (None, None));
+        let year_9999 = 253_402_300_799.0;
+        for t in [
+            year_9999,
+            f64::NAN,
+            EARLIEST_BELIEVED - 1.0,
+            now + AHEAD_BELIEVED + 1.0,
+        ] {
+            assert!(!believable(t, now), "{t}");
+        }
+        for t in [EARLIEST_BELIEVED, now, now + AHEAD_BELIEVED] {
+            assert!(believable(t, now), "{t}");
+        }
+        let mut fine = Observation {
+            start_time: Some(now - 60.0),
+            end_time: Some(now),
+            ..o
+        };
+        assert!(fine.drop_unbelievable_times(now).is_empty());
+        assert_eq!(fine.end_time, Some(now));
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_never_shown() {
+        assert_eq!(
+            without_userinfo("http://user:secret@127.0.0.1:4566/path"),
+            "http://127.0.0.1:4566/path"
+        );
+        assert_eq!(
+            without_userinfo("https://user:p@ss@sqs.example/1/q?a=b@c"),
+            "https://sqs.example/1/q?a=b@c"
+        );
+        assert_eq!(
+            without_userinfo("https://scn.example/a@b"),
+            "https://scn.example/a@b"
+        );
+        assert_eq!(without_userinfo("not a url"), "not a url");
+    }
 
     #[test]
     fn long_strings_are_cut_to_their_bound_with_an_ellipsis() {

@@ -39,19 +39,42 @@ pub fn init(settings: &LogSettings) {
     let _ = match settings.format {
         LogFormat::Text => builder
             .with_ansi(false)
-            .with_writer(|| Escaped(io::stderr()))
+            .with_writer(|| Escaped::text(io::stderr()))
             .try_init(),
         LogFormat::Json => builder
-            .with_writer(io::stderr)
+            .with_writer(|| Escaped::json(io::stderr()))
             .json()
             .flatten_event(true)
             .try_init(),
     };
 }
 
-/// A writer of whole log lines that escapes the control characters inside a line (`\n`, `\r`,
-/// `\t`, others as `\xNN`); the newline that ends the line stays.
-struct Escaped<W>(W);
+/// A writer of whole log lines that escapes, inside a line, every character a log reader could
+/// take for a line break or that could drive a terminal or reorder text: ASCII controls (`\n`,
+/// `\r`, `\t`, others as `\xNN`), C1 controls (U+0080 to U+009F, NEL among them), the line
+/// and paragraph separators U+2028 and U+2029, and the bidirectional overrides and isolates
+/// (U+202A to U+202E, U+2066 to U+2069), those as `\u{XXXX}`. The newline that ends the line
+/// stays. In JSON lines the Unicode ones are written `\uXXXX`, the JSON escape of the same
+/// character, so each line still parses to the same value.
+struct Escaped<W> {
+    out: W,
+    json: bool,
+}
+
+impl<W> Escaped<W> {
+    fn text(out: W) -> Self {
+        Self { out, json: false }
+    }
+
+    fn json(out: W) -> Self {
+        Self { out, json: true }
+    }
+}
+
+/// Whether `c` (not ASCII) must not reach a log line raw.
+fn is_unsafe_unicode(c: char) -> bool {
+    matches!(c, '\u{80}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
 
 impl<W: Write> Write for Escaped<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -59,29 +82,47 @@ impl<W: Write> Write for Escaped<W> {
             Some(body) => (body, &b"\n"[..]),
             None => (buf, &b""[..]),
         };
-        if !body.iter().any(|b| b.is_ascii_control()) {
-            self.0.write_all(buf)?;
+        // Every character escaped below starts with an ASCII control, 0xC2 (U+0080 to U+009F)
+        // or 0xE2 (U+2028 to U+2069) in UTF-8: a line without those bytes is written as it is.
+        if !body
+            .iter()
+            .any(|&b| b.is_ascii_control() || b == 0xc2 || b == 0xe2)
+        {
+            self.out.write_all(buf)?;
             return Ok(buf.len());
         }
-        let mut line = Vec::with_capacity(buf.len() + 16);
-        for &b in body {
-            match b {
-                b'\n' => line.extend_from_slice(b"\\n"),
-                b'\r' => line.extend_from_slice(b"\\r"),
-                b'\t' => line.extend_from_slice(b"\\t"),
-                b if b.is_ascii_control() => {
-                    line.extend_from_slice(format!("\\x{b:02x}").as_bytes())
-                }
-                b => line.push(b),
+        let mut line = String::with_capacity(buf.len() + 16);
+        for chunk in body.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                self.push_escaped(&mut line, c);
+            }
+            for b in chunk.invalid() {
+                line.push_str(&format!("\\x{b:02x}"));
             }
         }
-        line.extend_from_slice(end);
-        self.0.write_all(&line)?;
+        self.out.write_all(line.as_bytes())?;
+        self.out.write_all(end)?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        self.out.flush()
+    }
+}
+
+impl<W> Escaped<W> {
+    fn push_escaped(&self, line: &mut String, c: char) {
+        match c {
+            '\n' => line.push_str("\\n"),
+            '\r' => line.push_str("\\r"),
+            '\t' => line.push_str("\\t"),
+            c if c.is_ascii_control() => line.push_str(&format!("\\x{:02x}", c as u32)),
+            c if is_unsafe_unicode(c) && self.json => {
+                line.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c if is_unsafe_unicode(c) => line.push_str(&format!("\\u{{{:04x}}}", c as u32)),
+            c => line.push(c),
+        }
     }
 }
 
@@ -91,15 +132,40 @@ mod tests {
 
     #[test]
     fn control_characters_inside_a_line_are_escaped_and_its_end_is_kept() {
-        let mut out = Escaped(Vec::new());
+        let mut out = Escaped::text(Vec::new());
         out.write_all(b"status=\"OK\n2026-01-01 ERROR forged\x1b[31m\ttab\r\"\n")
             .expect("write");
         assert_eq!(
-            String::from_utf8(out.0).expect("utf-8"),
+            String::from_utf8(out.out).expect("utf-8"),
             "status=\"OK\\n2026-01-01 ERROR forged\\x1b[31m\\ttab\\r\"\n"
         );
-        let mut plain = Escaped(Vec::new());
-        plain.write_all("naïve line\n".as_bytes()).expect("write");
-        assert_eq!(plain.0, "naïve line\n".as_bytes());
+        let mut plain = Escaped::text(Vec::new());
+        plain
+            .write_all("naïve line — “quoted” €\n".as_bytes())
+            .expect("write");
+        assert_eq!(plain.out, "naïve line — “quoted” €\n".as_bytes());
+    }
+
+    #[test]
+    fn unicode_line_breaks_c1_controls_and_bidi_overrides_are_escaped() {
+        let forged =
+            "message=\"a\u{85}b\u{2028}c\u{2029}d\u{9b}31m\u{202e}txt.exe\u{2066}e\u{2069}\"\n";
+        let mut text = Escaped::text(Vec::new());
+        text.write_all(forged.as_bytes()).expect("write");
+        assert_eq!(
+            String::from_utf8(text.out).expect("utf-8"),
+            "message=\"a\\u{0085}b\\u{2028}c\\u{2029}d\\u{009b}31m\\u{202e}txt.exe\\u{2066}e\\u{2069}\"\n"
+        );
+        let line = serde_json::json!({ "message": forged.trim_end() }).to_string() + "\n";
+        let mut json = Escaped::json(Vec::new());
+        json.write_all(line.as_bytes()).expect("write");
+        let written = String::from_utf8(json.out).expect("utf-8");
+        assert!(written.is_ascii(), "{written}");
+        assert_eq!(written.lines().count(), 1);
+        let back: serde_json::Value = serde_json::from_str(&written).expect("still JSON");
+        assert_eq!(back["message"], forged.trim_end(), "the same value");
+        let mut broken = Escaped::text(Vec::new());
+        broken.write_all(b"bytes \xe2\x80 end\n").expect("write");
+        assert_eq!(broken.out, b"bytes \\xe2\\x80 end\n");
     }
 }

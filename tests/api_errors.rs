@@ -308,3 +308,88 @@ async fn an_execution_an_earlier_version_rejected_for_a_local_failure_is_polled_
     assert!(to.iter().any(|s| s == "SUCCEEDED"), "{to:?}");
     fake.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn times_outside_2000_to_a_day_ahead_are_left_out_and_the_end_still_counts() {
+    let hostile = format!(
+        r#"{{"flowExecution":{{"instanceId":"{INSTANCE}","flowName":"daily-orders","executionId":"{}","status":"SUCCEEDED","startTime":-1e18,"endTime":1e300}}}}"#,
+        execution_id(1)
+    );
+    let year_9999 = format!(
+        r#"{{"flowExecution":{{"instanceId":"{INSTANCE}","flowName":"daily-orders","executionId":"{}","status":"FAILED","startTime":1700000000,"endTime":253402300799}}}}"#,
+        execution_id(2)
+    );
+    let scenario = scenario(vec![
+        with_fault(
+            scripted("daily-orders", 1, &[(0, "IN_PROGRESS")]),
+            0,
+            None,
+            1.0,
+            body(200, "application/json", &hostile),
+        ),
+        with_fault(
+            scripted("daily-orders", 2, &[(0, "IN_PROGRESS")]),
+            0,
+            None,
+            1.0,
+            body(200, "application/json", &year_9999),
+        ),
+    ]);
+    let fake = FakeServer::start(scenario.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), POLLING, &scenario);
+    let daemon = Daemon::start(&config, &fake, false).await;
+    eventually(Duration::from_secs(30), "both ends", || async {
+        ws.events().len() == 2
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    for event in ws.events() {
+        let data = &event["data"];
+        assert!(
+            matches!(data["to_status"].as_str(), Some("SUCCEEDED" | "FAILED")),
+            "the transition is applied: {event}"
+        );
+        assert!(data["end_time"].is_null(), "{event}");
+    }
+    let succeeded = ws.events();
+    let succeeded = succeeded
+        .iter()
+        .find(|e| e["data"]["to_status"] == "SUCCEEDED")
+        .expect("SUCCEEDED");
+    assert!(succeeded["data"]["start_time"].is_null(), "{succeeded}");
+    let metrics = daemon.metrics().await;
+    let last_success = sample(
+        &metrics,
+        "flowwatch_flow_last_success_timestamp_seconds",
+        &[("flow_name", "daily-orders")],
+    )
+    .expect("the flow's last success");
+    assert!(
+        (now - 3600.0..=now + 3600.0).contains(&last_success),
+        "the success counts, at when flowwatch saw it: {last_success}\n{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "flowwatch_flow_duration_seconds_count",
+            &[("flow_name", "daily-orders")]
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "no duration from times not believed:\n{metrics}"
+    );
+    for line in metrics.lines().filter(|l| l.contains("_time_seconds{")) {
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!(value < now + 86_400.0 && value >= 0.0, "{line}");
+    }
+    daemon.stop().await;
+    fake.stop().await;
+}

@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 const BIN: &str = env!("CARGO_BIN_EXE_flowwatch");
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETMARKER";
 const SESSION: &str = "SESSIONTOKENMARKER0123456789";
+const QUEUE_PASSWORD: &str = "QUEUEPASSWORDMARKER";
 
 /// A command with no inherited FLOWWATCH_ or AWS_ variables.
 fn flowwatch(args: &[&str]) -> Command {
@@ -590,14 +591,42 @@ async fn status_and_metrics_carry_no_credentials() {
     )]);
     let fake = FakeServer::start(script.clone()).await.expect("fake");
     let ws = Workspace::new();
-    let config = ws.config(&fake.endpoint_url(), FAST, &script);
-    let (child, addr, _logs) = spawn_daemon(&config, &fake, "trace").await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A queue whose URLs carry credentials, on a port nothing listens on: receiving fails and
+    // is logged with the queue's URL, and /status shows it.
+    let queue = format!("http://probe:{QUEUE_PASSWORD}@127.0.0.1:{}", free_port());
+    let push = format!(
+        "[push]\nqueue_url = \"{queue}/123456789012/events\"\nendpoint_url = \"{queue}\"\n"
+    );
+    let config = ws.config(&fake.endpoint_url(), &format!("{FAST}{push}"), &script);
+    let (child, addr, mut logs) = spawn_daemon(&config, &fake, "trace").await;
+    let mut log_lines = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !log_lines
+        .iter()
+        .any(|l: &String| l.contains("cannot receive pushed events"))
+    {
+        match tokio::time::timeout_at(deadline, logs.recv()).await {
+            Ok(Some(line)) => log_lines.push(line),
+            _ => panic!("no failed receive was logged:\n{}", log_lines.join("\n")),
+        }
+    }
+    let status = http(addr, "GET", "/status").await.1;
+    assert!(
+        status.contains("http://127.0.0.1:") && status.contains("/123456789012/events"),
+        "/status shows the queue without its credentials:\n{status}"
+    );
     for path in ["/status", "/metrics", "/readyz", "/livez", "/nope"] {
         let (_, body) = http(addr, "GET", path).await;
-        for leak in [SECRET, SESSION, "AKIDTESTMARKER"] {
+        for leak in [SECRET, SESSION, "AKIDTESTMARKER", QUEUE_PASSWORD] {
             assert!(!body.contains(leak), "{leak} leaked into {path}:\n{body}");
         }
+    }
+    let logged = log_lines.join("\n");
+    for leak in [SECRET, SESSION, QUEUE_PASSWORD] {
+        assert!(
+            !logged.contains(leak),
+            "{leak} leaked into the log:\n{logged}"
+        );
     }
     let (code, body) = http(addr, "POST", "/-/reload").await;
     assert_eq!(code, 200, "{body}");

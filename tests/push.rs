@@ -166,7 +166,9 @@ async fn repeats_late_foreign_and_unreadable_messages_are_each_counted_and_only_
         1,
         &[(0, "IN_PROGRESS"), (600, "SUCCEEDED")],
     )]);
-    let (_fake, daemon) = start(&ws, &s, &moto, &queue, "10m", "").await;
+    // Without the GET for details a pushed end is taken at its word, which this test counts on:
+    // the API still says IN_PROGRESS.
+    let (_fake, daemon) = start(&ws, &s, &moto, &queue, "10m", "fetch_details = false\n").await;
     let id = execution_id(1);
     let done = status_event("orders", &id, "SUCCEEDED", "2026-01-01T00:05:00Z");
     moto.send(&queue.url, &done).await;
@@ -226,6 +228,60 @@ async fn repeats_late_foreign_and_unreadable_messages_are_each_counted_and_only_
     assert_eq!(pushed(&metrics, "applied"), 1.0, "{metrics}");
     assert_eq!(moto.messages_in(&queue.url).await, 0);
     daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_end_settles_nothing_and_the_real_one_is_still_seen() {
+    let ws = Workspace::new();
+    let moto = Moto::start(&ws.path("")).await;
+    let queue = moto.push_queues("events", 5, 30).await;
+    let s = scenario(vec![scripted(
+        "orders",
+        1,
+        &[(0, "IN_PROGRESS"), (8, "SUCCEEDED")],
+    )]);
+    let (fake, daemon) = start(&ws, &s, &moto, &queue, "10s", "").await;
+    push_healthy(&daemon, 20).await;
+    let id = execution_id(1);
+    // Whoever may send to the queue writes a FAILED the API does not know of...
+    let forged = status_event("orders", &id, "FAILED", "2026-01-01T00:05:00Z");
+    moto.send(&queue.url, &forged).await;
+    // ...and one from another account, and one from another region.
+    let other_account =
+        forged.replace(r#""account":"123456789012""#, r#""account":"666666666666""#);
+    assert_ne!(other_account, forged);
+    moto.send(&queue.url, &other_account).await;
+    let other_region = forged.replace("arn:aws:scn:us-east-1:", "arn:aws:scn:eu-west-1:");
+    assert_ne!(other_region, forged);
+    moto.send(&queue.url, &other_region).await;
+    eventually(
+        Duration::from_secs(15),
+        "each forgery is counted",
+        || async {
+            let m = daemon.metrics().await;
+            pushed(&m, "contradicted") == 1.0 && pushed(&m, "unwatched") == 2.0
+        },
+    )
+    .await;
+    let entry = daemon.execution(1).await;
+    assert_eq!(entry["status"], "IN_PROGRESS", "{entry}");
+    assert!(entry["next_poll"].is_string(), "still polled: {entry}");
+    assert!(terminal_events(&ws).is_empty(), "{:?}", ws.events());
+    // The real end (8 s in) is found by the next poll: the forgery settled nothing.
+    eventually(Duration::from_secs(30), "the real SUCCEEDED", || async {
+        !terminal_events(&ws).is_empty()
+    })
+    .await;
+    let ends: Vec<String> = terminal_events(&ws)
+        .iter()
+        .map(|e| e["data"]["to_status"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(ends, ["SUCCEEDED"]);
+    let metrics = daemon.metrics().await;
+    assert_eq!(pushed(&metrics, "applied"), 0.0, "{metrics}");
+    assert_eq!(moto.messages_in(&queue.url).await, 0, "each was deleted");
+    daemon.stop().await;
+    fake.stop().await;
 }
 
 /// Transition events of execution `n`, as `(to_status, observed_via)`.

@@ -22,6 +22,52 @@ pub struct PushedEvent {
     pub observation: Observation,
     /// The envelope's `time` (unix seconds): when EventBridge received the change.
     pub time: Option<f64>,
+    pub origin: Origin,
+}
+
+/// Where an event says it comes from: the account and region of its envelope, and those its
+/// `flowArn` names. Anyone allowed to send to the queue can write any of them, so they only
+/// catch an event that contradicts itself or the instance flowwatch reads.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Origin {
+    pub envelope_account: Option<String>,
+    pub envelope_region: Option<String>,
+    pub arn_account: String,
+    pub arn_region: String,
+}
+
+impl Origin {
+    /// Why the event cannot come from its instance, if it cannot: its envelope's account or
+    /// region is not its `flowArn`'s, or its region is not `instance_region` (the region
+    /// flowwatch reads the instance in, when known).
+    pub fn problem(&self, instance_region: Option<&str>) -> Option<String> {
+        let differs = |envelope: &Option<String>, arn: &str| {
+            envelope
+                .as_deref()
+                .is_some_and(|e| !e.is_empty() && e != arn)
+        };
+        if differs(&self.envelope_account, &self.arn_account) {
+            return Some(format!(
+                "the envelope's account {:?} is not the account of its flowArn ({:?})",
+                bounded(self.envelope_account.as_deref().unwrap_or_default(), 40),
+                bounded(&self.arn_account, 40)
+            ));
+        }
+        if differs(&self.envelope_region, &self.arn_region) {
+            return Some(format!(
+                "the envelope's region {:?} is not the region of its flowArn ({:?})",
+                bounded(self.envelope_region.as_deref().unwrap_or_default(), 40),
+                bounded(&self.arn_region, 40)
+            ));
+        }
+        match instance_region {
+            Some(region) if region != self.arn_region => Some(format!(
+                "its flowArn's region {:?} is not {region:?}, where flowwatch reads the instance",
+                bounded(&self.arn_region, 40)
+            )),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -30,6 +76,8 @@ struct Envelope {
     #[serde(rename = "detail-type")]
     detail_type: Option<String>,
     time: Option<Value>,
+    account: Option<String>,
+    region: Option<String>,
     detail: Option<Detail>,
 }
 
@@ -80,7 +128,7 @@ pub fn parse(body: &str) -> Result<PushedEvent, String> {
         ));
     }
     let detail = envelope.detail.ok_or("the event has no detail")?;
-    let key = key_of(&detail)?;
+    let (key, arn_region, arn_account) = key_of(&detail)?;
     let status = present(detail.status.as_deref())
         .ok_or("the event's detail has no status")?
         .to_string();
@@ -96,18 +144,28 @@ pub fn parse(body: &str) -> Result<PushedEvent, String> {
         key,
         observation,
         time: time_of(envelope.time.as_ref(), "time")?,
+        origin: Origin {
+            envelope_account: envelope.account,
+            envelope_region: envelope.region,
+            arn_account,
+            arn_region,
+        },
     })
 }
 
 /// The execution: the flow's name from `flowArn`
 /// (`arn:aws:scn:{region}:{account}:instance/{id}/data-integration-flows/{name}`), the
-/// instance from `instanceId` or the ARN (which must agree), and `flowExecutionId`.
-fn key_of(detail: &Detail) -> Result<ExecutionKey, String> {
+/// instance from `instanceId` or the ARN (which must agree), and `flowExecutionId`; with the
+/// ARN's region and account.
+fn key_of(detail: &Detail) -> Result<(ExecutionKey, String, String), String> {
     let arn = present(detail.flow_arn.as_deref()).ok_or("the event's detail has no flowArn")?;
-    let resource = arn
+    let fields: Vec<&str> = arn
         .strip_prefix("arn:")
-        .and_then(|rest| rest.splitn(5, ':').nth(4))
-        .ok_or_else(|| format!("flowArn {:?} is not an ARN", bounded(arn, 200)))?;
+        .map(|rest| rest.splitn(5, ':').collect())
+        .unwrap_or_default();
+    let [_partition, _service, region, account, resource] = fields.as_slice() else {
+        return Err(format!("flowArn {:?} is not an ARN", bounded(arn, 200)));
+    };
     let parts: Vec<&str> = resource.split('/').collect();
     let [
         "instance",
@@ -131,8 +189,13 @@ fn key_of(detail: &Detail) -> Result<ExecutionKey, String> {
     }
     let execution = present(detail.flow_execution_id.as_deref())
         .ok_or("the event's detail has no flowExecutionId")?;
-    ExecutionKey::new(instance, *flow_name, execution)
-        .map_err(|e| format!("the event names no valid execution: {e}"))
+    let key = ExecutionKey::new(instance, *flow_name, execution)
+        .map_err(|e| format!("the event names no valid execution: {e}"))?;
+    Ok((
+        key,
+        bounded(region, 40).to_string(),
+        bounded(account, 40).to_string(),
+    ))
 }
 
 /// `""` means absent, as the event writes a field that has no value yet.
@@ -286,6 +349,41 @@ mod tests {
         let west = FAILED.replace("2024-03-30T12:20:00Z", "2024-03-30T07:20:00.5-05:00");
         let event = parse(&west).expect("a valid event");
         assert_eq!(event.observation.start_time, Some(1_711_801_200.5));
+    }
+
+    #[test]
+    fn an_envelope_that_contradicts_its_flow_arn_or_the_instance_region_is_named() {
+        let event = parse(FAILED).expect("a valid event");
+        assert_eq!(event.origin.problem(None), None);
+        assert_eq!(event.origin.problem(Some("us-east-1")), None);
+        let other_region = event.origin.problem(Some("eu-west-1")).expect("refused");
+        assert!(other_region.contains("not \"eu-west-1\""), "{other_region}");
+        let forged = parse(&FAILED.replace(
+            r#""account": "123456789012""#,
+            r#""account": "666666666666""#,
+        ))
+        .expect("readable");
+        let problem = forged.origin.problem(None).expect("refused");
+        assert!(problem.contains("account \"666666666666\""), "{problem}");
+        let moved = parse(&FAILED.replace(r#""region": "us-east-1""#, r#""region": "eu-west-1""#))
+            .expect("readable");
+        assert!(
+            moved
+                .origin
+                .problem(None)
+                .is_some_and(|p| p.contains("region \"eu-west-1\""))
+        );
+        let bare = parse(
+            &FAILED
+                .replace(r#""account": "123456789012","#, "")
+                .replace(r#""region": "us-east-1", "#, ""),
+        )
+        .expect("readable");
+        assert_eq!(
+            bare.origin.problem(None),
+            None,
+            "an envelope without them names nothing"
+        );
     }
 
     #[test]

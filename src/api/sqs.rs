@@ -31,6 +31,8 @@ pub struct Received {
 pub struct PushQueue {
     client: Client,
     url: String,
+    /// `url` without any `user:password@`: what logs and `/status` show.
+    shown_url: String,
     wait: Duration,
 }
 
@@ -65,13 +67,14 @@ impl PushQueue {
         Self {
             client,
             url: push.queue_url.clone(),
+            shown_url: crate::model::without_userinfo(&push.queue_url),
             wait: push.wait_time,
         }
     }
 
-    /// The queue's URL, for logs and `/status`.
-    pub fn url(&self) -> &str {
-        &self.url
+    /// The queue's URL without credentials, for logs and `/status`.
+    pub fn shown_url(&self) -> &str {
+        &self.shown_url
     }
 
     /// Up to [`BATCH`] messages: a long poll (`wait`), or else one that answers at once.

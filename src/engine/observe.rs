@@ -147,18 +147,11 @@ impl<C: FlowExecutions> Engine<C> {
         let recovered = previous.is_some_and(|p| p != Outcome::Success);
         self.call_done(Operation::GetExecution, &key, Ok(recovered), elapsed);
         let wall = SystemTime::now();
-        let held = self
-            .executions
-            .get(&key)
-            .is_some_and(|s| s.held_push.is_some());
-        // A pushed end that waited for this poll is applied now, with the poll's fields.
-        let (observation, via) = if held {
-            match self.release_held(&key, Some(observation)) {
-                Some(pushed) => (pushed, ObservedVia::Push),
-                None => return,
-            }
-        } else {
-            (observation, ObservedVia::Poll)
+        // A pushed end that waited for this poll is applied now, with the poll's fields,
+        // unless the poll contradicts it.
+        let (observation, via) = match self.release_held(&key, Some(&observation)) {
+            Some(pushed) => (pushed, ObservedVia::Push),
+            None => (observation, ObservedVia::Poll),
         };
         // The entry may have been removed by a reload while its request was in flight.
         if !self.observe(&key, observation, via, wall) {
@@ -266,13 +259,15 @@ impl<C: FlowExecutions> Engine<C> {
     pub(super) fn observe(
         &mut self,
         key: &ExecutionKey,
-        observation: Observation,
+        mut observation: Observation,
         via: ObservedVia,
         wall: SystemTime,
     ) -> bool {
         let Some(state) = self.executions.get_mut(key) else {
             return false;
         };
+        let dropped = observation.drop_unbelievable_times(crate::model::unix_seconds(wall));
+        state.log_unbelievable(&dropped, via.as_str());
         let verdict = policy::judge(state.status, &observation.status);
         if verdict == Verdict::Stale {
             tracing::debug!(execution = %key, known = %state.status, observed = observation.status.as_str(),

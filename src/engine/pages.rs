@@ -208,6 +208,8 @@ impl<C: FlowExecutions> Engine<C> {
         wall: SystemTime,
     ) -> bool {
         let key = entry.key.clone();
+        let now = crate::model::unix_seconds(wall);
+        let start_time = start_time.filter(|t| crate::model::believable(*t, now));
         if !self.publisher.record_discovered(&key, wall, start_time) {
             return false;
         }

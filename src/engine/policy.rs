@@ -179,6 +179,28 @@ pub fn push_outcome(verdict: Verdict, new_times: bool) -> PushOutcome {
     }
 }
 
+/// What becomes of a pushed end that waited for its GET (`push.fetch_details`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldEnd {
+    /// The GET shows an end too: its answer, with every field, is applied as pushed.
+    Fetched,
+    /// The GET could not say (it failed, or its status is one flowwatch does not know): the
+    /// pushed end is applied as it came.
+    Pushed,
+    /// The GET still answers IN_PROGRESS: the API contradicts the event, which settles nothing;
+    /// the answer is applied as a poll's.
+    Contradicted,
+}
+
+/// Judges a held pushed end by its GET's status (`None`: the GET failed).
+pub fn settle_held_end(fetched: Option<&ApiStatus>) -> HeldEnd {
+    match fetched {
+        Some(ApiStatus::Succeeded | ApiStatus::Failed) => HeldEnd::Fetched,
+        Some(ApiStatus::InProgress) => HeldEnd::Contradicted,
+        Some(ApiStatus::Unrecognised(_)) | None => HeldEnd::Pushed,
+    }
+}
+
 /// What a failed poll of one execution leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollFailure {
@@ -370,6 +392,24 @@ mod tests {
         assert!(missing.flow_missing && missing.abandon_round);
         assert_eq!(missing.next, Delay::Fixed(SLOW));
         assert_eq!(missing.log, Level::ERROR);
+    }
+
+    #[test]
+    fn a_pushed_end_is_applied_only_when_the_get_does_not_contradict_it() {
+        assert_eq!(settle_held_end(Some(&ApiStatus::Failed)), HeldEnd::Fetched);
+        assert_eq!(
+            settle_held_end(Some(&ApiStatus::Succeeded)),
+            HeldEnd::Fetched
+        );
+        assert_eq!(
+            settle_held_end(Some(&ApiStatus::InProgress)),
+            HeldEnd::Contradicted
+        );
+        assert_eq!(
+            settle_held_end(Some(&ApiStatus::Unrecognised("CANCELLED".into()))),
+            HeldEnd::Pushed
+        );
+        assert_eq!(settle_held_end(None), HeldEnd::Pushed, "the GET failed");
     }
 
     #[test]

@@ -21,12 +21,13 @@ use crate::engine::policy::{self, Verdict};
 use crate::engine::receiver::{PushChannels, PushNews};
 use crate::input::push::PushSettings;
 use crate::model::{
-    ApiStatus, ExecutionKey, FlowKey, Observation, ObservedVia, PushOutcome, Status, WatchEntry,
+    ExecutionKey, FlowKey, Observation, ObservedVia, PushOutcome, Status, WatchEntry,
 };
-use crate::output::internal_events::{PushMalformed, PushMessage};
+use crate::output::internal_events::{PushMalformed, PushMessage, PushRefused};
 
-/// Message ids of malformed messages already logged; past this many the set starts over.
-const MALFORMED_REMEMBERED: usize = 10_000;
+/// What was logged of refused messages (malformed message ids, executions whose end was
+/// contradicted, origin problems); past this many the set starts over.
+const LOGGED_REMEMBERED: usize = 10_000;
 
 /// The engine's end of push.
 #[derive(Debug)]
@@ -37,7 +38,20 @@ pub struct PushLink {
     working: bool,
     /// Why receiving fails, while it does.
     failing: Option<String>,
-    malformed_logged: HashSet<String>,
+    /// The region flowwatch reads the instances in, when configured: an event of another is
+    /// not believed.
+    instance_region: Option<String>,
+    logged: HashSet<String>,
+}
+
+impl PushLink {
+    /// Whether `what` is logged for the first time (a bounded memory of what was).
+    fn first_log(&mut self, what: String) -> bool {
+        if self.logged.len() >= LOGGED_REMEMBERED {
+            self.logged.clear();
+        }
+        self.logged.insert(what)
+    }
 }
 
 impl PushLink {
@@ -49,7 +63,7 @@ impl PushLink {
     /// The `push` part of `/status`.
     pub(super) fn to_json(&self) -> Value {
         json!({
-            "queue_url": self.settings.queue_url,
+            "queue_url": crate::model::without_userinfo(&self.settings.queue_url),
             "healthy": self.working,
             "reason": self.failing.as_deref().or((!self.working).then_some("no answer from the queue yet")),
             "reconcile_interval_seconds": self.settings.reconcile_interval.as_secs(),
@@ -69,15 +83,22 @@ pub struct HeldPush {
 }
 
 impl<C: FlowExecutions> Engine<C> {
-    /// Takes pushed events from `channels`, as `settings` says.
-    pub fn with_push(mut self, channels: PushChannels, settings: PushSettings) -> Self {
+    /// Takes pushed events from `channels`, as `settings` says; events must come from
+    /// `instance_region` when it is given.
+    pub fn with_push(
+        mut self,
+        channels: PushChannels,
+        settings: PushSettings,
+        instance_region: Option<String>,
+    ) -> Self {
         self.push_news = Some(channels.news);
         self.push = Some(PushLink {
             acks: channels.acks,
             settings,
             working: false,
             failing: None,
-            malformed_logged: HashSet::new(),
+            instance_region,
+            logged: HashSet::new(),
         });
         self
     }
@@ -122,6 +143,19 @@ impl<C: FlowExecutions> Engine<C> {
             Ok(event) => event,
             Err(problem) => return self.malformed(&message.message_id, &problem),
         };
+        if let Some(link) = self.push.as_mut() {
+            let problem = event.origin.problem(link.instance_region.as_deref());
+            if let Some(problem) = problem {
+                let first = link.first_log(problem.clone());
+                self.publisher.emit(PushRefused {
+                    outcome: PushOutcome::Unwatched,
+                    execution: &event.key,
+                    problem: &problem,
+                    first,
+                });
+                return self.staged.ack(message.receipt_handle);
+            }
+        }
         let time = event.time;
         if let Some(outcome) = self.apply_pushed(event, message.receipt_handle) {
             self.count_pushed(outcome, time);
@@ -132,10 +166,7 @@ impl<C: FlowExecutions> Engine<C> {
         let Some(link) = self.push.as_mut() else {
             return;
         };
-        if link.malformed_logged.len() >= MALFORMED_REMEMBERED {
-            link.malformed_logged.clear();
-        }
-        let first = link.malformed_logged.insert(message_id.to_string());
+        let first = link.first_log(format!("malformed {message_id}"));
         self.publisher.emit(PushMalformed {
             message_id,
             problem,
@@ -144,9 +175,12 @@ impl<C: FlowExecutions> Engine<C> {
     }
 
     fn count_pushed(&self, outcome: PushOutcome, time: Option<f64>) {
+        let now = crate::model::unix_seconds(SystemTime::now());
+        // An envelope time outside the believable window says nothing of the delay.
         let delay = (outcome == PushOutcome::Applied)
-            .then(|| time.map(|t| crate::model::unix_seconds(SystemTime::now()) - t))
-            .flatten();
+            .then(|| time.filter(|t| crate::model::believable(*t, now)))
+            .flatten()
+            .map(|t| now - t);
         self.publisher.emit(PushMessage { outcome, delay });
     }
 
@@ -238,13 +272,14 @@ impl<C: FlowExecutions> Engine<C> {
         )
     }
 
-    /// The held change of `key`, if any: its receipts are staged with the change, and it is
-    /// counted as applied. The observation to apply is the poll's when the poll already shows a
-    /// terminal status, else the pushed one.
+    /// Settles the held pushed end of `key`, if any, by its GET's answer (`None`: the GET
+    /// failed), as [`policy::settle_held_end`] judges: returns the observation to apply as
+    /// pushed, or `None` when nothing was held or the API contradicts the end (its answer is
+    /// then applied as a poll's). Either way the held messages' receipts are staged.
     pub(super) fn release_held(
         &mut self,
         key: &ExecutionKey,
-        fetched: Option<Observation>,
+        fetched: Option<&Observation>,
     ) -> Option<Observation> {
         let held = self.executions.get_mut(key)?.held_push.take()?;
         let HeldPush {
@@ -255,13 +290,34 @@ impl<C: FlowExecutions> Engine<C> {
         for receipt in receipts {
             self.staged.ack(receipt);
         }
-        self.count_pushed(PushOutcome::Applied, time);
-        Some(match fetched {
-            Some(fetched) if matches!(fetched.status, ApiStatus::Succeeded | ApiStatus::Failed) => {
-                fetched
+        match policy::settle_held_end(fetched.map(|f| &f.status)) {
+            policy::HeldEnd::Fetched => {
+                self.count_pushed(PushOutcome::Applied, time);
+                fetched.cloned()
             }
-            _ => observation,
-        })
+            policy::HeldEnd::Pushed => {
+                self.count_pushed(PushOutcome::Applied, time);
+                Some(observation)
+            }
+            policy::HeldEnd::Contradicted => {
+                let problem = format!(
+                    "the event says {}, but the API still answers {}",
+                    observation.status.as_str(),
+                    fetched.map_or("", |f| f.status.as_str())
+                );
+                let first = self
+                    .push
+                    .as_mut()
+                    .is_some_and(|link| link.first_log(format!("contradicted {key}")));
+                self.publisher.emit(PushRefused {
+                    outcome: PushOutcome::Contradicted,
+                    execution: key,
+                    problem: &problem,
+                    first,
+                });
+                None
+            }
+        }
     }
 
     /// Receipts whose messages' changes are committed (or changed nothing) go to be deleted.

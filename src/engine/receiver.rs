@@ -124,7 +124,7 @@ async fn receive(
                     working = Some(true);
                     retry = pauses();
                     out.emit(PushWorking {
-                        queue_url: queue.url(),
+                        queue_url: queue.shown_url(),
                         again,
                     });
                     if !send(&news, PushNews::Working, &shutdown).await {
@@ -138,7 +138,7 @@ async fn receive(
                 let first = working != Some(false);
                 working = Some(false);
                 out.emit(PushFailing {
-                    queue_url: queue.url(),
+                    queue_url: queue.shown_url(),
                     error: &error,
                     first,
                     retry_in: pause,

@@ -51,6 +51,8 @@ pub struct ExecutionState {
     /// A pushed terminal change waiting for its GET (`push.fetch_details`).
     pub held_push: Option<Box<HeldPush>>,
     unrecognised_seen: Option<String>,
+    /// Times outside the believable window were logged for it (once per execution).
+    unbelievable_logged: bool,
 }
 
 impl ExecutionState {
@@ -75,6 +77,7 @@ impl ExecutionState {
             overdue: false,
             held_push: None,
             unrecognised_seen: None,
+            unbelievable_logged: false,
         }
     }
 
@@ -162,11 +165,27 @@ impl ExecutionState {
     }
 
     /// Takes what the store knew from an earlier run.
-    pub fn restore(&mut self, restored: Restored) {
+    pub fn restore(&mut self, restored: Restored, now: f64) {
         self.status = restored.status;
         self.observation = restored.observation.map(Box::new);
+        // An earlier version kept any time the API sent.
+        if let Some(o) = self.observation.as_deref_mut() {
+            let dropped = o.drop_unbelievable_times(now);
+            self.log_unbelievable(&dropped, "store");
+        }
         self.rejected = restored.rejected;
         self.overdue = restored.overdue;
+    }
+
+    /// Logs, once per execution, times taken out of an observation for lying outside the
+    /// believable window; `via` says where they came from.
+    pub fn log_unbelievable(&mut self, dropped: &[(&'static str, f64)], via: &str) {
+        if dropped.is_empty() || self.unbelievable_logged {
+            return;
+        }
+        self.unbelievable_logged = true;
+        tracing::warn!(execution = %self.entry.key, via, times = ?dropped,
+            "ignoring times before 2000 or more than a day ahead of this clock: the status is applied without them (logged once per execution)");
     }
 
     /// Undoes a transition the store could not take; the next poll detects it again.

@@ -135,7 +135,7 @@ impl<C: FlowExecutions> Engine<C> {
         let mut state = ExecutionState::new(entry, self.backoff.start());
         state.found_by_discovery = discovered;
         if let Some(restored) = self.publisher.restored(&key) {
-            state.restore(restored);
+            state.restore(restored, crate::model::unix_seconds(SystemTime::now()));
         }
         let observation = state.observation.as_deref();
         self.publisher

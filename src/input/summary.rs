@@ -56,7 +56,7 @@ pub fn summary(settings: &Settings, watchlist: &Watchlist) -> String {
             .aws
             .endpoint_url
             .as_deref()
-            .map_or_else(|| "(AWS default)".into(), without_userinfo),
+            .map_or_else(|| "(AWS default)".into(), crate::model::without_userinfo),
         humantime::format_duration(p.initial_interval),
         p.multiplier,
         humantime::format_duration(p.max_interval),
@@ -90,12 +90,12 @@ fn push_summary(settings: &Settings) -> String {
     };
     format!(
         "queue {} (region {}, endpoint {}), long poll {}, running executions polled every {} while it works, {}",
-        without_userinfo(&push.queue_url),
+        crate::model::without_userinfo(&push.queue_url),
         push.queue_region()
             .unwrap_or_else(|| "as for the Supply Chain client".into()),
         push.endpoint_url
             .as_deref()
-            .map_or_else(|| "(AWS default)".into(), without_userinfo),
+            .map_or_else(|| "(AWS default)".into(), crate::model::without_userinfo),
         humantime::format_duration(push.wait_time),
         humantime::format_duration(push.reconcile_interval),
         if push.fetch_details {
@@ -104,34 +104,4 @@ fn push_summary(settings: &Settings) -> String {
             "no GET for details"
         }
     )
-}
-
-/// A URL with any `user:password@` taken out, so a summary never shows credentials.
-fn without_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_in_an_endpoint_are_never_shown() {
-        assert_eq!(
-            without_userinfo("http://user:secret@127.0.0.1:4566/path"),
-            "http://127.0.0.1:4566/path"
-        );
-        assert_eq!(
-            without_userinfo("https://scn.example/a@b"),
-            "https://scn.example/a@b"
-        );
-        assert_eq!(without_userinfo("not a url"), "not a url");
-    }
 }

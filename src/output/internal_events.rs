@@ -276,6 +276,31 @@ impl InternalEvent for PushMalformed<'_> {
     }
 }
 
+/// A pushed message flowwatch read but does not believe: its end is contradicted by the API's
+/// answer (`contradicted`), or its envelope by its own flowArn or the instance's region
+/// (`unwatched`). Counted each time, logged the first time for its execution or problem.
+pub struct PushRefused<'a> {
+    pub outcome: crate::model::PushOutcome,
+    pub execution: &'a crate::model::ExecutionKey,
+    pub problem: &'a str,
+    pub first: bool,
+}
+
+impl InternalEvent for PushRefused<'_> {
+    fn emit(self, metrics: &Metrics, health: &Health) {
+        PushMessage {
+            outcome: self.outcome,
+            delay: None,
+        }
+        .emit(metrics, health);
+        if self.first {
+            tracing::warn!(execution = %self.execution, outcome = self.outcome.as_str(),
+                problem = self.problem,
+                "a pushed message was not applied: the execution is polled on its own ladder (logged once per execution or problem)");
+        }
+    }
+}
+
 /// Applied messages could not be deleted from the queue: they come back after their visibility
 /// timeout, and applying them again changes nothing.
 pub struct PushDeleteFailed<'a> {

@@ -208,7 +208,39 @@ impl Store {
         self.conn
             .pragma_update(None, "application_id", APPLICATION_ID)?;
         self.backfill_flow_history()?;
+        self.forget_unbelievable_times(crate::model::unix_seconds(SystemTime::now()))?;
         self.lift_local_rejections()
+    }
+
+    /// Forgets flow history an earlier version took from times outside the believable window
+    /// ([`crate::model::believable`]): a last success in the year 9999 would keep the freshness
+    /// alert quiet for good, and a duration of 1e19 s would never leave the kept history.
+    fn forget_unbelievable_times(&self, now: f64) -> rusqlite::Result<()> {
+        let (earliest, latest) = (
+            crate::model::EARLIEST_BELIEVED,
+            now + crate::model::AHEAD_BELIEVED,
+        );
+        let tx = self.conn.unchecked_transaction()?;
+        let mut forgotten = tx.execute(
+            "DELETE FROM flow_durations WHERE NOT (ended BETWEEN ?1 AND ?2)
+                 OR NOT (seconds > 0 AND seconds <= ended - ?1)",
+            params![earliest, latest],
+        )?;
+        for column in ["last_success", "last_failure"] {
+            forgotten += tx.execute(
+                &format!(
+                    "UPDATE flow_outcomes SET {column} = NULL
+                     WHERE {column} IS NOT NULL AND NOT ({column} BETWEEN ?1 AND ?2)"
+                ),
+                params![earliest, latest],
+            )?;
+        }
+        tx.commit()?;
+        if forgotten > 0 {
+            tracing::warn!(values = forgotten, path = %self.path.display(),
+                "forgot flow history taken from times before 2000 or more than a day ahead of this clock");
+        }
+        Ok(())
     }
 
     /// Lifts rejections that were never the API's. Earlier versions took a request the SDK could
@@ -1060,9 +1092,11 @@ mod tests {
         {
             let mut store = Store::open(dir.path()).expect("open");
             let batch = store.batch().expect("batch");
+            // Times after 2000: older ones are forgotten at open as unbelievable.
             let done = Observation {
                 status: ApiStatus::Succeeded,
-                end_time: Some(1060.0),
+                start_time: Some(1_700_001_000.0),
+                end_time: Some(1_700_001_060.0),
                 ..running()
             };
             batch
@@ -1080,8 +1114,8 @@ mod tests {
         let store = Store::open(dir.path()).expect("reopen");
         let flows = store.flow_history(20).expect("read");
         let history = &flows[&FlowKey::of(&key())];
-        assert_eq!(history.durations, vec![(1060.0, 60.0)]);
-        assert_eq!(history.last_success, Some(1060.0));
+        assert_eq!(history.durations, vec![(1_700_001_060.0, 60.0)]);
+        assert_eq!(history.last_success, Some(1_700_001_060.0));
     }
 
     #[test]
@@ -1119,6 +1153,38 @@ mod tests {
             kept.rejected.as_deref(),
             Some("1 validation error detected")
         );
+    }
+
+    #[test]
+    fn flow_history_from_unbelievable_times_is_forgotten_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = |n: usize| {
+            ExecutionKey::from_checked(
+                key().instance_id.clone(),
+                key().flow_name.clone(),
+                format!("e{n}"),
+            )
+        };
+        {
+            let mut store = Store::open(dir.path()).expect("open");
+            let batch = store.batch().expect("batch");
+            batch
+                .finished(&run(1), Status::Succeeded, 1_700_000_600.0, Some(600.0), 20)
+                .expect("a real run");
+            // As an earlier version took an end time of 1e300 (saturated by the SDK).
+            batch
+                .finished(&run(2), Status::Succeeded, 9.2e18, Some(1e19), 20)
+                .expect("a hostile run");
+            batch
+                .finished(&run(3), Status::Failed, 253_402_300_799.0, None, 20)
+                .expect("year 9999");
+            batch.commit().expect("commit");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        let history = &store.flow_history(20).expect("read")[&FlowKey::of(&key())];
+        assert_eq!(history.durations, vec![(1_700_000_600.0, 600.0)]);
+        assert_eq!(history.last_success, None, "9.2e18 is forgotten");
+        assert_eq!(history.last_failure, None);
     }
 
     fn running() -> Observation {
