@@ -235,6 +235,10 @@ pub async fn run_with<C: FlowExecutions>(
         Some(tls) => Some(Arc::new(Tls::new(tls.clone()).map_err(Error::Fatal)?)),
         None => None,
     };
+    server::open_files::raise_and_report(server::open_files::OpenFiles::needed(
+        settings.server.max_connections,
+        settings.polling.max_in_flight + usize::from(settings.push.is_some()) * 2,
+    ));
     let (publisher, metrics, health) = open_outputs(&settings)?;
     let listener = TcpListener::bind(settings.server.listen)
         .await

@@ -286,7 +286,21 @@ async fn spawn_daemon(
     std::net::SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
-    let mut cmd = flowwatch(&["run", "--config", &config.to_string_lossy()]);
+    let cmd = flowwatch(&["run", "--config", &config.to_string_lossy()]);
+    spawn_command(cmd, fake, log_level).await
+}
+
+/// Spawns `cmd` (flowwatch, or a shell that execs it) against `fake` with JSON logs at
+/// `log_level`; returns it with its address once it listens, and its log lines.
+async fn spawn_command(
+    mut cmd: Command,
+    fake: &FakeServer,
+    log_level: &str,
+) -> (
+    Child,
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     against(&mut cmd, fake);
     cmd.env("FLOWWATCH_LOG__LEVEL", log_level)
         .env("FLOWWATCH_LOG__FORMAT", "json");
@@ -302,11 +316,12 @@ async fn spawn_daemon(
             }
         }
     });
+    // The lines before the address are handed on too, ahead of the rest.
+    let (early_tx, early_rx) = tokio::sync::mpsc::unbounded_channel();
     let addr = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = rx.recv().await {
-            let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
+            let log = serde_json::from_str::<serde_json::Value>(&line).unwrap_or_default();
+            let _ = early_tx.send(line);
             if log["message"] == "flowwatch is listening" {
                 return log["addr"].as_str().and_then(|a| a.parse().ok());
             }
@@ -317,7 +332,14 @@ async fn spawn_daemon(
     .ok()
     .flatten()
     .expect("flowwatch logs its address");
-    (child, addr, rx)
+    tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            if early_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, addr, early_rx)
 }
 
 fn signal(child: &Child, name: &str) {
@@ -833,4 +855,120 @@ async fn a_stdout_nobody_reads_stalls_neither_the_event_file_nor_shutdown() {
         .expect("wait");
     assert_eq!(status.code(), Some(0));
     println!("SIGTERM with stdout stalled took {:?}", sigterm.elapsed());
+}
+
+/// flowwatch under `ulimit` settings, as a shell applies them before exec.
+fn flowwatch_under_ulimit(limits: &str, config: &Path) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.args([
+        "-c",
+        &format!("{limits} && exec \"$0\" run --config \"$1\""),
+        BIN,
+        &config.to_string_lossy(),
+    ])
+    .kill_on_drop(true);
+    for (name, _) in std::env::vars() {
+        if is_inherited_override(&name) {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// The soft and hard `Max open files` of a process, from /proc.
+fn open_file_limits(child: &Child) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id().expect("running")))
+        .expect("/proc/<pid>/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("the open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_string(), fields[4].to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_limit_is_raised_and_a_short_one_is_named_and_logged_once_a_period() {
+    let script = scenario(vec![scripted("f", 1, &[(0, "IN_PROGRESS")])]);
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), FAST, &script);
+
+    // A soft limit under a roomy hard one is raised to it.
+    let cmd = flowwatch_under_ulimit("ulimit -Sn 100 && ulimit -Hn 4096", &config);
+    let (child, _addr, _logs) = spawn_command(cmd, &fake, "info").await;
+    assert_eq!(open_file_limits(&child), ("4096".into(), "4096".into()));
+    signal(&child, "TERM");
+    let _ = child.wait_with_output().await;
+
+    // A hard limit under server.max_connections (1024) is named at start-up, and accepting
+    // past it fails quietly: one line a period, not ten a second.
+    let cmd = flowwatch_under_ulimit("ulimit -n 64", &config);
+    let (child, addr, mut logs) = spawn_command(cmd, &fake, "info").await;
+    let mut flood = Vec::new();
+    for _ in 0..80 {
+        if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
+            flood.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(flood);
+    signal(&child, "TERM");
+    let mut lines = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(10), logs.recv()).await {
+        lines.push(line);
+    }
+    let text = lines.join("\n");
+    assert!(
+        text.contains("the open-file limit is 64 (the hard limit)"),
+        "the short limit is named:\n{text}"
+    );
+    let accept_failures = lines
+        .iter()
+        .filter(|l| l.contains("cannot accept HTTP connections"))
+        .count();
+    assert_eq!(
+        accept_failures, 1,
+        "3 s of failing accepts (every 100 ms) log one line:\n{text}"
+    );
+    fake.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watchlist_replaced_by_a_fifo_is_refused_on_sighup_and_sigterm_still_works() {
+    let script = scenario(vec![scripted("f", 1, &[(0, "IN_PROGRESS")])]);
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), FAST, &script);
+    let (child, addr, mut logs) = spawn_daemon(&config, &fake, "info").await;
+    let watchlist = ws.path("watchlist.toml");
+    std::fs::remove_file(&watchlist).expect("rm");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&watchlist)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    signal(&child, "HUP");
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = logs.recv().await {
+            if line.contains("reload refused") {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("the reload is refused at once");
+    assert!(refused.contains("not a regular file (a FIFO)"), "{refused}");
+    let probe = tokio::time::timeout(Duration::from_secs(1), http(addr, "GET", "/livez"))
+        .await
+        .expect("/livez answers within 1 s");
+    assert_eq!(probe.0, 200);
+    signal(&child, "TERM");
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("SIGTERM still stops it")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(0));
+    fake.stop().await;
 }

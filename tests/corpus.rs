@@ -39,6 +39,9 @@ struct Case {
     /// Symlinks in `{dir}`: name to target.
     #[serde(default)]
     symlinks: BTreeMap<String, String>,
+    /// FIFOs in `{dir}` (in place of the config or watchlist when named so).
+    #[serde(default)]
+    fifos: Vec<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     expect: Vec<String>,
@@ -103,6 +106,12 @@ fn lay_out(case: &Case, dir: &Path) {
     }
     for (name, text) in &case.files {
         std::fs::write(dir.join(name), fill(text)).expect("file");
+    }
+    for name in &case.fifos {
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&path);
+        let made = Command::new("mkfifo").arg(&path).status().expect("mkfifo");
+        assert!(made.success(), "mkfifo {}", path.display());
     }
     for (name, target) in &case.symlinks {
         std::os::unix::fs::symlink(fill(target), dir.join(name)).expect("symlink");

@@ -879,6 +879,10 @@ fn describe(kind: &figment::error::Kind, key: &str) -> String {
 /// The watchlist path of a config that failed validation, when the file still names one, so
 /// `check-config` can report the watchlist's problems in the same run.
 pub fn watchlist_path_hint(config_path: &Path) -> Option<PathBuf> {
+    // A FIFO or device in place of the config would never end reading.
+    if !std::fs::metadata(config_path).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
     let path: PathBuf = figment(config_path).extract_inner("watchlist").ok()?;
     let base = config_path.parent().unwrap_or(Path::new("."));
     Some(if path.is_absolute() {

@@ -21,9 +21,17 @@ pub const MAX_WATCHLIST_BYTES: u64 = 64 << 20;
 /// The largest config file flowwatch reads.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
-/// A text file, read only up to `max` bytes: a path that is not a regular file (`/dev/zero`) or
-/// an absurdly large one is refused, not read until memory runs out.
+/// A text file, read only up to `max` bytes. Anything but a regular file is refused before it
+/// is opened: opening a FIFO waits for a writer, and a device such as `/dev/zero` never ends. An
+/// absurdly large file is refused, not read until memory runs out.
 pub fn read_text(path: &Path, max: u64) -> Result<String, String> {
+    let metadata = std::fs::metadata(path).map_err(|e| crate::model::io_error_text(&e))?;
+    if !metadata.is_file() {
+        return Err(format!(
+            "not a regular file ({})",
+            crate::model::file_kind(&metadata)
+        ));
+    }
     let file = std::fs::File::open(path).map_err(|e| crate::model::io_error_text(&e))?;
     let mut text = String::new();
     file.take(max + 1)
@@ -34,3 +42,6 @@ pub fn read_text(path: &Path, max: u64) -> Result<String, String> {
     }
     Ok(text)
 }
+
+/// The longest a certificate, key or CA file may be.
+pub const MAX_PEM_BYTES: u64 = 1 << 20;

@@ -84,8 +84,8 @@ pub fn check_tls_files(tls: &TlsSettings) -> Vec<(&'static str, String)> {
 
 /// The certificates of a PEM file: at least one.
 pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+    let text = read_pem(path)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(text.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{} is not PEM: {e}", path.display()))?;
     if certs.is_empty() {
@@ -96,8 +96,15 @@ pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
 
 /// The private key of a PEM file.
 pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path)
+    let text = read_pem(path)?;
+    PrivateKeyDer::from_pem_slice(text.as_bytes())
         .map_err(|e| format!("{} holds no readable private key: {e}", path.display()))
+}
+
+/// A PEM file's text: a regular file of at most [`crate::input::MAX_PEM_BYTES`].
+fn read_pem(path: &Path) -> Result<String, String> {
+    crate::input::read_text(path, crate::input::MAX_PEM_BYTES)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 #[cfg(test)]

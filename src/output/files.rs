@@ -51,12 +51,16 @@ pub fn check_state_dir(dir: &Path) -> Result<(), (PathBuf, String)> {
     Err((db, problem))
 }
 
-/// Problems with `events.file` that `run` would refuse: it is a directory.
+/// Problems with `events.file` that `run` would refuse: it is a directory, or another thing
+/// than a regular file (opening a FIFO would wait for a reader, with the daemon stuck).
 pub fn check_events_file(file: &Path) -> Result<(), String> {
-    if file.is_dir() {
-        Err("events.file is a directory, not a file".to_string())
-    } else {
-        Ok(())
+    match std::fs::metadata(file) {
+        Ok(m) if m.is_dir() => Err("events.file is a directory, not a file".to_string()),
+        Ok(m) if !m.is_file() => Err(format!(
+            "events.file is {}, not a regular file",
+            crate::model::file_kind(&m)
+        )),
+        _ => Ok(()),
     }
 }
 

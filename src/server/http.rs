@@ -132,7 +132,11 @@ pub async fn serve(
         ConnectionClosed::HeaderTimeout,
     ));
     let no_handshake = Arc::new(Closures::new(metrics, ConnectionClosed::TlsHandshake));
+    let mut accept_errors = Every::new(WARN_EVERY);
     let mut connections = JoinSet::new();
+    if let Some(tls) = &tls {
+        connections.spawn(tls.clone().watch_files(stop.clone()));
+    }
     loop {
         let accepted = tokio::select! {
             () = stop.requested() => break,
@@ -142,8 +146,12 @@ pub async fn serve(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
-                // Out of file descriptors, usually: wait instead of spinning.
-                tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                // Out of file descriptors, usually: wait instead of spinning, and say so at
+                // most every WARN_EVERY, with how many failed since.
+                if let Some(count) = accept_errors.tick(tokio::time::Instant::now()) {
+                    tracing::warn!(error = %e, count,
+                        "cannot accept HTTP connections (out of file descriptors? see the open-file limit at start-up)");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -229,13 +237,42 @@ impl ConnectionClosed {
     }
 }
 
+/// A run of happenings logged at most once a period: the first at once, then how many came
+/// since, once the period is over.
+struct Every {
+    period: Duration,
+    /// When the last line was logged.
+    logged: Option<tokio::time::Instant>,
+    /// Happenings since then.
+    count: u64,
+}
+
+impl Every {
+    fn new(period: Duration) -> Self {
+        Self {
+            period,
+            logged: None,
+            count: 0,
+        }
+    }
+
+    /// Counts one; returns how many to report when a line is due now.
+    fn tick(&mut self, now: tokio::time::Instant) -> Option<u64> {
+        self.count += 1;
+        if self.logged.is_some_and(|at| now < at + self.period) {
+            return None;
+        }
+        self.logged = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
 /// Closed connections of one kind: each is counted; a warning says how many at most every
 /// [`WARN_EVERY`].
 struct Closures {
     metrics: Arc<Metrics>,
     why: ConnectionClosed,
-    /// When the last warning was logged, and how many closed since.
-    pending: std::sync::Mutex<(Option<tokio::time::Instant>, u64)>,
+    pending: std::sync::Mutex<Every>,
 }
 
 impl Closures {
@@ -243,7 +280,7 @@ impl Closures {
         Self {
             metrics,
             why,
-            pending: std::sync::Mutex::new((None, 0)),
+            pending: std::sync::Mutex::new(Every::new(WARN_EVERY)),
         }
     }
 
@@ -255,13 +292,9 @@ impl Closures {
     fn record_with(&self, max_connections: usize, error: &str) {
         self.metrics.connection_closed(self.why.label());
         let now = tokio::time::Instant::now();
-        let mut pending = crate::model::lock(&self.pending);
-        pending.1 += 1;
-        if pending.0.is_some_and(|at| now < at + WARN_EVERY) {
+        let Some(count) = crate::model::lock(&self.pending).tick(now) else {
             return;
-        }
-        let count = std::mem::take(&mut pending.1);
-        pending.0 = Some(now);
+        };
         match self.why {
             ConnectionClosed::Limit => tracing::warn!(
                 count,
@@ -524,6 +557,29 @@ fn unavailable(reason: &str) -> Response {
 mod tests {
     use super::*;
     use crate::engine::Overview;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_of_happenings_is_logged_once_a_period_with_its_count() {
+        let mut every = Every::new(WARN_EVERY);
+        let start = tokio::time::Instant::now();
+        assert_eq!(every.tick(start), Some(1), "the first at once");
+        let in_between: Vec<Option<u64>> = (1..=274)
+            .map(|n| every.tick(start + Duration::from_millis(n * 30)))
+            .collect();
+        assert!(
+            in_between.iter().all(Option::is_none),
+            "none within the period"
+        );
+        assert_eq!(
+            every.tick(start + WARN_EVERY),
+            Some(275),
+            "then how many since"
+        );
+        assert_eq!(
+            every.tick(start + WARN_EVERY + Duration::from_secs(1)),
+            None
+        );
+    }
 
     fn state(commands: mpsc::Sender<Command>) -> AppState {
         let metrics = Arc::new(Metrics::new().expect("metrics"));

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod http;
+pub mod open_files;
 mod page;
 pub mod reload;
 pub mod shutdown;

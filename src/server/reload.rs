@@ -15,6 +15,9 @@ use crate::server::shutdown::Shutdown;
 
 /// How often the watchlist file is checked for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// How long reading and validating the watchlist may take: 100,000 entries take about a second
+/// and a half; a read that hangs (a stalled NFS or FUSE mount) is given up after this.
+pub const LOAD_BOUND: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct Reloader {
@@ -24,6 +27,9 @@ pub struct Reloader {
     /// One reload at a time, whatever asked for it: a burst of requests runs one after another
     /// rather than parsing the watchlist many times at once.
     one_at_a_time: Arc<tokio::sync::Mutex<()>>,
+    /// A load given up after [`LOAD_BOUND`] is still stuck in its thread: no other starts, so a
+    /// hung mount holds one thread, not one per reload.
+    loading: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Reloader {
@@ -33,6 +39,7 @@ impl Reloader {
             commands,
             metrics,
             one_at_a_time: Arc::default(),
+            loading: Arc::default(),
         }
     }
 
@@ -46,11 +53,11 @@ impl Reloader {
     }
 
     async fn install(&self) -> Result<String, String> {
-        let watchlist = match Watchlist::load(&self.path) {
+        let watchlist = match self.load().await {
             Ok(w) => w,
             Err(problems) => {
                 tracing::error!("reload refused, the old watchlist keeps running: {problems}");
-                return Err(problems.to_string());
+                return Err(problems);
             }
         };
         let (tx, rx) = oneshot::channel();
@@ -71,6 +78,33 @@ impl Reloader {
             "{} added, {} removed, {} kept",
             summary.added, summary.removed, summary.kept
         ))
+    }
+
+    /// Reads and validates the watchlist on the blocking pool, within [`LOAD_BOUND`]: the
+    /// engine, `/livez` and the signals go on meanwhile, whatever the file does.
+    async fn load(&self) -> Result<Watchlist, String> {
+        use std::sync::atomic::Ordering;
+        if self.loading.swap(true, Ordering::AcqRel) {
+            return Err(format!(
+                "{}: an earlier read of the watchlist has not finished (a hung mount?)",
+                self.path.display()
+            ));
+        }
+        let (path, loading) = (self.path.clone(), self.loading.clone());
+        let load = tokio::task::spawn_blocking(move || {
+            let watchlist = Watchlist::load(&path);
+            loading.store(false, Ordering::Release);
+            watchlist
+        });
+        match tokio::time::timeout(LOAD_BOUND, load).await {
+            Ok(Ok(watchlist)) => watchlist.map_err(|problems| problems.to_string()),
+            Ok(Err(e)) => Err(format!("reading the watchlist failed: {e}")),
+            Err(_) => Err(format!(
+                "{}: the watchlist was not read within {}s (a hung mount?)",
+                self.path.display(),
+                LOAD_BOUND.as_secs()
+            )),
+        }
     }
 
     /// Reloads when the watchlist's content differs from `seen` (the digest of what was

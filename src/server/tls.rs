@@ -2,6 +2,7 @@
 //! when its files change (cert-manager rotates them in place), and the handshake of each new
 //! connection.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -12,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::input::web::{self, TlsSettings, TlsVersion};
+use crate::server::shutdown::Shutdown;
 
 /// How often the certificate files are checked for changes.
 pub const RELOAD_CHECK: Duration = Duration::from_secs(5);
@@ -64,14 +66,13 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String
 pub struct Tls {
     settings: TlsSettings,
     current: Mutex<Current>,
+    /// A check of the files is under way on the blocking pool (or stuck in a hung mount).
+    checking: AtomicBool,
 }
 
 struct Current {
     config: Arc<ServerConfig>,
-    /// When each file last changed, as the configuration was built.
     stamps: Vec<Option<SystemTime>>,
-    /// When the files were last looked at.
-    checked: tokio::time::Instant,
 }
 
 impl Tls {
@@ -80,39 +81,56 @@ impl Tls {
         let stamps = stamps(&settings);
         Ok(Self {
             settings,
-            current: Mutex::new(Current {
-                config,
-                stamps,
-                checked: tokio::time::Instant::now(),
-            }),
+            current: Mutex::new(Current { config, stamps }),
+            checking: AtomicBool::new(false),
         })
     }
 
-    /// The configuration for a new connection: rebuilt first when a file changed (looked at
-    /// most every [`RELOAD_CHECK`]).
     fn config(&self) -> Arc<ServerConfig> {
-        let mut current = crate::model::lock(&self.current);
-        let now = tokio::time::Instant::now();
-        if now < current.checked + RELOAD_CHECK {
-            return current.config.clone();
-        }
-        current.checked = now;
-        let stamps = stamps(&self.settings);
-        if stamps != current.stamps {
-            current.stamps = stamps;
-            match server_config(&self.settings) {
-                Ok(config) => {
-                    tracing::info!(cert = %self.settings.cert_file.display(), "TLS certificate files changed: reloaded");
-                    current.config = config;
-                }
-                Err(e) => tracing::error!(error = %e,
-                    "TLS certificate files changed but do not load; keeping the previous ones"),
-            }
-        }
-        current.config.clone()
+        crate::model::lock(&self.current).config.clone()
     }
 
-    /// The handshake of a new connection, within `timeout`.
+    /// Looks at the certificate files every [`RELOAD_CHECK`] until `stop`, on the blocking
+    /// pool: a file on a hung mount stalls one thread, never the handshakes or the engine.
+    pub async fn watch_files(self: Arc<Self>, stop: Shutdown) {
+        let mut tick = tokio::time::interval(RELOAD_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.requested() => return,
+                _ = tick.tick() => {}
+            }
+            if self.checking.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let tls = self.clone();
+            drop(tokio::task::spawn_blocking(move || {
+                tls.reload_if_changed();
+                tls.checking.store(false, Ordering::Release);
+            }));
+        }
+    }
+
+    /// Loads the files again when any changed; keeps the previous ones when they do not load.
+    fn reload_if_changed(&self) {
+        let stamps = stamps(&self.settings);
+        if stamps == crate::model::lock(&self.current).stamps {
+            return;
+        }
+        let loaded = server_config(&self.settings);
+        let mut current = crate::model::lock(&self.current);
+        current.stamps = stamps;
+        match loaded {
+            Ok(config) => {
+                tracing::info!(cert = %self.settings.cert_file.display(), "TLS certificate files changed: reloaded");
+                current.config = config;
+            }
+            Err(e) => tracing::error!(error = %e,
+                "TLS certificate files changed but do not load; keeping the previous ones"),
+        }
+    }
+
     pub async fn accept(
         &self,
         stream: TcpStream,
