@@ -280,6 +280,7 @@ pub async fn run_with<C: FlowExecutions>(
 
     let http_stop = shutdown.child();
     let metrics_for_server = metrics.clone();
+    let auth = BasicAuth::new(settings.server.basic_auth_users.clone(), metrics.clone());
     let app = server::http::app(AppState {
         metrics,
         health,
@@ -287,7 +288,7 @@ pub async fn run_with<C: FlowExecutions>(
         reload: reloader.clone(),
         lifecycle: settings.server.enable_lifecycle,
         status_gate: Arc::new(tokio::sync::Semaphore::new(1)),
-        auth: BasicAuth::new(settings.server.basic_auth_users.clone()),
+        auth,
     });
     let server = tokio::spawn(server::http::serve(
         listener,

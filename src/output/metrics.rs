@@ -39,6 +39,7 @@ pub struct Metrics {
     flow_last_failure: GaugeVec,
     flow_success_expected_within: GaugeVec,
     http_connections_closed: IntCounterVec,
+    http_auth_rejected: IntCounterVec,
     /// Whether per-execution status and time series are exported.
     per_execution: bool,
     /// The request series by operation and outcome, looked up once rather than per request.
@@ -167,6 +168,12 @@ impl Metrics {
                 "HTTP connections the server closed unserved: reason=\"limit\" (server.max_connections were open), \"header_timeout\" (no complete request headers in time) or \"tls_handshake\" (a failed or slow TLS handshake).",
                 &["reason"],
             )?,
+            http_auth_rejected: counters(
+                &r,
+                "flowwatch_http_auth_rejected_total",
+                "Requests refused by basic auth: reason=\"credentials\" (missing or wrong, 401) or \"busy\" (too many password checks at once, 503).",
+                &["reason"],
+            )?,
             series: Series::default(),
             per_execution,
             registry: r,
@@ -221,6 +228,9 @@ impl Metrics {
                 .with_label_values(&[reason])
                 .reset();
         }
+        for reason in ["credentials", "busy"] {
+            self.http_auth_rejected.with_label_values(&[reason]).reset();
+        }
         for result in ["success", "failure"] {
             self.config_reloads.with_label_values(&[result]).reset();
             for sink in ["stdout", "file"] {
@@ -236,6 +246,11 @@ impl Metrics {
         self.http_connections_closed
             .with_label_values(&[reason])
             .inc();
+    }
+
+    /// Counts a request basic auth refused, by reason.
+    pub fn auth_rejected(&self, reason: &str) {
+        self.http_auth_rejected.with_label_values(&[reason]).inc();
     }
 
     /// Counts a watchlist reload.
