@@ -820,7 +820,7 @@ async fn a_stdout_nobody_reads_stalls_neither_the_event_file_nor_shutdown() {
     let config = ws.config(&fake.endpoint_url(), FAST, &script);
     ws.edit(&config, "stdout = false", "stdout = true");
     // spawn_daemon pipes stdout; nobody ever reads it.
-    let (mut child, addr, _logs) = spawn_daemon(&config, &fake, "info").await;
+    let (mut child, addr, mut logs) = spawn_daemon(&config, &fake, "info").await;
     let events = ws.path("events.jsonl");
     let succeeded = |ids: &[String]| ids.iter().filter(|id| id.ends_with("/SUCCEEDED")).count();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -855,6 +855,19 @@ async fn a_stdout_nobody_reads_stalls_neither_the_event_file_nor_shutdown() {
         .expect("wait");
     assert_eq!(status.code(), Some(0));
     println!("SIGTERM with stdout stalled took {:?}", sigterm.elapsed());
+    // Only the stalled sink is said not to have finished: the file's flush did not wait for it.
+    let mut lines = Vec::new();
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(5), logs.recv()).await {
+        lines.push(line);
+    }
+    let unfinished: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("did not finish in time"))
+        .collect();
+    assert!(
+        unfinished.iter().all(|l| l.contains("\"sink\":\"stdout\"")),
+        "{unfinished:?}"
+    );
 }
 
 /// flowwatch under `ulimit` settings, as a shell applies them before exec.

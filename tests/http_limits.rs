@@ -264,3 +264,22 @@ async fn status_lists_one_page_of_executions_at_a_time() {
     daemon.stop().await;
     fake.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_still_sending_its_headers_holds_shutdown_no_longer_than_the_grace() {
+    let (fake, _ws, daemon) = daemon().await;
+    let mut slow = TcpStream::connect(daemon.addr).await.expect("connect");
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("partial headers");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = tokio::time::Instant::now();
+    daemon.stop().await;
+    let took = asked.elapsed();
+    assert_eq!(limits::SHUTDOWN_GRACE, Duration::from_secs(3));
+    assert!(
+        took <= limits::SHUTDOWN_GRACE + Duration::from_millis(100),
+        "SIGTERM took {took:?} with a slow client"
+    );
+    fake.stop().await;
+}

@@ -175,18 +175,28 @@ impl Sinks {
     }
 
     /// Waits, at most `within` in all, for every sink to write what it was given and sync it. A
-    /// stalled sink is given up on: its events stay in the outbox for the next start.
+    /// stalled sink is given up on: its events stay in the outbox for the next start. Every sink
+    /// is asked before any is waited for, so a stalled one does not use up the others' time.
     pub fn flush(&self, within: Duration) {
         let deadline = Instant::now() + within;
-        for w in &self.workers {
-            let (ack, done) = std::sync::mpsc::channel();
-            let left = deadline.saturating_duration_since(Instant::now());
-            let sent = w.jobs.send_timeout_compat(Job::Flush(ack), left);
-            if !sent
-                || done
-                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                    .is_err()
-            {
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let asked: Vec<_> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let (ack, done) = std::sync::mpsc::channel();
+                let unsent = match w.jobs.try_send(Job::Flush(ack)) {
+                    Err(TrySendError::Full(job)) => Some(job),
+                    // Sent, or the thread is gone: its answer never comes.
+                    _ => None,
+                };
+                (w, unsent, done)
+            })
+            .collect();
+        for (w, unsent, done) in asked {
+            // A full queue (a stalled sink) takes the flush once there is room, if in time.
+            let sent = unsent.is_none_or(|job| w.jobs.send_timeout_compat(job, left()));
+            if !sent || done.recv_timeout(left()).is_err() {
                 tracing::warn!(
                     sink = w.name,
                     "event sink did not finish in time; its events stay in the outbox"
