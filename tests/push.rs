@@ -518,6 +518,55 @@ async fn a_message_received_again_after_a_restart_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_and_reordered_events_give_one_event_per_change_and_the_right_end() {
+    repeated_and_reordered("fetch_details = false\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeats_of_an_end_waiting_for_its_get_are_each_counted() {
+    let ws = Workspace::new();
+    let moto = Moto::start(&ws.path("")).await;
+    let queue = moto.push_queues("events", 5, 30).await;
+    // Past the first answer every GET hangs until request_timeout (2 s): a pushed end waits that
+    // long for its details.
+    let s = scenario(vec![flowwatch_testkit::with_fault(
+        scripted("orders", 1, &[(0, "IN_PROGRESS")]),
+        3,
+        None,
+        1.0,
+        flowwatch_fake::Fault::Hang,
+    )]);
+    let (fake, daemon) = start(&ws, &s, &moto, &queue, "10m", "").await;
+    push_healthy(&daemon, 20).await;
+    eventually(Duration::from_secs(10), "the first answer", || async {
+        daemon.execution(1).await["status"] == "IN_PROGRESS"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let done = status_event(
+        "orders",
+        &execution_id(1),
+        "SUCCEEDED",
+        "2026-01-01T00:05:00Z",
+    );
+    for _ in 0..5 {
+        moto.send(&queue.url, &done).await;
+    }
+    eventually(Duration::from_secs(20), "five messages counted", || async {
+        let m = daemon.metrics().await;
+        pushed(&m, "applied") + pushed(&m, "duplicate") == 5.0
+    })
+    .await;
+    let m = daemon.metrics().await;
+    assert_eq!(pushed(&m, "applied"), 1.0, "{m}");
+    assert_eq!(terminal_events(&ws).len(), 1);
+    assert_eq!(moto.messages_in(&queue.url).await, 0, "each was deleted");
+    daemon.stop().await;
+    fake.stop().await;
+}
+
+/// Eight short runs whose events come half of them twice and up to 3 s late: every message is
+/// counted once, and each run has one end event, the right one.
+async fn repeated_and_reordered(push_extra: &str) {
     let ws = Workspace::new();
     let moto = Moto::start(&ws.path("")).await;
     let queue = moto.push_queues("events", 5, 30).await;
@@ -530,7 +579,7 @@ async fn repeated_and_reordered_events_give_one_event_per_change_and_the_right_e
             })
             .collect(),
     );
-    let (fake, daemon) = start(&ws, &s, &moto, &queue, "10m", "fetch_details = false\n").await;
+    let (fake, daemon) = start(&ws, &s, &moto, &queue, "10m", push_extra).await;
     push_healthy(&daemon, 10).await;
     let mut unruly = EventPublishing::to(&moto.endpoint);
     unruly.duplicate = 0.5;
@@ -543,10 +592,17 @@ async fn repeated_and_reordered_events_give_one_event_per_change_and_the_right_e
         "every message is dealt with",
         || async {
             let m = daemon.metrics().await;
-            let counted: f64 = ["applied", "duplicate", "stale", "unwatched", "malformed"]
-                .iter()
-                .map(|o| pushed(&m, o))
-                .sum();
+            let counted: f64 = [
+                "applied",
+                "duplicate",
+                "stale",
+                "unwatched",
+                "malformed",
+                "contradicted",
+            ]
+            .iter()
+            .map(|o| pushed(&m, o))
+            .sum();
             counted == published.sent as f64
         },
     )

@@ -204,6 +204,11 @@ impl<C: FlowExecutions> Engine<C> {
             self.staged.ack(receipt);
             return Some(outcome);
         }
+        if let Some(held) = state.held_push.as_mut() {
+            // A repeat of the end that waits for its GET: counted now, deleted with it.
+            held.receipts.push(receipt);
+            return Some(PushOutcome::Duplicate);
+        }
         let fetch = self.push.as_ref().is_some_and(|p| p.settings.fetch_details);
         let terminal = matches!(verdict, Verdict::Transition(to) if to.is_terminal());
         if fetch && terminal && state.slot.is_some() {
@@ -281,7 +286,14 @@ impl<C: FlowExecutions> Engine<C> {
         key: &ExecutionKey,
         fetched: Option<&Observation>,
     ) -> Option<Observation> {
-        let held = self.executions.get_mut(key)?.held_push.take()?;
+        let state = self.executions.get_mut(key)?;
+        let held = state.held_push.take()?;
+        // Settled meanwhile (a poll already on its way saw the end): a repeat, not news.
+        let applied = if state.status.is_terminal() {
+            PushOutcome::Duplicate
+        } else {
+            PushOutcome::Applied
+        };
         let HeldPush {
             observation,
             receipts,
@@ -292,11 +304,11 @@ impl<C: FlowExecutions> Engine<C> {
         }
         match policy::settle_held_end(fetched.map(|f| &f.status)) {
             policy::HeldEnd::Fetched => {
-                self.count_pushed(PushOutcome::Applied, time);
+                self.count_pushed(applied, time);
                 fetched.cloned()
             }
             policy::HeldEnd::Pushed => {
-                self.count_pushed(PushOutcome::Applied, time);
+                self.count_pushed(applied, time);
                 Some(observation)
             }
             policy::HeldEnd::Contradicted => {
