@@ -42,7 +42,13 @@ pub struct FlowWatch {
     pub backoff: Backoff,
     /// Its place in the engine's queue, while it is queued.
     pub slot: Option<(tokio::time::Instant, u64)>,
+    /// Listed items that break the wire format, already logged at warn: the same one comes
+    /// every round. At most [`INVALID_REMEMBERED`]; past that the set starts over.
+    pub invalid_logged: std::collections::HashSet<String>,
 }
+
+/// How many invalid listed items a flow remembers having logged.
+pub const INVALID_REMEMBERED: usize = 1_000;
 
 /// A discovery round in progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +80,17 @@ pub enum Next {
 }
 
 impl FlowWatch {
+    /// Whether `problem` of a listed item is logged for the first time.
+    pub fn first_invalid(&mut self, problem: &str) -> bool {
+        if self.invalid_logged.contains(problem) {
+            return false;
+        }
+        if self.invalid_logged.len() >= INVALID_REMEMBERED {
+            self.invalid_logged.clear();
+        }
+        self.invalid_logged.insert(problem.to_string())
+    }
+
     pub fn new(entry: FlowEntry, first_seen: SystemTime, backoff: Backoff) -> Self {
         Self {
             entry,
@@ -89,6 +106,7 @@ impl FlowWatch {
             last_round_pages: 0,
             backoff,
             slot: None,
+            invalid_logged: std::collections::HashSet::new(),
         }
     }
 
@@ -197,6 +215,21 @@ mod tests {
     use super::*;
     use crate::engine::pacing::BackoffPolicy;
     use crate::model::FlowKey;
+
+    #[test]
+    fn an_invalid_listed_item_is_logged_once_however_many_rounds_list_it() {
+        let mut f = flow(None);
+        let problem = "an item with an invalid executionId";
+        assert!(f.first_invalid(problem));
+        for _ in 0..100 {
+            assert!(!f.first_invalid(problem), "every later round: debug only");
+        }
+        assert!(f.first_invalid("another problem"));
+        for n in 0..INVALID_REMEMBERED {
+            f.first_invalid(&format!("item {n}"));
+        }
+        assert!(f.invalid_logged.len() <= INVALID_REMEMBERED, "bounded");
+    }
 
     fn flow(since: Option<Duration>) -> FlowWatch {
         let policy = BackoffPolicy {

@@ -54,8 +54,13 @@ impl<C: FlowExecutions> Engine<C> {
         let wall = SystemTime::now();
         let window_start = flow.window_start(wall);
         for problem in &page.invalid {
-            tracing::warn!(flow = %flow_key, problem = %problem,
-                "skipping a listed execution that breaks the wire format");
+            if flow.first_invalid(problem) {
+                tracing::warn!(flow = %flow_key, problem = %problem,
+                    "skipping a listed execution that breaks the wire format (repeats are logged at debug)");
+            } else {
+                tracing::debug!(flow = %flow_key, problem = %problem,
+                    "skipping a listed execution that breaks the wire format");
+            }
         }
         let listed: Vec<Listed> = page
             .executions
