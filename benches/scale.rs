@@ -6,6 +6,7 @@
 //! cargo bench --bench scale                          # everything (about 12 minutes on 2 cores)
 //! cargo bench --bench scale -- --sizes 1000,10000    # scale runs of these sizes only
 //! cargo bench --bench scale -- --only efficiency     # the per-flow and uniform scenarios only
+//! cargo bench --bench scale -- --only reload --sizes 100000   # /livez, /status and reloads at 100,000
 //! cargo bench --bench scale -- --only scale --sizes 100000 --pollers lean
 //!                                   # one poller: flowwatch, lean (per_execution=false), push
 //!                                   # (events through the fake's SQS queue, N <= 10,000), baseline
@@ -159,6 +160,12 @@ fn main() {
     let started = Instant::now();
     let mut rows = Vec::new();
     runtime.block_on(async {
+        if only.as_deref() == Some("reload") {
+            for n in &sizes {
+                reload_run(*n).await;
+            }
+            return;
+        }
         if only.as_deref() != Some("scale") {
             rows.extend(efficiency_runs().await);
         }
@@ -173,7 +180,9 @@ fn main() {
             }
         }
     });
-    print_table(&rows);
+    if !rows.is_empty() {
+        print_table(&rows);
+    }
     println!(
         "\nmachine: {} cores, {}; whole benchmark {:.0} s",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -359,30 +368,7 @@ async fn measure(run: Run) -> Row {
                 *max_in_flight,
                 &push_table,
             );
-            // FLOWWATCH_BENCH_WRAP runs flowwatch under a profiler, e.g. "heaptrack -o /tmp/ht".
-            let wrap = std::env::var("FLOWWATCH_BENCH_WRAP").unwrap_or_default();
-            let mut words = wrap.split_whitespace();
-            let mut command = match words.next() {
-                Some(program) => {
-                    let mut c = tokio::process::Command::new(program);
-                    c.args(words).arg(env!("CARGO_BIN_EXE_flowwatch"));
-                    c
-                }
-                None => tokio::process::Command::new(env!("CARGO_BIN_EXE_flowwatch")),
-            };
-            command
-                .args(["run", "--config"])
-                .arg(&config)
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("AWS_ACCESS_KEY_ID", "AKIDBENCHMARK")
-                .env("AWS_SECRET_ACCESS_KEY", "benchmark-secret")
-                .env("AWS_EC2_METADATA_DISABLED", "true")
-                .stdout(Stdio::piped())
-                .stderr(log_file(dir.path(), "flowwatch.log"))
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start flowwatch")
+            spawn_flowwatch(&config, dir.path())
         }
         Poller::Baseline { interval, workers } => {
             let spec = dir.path().join("baseline.json");
@@ -612,6 +598,172 @@ fn terminal_execution(line: &str) -> Option<String> {
     let (id, status) = line.split_once(' ')?;
     matches!(status, "SUCCEEDED" | "FAILED").then(|| id.to_string())
 }
+
+/// flowwatch on `config`, its events on a pipe and its log in `dir`. FLOWWATCH_BENCH_WRAP runs
+/// it under a profiler, e.g. "heaptrack -o /tmp/ht".
+fn spawn_flowwatch(config: &Path, dir: &Path) -> tokio::process::Child {
+    let wrap = std::env::var("FLOWWATCH_BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(words).arg(env!("CARGO_BIN_EXE_flowwatch"));
+            c
+        }
+        None => tokio::process::Command::new(env!("CARGO_BIN_EXE_flowwatch")),
+    };
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", "AKIDBENCHMARK")
+        .env("AWS_SECRET_ACCESS_KEY", "benchmark-secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::piped())
+        .stderr(log_file(dir, "flowwatch.log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start flowwatch")
+}
+
+/// `--only reload`: N running executions (the memory and probe figures of a large watchlist).
+/// While `/livez` is asked every 100 ms, `/status?limit=10000` is fetched and the watchlist,
+/// ten entries shorter, reloaded with SIGHUP; twice. Prints each step's time, the slowest
+/// `/livez` answer and the peak RSS, against the Deployment's memory limit.
+async fn reload_run(n: usize) {
+    let executions = generate(&Generated {
+        count: n,
+        flows: (n / 200).max(5),
+        seed: 7,
+        durations: Durations::Uniform {
+            min: Duration::from_secs(7200),
+            max: Duration::from_secs(7200),
+        },
+        failed_share: 0.0,
+        start_within: Duration::from_secs(1),
+    });
+    let keys: Vec<(String, String)> = executions
+        .iter()
+        .map(|e| (e.flow_name.clone(), e.execution_id.clone()))
+        .collect();
+    let fake = FakeServer::start(Scenario {
+        rate_limit: None,
+        executions,
+        flows: Vec::new(),
+    })
+    .await
+    .expect("fake");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = free_port();
+    let config = write_flowwatch_files(
+        dir.path(),
+        listen,
+        &fake.endpoint_url(),
+        &keys,
+        true,
+        true,
+        2000.0,
+        64,
+        "",
+    );
+    let mut child = spawn_flowwatch(&config, dir.path());
+    let pid = child.id().expect("child pid");
+    let status_of = |path: &'static str| async move {
+        fetch(listen, path)
+            .await
+            .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok())
+    };
+    let started = Instant::now();
+    while status_of("/status?limit=1")
+        .await
+        .is_none_or(|s| s["by_status"]["IN_PROGRESS"] != n)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "not every execution seen in 10 min"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let observed_after = started.elapsed().as_secs_f64();
+    let rss_steady = process_usage(pid).0;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let answered =
+                    tokio::time::timeout(Duration::from_secs(5), fetch(listen, "/livez")).await;
+                slowest = slowest.max(if answered.is_ok() {
+                    t.elapsed()
+                } else {
+                    Duration::from_secs(5)
+                });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            slowest
+        })
+    };
+    println!(
+        "\nreload at {n}: every execution observed after {observed_after:.0} s; RSS then {rss_steady:.1} MiB"
+    );
+    println!("| round | /status?limit=10000 ms | its MB | reload ms (SIGHUP to applied) |");
+    println!("|---|---|---|---|");
+    for round in 1..=2 {
+        let t = Instant::now();
+        let page = fetch(listen, "/status?limit=10000")
+            .await
+            .map_or(0, |b| b.len());
+        let status_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let kept = n - 10 * round;
+        write_flowwatch_files(
+            dir.path(),
+            listen,
+            &fake.endpoint_url(),
+            &keys[..kept],
+            true,
+            true,
+            2000.0,
+            64,
+            "",
+        );
+        let t = Instant::now();
+        let hup = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status();
+        assert!(hup.is_ok_and(|s| s.success()), "SIGHUP");
+        while status_of("/status?limit=1")
+            .await
+            .is_none_or(|s| s["watched"] != kept)
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "the reload was not applied"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let reload_ms = t.elapsed().as_secs_f64() * 1000.0;
+        println!(
+            "| {round} | {status_ms:.0} | {:.1} | {reload_ms:.0} |",
+            page as f64 / 1e6
+        );
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let slowest = prober.await.expect("prober");
+    let peak = process_usage(pid).0;
+    println!(
+        "slowest /livez answer {:.0} ms; peak RSS {peak:.1} MiB (the Deployment's limit: {} MiB)",
+        slowest.as_secs_f64() * 1000.0,
+        DEPLOYMENT_MEMORY_LIMIT_MIB
+    );
+    stop(&mut child, pid).await;
+    fake.stop().await;
+}
+
+/// The memory limit of deploy/kubernetes/deployment.yaml, which the reload run is held against.
+const DEPLOYMENT_MEMORY_LIMIT_MIB: u32 = 256;
 
 fn log_file(dir: &Path, name: &str) -> Stdio {
     std::fs::File::create(dir.join(name)).map_or_else(|_| Stdio::null(), Stdio::from)

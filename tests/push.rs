@@ -558,8 +558,13 @@ async fn repeats_of_an_end_waiting_for_its_get_are_each_counted() {
     .await;
     let m = daemon.metrics().await;
     assert_eq!(pushed(&m, "applied"), 1.0, "{m}");
+    eventually(
+        Duration::from_secs(10),
+        "the end committed and every message deleted",
+        || async { !terminal_events(&ws).is_empty() && moto.messages_in(&queue.url).await == 0 },
+    )
+    .await;
     assert_eq!(terminal_events(&ws).len(), 1);
-    assert_eq!(moto.messages_in(&queue.url).await, 0, "each was deleted");
     daemon.stop().await;
     fake.stop().await;
 }

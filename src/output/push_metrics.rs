@@ -33,7 +33,7 @@ impl PushMetrics {
         let messages = IntCounterVec::new(
             Opts::new(
                 "flowwatch_push_messages_total",
-                "Messages received from the push queue, by what became of them: applied, duplicate, stale, unwatched or malformed (left for the dead-letter queue).",
+                "Messages received from the push queue, by what became of them: applied, duplicate, stale, unwatched, malformed (left for the dead-letter queue) or contradicted (an end the API still denies).",
             ),
             &["outcome"],
         )?;
