@@ -870,6 +870,15 @@ async fn a_stdout_nobody_reads_stalls_neither_the_event_file_nor_shutdown() {
     );
 }
 
+/// The fake with one execution that runs for good, and a workspace whose config points at it.
+async fn one_running_execution() -> (FakeServer, Workspace, std::path::PathBuf) {
+    let script = scenario(vec![scripted("f", 1, &[(0, "IN_PROGRESS")])]);
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), FAST, &script);
+    (fake, ws, config)
+}
+
 /// flowwatch under `ulimit` settings, as a shell applies them before exec.
 fn flowwatch_under_ulimit(limits: &str, config: &Path) -> Command {
     let mut cmd = Command::new("bash");
@@ -902,10 +911,7 @@ fn open_file_limits(child: &Child) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_open_file_limit_is_raised_and_a_short_one_is_named_and_logged_once_a_period() {
-    let script = scenario(vec![scripted("f", 1, &[(0, "IN_PROGRESS")])]);
-    let fake = FakeServer::start(script.clone()).await.expect("fake");
-    let ws = Workspace::new();
-    let config = ws.config(&fake.endpoint_url(), FAST, &script);
+    let (fake, _ws, config) = one_running_execution().await;
 
     // A soft limit under a roomy hard one is raised to it.
     let cmd = flowwatch_under_ulimit("ulimit -Sn 100 && ulimit -Hn 4096", &config);
@@ -949,10 +955,7 @@ async fn the_open_file_limit_is_raised_and_a_short_one_is_named_and_logged_once_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watchlist_replaced_by_a_fifo_is_refused_on_sighup_and_sigterm_still_works() {
-    let script = scenario(vec![scripted("f", 1, &[(0, "IN_PROGRESS")])]);
-    let fake = FakeServer::start(script.clone()).await.expect("fake");
-    let ws = Workspace::new();
-    let config = ws.config(&fake.endpoint_url(), FAST, &script);
+    let (fake, ws, config) = one_running_execution().await;
     let (child, addr, mut logs) = spawn_daemon(&config, &fake, "info").await;
     let watchlist = ws.path("watchlist.toml");
     std::fs::remove_file(&watchlist).expect("rm");
