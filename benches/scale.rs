@@ -763,7 +763,7 @@ async fn reload_run(n: usize) {
 }
 
 /// The memory limit of deploy/kubernetes/deployment.yaml, which the reload run is held against.
-const DEPLOYMENT_MEMORY_LIMIT_MIB: u32 = 256;
+const DEPLOYMENT_MEMORY_LIMIT_MIB: u32 = 384;
 
 fn log_file(dir: &Path, name: &str) -> Stdio {
     std::fs::File::create(dir.join(name)).map_or_else(|_| Stdio::null(), Stdio::from)
