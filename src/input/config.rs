@@ -703,6 +703,16 @@ impl Reader<'_> {
                 ),
             );
         }
+        if d.interval > MAX_POLL_INTERVAL {
+            self.problem(
+                "discovery.interval",
+                format!(
+                    "discovery.interval must be at most {}, not {}",
+                    humantime::format_duration(MAX_POLL_INTERVAL),
+                    humantime::format_duration(d.interval)
+                ),
+            );
+        }
         if !(1..=20).contains(&d.page_size) {
             self.problem(
                 "discovery.page_size",
