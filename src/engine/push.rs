@@ -52,9 +52,7 @@ impl PushLink {
         }
         self.logged.insert(what)
     }
-}
 
-impl PushLink {
     /// The reconcile interval while receiving works; `None` when polling keeps its own pace.
     pub(super) fn reconcile_every(&self) -> Option<std::time::Duration> {
         self.working.then_some(self.settings.reconcile_interval)
