@@ -189,8 +189,30 @@ async fn a_request_that_cannot_be_built_is_a_local_error_not_the_api_s_verdict()
     fake.stop().await;
 }
 
-/// An execution's store row as a flowwatch before 0.1's fix left it: rejected for a request its
-/// SDK could not build.
+/// The fake with one run of daily-orders that succeeds `at` seconds in, and a workspace whose
+/// config points at it.
+async fn one_run_that_succeeds_at(at: u64) -> (FakeServer, Workspace, std::path::PathBuf) {
+    let scenario = scenario(vec![scripted(
+        "daily-orders",
+        1,
+        &[(0, "IN_PROGRESS"), (at, "SUCCEEDED")],
+    )]);
+    let fake = FakeServer::start(scenario.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), POLLING, &scenario);
+    (fake, ws, config)
+}
+
+/// The `to_status` of every event written, in order.
+fn to_statuses(ws: &Workspace) -> Vec<String> {
+    ws.events()
+        .iter()
+        .map(|e| e["data"]["to_status"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// An execution's store row as an earlier flowwatch left it: rejected for a request its SDK
+/// could not build.
 fn reject_as_an_earlier_version_did(state: &std::path::Path, n: usize) {
     drop(flowwatch::Store::open(state).expect("a new state database"));
     rusqlite::Connection::open(state.join("flowwatch.db"))
@@ -212,14 +234,7 @@ fn reject_as_an_earlier_version_did(state: &std::path::Path, n: usize) {
 
 #[tokio::test(start_paused = true)]
 async fn an_unbuildable_request_is_retried_and_the_execution_ends_once_the_region_is_fixed() {
-    let scenario = scenario(vec![scripted(
-        "daily-orders",
-        1,
-        &[(0, "IN_PROGRESS"), (30, "SUCCEEDED")],
-    )]);
-    let fake = FakeServer::start(scenario.clone()).await.expect("fake");
-    let ws = Workspace::new();
-    let config = ws.config(&fake.endpoint_url(), POLLING, &scenario);
+    let (fake, ws, config) = one_run_that_succeeds_at(30).await;
     let bad_region = flowwatch::testing::static_client_in_region(
         &fake.endpoint_url(),
         Duration::from_secs(2),
@@ -274,25 +289,14 @@ async fn an_unbuildable_request_is_retried_and_the_execution_ends_once_the_regio
         daemon.finish().await,
         flowwatch::Finish::AllDone { failed: false }
     );
-    let to: Vec<String> = ws
-        .events()
-        .iter()
-        .map(|e| e["data"]["to_status"].as_str().unwrap_or("").to_string())
-        .collect();
+    let to = to_statuses(&ws);
     assert_eq!(to.last().map(String::as_str), Some("SUCCEEDED"), "{to:?}");
     fake.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_execution_an_earlier_version_rejected_for_a_local_failure_is_polled_again() {
-    let scenario = scenario(vec![scripted(
-        "daily-orders",
-        1,
-        &[(0, "IN_PROGRESS"), (20, "SUCCEEDED")],
-    )]);
-    let fake = FakeServer::start(scenario.clone()).await.expect("fake");
-    let ws = Workspace::new();
-    let config = ws.config(&fake.endpoint_url(), POLLING, &scenario);
+    let (fake, ws, config) = one_run_that_succeeds_at(20).await;
     reject_as_an_earlier_version_did(ws.dir.path(), 1);
     let daemon = Daemon::start(&config, &fake, true).await;
     assert_eq!(
@@ -300,11 +304,7 @@ async fn an_execution_an_earlier_version_rejected_for_a_local_failure_is_polled_
         flowwatch::Finish::AllDone { failed: false }
     );
     assert!(fake.counts().0 > 0, "polled again");
-    let to: Vec<String> = ws
-        .events()
-        .iter()
-        .map(|e| e["data"]["to_status"].as_str().unwrap_or("").to_string())
-        .collect();
+    let to = to_statuses(&ws);
     assert!(to.iter().any(|s| s == "SUCCEEDED"), "{to:?}");
     fake.stop().await;
 }

@@ -276,31 +276,22 @@ async fn run_exit_when_done_exits_1_on_a_failure_and_0_when_all_succeed() {
     assert_eq!(code, 0, "{err}");
 }
 
-/// Starts the daemon and returns it with the address it logged.
-async fn spawn_daemon(
-    config: &Path,
-    fake: &FakeServer,
-    log_level: &str,
-) -> (
+/// A started daemon, the address it logged, and its log lines from the start.
+type Spawned = (
     Child,
     std::net::SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
+);
+
+/// Starts the daemon and returns it with the address it logged.
+async fn spawn_daemon(config: &Path, fake: &FakeServer, log_level: &str) -> Spawned {
     let cmd = flowwatch(&["run", "--config", &config.to_string_lossy()]);
     spawn_command(cmd, fake, log_level).await
 }
 
 /// Spawns `cmd` (flowwatch, or a shell that execs it) against `fake` with JSON logs at
 /// `log_level`; returns it with its address once it listens, and its log lines.
-async fn spawn_command(
-    mut cmd: Command,
-    fake: &FakeServer,
-    log_level: &str,
-) -> (
-    Child,
-    std::net::SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
+async fn spawn_command(mut cmd: Command, fake: &FakeServer, log_level: &str) -> Spawned {
     against(&mut cmd, fake);
     cmd.env("FLOWWATCH_LOG__LEVEL", log_level)
         .env("FLOWWATCH_LOG__FORMAT", "json");
