@@ -316,9 +316,16 @@ pub const EARLIEST_BELIEVED: f64 = 946_684_800.0;
 pub const AHEAD_BELIEVED: f64 = 86_400.0;
 
 /// Whether a unix time from outside (the API, a pushed event, a store an older version wrote)
-/// lies in the window flowwatch believes: from 2000 to a day ahead of `now`.
+/// lies in the window flowwatch believes: from 2000 to a day ahead of `now`. A `now` before
+/// 2000 is this host's clock being wrong (a board without a battery-backed clock, before NTP),
+/// not the time being hostile: then only the lower bound holds.
 pub fn believable(t: f64, now: f64) -> bool {
-    t.is_finite() && (EARLIEST_BELIEVED..=now + AHEAD_BELIEVED).contains(&t)
+    t.is_finite() && t >= EARLIEST_BELIEVED && (!clock_is_set(now) || t <= now + AHEAD_BELIEVED)
+}
+
+/// Whether this host's clock, reading `now`, can judge how far ahead a time is.
+pub fn clock_is_set(now: f64) -> bool {
+    now >= EARLIEST_BELIEVED
 }
 
 impl Observation {
@@ -717,6 +724,12 @@ mod tests {
         for t in [EARLIEST_BELIEVED, now, now + AHEAD_BELIEVED] {
             assert!(believable(t, now), "{t}");
         }
+        let unset_clock = 3_600.0;
+        assert!(
+            believable(now, unset_clock),
+            "a clock left at 1970 does not make every time unbelievable"
+        );
+        assert!(!believable(EARLIEST_BELIEVED - 1.0, unset_clock));
         let mut fine = Observation {
             start_time: Some(now - 60.0),
             end_time: Some(now),

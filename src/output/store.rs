@@ -216,6 +216,10 @@ impl Store {
     /// ([`crate::model::believable`]): a last success in the year 9999 would keep the freshness
     /// alert quiet for good, and a duration of 1e19 s would never leave the kept history.
     fn forget_unbelievable_times(&self, now: f64) -> rusqlite::Result<()> {
+        // A clock before 2000 cannot judge what lies ahead of it: nothing is forgotten then.
+        if !crate::model::clock_is_set(now) {
+            return Ok(());
+        }
         let (earliest, latest) = (
             crate::model::EARLIEST_BELIEVED,
             now + crate::model::AHEAD_BELIEVED,
@@ -1181,6 +1185,16 @@ mod tests {
             batch.commit().expect("commit");
         }
         let store = Store::open(dir.path()).expect("reopen");
+        store
+            .forget_unbelievable_times(3_600.0)
+            .expect("a clock left at 1970");
+        assert_eq!(
+            store.flow_history(20).expect("read")[&FlowKey::of(&key())]
+                .durations
+                .len(),
+            1,
+            "a wrong clock forgets nothing more"
+        );
         let history = &store.flow_history(20).expect("read")[&FlowKey::of(&key())];
         assert_eq!(history.durations, vec![(1_700_000_600.0, 600.0)]);
         assert_eq!(history.last_success, None, "9.2e18 is forgotten");
