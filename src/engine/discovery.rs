@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 use crate::engine::pacing::Backoff;
+use crate::engine::seen::Seen;
 use crate::model::{ApiStatus, FlowEntry, Observation, Outcome, rfc3339, unix_seconds};
 
 /// What is known of one `[[flow]]` entry.
@@ -43,8 +44,8 @@ pub struct FlowWatch {
     /// Its place in the engine's queue, while it is queued.
     pub slot: Option<(tokio::time::Instant, u64)>,
     /// Listed items that break the wire format, already logged at warn: the same one comes
-    /// every round. At most [`INVALID_REMEMBERED`]; past that the set starts over.
-    pub invalid_logged: std::collections::HashSet<String>,
+    /// every round. At most [`INVALID_REMEMBERED`].
+    pub invalid_logged: Seen,
 }
 
 /// How many invalid listed items a flow remembers having logged.
@@ -80,17 +81,6 @@ pub enum Next {
 }
 
 impl FlowWatch {
-    /// Whether `problem` of a listed item is logged for the first time.
-    pub fn first_invalid(&mut self, problem: &str) -> bool {
-        if self.invalid_logged.contains(problem) {
-            return false;
-        }
-        if self.invalid_logged.len() >= INVALID_REMEMBERED {
-            self.invalid_logged.clear();
-        }
-        self.invalid_logged.insert(problem.to_string())
-    }
-
     pub fn new(entry: FlowEntry, first_seen: SystemTime, backoff: Backoff) -> Self {
         Self {
             entry,
@@ -106,7 +96,7 @@ impl FlowWatch {
             last_round_pages: 0,
             backoff,
             slot: None,
-            invalid_logged: std::collections::HashSet::new(),
+            invalid_logged: Seen::new(INVALID_REMEMBERED),
         }
     }
 
@@ -220,15 +210,21 @@ mod tests {
     fn an_invalid_listed_item_is_logged_once_however_many_rounds_list_it() {
         let mut f = flow(None);
         let problem = "an item with an invalid executionId";
-        assert!(f.first_invalid(problem));
+        assert!(f.invalid_logged.first(problem));
         for _ in 0..100 {
-            assert!(!f.first_invalid(problem), "every later round: debug only");
+            assert!(
+                !f.invalid_logged.first(problem),
+                "every later round: debug only"
+            );
         }
-        assert!(f.first_invalid("another problem"));
+        assert!(f.invalid_logged.first("another problem"));
         for n in 0..INVALID_REMEMBERED {
-            f.first_invalid(&format!("item {n}"));
+            f.invalid_logged.first(&format!("item {n}"));
         }
-        assert!(f.invalid_logged.len() <= INVALID_REMEMBERED, "bounded");
+        assert!(
+            f.invalid_logged.remembered() <= INVALID_REMEMBERED,
+            "bounded"
+        );
     }
 
     fn flow(since: Option<Duration>) -> FlowWatch {

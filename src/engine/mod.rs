@@ -24,6 +24,7 @@ mod push;
 mod queue;
 pub mod receiver;
 mod run;
+mod seen;
 mod state;
 mod watch;
 

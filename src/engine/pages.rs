@@ -54,7 +54,7 @@ impl<C: FlowExecutions> Engine<C> {
         let wall = SystemTime::now();
         let window_start = flow.window_start(wall);
         for problem in &page.invalid {
-            if flow.first_invalid(problem) {
+            if flow.invalid_logged.first(problem) {
                 tracing::warn!(flow = %flow_key, problem = %problem,
                     "skipping a listed execution that breaks the wire format (repeats are logged at debug)");
             } else {

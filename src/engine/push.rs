@@ -6,7 +6,6 @@
 //! While receiving works, running executions are polled only every `reconcile_interval`, to find
 //! changes whose events were lost; when it fails, polling returns to its normal pace at once.
 
-use std::collections::HashSet;
 use std::time::SystemTime;
 
 use serde_json::{Value, json};
@@ -19,14 +18,15 @@ use crate::api::sqs::Received;
 use crate::engine::Engine;
 use crate::engine::policy::{self, Verdict};
 use crate::engine::receiver::{PushChannels, PushNews};
+use crate::engine::seen::Seen;
 use crate::input::push::PushSettings;
 use crate::model::{
     ExecutionKey, FlowKey, Observation, ObservedVia, PushOutcome, Status, WatchEntry,
 };
 use crate::output::internal_events::{PushMalformed, PushMessage, PushRefused};
 
-/// What was logged of refused messages (malformed message ids, executions whose end was
-/// contradicted, origin problems); past this many the set starts over.
+/// What is remembered as logged of refused messages (malformed message ids, executions whose
+/// end was contradicted, origin problems).
 const LOGGED_REMEMBERED: usize = 10_000;
 
 /// The engine's end of push.
@@ -41,18 +41,10 @@ pub struct PushLink {
     /// The region flowwatch reads the instances in, when configured: an event of another is
     /// not believed.
     instance_region: Option<String>,
-    logged: HashSet<String>,
+    logged: Seen,
 }
 
 impl PushLink {
-    /// Whether `what` is logged for the first time (a bounded memory of what was).
-    fn first_log(&mut self, what: String) -> bool {
-        if self.logged.len() >= LOGGED_REMEMBERED {
-            self.logged.clear();
-        }
-        self.logged.insert(what)
-    }
-
     /// The reconcile interval while receiving works; `None` when polling keeps its own pace.
     pub(super) fn reconcile_every(&self) -> Option<std::time::Duration> {
         self.working.then_some(self.settings.reconcile_interval)
@@ -96,7 +88,7 @@ impl<C: FlowExecutions> Engine<C> {
             working: false,
             failing: None,
             instance_region,
-            logged: HashSet::new(),
+            logged: Seen::new(LOGGED_REMEMBERED),
         });
         self
     }
@@ -144,7 +136,7 @@ impl<C: FlowExecutions> Engine<C> {
         if let Some(link) = self.push.as_mut() {
             let problem = event.origin.problem(link.instance_region.as_deref());
             if let Some(problem) = problem {
-                let first = link.first_log(problem.clone());
+                let first = link.logged.first(&problem);
                 self.publisher.emit(PushRefused {
                     outcome: PushOutcome::Unwatched,
                     execution: &event.key,
@@ -164,7 +156,7 @@ impl<C: FlowExecutions> Engine<C> {
         let Some(link) = self.push.as_mut() else {
             return;
         };
-        let first = link.first_log(format!("malformed {message_id}"));
+        let first = link.logged.first(&format!("malformed {message_id}"));
         self.publisher.emit(PushMalformed {
             message_id,
             problem,
@@ -318,7 +310,7 @@ impl<C: FlowExecutions> Engine<C> {
                 let first = self
                     .push
                     .as_mut()
-                    .is_some_and(|link| link.first_log(format!("contradicted {key}")));
+                    .is_some_and(|link| link.logged.first(&format!("contradicted {key}")));
                 self.publisher.emit(PushRefused {
                     outcome: PushOutcome::Contradicted,
                     execution: key,
