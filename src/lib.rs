@@ -177,8 +177,7 @@ pub async fn run(
 /// The AWS profile's region, when the SDK would take the region from it: `aws.region` and the
 /// region variables are not set.
 async fn profile_region_if_used(aws: &input::config::AwsSettings) -> Option<String> {
-    let from_env = input::aws::region_from_environment(|n| std::env::var_os(n));
-    if aws.region.is_some() || from_env.is_some() {
+    if aws.known_region().is_some() {
         return None;
     }
     api::profile_region(aws).await
@@ -361,12 +360,8 @@ async fn with_push<C: FlowExecutions>(
         .map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?;
     let (channels, deleter) =
         engine::receiver::start(queue, metrics.clone(), health.clone(), shutdown.token());
-    // The region the instances are read in, when flowwatch knows it before the SDK resolves it.
-    let instance_region = settings.aws.region.clone().or_else(|| {
-        input::aws::region_from_environment(|n| std::env::var_os(n)).map(|(_, region)| region)
-    });
     Ok((
-        engine.with_push(channels, push.clone(), instance_region),
+        engine.with_push(channels, push.clone(), settings.aws.known_region()),
         Some(deleter),
     ))
 }

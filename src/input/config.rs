@@ -67,6 +67,16 @@ pub struct AwsSettings {
     pub profile: Option<String>,
 }
 
+impl AwsSettings {
+    /// The region flowwatch knows before the SDK resolves one: `aws.region`, else the region
+    /// variable the SDK reads first. `None` leaves it to the AWS profile (or instance metadata).
+    pub fn known_region(&self) -> Option<String> {
+        self.region.clone().or_else(|| {
+            aws::region_from_environment(|n| std::env::var_os(n)).map(|(_, region)| region)
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PollingSettings {
     pub initial_interval: Duration,
