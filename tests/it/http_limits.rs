@@ -150,21 +150,31 @@ async fn connections_beyond_the_limit_are_turned_away_counted_and_idle_ones_expi
 }
 
 /// Keeps `count` connections open that never send a byte, as a flood of idle clients would:
-/// each one the server closes is opened again at once.
+/// each one the server closes is opened again at once. Returns once all `count` are connected.
 async fn idle_flood(addr: std::net::SocketAddr, count: usize) -> tokio::task::JoinSet<()> {
+    let connected = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let mut flood = tokio::task::JoinSet::new();
     for _ in 0..count {
+        let connected = connected.clone();
         flood.spawn(async move {
+            let mut first = true;
             loop {
                 let Ok(mut stream) = TcpStream::connect(addr).await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                if std::mem::take(&mut first) {
+                    connected.add_permits(1);
+                }
                 let mut byte = [0u8; 1];
                 let _ = stream.read(&mut byte).await;
             }
         });
     }
+    let all = u32::try_from(count).expect("a small flood");
+    let _ = tokio::time::timeout(Duration::from_secs(30), connected.acquire_many(all))
+        .await
+        .expect("every flood connection is accepted");
     flood
 }
 
@@ -172,7 +182,6 @@ async fn idle_flood(addr: std::net::SocketAddr, count: usize) -> tokio::task::Jo
 async fn probes_are_answered_while_300_idle_connections_are_open() {
     let (fake, _ws, daemon) = daemon().await;
     let flood = idle_flood(daemon.addr, 300).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut answered = 0;
     let mut slowest = Duration::ZERO;
     for _ in 0..10 {

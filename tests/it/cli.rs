@@ -654,7 +654,7 @@ async fn a_second_daemon_on_the_same_state_directory_exits_3_naming_the_first() 
     let fake = FakeServer::start(script.clone()).await.expect("fake");
     let ws = Workspace::new();
     let config = ws.config(&fake.endpoint_url(), FAST, &script);
-    let (first, _, _) = spawn_daemon(&config, &fake, "info").await;
+    let (mut first, _, _) = spawn_daemon(&config, &fake, "info").await;
     let pid = first.id().expect("pid");
 
     let mut second = flowwatch(&["run", "--config", &config.to_string_lossy()]);
@@ -673,8 +673,10 @@ async fn a_second_daemon_on_the_same_state_directory_exits_3_naming_the_first() 
     );
 
     // Once the first is gone (even by SIGKILL), the directory is free again.
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    first
+        .kill()
+        .await
+        .expect("the first daemon is killed and reaped");
     let (mut third, addr, _) = spawn_daemon(&config, &fake, "info").await;
     assert_eq!(http(addr, "GET", "/livez").await.0, 200);
     let _ = third.start_kill();
@@ -779,8 +781,15 @@ async fn a_second_sigterm_exits_at_once_without_waiting_for_the_drain() {
     let slow = FAST.replace("request_timeout = \"2s\"", "request_timeout = \"30s\"");
     let config = ws.config(&fake.endpoint_url(), &slow, &script);
     let (mut child, _, _logs) = spawn_daemon(&config, &fake, "info").await;
-    // Let a poll start hanging.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Wait until a poll hangs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while fake.stats().requests == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no poll reached the fake"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     signal(&child, "TERM");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let second = tokio::time::Instant::now();
