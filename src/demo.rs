@@ -8,7 +8,8 @@ use std::sync::Arc;
 use crate::Shutdown;
 
 use crate::RunOptions;
-use crate::api::static_client;
+use crate::api::local_client;
+use crate::engine::ExitWhen;
 use crate::input::config::{LogFormat, LogSettings, Settings};
 use flowwatch_fake::{FakeServer, parse_scenario};
 
@@ -31,7 +32,7 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: Shutdown) -> Result<(
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let config = write_files(&dir, &scenario, &fake.endpoint_url(), listen)?;
     let settings = Settings::load(&config).map_err(|e| e.to_string())?;
-    let client = Arc::new(static_client(
+    let client = Arc::new(local_client(
         &fake.endpoint_url(),
         settings.polling.request_timeout,
     ));
@@ -39,8 +40,11 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: Shutdown) -> Result<(
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let events_file = settings.events.file.clone();
     let options = RunOptions {
-        exit_when_done: !hold,
-        done_despite_flows: true,
+        exit_when: if hold {
+            ExitWhen::Never
+        } else {
+            ExitWhen::ExecutionsDone
+        },
         reload_on_sighup: false,
         bound: Some(bound_tx),
         push_queue: None,

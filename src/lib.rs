@@ -36,8 +36,8 @@ mod systemd;
 mod telemetry;
 
 pub use crate::api::sqs::PushQueue;
-pub use crate::api::{ApiError, FlowExecutions, static_client};
-pub use crate::engine::Finish;
+pub use crate::api::{ApiError, FlowExecutions};
+pub use crate::engine::{ExitWhen, Finish};
 pub use crate::input::config::{DEFAULT_CONFIG_PATH, Settings};
 pub use crate::model::{ApiStatus, ExecutionKey, Observation, Outcome, Status};
 pub use crate::output::store::Store;
@@ -48,7 +48,7 @@ pub use crate::telemetry::init as init_logging;
 /// What tests reach that the daemon itself never uses.
 #[doc(hidden)]
 pub mod testing {
-    pub use crate::api::static_client_in_region;
+    pub use crate::api::{local_client, local_client_in_region};
 }
 
 use std::net::SocketAddr;
@@ -56,10 +56,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::api::SdkFlowExecutions;
-use crate::engine::{Engine, ExitWhen};
+use crate::engine::{Engine, EngineHandle};
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location};
 use crate::input::watchlist::Watchlist;
 use crate::output::files::{self, LockError, StateLock};
@@ -102,12 +102,8 @@ impl Error {
 /// Options of one daemon run.
 #[derive(Debug, Default)]
 pub struct RunOptions {
-    /// Exit once every execution is terminal.
-    pub exit_when_done: bool,
-    /// With `exit_when_done`, watched `[[flow]]` entries do not keep the daemon running: it
-    /// exits once every execution it knows is terminal (the demo, whose flows start nothing new
-    /// after their scripted runs).
-    pub done_despite_flows: bool,
+    /// Whether the daemon stops by itself once its work is done.
+    pub exit_when: ExitWhen,
     /// Reload the watchlist on SIGHUP (the binary sets this; in-process tests do not).
     pub reload_on_sighup: bool,
     /// Told the HTTP server's address once it is listening (useful with port 0).
@@ -218,7 +214,7 @@ pub async fn run_with<C: FlowExecutions>(
         .ok()
         .map(|text| digest(text.as_bytes()));
     let watchlist = Watchlist::load(&settings.watchlist)?;
-    if options.exit_when_done && !options.done_despite_flows && !watchlist.flows.is_empty() {
+    if options.exit_when == ExitWhen::AllDone && !watchlist.flows.is_empty() {
         return Err(exit_when_done_with_flows(&settings, watchlist.flows.len()));
     }
     // The engine takes the watchlist; no 100,000-entry copy is kept for these counts.
@@ -246,12 +242,8 @@ pub async fn run_with<C: FlowExecutions>(
         .local_addr()
         .map_err(|e| fatal_io("cannot read the listening address", &e))?;
 
-    let (commands, command_rx) = mpsc::channel(16);
-    let reloader = Reloader::new(
-        settings.watchlist.clone(),
-        commands.clone(),
-        metrics.clone(),
-    );
+    let (handle, commands) = EngineHandle::channel();
+    let reloader = Reloader::new(settings.watchlist.clone(), handle.clone(), metrics.clone());
     let engine = Engine::new(
         client,
         settings.polling.clone(),
@@ -259,11 +251,7 @@ pub async fn run_with<C: FlowExecutions>(
         settings.flow_health.clone(),
         watchlist,
         publisher,
-        match (options.exit_when_done, options.done_despite_flows) {
-            (false, _) => ExitWhen::Never,
-            (true, false) => ExitWhen::AllDone,
-            (true, true) => ExitWhen::ExecutionsDone,
-        },
+        options.exit_when,
     );
     let (engine, deleter) = with_push(
         engine,
@@ -283,7 +271,7 @@ pub async fn run_with<C: FlowExecutions>(
     let app = server::http::app(AppState {
         metrics,
         health,
-        commands,
+        engine: handle,
         reload: reloader.clone(),
         lifecycle: settings.server.enable_lifecycle,
         status_gate: Arc::new(tokio::sync::Semaphore::new(1)),
@@ -309,7 +297,7 @@ pub async fn run_with<C: FlowExecutions>(
         .then(|| tokio::spawn(reloader.clone().on_sighup(shutdown.clone())));
     let file_watch = tokio::spawn(reloader.on_change(watched_digest, shutdown.clone()));
 
-    let finish = engine.run(command_rx, shutdown.requested()).await;
+    let finish = engine.run(commands, shutdown.requested()).await;
     if !shutdown.is_requested() {
         // Every execution is terminal (--exit-when-done): stopping on our own.
         stopping.abort();

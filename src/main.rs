@@ -8,7 +8,7 @@ use std::process::ExitCode;
 mod cli;
 
 use clap::Parser;
-use flowwatch::{RunOptions, Settings, Shutdown};
+use flowwatch::{ExitWhen, RunOptions, Settings, Shutdown};
 
 use crate::cli::{Cli, Command};
 
@@ -74,8 +74,11 @@ fn run(config: &Path, exit_when_done: bool) -> ExitCode {
     flowwatch::init_logging(&settings.log);
     block_on(|shutdown| async move {
         let options = RunOptions {
-            exit_when_done,
-            done_despite_flows: false,
+            exit_when: if exit_when_done {
+                ExitWhen::AllDone
+            } else {
+                ExitWhen::Never
+            },
             reload_on_sighup: true,
             bound: None,
             push_queue: None,

@@ -340,7 +340,7 @@ pub fn local_config(request_timeout: Duration) -> aws_config::SdkConfig {
 }
 
 /// A client for a local endpoint, on [`local_config`].
-pub fn static_client(endpoint_url: &str, request_timeout: Duration) -> SdkFlowExecutions {
+pub fn local_client(endpoint_url: &str, request_timeout: Duration) -> SdkFlowExecutions {
     let settings = AwsSettings {
         endpoint_url: Some(endpoint_url.to_string()),
         ..AwsSettings::default()
@@ -350,7 +350,7 @@ pub fn static_client(endpoint_url: &str, request_timeout: Duration) -> SdkFlowEx
 
 /// A client for a local endpoint in `region`, unchecked: for tests of a request the SDK cannot
 /// build, which the config's checks keep out of the daemon.
-pub fn static_client_in_region(
+pub fn local_client_in_region(
     endpoint_url: &str,
     request_timeout: Duration,
     region: &str,

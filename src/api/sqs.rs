@@ -59,7 +59,7 @@ impl PushQueue {
 
     /// A queue at `push.endpoint_url` on [`local_config`], bypassing the provider chain: for
     /// tests and the benchmark, which talk to a local SQS.
-    pub fn static_queue(push: &PushSettings, request_timeout: Duration) -> Self {
+    pub fn local_queue(push: &PushSettings, request_timeout: Duration) -> Self {
         Self::from_shared(&local_config(request_timeout), push, request_timeout)
     }
 

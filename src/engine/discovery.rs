@@ -12,11 +12,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use crate::engine::views::FlowView;
 
 use crate::engine::pacing::Backoff;
 use crate::engine::seen::Seen;
-use crate::model::{ApiStatus, FlowEntry, Observation, Outcome, rfc3339, unix_seconds};
+use crate::model::{ApiStatus, FlowEntry, Observation, Outcome, unix_seconds};
 
 /// What is known of one `[[flow]]` entry.
 #[derive(Debug)]
@@ -165,25 +165,24 @@ impl FlowWatch {
         self.resume_token = None;
     }
 
-    /// The `/status` view of this flow.
-    pub fn to_json(&self, watched: usize, now: SystemTime) -> Value {
-        json!({
-            "instance_id": self.entry.key.instance_id,
-            "flow_name": self.entry.key.flow_name,
-            "since": self.entry.since.map(|d| humantime::format_duration(d).to_string()),
-            "window_start": rfc3339(UNIX_EPOCH + Duration::from_secs_f64(self.window_start(now).max(0.0))),
-            "labels": self.entry.labels,
-            "discovered": self.executions_found,
-            "watched_executions": watched,
-            "flow_not_found": self.missing,
-            "round_in_progress": self.round.is_some(),
-            "last_round_pages": self.last_round_pages,
-            "resume_token_pending": self.resume_token.is_some(),
-            "last_success": self.last_success.map(rfc3339),
-            "next_round": self.next_round.map(rfc3339),
-            "last_outcome": self.last_outcome.map(Outcome::metric_label),
-            "last_error": self.last_error,
-        })
+    /// What `/status` shows of this flow; `watched` of its executions are in the watch set.
+    pub fn view(&self, watched: usize, now: SystemTime) -> FlowView {
+        FlowView {
+            key: self.entry.key.clone(),
+            since: self.entry.since,
+            window_start: UNIX_EPOCH + Duration::from_secs_f64(self.window_start(now).max(0.0)),
+            labels: self.entry.labels.clone(),
+            discovered: self.executions_found,
+            watched_executions: watched,
+            flow_not_found: self.missing,
+            round_in_progress: self.round.is_some(),
+            last_round_pages: self.last_round_pages,
+            resume_token_pending: self.resume_token.is_some(),
+            last_success: self.last_success,
+            next_round: self.next_round,
+            last_outcome: self.last_outcome,
+            last_error: self.last_error.clone(),
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 mod discovery;
 mod flow_health;
 mod forecast;
+mod handle;
 mod observe;
 mod overview;
 mod pacing;
@@ -26,6 +27,7 @@ pub mod receiver;
 mod run;
 mod seen;
 mod state;
+mod views;
 mod watch;
 
 use std::collections::{BTreeMap, HashSet};
@@ -37,6 +39,7 @@ use crate::api::FlowExecutions;
 use crate::engine::discovery::FlowWatch;
 use crate::engine::flow_health::FreshnessByFlow;
 use crate::engine::forecast::Forecast;
+pub use crate::engine::handle::{EngineHandle, REPLY_TIMEOUT, Unanswered};
 use crate::engine::observe::Staged;
 pub use crate::engine::overview::{FINISHED_SHOWN, FLOWS_PER_PAGE, Overview, RUNNING_SHOWN};
 #[cfg(test)]
@@ -45,17 +48,20 @@ use crate::engine::pacing::BackoffPolicy;
 use crate::engine::pool::{Job, RequestPool};
 use crate::engine::queue::DueQueue;
 use crate::engine::state::ExecutionState;
+pub use crate::engine::views::{
+    ExecutionView, FlowView, PushView, ReloadSummary, StatusQuery, StatusView,
+};
 use crate::input::config::{DiscoverySettings, FlowHealthSettings, PollingSettings};
 use crate::input::watchlist::Watchlist;
 use crate::model::{ExecutionKey, FlowKey};
 use crate::output::publisher::Publisher;
 use crate::systemd::Watchdog;
 
-/// Requests to the engine from the HTTP server, the signal handlers and the file watch.
+/// Requests to the engine, sent through an [`EngineHandle`].
 #[derive(Debug)]
 pub enum Command {
-    /// The `/status` document, with one page of executions.
-    Status(StatusPage, oneshot::Sender<StatusDocument>),
+    /// The `/status` document, with the executions the query selects.
+    Status(StatusQuery, oneshot::Sender<StatusView>),
     /// The status page's content, from the flow at this offset.
     Overview(usize, oneshot::Sender<Overview>),
     /// Replace the watchlist: entries that stay keep their state and schedule.
@@ -64,57 +70,10 @@ pub enum Command {
     ReopenSinks,
 }
 
-/// Which executions one `/status` document lists: those of `flow` (all when `None`), from the
-/// `offset`-th, at most `limit` of them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusPage {
-    pub flow: Option<FlowKey>,
-    pub offset: usize,
-    pub limit: usize,
-}
-
-impl StatusPage {
-    /// Executions per page unless `limit` says otherwise.
-    pub const DEFAULT_LIMIT: usize = 1000;
-    /// The most executions one page lists.
-    pub const MAX_LIMIT: usize = 10_000;
-}
-
-/// A `/status` document as the engine hands it out: the counts and flows, and the page's
-/// executions as copies, to be turned into JSON off the engine's task.
-#[derive(Debug)]
-pub struct StatusDocument {
-    head: serde_json::Value,
-    executions: Vec<crate::engine::state::StatusRow>,
-}
-
-impl StatusDocument {
-    /// The whole document as JSON.
-    pub fn into_json(self) -> serde_json::Value {
-        let mut doc = self.head;
-        let executions: Vec<serde_json::Value> =
-            self.executions.iter().map(|row| row.to_json()).collect();
-        if let Some(map) = doc.as_object_mut() {
-            map.insert(
-                "executions".to_string(),
-                serde_json::Value::Array(executions),
-            );
-        }
-        doc
-    }
-}
-
-/// What a watchlist replacement changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ReloadSummary {
-    pub added: usize,
-    pub removed: usize,
-    pub kept: usize,
-}
-
 /// When the engine stops by itself, besides at shutdown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExitWhen {
+    #[default]
     Never,
     /// Every execution is terminal and no `[[flow]]` is watched (flows never end).
     AllDone,

@@ -8,7 +8,7 @@
 
 use std::time::SystemTime;
 
-use serde_json::{Value, json};
+use crate::engine::views::PushView;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -50,15 +50,19 @@ impl PushLink {
         self.working.then_some(self.settings.reconcile_interval)
     }
 
-    /// The `push` part of `/status`.
-    pub(super) fn to_json(&self) -> Value {
-        json!({
-            "queue_url": crate::model::without_userinfo(&self.settings.queue_url),
-            "healthy": self.working,
-            "reason": self.failing.as_deref().or((!self.working).then_some("no answer from the queue yet")),
-            "reconcile_interval_seconds": self.settings.reconcile_interval.as_secs(),
-            "fetch_details": self.settings.fetch_details,
-        })
+    /// What `/status` shows of push.
+    pub(super) fn view(&self) -> PushView {
+        let reason = self
+            .failing
+            .as_deref()
+            .or((!self.working).then_some("no answer from the queue yet"));
+        PushView {
+            queue_url: crate::model::without_userinfo(&self.settings.queue_url),
+            healthy: self.working,
+            reason: reason.map(str::to_string),
+            reconcile_interval: self.settings.reconcile_interval,
+            fetch_details: self.settings.fetch_details,
+        }
     }
 }
 

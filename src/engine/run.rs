@@ -104,8 +104,8 @@ impl<C: FlowExecutions> Engine<C> {
         // What is decided is durable before a reload changes the watch set or /status shows it.
         self.end_turn(true);
         match command {
-            Command::Status(page, reply) => {
-                let _ = reply.send(self.status_document(&page));
+            Command::Status(query, reply) => {
+                let _ = reply.send(self.status_view(&query));
             }
             Command::Overview(offset, reply) => {
                 let _ = reply.send(self.overview(offset));

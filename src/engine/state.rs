@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use std::time::{Duration, SystemTime};
 
-use serde_json::{Value, json};
+use crate::engine::views::ExecutionView;
 use tokio::time::Instant;
 
 use crate::engine::pacing::Backoff;
@@ -13,8 +13,7 @@ use crate::engine::policy::Verdict;
 use crate::engine::push::HeldPush;
 use crate::engine::queue::Slot;
 use crate::model::{
-    ApiStatus, Observation, ObservedVia, Outcome, Seconds, Status, Transition, WatchEntry, rfc3339,
-    rfc3339_from_secs,
+    ApiStatus, Observation, ObservedVia, Outcome, Seconds, Status, Transition, WatchEntry,
 };
 use crate::output::store::Restored;
 
@@ -193,10 +192,10 @@ impl ExecutionState {
         self.status = t.from;
     }
 
-    /// A copy of what `/status` shows of this execution, turned into JSON off the engine's
-    /// task ([`StatusRow::to_json`]).
-    pub fn status_row(&self, retained: bool) -> StatusRow {
-        StatusRow {
+    /// A copy of what `/status` shows of this execution; `retained` says whether its series
+    /// are still exported.
+    pub fn view(&self, retained: bool) -> ExecutionView {
+        ExecutionView {
             entry: self.entry.clone(),
             status: self.status,
             discovered: self.found_by_discovery,
@@ -213,59 +212,6 @@ impl ExecutionState {
             expected_end: self.expected_end.get(),
             overdue: self.overdue,
         }
-    }
-}
-
-/// What `/status` shows of one execution, copied out of its [`ExecutionState`].
-#[derive(Debug, Clone)]
-pub struct StatusRow {
-    entry: WatchEntry,
-    status: Status,
-    discovered: bool,
-    observed_via: Option<ObservedVia>,
-    polling: bool,
-    attempts: u64,
-    last_poll: Option<SystemTime>,
-    next_poll: Option<SystemTime>,
-    last_outcome: Option<Outcome>,
-    last_error: Option<String>,
-    rejected: Option<String>,
-    retained: bool,
-    observation: Option<Observation>,
-    expected_end: Option<f64>,
-    overdue: bool,
-}
-
-impl StatusRow {
-    /// The `/status` view of the execution.
-    pub fn to_json(&self) -> Value {
-        let key = &self.entry.key;
-        let obs = self.observation.as_ref();
-        json!({
-            "instance_id": key.instance_id,
-            "flow_name": key.flow_name,
-            "execution_id": key.execution_id,
-            "status": self.status,
-            "origin": if self.discovered { "discovered" } else { "watchlist" },
-            "observed_via": self.observed_via,
-            "polling": self.polling,
-            "attempts": self.attempts,
-            "last_poll": self.last_poll.map(rfc3339),
-            "next_poll": self.next_poll.map(rfc3339),
-            "last_outcome": self.last_outcome.map(Outcome::metric_label),
-            "last_error": self.last_error,
-            "rejected": self.rejected,
-            "metrics_retained": self.retained,
-            "api_status": obs.map(|o| o.status.as_str()),
-            "message": obs.and_then(|o| o.message.clone()),
-            "start_time": obs.and_then(|o| o.start_time).map(rfc3339_from_secs),
-            "end_time": obs.and_then(|o| o.end_time).map(rfc3339_from_secs),
-            "expected_end_time": self.expected_end.map(rfc3339_from_secs),
-            "overdue": self.overdue,
-            "source_info": obs.and_then(|o| o.source_info.clone()),
-            "diagnostic_reports_root_s3_uri": obs.and_then(|o| o.diagnostic_reports_root_s3_uri.clone()),
-            "labels": self.entry.labels,
-        })
     }
 }
 

@@ -5,15 +5,15 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::api::FlowExecutions;
+use crate::engine::Engine;
 use crate::engine::discovery::FlowWatch;
 use crate::engine::pacing::startup_offset;
 use crate::engine::pool::Job;
 use crate::engine::state::{ExecutionState, executions_by_status};
-use crate::engine::{Engine, ReloadSummary, StatusDocument, StatusPage};
+use crate::engine::views::{FlowView, ReloadSummary, StatusQuery, StatusView};
 use crate::input::watchlist::Watchlist;
 use crate::model::{ExecutionKey, FlowEntry, FlowKey, WatchEntry, unix_seconds};
 
@@ -286,12 +286,11 @@ impl<C: FlowExecutions> Engine<C> {
         }
     }
 
-    /// The `/status` document, with the executions `page` selects (the counts cover them all).
-    /// The executions are copied here and turned into JSON by the caller, off the engine's task.
-    pub(super) fn status_document(&self, page: &StatusPage) -> StatusDocument {
-        let counts = executions_by_status(self.executions.values().map(|s| &**s));
+    /// The `/status` document, with the executions `query` selects (the counts cover them all).
+    pub(super) fn status_view(&self, query: &StatusQuery) -> StatusView {
+        let by_status = executions_by_status(self.executions.values().map(|s| &**s));
         let selected = self.executions.values().filter(|s| {
-            page.flow.as_ref().is_none_or(|f| {
+            query.flow.as_ref().is_none_or(|f| {
                 *s.entry.key.instance_id == *f.instance_id && *s.entry.key.flow_name == *f.flow_name
             })
         });
@@ -299,33 +298,35 @@ impl<C: FlowExecutions> Engine<C> {
         let mut executions = Vec::new();
         for (i, s) in selected.enumerate() {
             total += 1;
-            if i >= page.offset && executions.len() < page.limit {
-                executions.push(s.status_row(!self.series_dropped.contains(&s.entry.key)));
+            if i >= query.offset && executions.len() < query.limit {
+                executions.push(s.view(!self.series_dropped.contains(&s.entry.key)));
             }
         }
-        let wall = SystemTime::now();
+        let next = query.offset + executions.len();
+        StatusView {
+            watched: self.executions.len(),
+            flows: self.flow_views(SystemTime::now()),
+            by_status,
+            in_flight: self.pool.in_flight(),
+            rate_limit_requests_per_second: self.pool.rate(),
+            executions_total: total,
+            offset: query.offset,
+            limit: query.limit,
+            next_offset: (next < total).then_some(next),
+            push: self.push.as_ref().map(|p| p.view()),
+            executions,
+        }
+    }
+
+    /// Each watched flow as `/status` shows it, with how many executions it found are watched.
+    fn flow_views(&self, now: SystemTime) -> Vec<FlowView> {
         let mut per_flow: HashMap<FlowKey, usize> = HashMap::new();
         for state in self.executions.values().filter(|s| s.found_by_discovery) {
             *per_flow.entry(FlowKey::of(&state.entry.key)).or_default() += 1;
         }
-        let flows: Vec<Value> = self
-            .flows
+        self.flows
             .iter()
-            .map(|(k, f)| f.to_json(per_flow.get(k).copied().unwrap_or(0), wall))
-            .collect();
-        let next = page.offset + executions.len();
-        let head = json!({
-            "watched": self.executions.len(),
-            "flows": flows,
-            "by_status": counts.iter().map(|(s, n)| (s.as_str().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-            "in_flight": self.pool.in_flight(),
-            "rate_limit_requests_per_second": self.pool.rate(),
-            "executions_total": total,
-            "offset": page.offset,
-            "limit": page.limit,
-            "next_offset": (next < total).then_some(next),
-            "push": self.push.as_ref().map(|p| p.to_json()),
-        });
-        StatusDocument { head, executions }
+            .map(|(k, f)| f.view(per_flow.get(k).copied().unwrap_or(0), now))
+            .collect()
     }
 }

@@ -14,10 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::task::JoinSet;
 
-use crate::engine::{Command, StatusPage};
+use crate::engine::{EngineHandle, StatusQuery, Unanswered};
 use crate::model::FlowKey;
 use crate::output::health::{Health, Readiness};
 use crate::output::metrics::Metrics;
@@ -27,8 +27,8 @@ use crate::server::reload::Reloader;
 use crate::server::shutdown::Shutdown;
 use crate::server::tls::Tls;
 
-/// How long `/status` and `/-/reload` wait for the engine.
-const SCHEDULER_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a `/status` document or the status page waits for its turn to ask the engine.
+const STATUS_TURN_TIMEOUT: Duration = crate::engine::REPLY_TIMEOUT;
 
 /// What the server accepts from clients.
 pub mod limits {
@@ -56,7 +56,7 @@ pub mod limits {
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    pub commands: mpsc::Sender<Command>,
+    pub engine: EngineHandle,
     pub reload: Reloader,
     /// `server.enable_lifecycle`: whether `POST /-/reload` works.
     pub lifecycle: bool,
@@ -381,12 +381,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `/status`: `?limit=N` (at most [`StatusPage::MAX_LIMIT`]), `?offset=N`, and
+/// `/status`: `?limit=N` (at most [`StatusQuery::MAX_LIMIT`]), `?offset=N`, and
 /// `?flow=<instance_id>/<flow_name>` select the executions listed. One document is built at a
-/// time; the engine builds only the page asked for.
+/// time; the engine copies out only the executions asked for.
 async fn status(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
-    let page = match status_page(query.as_deref().unwrap_or_default()) {
-        Ok(page) => page,
+    let query = match status_query(query.as_deref().unwrap_or_default()) {
+        Ok(query) => query,
         Err(problem) => {
             return (
                 StatusCode::BAD_REQUEST,
@@ -399,23 +399,24 @@ async fn status(State(state): State<AppState>, RawQuery(query): RawQuery) -> Res
         Ok(turn) => turn,
         Err(busy) => return busy,
     };
-    let doc = match ask_engine(&state, |tx| Command::Status(page, tx)).await {
-        Ok(doc) => doc,
-        Err(unanswered) => return unanswered,
+    let view = match state.engine.status(query).await {
+        Ok(view) => view,
+        Err(unanswered) => return engine_unavailable(unanswered),
     };
     // Built and encoded on the blocking pool: neither holds up the engine's thread.
-    match tokio::task::spawn_blocking(move || serde_json::to_vec(&doc.into_json())).await {
+    let encode = move || serde_json::to_vec(&super::status_json::document(&view));
+    match tokio::task::spawn_blocking(encode).await {
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         _ => unavailable("the status document could not be built"),
     }
 }
 
-/// The `/status` page a query string asks for.
-fn status_page(query: &str) -> Result<StatusPage, String> {
-    let mut page = StatusPage {
+/// The executions a `/status` query string asks for.
+fn status_query(query: &str) -> Result<StatusQuery, String> {
+    let mut selected = StatusQuery {
         flow: None,
         offset: 0,
-        limit: StatusPage::DEFAULT_LIMIT,
+        limit: StatusQuery::DEFAULT_LIMIT,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -425,14 +426,14 @@ fn status_page(query: &str) -> Result<StatusPage, String> {
                 .map_err(|_| format!("{name} must be a whole number, not {value:?}"))
         };
         match name {
-            "limit" => page.limit = number()?.clamp(1, StatusPage::MAX_LIMIT),
-            "offset" => page.offset = number()?,
+            "limit" => selected.limit = number()?.clamp(1, StatusQuery::MAX_LIMIT),
+            "offset" => selected.offset = number()?,
             "flow" => {
                 let (instance_id, flow_name) = value
                     .split_once("%2F")
                     .or_else(|| value.split_once('/'))
                     .ok_or("flow must be <instance_id>/<flow_name>")?;
-                page.flow = Some(FlowKey {
+                selected.flow = Some(FlowKey {
                     instance_id: instance_id.to_string(),
                     flow_name: flow_name.to_string(),
                 });
@@ -444,7 +445,7 @@ fn status_page(query: &str) -> Result<StatusPage, String> {
             }
         }
     }
-    Ok(page)
+    Ok(selected)
 }
 
 /// The status page; `?offset=N` starts at the N-th flow.
@@ -460,9 +461,9 @@ async fn page(State(state): State<AppState>, RawQuery(query): RawQuery) -> Respo
         Ok(turn) => turn,
         Err(busy) => return busy,
     };
-    let overview = match ask_engine(&state, |tx| Command::Overview(offset, tx)).await {
+    let overview = match state.engine.overview(offset).await {
         Ok(overview) => overview,
-        Err(unanswered) => return unanswered,
+        Err(unanswered) => return engine_unavailable(unanswered),
     };
     match super::page::render(&overview) {
         Ok(html) => (
@@ -520,9 +521,9 @@ async fn not_found() -> Response {
 }
 
 /// The turn of one `/status` document or status page, waited for up to
-/// [`SCHEDULER_REPLY_TIMEOUT`]; a 503 after that.
+/// [`STATUS_TURN_TIMEOUT`]; a 503 after that.
 async fn status_turn(state: &AppState) -> Result<SemaphorePermit<'_>, Response> {
-    match tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, state.status_gate.acquire()).await {
+    match tokio::time::timeout(STATUS_TURN_TIMEOUT, state.status_gate.acquire()).await {
         Ok(Ok(permit)) => Ok(permit),
         _ => Err(unavailable(
             "the status is being built for other requests; try again",
@@ -530,20 +531,9 @@ async fn status_turn(state: &AppState) -> Result<SemaphorePermit<'_>, Response> 
     }
 }
 
-/// The engine's answer to `command`, built on its own thread; a 503 when the engine is not
-/// running or does not answer within [`SCHEDULER_REPLY_TIMEOUT`].
-async fn ask_engine<T>(
-    state: &AppState,
-    command: impl FnOnce(oneshot::Sender<T>) -> Command,
-) -> Result<T, Response> {
-    let (tx, rx) = oneshot::channel();
-    if state.commands.send(command(tx)).await.is_err() {
-        return Err(unavailable("the scheduler is not running"));
-    }
-    match tokio::time::timeout(SCHEDULER_REPLY_TIMEOUT, rx).await {
-        Ok(Ok(answer)) => Ok(answer),
-        _ => Err(unavailable("the scheduler did not answer in time")),
-    }
+/// The 503 of a request the engine did not answer.
+fn engine_unavailable(unanswered: Unanswered) -> Response {
+    unavailable(&unanswered.to_string())
 }
 
 fn unavailable(reason: &str) -> Response {
@@ -557,7 +547,7 @@ fn unavailable(reason: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Overview;
+    use crate::engine::{Command, Overview};
 
     #[tokio::test(start_paused = true)]
     async fn a_run_of_happenings_is_logged_once_a_period_with_its_count() {
@@ -582,13 +572,13 @@ mod tests {
         );
     }
 
-    fn state(commands: mpsc::Sender<Command>) -> AppState {
+    fn state(engine: EngineHandle) -> AppState {
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         AppState {
             metrics: metrics.clone(),
             health: Arc::new(Health::new()),
-            reload: Reloader::new("watchlist.toml".into(), commands.clone(), metrics),
-            commands,
+            reload: Reloader::new("watchlist.toml".into(), engine.clone(), metrics),
+            engine,
             lifecycle: false,
             status_gate: Arc::new(Semaphore::new(1)),
             auth: None,
@@ -613,8 +603,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_engine_builds_one_status_page_at_a_time_however_many_viewers_wait() {
-        let (commands, mut engine) = mpsc::channel(16);
-        let state = state(commands);
+        let (handle, mut engine) = EngineHandle::channel();
+        let state = state(handle);
         let viewers: Vec<_> = (0..3)
             .map(|_| tokio::spawn(page(State(state.clone()), RawQuery(None))))
             .collect();

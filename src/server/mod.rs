@@ -7,4 +7,5 @@ pub mod open_files;
 mod page;
 pub mod reload;
 pub mod shutdown;
+mod status_json;
 pub mod tls;

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
-
-use crate::engine::Command;
+use crate::engine::EngineHandle;
 use crate::input::watchlist::Watchlist;
 use crate::output::metrics::Metrics;
 use crate::server::shutdown::Shutdown;
@@ -22,7 +20,7 @@ pub const LOAD_BOUND: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Reloader {
     path: PathBuf,
-    commands: mpsc::Sender<Command>,
+    engine: EngineHandle,
     metrics: Arc<Metrics>,
     /// One reload at a time, whatever asked for it: a burst of requests runs one after another
     /// rather than parsing the watchlist many times at once.
@@ -33,10 +31,10 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, commands: mpsc::Sender<Command>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(path: PathBuf, engine: EngineHandle, metrics: Arc<Metrics>) -> Self {
         Self {
             path,
-            commands,
+            engine,
             metrics,
             one_at_a_time: Arc::default(),
             loading: Arc::default(),
@@ -60,14 +58,11 @@ impl Reloader {
                 return Err(problems);
             }
         };
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Replace(watchlist, tx))
+        let summary = self
+            .engine
+            .replace(watchlist)
             .await
-            .map_err(|_| "the engine is not running".to_string())?;
-        let summary = rx
-            .await
-            .map_err(|_| "the engine stopped during the reload".to_string())?;
+            .map_err(|unanswered| unanswered.to_string())?;
         tracing::info!(
             added = summary.added,
             removed = summary.removed,
@@ -168,7 +163,7 @@ impl Reloader {
                         return;
                     }
                     tracing::info!("SIGHUP: reopening the event file and reloading the watchlist");
-                    let _ = self.commands.send(Command::ReopenSinks).await;
+                    let _ = self.engine.reopen_sinks().await;
                     let _ = self.reload().await;
                 }
             }

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flowwatch::ExitWhen;
 use flowwatch::Settings;
 use flowwatch::Shutdown;
-use flowwatch::static_client;
+use flowwatch::testing::local_client;
 use flowwatch::{Error, Finish, RunOptions};
 use flowwatch_fake::{FakeServer, Scenario, ScriptedExecution, Step};
 use serde_json::Value;
@@ -185,7 +186,7 @@ pub struct Daemon {
 impl Daemon {
     pub async fn start(config: &Path, fake: &FakeServer, exit_when_done: bool) -> Self {
         let settings = Settings::load(config).expect("valid test config");
-        let client = static_client(&fake.endpoint_url(), settings.polling.request_timeout);
+        let client = local_client(&fake.endpoint_url(), settings.polling.request_timeout);
         Self::start_with(config, client, exit_when_done).await
     }
 
@@ -200,12 +201,15 @@ impl Daemon {
         let push_queue = settings
             .push
             .as_ref()
-            .map(|push| flowwatch::PushQueue::static_queue(push, settings.polling.request_timeout));
+            .map(|push| flowwatch::PushQueue::local_queue(push, settings.polling.request_timeout));
         let shutdown = Shutdown::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let options = RunOptions {
-            exit_when_done,
-            done_despite_flows: false,
+            exit_when: if exit_when_done {
+                ExitWhen::AllDone
+            } else {
+                ExitWhen::Never
+            },
             reload_on_sighup: false,
             bound: Some(tx),
             push_queue,

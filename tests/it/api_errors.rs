@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use flowwatch::ExecutionKey;
-use flowwatch::{ApiError, ApiStatus, FlowExecutions, Outcome, static_client};
+use flowwatch::testing::local_client;
+use flowwatch::{ApiError, ApiStatus, FlowExecutions, Outcome};
 use flowwatch_fake::{FakeServer, Fault};
 use flowwatch_testkit::*;
 
@@ -20,7 +21,7 @@ async fn call_with(fault: Option<Fault>) -> Result<flowwatch::Observation, ApiEr
     let fake = FakeServer::start(scenario(vec![execution]))
         .await
         .expect("fake");
-    let client = static_client(&fake.endpoint_url(), Duration::from_secs(2));
+    let client = local_client(&fake.endpoint_url(), Duration::from_secs(2));
     let result = client.get(&key(1)).await;
     fake.stop().await;
     result
@@ -154,7 +155,7 @@ async fn a_refused_connection_is_a_transport_error() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     drop(listener);
-    let client = static_client(&format!("http://{addr}"), Duration::from_secs(2));
+    let client = local_client(&format!("http://{addr}"), Duration::from_secs(2));
     let error = client.get(&key(1)).await.expect_err("refused");
     assert_eq!(error.outcome(), Outcome::TransportError, "{error:?}");
 }
@@ -176,7 +177,7 @@ async fn a_request_that_cannot_be_built_is_a_local_error_not_the_api_s_verdict()
     let fake = FakeServer::start(scenario(vec![scripted("flow", 1, &[(0, "IN_PROGRESS")])]))
         .await
         .expect("fake");
-    let client = flowwatch::testing::static_client_in_region(
+    let client = flowwatch::testing::local_client_in_region(
         &fake.endpoint_url(),
         Duration::from_secs(2),
         "us-east-1 ",
@@ -235,7 +236,7 @@ fn reject_as_an_earlier_version_did(state: &std::path::Path, n: usize) {
 #[tokio::test(start_paused = true)]
 async fn an_unbuildable_request_is_retried_and_the_execution_ends_once_the_region_is_fixed() {
     let (fake, ws, config) = one_run_that_succeeds_at(30).await;
-    let bad_region = flowwatch::testing::static_client_in_region(
+    let bad_region = flowwatch::testing::local_client_in_region(
         &fake.endpoint_url(),
         Duration::from_secs(2),
         "us-east-1 ",

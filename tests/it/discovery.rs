@@ -673,12 +673,12 @@ async fn exit_when_done_refuses_a_watchlist_with_flows() {
     let fake = FakeServer::start(scenario(Vec::new())).await.expect("fake");
     let (_ws, config) = workspace(&fake, "", &flow_entries(&[("orders", None)]));
     let settings = flowwatch::Settings::load(&config).expect("valid config");
-    let client = std::sync::Arc::new(flowwatch::static_client(
+    let client = std::sync::Arc::new(flowwatch::testing::local_client(
         &fake.endpoint_url(),
         Duration::from_secs(2),
     ));
     let options = flowwatch::RunOptions {
-        exit_when_done: true,
+        exit_when: flowwatch::ExitWhen::AllDone,
         ..flowwatch::RunOptions::default()
     };
     let result = flowwatch::run_with(settings, client, options, flowwatch::Shutdown::new()).await;

@@ -132,7 +132,7 @@ async fn a_read_only_state_directory_is_refused_at_start_up_with_the_reason() {
     let config = ws.config(&fake.endpoint_url(), POLLING, &script);
     ws.move_state(&config, &tmpfs.0);
     let settings = flowwatch::Settings::load(&config).expect("settings");
-    let client = std::sync::Arc::new(flowwatch::static_client(
+    let client = std::sync::Arc::new(flowwatch::testing::local_client(
         &fake.endpoint_url(),
         Duration::from_secs(2),
     ));

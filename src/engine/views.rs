@@ -1,0 +1,101 @@
+//! What the engine hands out about itself: typed copies of its state, taken on the engine's task
+//! and turned into JSON or HTML by the server, off it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use crate::model::{FlowKey, Observation, ObservedVia, Outcome, Status, WatchEntry};
+
+/// Which executions one `/status` document lists: those of `flow` (all when `None`), from the
+/// `offset`-th, at most `limit` of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusQuery {
+    pub flow: Option<FlowKey>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+impl StatusQuery {
+    /// Executions per document unless `limit` says otherwise.
+    pub const DEFAULT_LIMIT: usize = 1000;
+    /// The most executions one document lists.
+    pub const MAX_LIMIT: usize = 10_000;
+}
+
+/// The `/status` document: the counts and flows, and the executions the query selected.
+#[derive(Debug, Clone)]
+pub struct StatusView {
+    pub watched: usize,
+    pub flows: Vec<FlowView>,
+    /// Every status, with how many watched executions have it (zero included).
+    pub by_status: BTreeMap<Status, i64>,
+    pub in_flight: usize,
+    pub rate_limit_requests_per_second: f64,
+    /// How many executions the query matches, of which `executions` are the selected slice.
+    pub executions_total: usize,
+    pub offset: usize,
+    pub limit: usize,
+    pub next_offset: Option<usize>,
+    pub push: Option<PushView>,
+    pub executions: Vec<ExecutionView>,
+}
+
+/// What `/status` shows of one execution.
+#[derive(Debug, Clone)]
+pub struct ExecutionView {
+    pub entry: WatchEntry,
+    pub status: Status,
+    pub discovered: bool,
+    pub observed_via: Option<ObservedVia>,
+    pub polling: bool,
+    pub attempts: u64,
+    pub last_poll: Option<SystemTime>,
+    pub next_poll: Option<SystemTime>,
+    pub last_outcome: Option<Outcome>,
+    pub last_error: Option<String>,
+    pub rejected: Option<String>,
+    /// Its series are still exported (`retain_terminal` is not over).
+    pub retained: bool,
+    pub observation: Option<Observation>,
+    pub expected_end: Option<f64>,
+    pub overdue: bool,
+}
+
+/// What `/status` shows of one watched flow (`[[flow]]`).
+#[derive(Debug, Clone)]
+pub struct FlowView {
+    pub key: FlowKey,
+    pub since: Option<Duration>,
+    /// Executions that started before this are history.
+    pub window_start: SystemTime,
+    pub labels: BTreeMap<String, String>,
+    pub discovered: u64,
+    pub watched_executions: usize,
+    pub flow_not_found: bool,
+    pub round_in_progress: bool,
+    pub last_round_pages: u32,
+    pub resume_token_pending: bool,
+    pub last_success: Option<SystemTime>,
+    pub next_round: Option<SystemTime>,
+    pub last_outcome: Option<Outcome>,
+    pub last_error: Option<String>,
+}
+
+/// What `/status` shows of push.
+#[derive(Debug, Clone)]
+pub struct PushView {
+    /// The queue's URL without credentials.
+    pub queue_url: String,
+    pub healthy: bool,
+    pub reason: Option<String>,
+    pub reconcile_interval: Duration,
+    pub fetch_details: bool,
+}
+
+/// What a watchlist replacement changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReloadSummary {
+    pub added: usize,
+    pub removed: usize,
+    pub kept: usize,
+}
