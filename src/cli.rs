@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
 use flowwatch::DEFAULT_CONFIG_PATH;
 
@@ -16,11 +16,11 @@ use flowwatch::DEFAULT_CONFIG_PATH;
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Subcommand,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum Command {
+#[derive(Debug, clap::Subcommand)]
+pub enum Subcommand {
     /// Run the daemon: poll every watchlist entry until it is terminal, serving metrics,
     /// health and status over HTTP.
     Run {

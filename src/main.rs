@@ -10,7 +10,7 @@ mod cli;
 use clap::Parser;
 use flowwatch::{ExitWhen, RunOptions, Settings, Shutdown};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Subcommand};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -25,13 +25,13 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::CheckConfig { config } => check_config(&config),
-        Command::Run {
+        Subcommand::CheckConfig { config } => check_config(&config),
+        Subcommand::Run {
             config,
             exit_when_done,
         } => run(&config, exit_when_done),
         #[cfg(feature = "demo")]
-        Command::Demo { listen, hold } => {
+        Subcommand::Demo { listen, hold } => {
             flowwatch::init_logging(&flowwatch::demo::log_settings());
             block_on(|shutdown| async move {
                 match flowwatch::demo::run(listen, hold, shutdown).await {

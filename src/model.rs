@@ -401,8 +401,10 @@ impl Outcome {
 /// An API call flowwatch makes, named as the `operation` metric label names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
-    GetExecution,
-    ListExecutions,
+    /// GetDataIntegrationFlowExecution: one execution, a poll.
+    Get,
+    /// ListDataIntegrationFlowExecutions: one page of a watched flow's executions.
+    List,
     /// SQS, for push: a long poll of the queue.
     ReceiveMessage,
     /// SQS, for push: the messages applied and committed leave the queue.
@@ -411,14 +413,14 @@ pub enum Operation {
 
 impl Operation {
     /// The Supply Chain API's calls, whose series always exist.
-    pub const SUPPLY_CHAIN: [Operation; 2] = [Operation::GetExecution, Operation::ListExecutions];
+    pub const SUPPLY_CHAIN: [Operation; 2] = [Operation::Get, Operation::List];
     /// The SQS calls of push, whose series exist only with `[push]`.
     pub const PUSH: [Operation; 2] = [Operation::ReceiveMessage, Operation::DeleteMessageBatch];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Operation::GetExecution => "GetDataIntegrationFlowExecution",
-            Operation::ListExecutions => "ListDataIntegrationFlowExecutions",
+            Operation::Get => "GetDataIntegrationFlowExecution",
+            Operation::List => "ListDataIntegrationFlowExecutions",
             Operation::ReceiveMessage => "ReceiveMessage",
             Operation::DeleteMessageBatch => "DeleteMessageBatch",
         }

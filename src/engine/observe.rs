@@ -67,8 +67,8 @@ impl Staged {
 impl<C: FlowExecutions> Engine<C> {
     pub(super) fn on_answer(&mut self, answer: Answer) {
         match answer {
-            Answer::Poll(key, Ok(observation), elapsed) => self.polled(key, observation, elapsed),
-            Answer::Poll(key, Err(error), elapsed) => self.poll_failed(key, error, elapsed),
+            Answer::Get(key, Ok(observation), elapsed) => self.polled(key, observation, elapsed),
+            Answer::Get(key, Err(error), elapsed) => self.poll_failed(key, error, elapsed),
             Answer::List(flow, result, elapsed) => self.on_page(flow, result, elapsed),
             Answer::Lost(job, error) => self.lost(job, &error),
         }
@@ -77,18 +77,18 @@ impl<C: FlowExecutions> Engine<C> {
     /// A request panicked (it does not by design): its job is retried later.
     fn lost(&mut self, job: Job, error: &str) {
         tracing::error!(error, job = %job, "request ended abnormally");
-        if let Job::Poll(key) = &job
+        if let Job::Get(key) = &job
             && let Some(pushed) = self.release_held(key, None)
         {
             self.observe(key, pushed, ObservedVia::Push, SystemTime::now());
         }
         let at = Instant::now() + self.polling.max_interval;
         match job {
-            Job::Poll(key) if self.executions.get(&key).is_some_and(|s| !s.is_done()) => {
+            Job::Get(key) if self.executions.get(&key).is_some_and(|s| !s.is_done()) => {
                 self.schedule(&key, at);
             }
-            job @ Job::Discover(_) => self.schedule_job(job, at),
-            Job::Poll(_) => {}
+            job @ Job::List(_) => self.schedule_job(job, at),
+            Job::Get(_) => {}
         }
     }
 
@@ -145,7 +145,7 @@ impl<C: FlowExecutions> Engine<C> {
             .get_mut(&key)
             .and_then(|s| s.last_outcome.replace(Outcome::Success));
         let recovered = previous.is_some_and(|p| p != Outcome::Success);
-        self.call_done(Operation::GetExecution, &key, Ok(recovered), elapsed);
+        self.call_done(Operation::Get, &key, Ok(recovered), elapsed);
         let wall = SystemTime::now();
         // A pushed end that waited for this poll is applied now, with the poll's fields,
         // unless the poll contradicts it.
@@ -216,7 +216,7 @@ impl<C: FlowExecutions> Engine<C> {
             p.max_interval,
         );
         self.call_done(
-            Operation::GetExecution,
+            Operation::Get,
             &key,
             Err((&error, decision.log)),
             elapsed,
@@ -229,7 +229,7 @@ impl<C: FlowExecutions> Engine<C> {
         let wall = SystemTime::now();
         if state.is_done() {
             // Terminal by a pushed change this poll was for: nothing more to decide.
-            return self.unschedule(&Job::Poll(key));
+            return self.unschedule(&Job::Get(key));
         }
         if let Some(to) = decision.to {
             let t = state.transition_to(to, ObservedVia::Poll, wall);
@@ -249,7 +249,7 @@ impl<C: FlowExecutions> Engine<C> {
         }
         match resolve(decision.next, &mut state.backoff, &mut self.rng) {
             Some(delay) if !state.is_done() => self.schedule(&key, now + delay),
-            _ => self.unschedule(&Job::Poll(key)),
+            _ => self.unschedule(&Job::Get(key)),
         }
     }
 
@@ -285,7 +285,7 @@ impl<C: FlowExecutions> Engine<C> {
                 let done = t.to.is_terminal();
                 self.staged.push(Change::Transition(t));
                 if done {
-                    self.unschedule(&Job::Poll(key.clone()));
+                    self.unschedule(&Job::Get(key.clone()));
                 }
             }
             None if times_changed => {

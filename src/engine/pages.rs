@@ -40,7 +40,7 @@ impl<C: FlowExecutions> Engine<C> {
             Err(error) => return self.list_failed(flow_key, error, previous, elapsed),
         };
         let recovered = previous.is_some_and(|p| p != Outcome::Success);
-        self.call_done(Operation::ListExecutions, &flow_key, Ok(recovered), elapsed);
+        self.call_done(Operation::List, &flow_key, Ok(recovered), elapsed);
         // The flow may have been removed by a reload while its request was in flight.
         let Some(flow) = self.flows.get_mut(&flow_key) else {
             return;
@@ -126,7 +126,7 @@ impl<C: FlowExecutions> Engine<C> {
         let max_pages = self.discovery.max_pages_per_round;
         let now = Instant::now();
         match flow.after_page(&judged, window_start, page.next_token, max_pages) {
-            Next::Page(_) => self.schedule_job(Job::Discover(flow_key), now),
+            Next::Page(_) => self.schedule_job(Job::List(flow_key), now),
             Next::Done { resume } => {
                 flow.last_success = Some(wall);
                 tracing::debug!(flow = %flow_key, pages = flow.last_round_pages, "discovery round done");
@@ -136,7 +136,7 @@ impl<C: FlowExecutions> Engine<C> {
                 }
                 self.publisher
                     .discovery_round_done(&flow_key, unix_seconds(wall));
-                self.schedule_job(Job::Discover(flow_key), now + self.discovery.interval);
+                self.schedule_job(Job::List(flow_key), now + self.discovery.interval);
             }
         }
     }
@@ -160,7 +160,7 @@ impl<C: FlowExecutions> Engine<C> {
             policy::list_failed(&error, previous, had_token, slow, self.polling.max_interval);
         let subject = &flow_key;
         self.call_done(
-            Operation::ListExecutions,
+            Operation::List,
             subject,
             Err((&error, decision.log)),
             elapsed,
@@ -180,7 +180,7 @@ impl<C: FlowExecutions> Engine<C> {
             return;
         };
         let delay = resolve(decision.next, &mut flow.backoff, &mut self.rng).unwrap_or(slow);
-        self.schedule_job(Job::Discover(flow_key), Instant::now() + delay);
+        self.schedule_job(Job::List(flow_key), Instant::now() + delay);
     }
 
     /// Adds an execution found by discovery: its listed state is its first observation (one

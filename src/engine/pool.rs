@@ -23,18 +23,19 @@ use crate::engine::pacing::RateLimiter;
 use crate::engine::policy::RateFeedback;
 use crate::model::{ExecutionKey, FlowKey, Observation};
 
-/// What the engine's queue holds: a poll of one execution, or the next List page of one flow.
+/// What the engine's queue holds: a Get of one execution (a poll), or the next List page of one
+/// flow. The same two words name the [`Request`] sent and the [`Answer`] it brings back.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Job {
-    Poll(ExecutionKey),
-    Discover(FlowKey),
+    Get(ExecutionKey),
+    List(FlowKey),
 }
 
 impl std::fmt::Display for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Job::Poll(key) => write!(f, "poll of {key}"),
-            Job::Discover(flow) => write!(f, "List of {flow}"),
+            Job::Get(key) => write!(f, "poll of {key}"),
+            Job::List(flow) => write!(f, "List of {flow}"),
         }
     }
 }
@@ -50,7 +51,7 @@ pub enum Request {
 
 /// What a request brought back, with how long it took.
 pub enum Answer {
-    Poll(ExecutionKey, Result<Observation, ApiError>, Duration),
+    Get(ExecutionKey, Result<Observation, ApiError>, Duration),
     List(FlowKey, Result<ListPage, ApiError>, Duration),
     /// The request panicked (it does not by design); its job is retried later rather than
     /// forgotten.
@@ -112,16 +113,16 @@ impl<C: FlowExecutions> RequestPool<C> {
         let page_size = self.page_size;
         let (job, call): (Job, InFlight) = match request {
             Request::Get(key) => (
-                Job::Poll(key.clone()),
+                Job::Get(key.clone()),
                 Box::pin(async move {
                     let _permit = permit;
                     let started = Instant::now();
                     let result = bounded(hard_limit, client.get(&key)).await;
-                    Answer::Poll(key, result, started.elapsed())
+                    Answer::Get(key, result, started.elapsed())
                 }),
             ),
             Request::List { flow, token } => (
-                Job::Discover(flow.clone()),
+                Job::List(flow.clone()),
                 Box::pin(async move {
                     let _permit = permit;
                     let started = Instant::now();

@@ -137,7 +137,7 @@ impl<C: FlowExecutions> Engine<C> {
             return;
         };
         let request = match job {
-            Job::Poll(key) => {
+            Job::Get(key) => {
                 let Some(state) = self.executions.get_mut(&key) else {
                     return;
                 };
@@ -146,7 +146,7 @@ impl<C: FlowExecutions> Engine<C> {
                 state.next_poll = None;
                 Request::Get(key)
             }
-            Job::Discover(flow) => {
+            Job::List(flow) => {
                 let Some(watch) = self.flows.get_mut(&flow) else {
                     return;
                 };

@@ -94,7 +94,7 @@ impl<C: FlowExecutions> Engine<C> {
             .cloned()
             .collect();
         for key in &removed_flows {
-            self.unschedule(&Job::Discover(key.clone()));
+            self.unschedule(&Job::List(key.clone()));
             self.flows.remove(key);
             self.publisher.flow_left(key);
             tracing::info!(flow = %key, "flow no longer watched: its discovered executions left the watch set");
@@ -168,7 +168,7 @@ impl<C: FlowExecutions> Engine<C> {
     /// Takes an execution out of the watch set, with its series. The caller takes it out of
     /// `series_drops`.
     pub(super) fn forget_execution(&mut self, key: &ExecutionKey) {
-        self.unschedule(&Job::Poll(key.clone()));
+        self.unschedule(&Job::Get(key.clone()));
         self.forecast.forget_execution(key);
         if let Some(state) = self.executions.remove(key) {
             self.publisher.execution_left(key, state.status);
@@ -208,11 +208,11 @@ impl<C: FlowExecutions> Engine<C> {
         if count > 0 {
             tracing::info!(flow = %key, executions = count, "discovered executions restored from the state database");
         }
-        self.schedule_job(Job::Discover(key), first_round);
+        self.schedule_job(Job::List(key), first_round);
     }
 
     pub(super) fn schedule(&mut self, key: &ExecutionKey, at: Instant) {
-        self.schedule_job(Job::Poll(key.clone()), at);
+        self.schedule_job(Job::Get(key.clone()), at);
     }
 
     /// Puts `job` in the queue at `at`, moving it if it was queued. Nothing is queued for an
@@ -220,11 +220,11 @@ impl<C: FlowExecutions> Engine<C> {
     pub(super) fn schedule_job(&mut self, job: Job, at: Instant) {
         let next = Some(SystemTime::now() + at.saturating_duration_since(Instant::now()));
         let previous = match &job {
-            Job::Poll(key) => self.executions.get_mut(key).map(|state| {
+            Job::Get(key) => self.executions.get_mut(key).map(|state| {
                 state.next_poll = next;
                 state.slot.take()
             }),
-            Job::Discover(flow) => self.flows.get_mut(flow).map(|flow| {
+            Job::List(flow) => self.flows.get_mut(flow).map(|flow| {
                 flow.next_round = next;
                 flow.slot.take()
             }),
@@ -237,12 +237,12 @@ impl<C: FlowExecutions> Engine<C> {
         }
         let slot = Some(self.due.push(at, job.clone()));
         match &job {
-            Job::Poll(key) => {
+            Job::Get(key) => {
                 if let Some(state) = self.executions.get_mut(key) {
                     state.slot = slot;
                 }
             }
-            Job::Discover(flow) => {
+            Job::List(flow) => {
                 if let Some(flow) = self.flows.get_mut(flow) {
                     flow.slot = slot;
                 }
@@ -252,8 +252,8 @@ impl<C: FlowExecutions> Engine<C> {
 
     pub(super) fn unschedule(&mut self, job: &Job) {
         let slot = match job {
-            Job::Poll(key) => self.executions.get_mut(key).and_then(|s| s.slot.take()),
-            Job::Discover(flow) => self.flows.get_mut(flow).and_then(|f| f.slot.take()),
+            Job::Get(key) => self.executions.get_mut(key).and_then(|s| s.slot.take()),
+            Job::List(flow) => self.flows.get_mut(flow).and_then(|f| f.slot.take()),
         };
         if let Some(slot) = slot {
             self.due.remove(&slot);

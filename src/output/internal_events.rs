@@ -74,8 +74,8 @@ impl InternalEvent for CallFailed<'_> {
 /// What a call of `operation` is for, in a log line's words.
 fn what(operation: Operation) -> &'static str {
     match operation {
-        Operation::GetExecution => "polling",
-        Operation::ListExecutions => "discovery",
+        Operation::Get => "polling",
+        Operation::List => "discovery",
         Operation::ReceiveMessage => "receiving pushed events",
         Operation::DeleteMessageBatch => "deleting applied pushed events",
     }

@@ -564,7 +564,7 @@ mod tests {
     fn the_exposition_has_every_contract_metric() {
         let m = Metrics::new().expect("metrics");
         m.preset_flow_transitions("i", "f");
-        m.record_request(Operation::GetExecution, Outcome::Success, 0.01);
+        m.record_request(Operation::Get, Outcome::Success, 0.01);
         let key = ExecutionKey::from_checked("i", "f", "e");
         m.set_status(&key, Status::InProgress);
         m.set_times(

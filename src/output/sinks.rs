@@ -34,7 +34,8 @@ pub const FORGET_EVERY: Duration = Duration::from_millis(100);
 pub const STDOUT: &str = "stdout";
 pub const FILE: &str = "file";
 
-enum Job {
+/// What the engine asks of a sink's thread.
+enum Order {
     Write { seq: i64, line: Arc<str> },
     Reopen,
     Flush(std::sync::mpsc::Sender<()>),
@@ -42,7 +43,7 @@ enum Job {
 
 /// What the engine's side knows of a sink's thread.
 #[derive(Default)]
-struct Status {
+struct SinkState {
     /// Events were not queued (the queue was full) or not written: catch up from the outbox.
     behind: AtomicBool,
     /// When the write in progress began (milliseconds since [`epoch`] + 1), or 0.
@@ -51,8 +52,8 @@ struct Status {
 
 struct Worker {
     name: &'static str,
-    jobs: SyncSender<Job>,
-    status: Arc<Status>,
+    jobs: SyncSender<Order>,
+    status: Arc<SinkState>,
 }
 
 /// Every enabled sink.
@@ -89,7 +90,7 @@ impl Sinks {
             // Read now, before the engine commits anything: see `Delivery::resume`.
             let last = delivery.resume();
             let (jobs, queue) = std::sync::mpsc::sync_channel(QUEUE);
-            let status = Arc::new(Status::default());
+            let status = Arc::new(SinkState::default());
             status.behind.store(true, Ordering::Relaxed);
             let thread = SinkThread {
                 name,
@@ -126,7 +127,7 @@ impl Sinks {
     pub fn deliver(&self, seq: i64, line: &str, metrics: &Metrics) {
         let line: Arc<str> = Arc::from(line);
         for w in &self.workers {
-            let job = Job::Write {
+            let job = Order::Write {
                 seq,
                 line: line.clone(),
             };
@@ -170,7 +171,7 @@ impl Sinks {
     /// Reopens the event file by its path (SIGHUP after log rotation).
     pub fn reopen(&self) {
         for w in &self.workers {
-            let _ = w.jobs.try_send(Job::Reopen);
+            let _ = w.jobs.try_send(Order::Reopen);
         }
     }
 
@@ -185,7 +186,7 @@ impl Sinks {
             .iter()
             .map(|w| {
                 let (ack, done) = std::sync::mpsc::channel();
-                let unsent = match w.jobs.try_send(Job::Flush(ack)) {
+                let unsent = match w.jobs.try_send(Order::Flush(ack)) {
                     Err(TrySendError::Full(job)) => Some(job),
                     // Sent, or the thread is gone: its answer never comes.
                     _ => None,
@@ -208,11 +209,11 @@ impl Sinks {
 
 /// `SyncSender::send` with a deadline: tries until `within` is over.
 trait SendTimeout {
-    fn send_timeout_compat(&self, job: Job, within: Duration) -> bool;
+    fn send_timeout_compat(&self, job: Order, within: Duration) -> bool;
 }
 
-impl SendTimeout for SyncSender<Job> {
-    fn send_timeout_compat(&self, mut job: Job, within: Duration) -> bool {
+impl SendTimeout for SyncSender<Order> {
+    fn send_timeout_compat(&self, mut job: Order, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         loop {
             match self.try_send(job) {
@@ -233,7 +234,7 @@ struct SinkThread {
     name: &'static str,
     writer: Writer,
     delivery: Delivery,
-    status: Arc<Status>,
+    status: Arc<SinkState>,
     metrics: Arc<Metrics>,
     /// The last event written, by outbox sequence number.
     last: i64,
@@ -247,22 +248,22 @@ struct SinkThread {
 }
 
 impl SinkThread {
-    fn run(mut self, queue: Receiver<Job>) {
+    fn run(mut self, queue: Receiver<Order>) {
         self.catch_up();
         loop {
             let wait = self.forget_at.map_or(RETRY_EVERY, |at| {
                 at.saturating_duration_since(Instant::now())
             });
             match queue.recv_timeout(wait) {
-                Ok(Job::Write { seq, line }) => {
+                Ok(Order::Write { seq, line }) => {
                     if self.status.behind.load(Ordering::Relaxed) {
                         self.catch_up();
                     } else if seq > self.last && !self.write(seq, &line) {
                         self.status.behind.store(true, Ordering::Relaxed);
                     }
                 }
-                Ok(Job::Reopen) => self.writer.reopen(),
-                Ok(Job::Flush(ack)) => {
+                Ok(Order::Reopen) => self.writer.reopen(),
+                Ok(Order::Flush(ack)) => {
                     if self.status.behind.load(Ordering::Relaxed) {
                         self.catch_up();
                     }
