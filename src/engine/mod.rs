@@ -27,6 +27,8 @@ pub mod receiver;
 mod run;
 mod seen;
 mod state;
+#[cfg(test)]
+mod tests;
 mod views;
 mod watch;
 

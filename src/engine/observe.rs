@@ -215,12 +215,7 @@ impl<C: FlowExecutions> Engine<C> {
             p.not_found_grace,
             p.max_interval,
         );
-        self.call_done(
-            Operation::Get,
-            &key,
-            Err((&error, decision.log)),
-            elapsed,
-        );
+        self.call_done(Operation::Get, &key, Err((&error, decision.log)), elapsed);
         let Some(state) = self.executions.get_mut(&key) else {
             return;
         };

@@ -1,0 +1,205 @@
+//! The watch set: how long a terminal execution's series stay, reloads, restarts and `/status`
+//! selections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::rig::{Rig, Setup, flow_key, key, wall, watched_flow, watchlist};
+use super::scripted::{Scripted, running, succeeded};
+use crate::api::ListPage;
+use crate::engine::{ReloadSummary, StatusQuery};
+use crate::model::ExecutionKey;
+
+fn exports(rig: &Rig, key: &ExecutionKey) -> bool {
+    let id = format!("execution_id=\"{}\"", key.execution_id);
+    rig.metrics
+        .render()
+        .lines()
+        .any(|l| l.starts_with("flowwatch_execution_status{") && l.contains(&id))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_terminal_execution_s_series_go_when_retain_terminal_is_over() {
+    let api = Arc::new(Scripted::default());
+    let k = key("orders", 1);
+    api.gets(&k, [succeeded(wall() - 100.0, wall() - 10.0)]);
+    let mut setup = Setup::ladder();
+    setup.polling.retain_terminal = Duration::from_secs(600);
+    let rig = Rig::start(api, watchlist(&[&k], &[]), setup).await;
+    rig.until(Duration::from_secs(590)).await;
+    assert!(exports(&rig, &k), "kept while retain_terminal runs");
+    assert_eq!(rig.execution(&k).await.map(|v| v.retained), Some(true));
+    rig.until(Duration::from_secs(610)).await;
+    assert!(!exports(&rig, &k), "gone after it");
+    let view = rig.execution(&k).await.expect("still in /status");
+    assert!(!view.retained);
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_terminal_discovered_execution_leaves_the_watch_set_after_retain_terminal() {
+    let api = Arc::new(Scripted::default());
+    let k = key("orders", 1);
+    let run = succeeded(wall() + 1.0, wall() + 2.0).expect("scripted");
+    let listed = ListPage {
+        executions: vec![(k.clone(), run)],
+        invalid: Vec::new(),
+        next_token: None,
+    };
+    api.lists(&flow_key("orders"), [Ok(listed)]);
+    let mut setup = Setup::ladder();
+    setup.polling.retain_terminal = Duration::from_secs(600);
+    let flows = [watched_flow("orders", None)];
+    let rig = Rig::start(api, watchlist(&[], &flows), setup).await;
+    rig.until(Duration::from_secs(10)).await;
+    assert!(
+        rig.execution(&k).await.is_some(),
+        "joined, already SUCCEEDED"
+    );
+    rig.until(Duration::from_secs(700)).await;
+    assert!(
+        rig.execution(&k).await.is_none(),
+        "left; the store remembers it"
+    );
+    assert!(!exports(&rig, &k));
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_keeps_what_stays_adds_what_is_new_and_forgets_what_went() {
+    let api = Arc::new(Scripted::default());
+    let (gone, stays, new) = (key("orders", 1), key("orders", 2), key("orders", 3));
+    for k in [&gone, &stays, &new] {
+        api.gets(k, [running(wall() - 60.0)]);
+    }
+    let rig = Rig::start(
+        api.clone(),
+        watchlist(&[&gone, &stays], &[]),
+        Setup::ladder(),
+    )
+    .await;
+    rig.until(Duration::from_secs(100)).await;
+    let attempts = rig.execution(&stays).await.expect("watched").attempts;
+    assert!(attempts >= 3);
+    let summary = rig
+        .engine
+        .replace(watchlist(&[&stays, &new], &[]))
+        .await
+        .expect("the engine answers");
+    assert_eq!(
+        summary,
+        ReloadSummary {
+            added: 1,
+            removed: 1,
+            kept: 1
+        }
+    );
+    let polls_of_gone = api.gets_of(&gone, rig.start).len();
+    rig.until(Duration::from_secs(400)).await;
+    assert_eq!(
+        api.gets_of(&gone, rig.start).len(),
+        polls_of_gone,
+        "no poll after it went"
+    );
+    assert!(rig.execution(&gone).await.is_none());
+    let kept = rig.execution(&stays).await.expect("kept");
+    assert!(kept.attempts > attempts, "its state and ladder went on");
+    assert!(
+        !api.gets_of(&new, rig.start).is_empty(),
+        "the new one is polled"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_drops_a_flow_takes_its_discovered_executions_with_it() {
+    let api = Arc::new(Scripted::default());
+    let found = key("orders", 1);
+    let run = running(wall() + 5.0).expect("scripted");
+    let listed = ListPage {
+        executions: vec![(found.clone(), run)],
+        invalid: Vec::new(),
+        next_token: None,
+    };
+    api.lists(&flow_key("orders"), [Ok(listed)]);
+    api.gets(&found, [running(wall())]);
+    let flows = [watched_flow("orders", None)];
+    let rig = Rig::start(api.clone(), watchlist(&[], &flows), Setup::ladder()).await;
+    rig.until(Duration::from_secs(10)).await;
+    assert_eq!(rig.status().await.watched, 1);
+    rig.engine
+        .replace(watchlist(&[], &[]))
+        .await
+        .expect("the engine answers");
+    let status = rig.status().await;
+    assert_eq!((status.watched, status.flows.len()), (0, 0));
+    let lists = api.lists_of(&flow_key("orders"), rig.start).len();
+    rig.until(Duration::from_secs(300)).await;
+    assert_eq!(
+        api.lists_of(&flow_key("orders"), rig.start).len(),
+        lists,
+        "not listed again"
+    );
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_terminal_execution_is_not_polled_again_after_a_restart() {
+    let api = Arc::new(Scripted::default());
+    let (done, running_one) = (key("orders", 1), key("orders", 2));
+    api.gets(&done, [succeeded(wall() - 100.0, wall() - 10.0)]);
+    api.gets(&running_one, [running(wall() - 100.0)]);
+    let list = watchlist(&[&done, &running_one], &[]);
+    let rig = Rig::start(api.clone(), list.clone(), Setup::ladder()).await;
+    rig.until(Duration::from_secs(30)).await;
+    let before = api.gets_of(&done, rig.start).len();
+    let rig = rig.restart(list).await;
+    rig.wait(Duration::from_secs(300)).await;
+    assert_eq!(
+        api.gets_of(&done, rig.start).len(),
+        0,
+        "known SUCCEEDED: not asked again"
+    );
+    assert_eq!(before, 1);
+    assert!(
+        !api.gets_of(&running_one, rig.start).is_empty(),
+        "the running one is"
+    );
+    let view = rig.execution(&done).await.expect("watched");
+    assert_eq!(view.status, crate::model::Status::Succeeded);
+    let (_, events) = rig.stop().await;
+    let repeats = super::rig::events_of(&events, "flowwatch.execution.transition", &done);
+    assert_eq!(
+        repeats.len(),
+        1,
+        "the one event from the first run, not repeated"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_status_query_selects_one_flow_and_pages_through_its_executions() {
+    let api = Arc::new(Scripted::default());
+    let orders: Vec<ExecutionKey> = (1..=5).map(|n| key("orders", n)).collect();
+    let other = key("invoices", 9);
+    let mut all: Vec<&ExecutionKey> = orders.iter().collect();
+    all.push(&other);
+    let rig = Rig::start(api, watchlist(&all, &[]), Setup::ladder()).await;
+    let query = |offset| StatusQuery {
+        flow: Some(flow_key("orders")),
+        offset,
+        limit: 2,
+    };
+    let first = rig.engine.status(query(0)).await.expect("answered");
+    assert_eq!((first.watched, first.executions_total), (6, 5));
+    assert_eq!(first.executions.len(), 2);
+    assert_eq!(first.next_offset, Some(2));
+    let last = rig.engine.status(query(4)).await.expect("answered");
+    assert_eq!(last.executions.len(), 1);
+    assert_eq!(last.next_offset, None);
+    assert!(
+        last.executions
+            .iter()
+            .all(|e| &*e.entry.key.flow_name == "orders")
+    );
+    rig.stop().await;
+}
