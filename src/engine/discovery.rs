@@ -14,7 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::engine::views::FlowView;
 
+use crate::api::ApiError;
 use crate::engine::pacing::Backoff;
+use crate::engine::policy::ListFailure;
 use crate::engine::seen::Seen;
 use crate::model::{ApiStatus, FlowEntry, Observation, Outcome, unix_seconds};
 
@@ -41,8 +43,6 @@ pub struct FlowWatch {
     pub last_round_pages: u32,
     /// Paces retries of a failing page.
     pub backoff: Backoff,
-    /// Its place in the engine's queue, while it is queued.
-    pub slot: Option<(tokio::time::Instant, u64)>,
     /// Listed items that break the wire format, already logged at warn: the same one comes
     /// every round. At most [`INVALID_REMEMBERED`].
     pub invalid_logged: Seen,
@@ -95,7 +95,6 @@ impl FlowWatch {
             missing: false,
             last_round_pages: 0,
             backoff,
-            slot: None,
             invalid_logged: Seen::new(INVALID_REMEMBERED),
         }
     }
@@ -163,6 +162,47 @@ impl FlowWatch {
     pub fn abandon_round(&mut self) {
         self.round = None;
         self.resume_token = None;
+    }
+
+    /// A List page came back: the flow exists and its failures are over. Listed items that
+    /// break the wire format (`invalid`) are logged, each once at warn. Returns whether the flow
+    /// was missing until now.
+    pub fn answered(&mut self, invalid: &[String]) -> bool {
+        self.last_error = None;
+        self.backoff.reset();
+        for problem in invalid {
+            if self.invalid_logged.first(problem) {
+                tracing::warn!(flow = %self.entry.key, problem = %problem,
+                    "skipping a listed execution that breaks the wire format (repeats are logged at debug)");
+            } else {
+                tracing::debug!(flow = %self.entry.key, problem = %problem,
+                    "skipping a listed execution that breaks the wire format");
+            }
+        }
+        std::mem::replace(&mut self.missing, false)
+    }
+
+    /// A List failed as `decision` judges `error`. Returns whether the flow just went missing.
+    pub fn failed_with(&mut self, error: &ApiError, decision: &ListFailure) -> bool {
+        self.last_error = Some(error.to_string());
+        if decision.abandon_round {
+            self.abandon_round();
+        }
+        let newly_missing = decision.flow_missing && !self.missing;
+        self.missing |= decision.flow_missing;
+        newly_missing
+    }
+
+    /// A round ended at `wall`; `resumes` when it stopped at the page bound with new executions
+    /// still coming, so the next one goes on from there.
+    pub fn round_done(&mut self, wall: SystemTime, resumes: bool) {
+        self.last_success = Some(wall);
+        let key = &self.entry.key;
+        tracing::debug!(flow = %key, pages = self.last_round_pages, "discovery round done");
+        if resumes {
+            tracing::info!(flow = %key, pages = self.last_round_pages,
+                "discovery stopped at discovery.max_pages_per_round with new executions still coming: the next round goes on from there");
+        }
     }
 
     /// What `/status` shows of this flow; `watched` of its executions are in the watch set.

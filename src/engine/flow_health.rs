@@ -12,15 +12,14 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::api::FlowExecutions;
-use crate::engine::Engine;
 use crate::engine::forecast::Forecast;
+use crate::engine::observe::Staged;
+use crate::engine::state::ExecutionState;
 use crate::input::config::FlowHealthSettings;
 use crate::model::{
-    ExecutionKey, Expectation, FlowKey, Freshness, Overdue, Seconds, Status, Transition,
-    unix_seconds,
+    ExecutionKey, Expectation, FlowKey, Freshness, Overdue, Seconds, Transition, unix_seconds,
 };
-use crate::output::publisher::Change;
+use crate::output::publisher::{Change, Publisher};
 
 /// How often running executions are compared with their flow's durations.
 pub const SWEEP: Duration = Duration::from_secs(5);
@@ -67,77 +66,144 @@ impl FlowFreshness {
 /// Per flow, its [`FlowFreshness`].
 pub type FreshnessByFlow = HashMap<FlowKey, FlowFreshness>;
 
-impl<C: FlowExecutions> Engine<C> {
-    /// Brings back each flow's durations and last success and failure from the store. A flow's
-    /// freshness is exported once it is watched again ([`Self::export_freshness_of`]).
-    pub(super) fn restore_flow_history(&mut self) {
-        for (flow, history) in self.publisher.flow_history(self.flow_health.history) {
-            self.forecast.restore(&flow, &history.durations);
-            let freshness = Freshness {
+/// Flow health: each flow's recent durations (the forecast), its freshness, and when running
+/// executions are next compared with them.
+#[derive(Debug)]
+pub struct FlowHealth {
+    settings: FlowHealthSettings,
+    forecast: Forecast,
+    /// When each flow last succeeded and failed.
+    freshness: FreshnessByFlow,
+    /// When running executions are next compared with their flow's durations.
+    next_sweep: Instant,
+}
+
+impl FlowHealth {
+    /// Flow health with each flow's durations and last success and failure from the store. A
+    /// flow's freshness is exported once it is watched again ([`Self::export_freshness_of`]).
+    pub fn restore(settings: FlowHealthSettings, publisher: &mut Publisher) -> Self {
+        let mut forecast = Forecast::new(settings.history);
+        let mut freshness = FreshnessByFlow::new();
+        for (flow, history) in publisher.flow_history(settings.history) {
+            forecast.restore(&flow, &history.durations);
+            let known = Freshness {
                 last_success: history.last_success,
                 last_failure: history.last_failure,
                 first_watched: None,
             };
-            self.freshness.insert(flow, FlowFreshness::new(freshness));
+            freshness.insert(flow, FlowFreshness::new(known));
         }
+        Self {
+            settings,
+            forecast,
+            freshness,
+            next_sweep: Instant::now(),
+        }
+    }
+
+    pub fn settings(&self) -> &FlowHealthSettings {
+        &self.settings
+    }
+
+    pub fn forecast(&self) -> &Forecast {
+        &self.forecast
+    }
+
+    pub fn forecast_mut(&mut self) -> &mut Forecast {
+        &mut self.forecast
+    }
+
+    /// What is known of `flow`'s finished runs.
+    pub fn freshness(&self, flow: &FlowKey) -> Freshness {
+        self.freshness
+            .get(flow)
+            .map(|f| f.known)
+            .unwrap_or_default()
+    }
+
+    /// When running executions of `key`'s flow that started at `start` should end, and when
+    /// they are overdue; `None` until the flow has `min_history` durations.
+    pub fn expectation_of(&self, key: &ExecutionKey, start: f64) -> Option<Expectation> {
+        expectation_of(&self.forecast, key, start, &self.settings)
     }
 
     /// An execution of `key`'s flow joined the watch set: what is known of the flow's freshness
     /// is exported, once.
-    pub(super) fn export_freshness_of(&mut self, key: &ExecutionKey) {
+    pub fn export_freshness_of(&mut self, key: &ExecutionKey, publisher: &Publisher) {
         let flow = FlowKey::of(key);
         if let Some(f) = self.freshness.get_mut(&flow)
             && !f.exported
         {
             f.exported = true;
-            self.publisher.flow_freshness(&flow, &f.known);
+            publisher.flow_freshness(&flow, &f.known);
         }
     }
 
     /// A `[[flow]]` entry is watched since `first_seen`: with no success known, its freshness is
     /// measured from then.
-    pub(super) fn flow_watched_since(&mut self, flow: &FlowKey, first_seen: SystemTime) {
+    pub fn flow_watched_since(
+        &mut self,
+        flow: &FlowKey,
+        first_seen: SystemTime,
+        publisher: &Publisher,
+    ) {
         let f = self.freshness.entry(flow.clone()).or_default();
         f.known.first_watched = Some(unix_seconds(first_seen));
         f.exported = true;
-        self.publisher.flow_freshness(flow, &f.known);
+        publisher.flow_freshness(flow, &f.known);
     }
 
     /// A terminal transition is durable: its flow's durations, freshness and histogram learn of
-    /// it, and the execution, no longer running, is no longer overdue. Returns when it ended and
-    /// how long it ran, when both are known.
-    pub(super) fn run_finished(&mut self, t: &Transition) -> Option<(f64, f64)> {
+    /// it, and the execution, no longer running, is no longer expected to end (`expected_end`
+    /// was its last expectation). Returns the executions the forecast spared until now, which
+    /// the new duration makes due.
+    pub fn learn(
+        &mut self,
+        t: &Transition,
+        expected_end: Option<f64>,
+        publisher: &Publisher,
+    ) -> Vec<ExecutionKey> {
         let key = &t.key;
-        if let Some(expected_end) = self.executions.get(key).and_then(|s| s.expected_end.get()) {
-            self.publisher
-                .expectation_changed(key, Some(expected_end), false);
+        if let Some(expected_end) = expected_end {
+            publisher.expectation_changed(key, Some(expected_end), false);
         }
-        let (ended, seconds) = t.run()?;
+        self.forecast.forget_execution(key);
+        let Some((ended, seconds)) = t.run() else {
+            return self.forecast.record(key, f64::NAN, f64::NAN);
+        };
         let flow = FlowKey::of(key);
         let f = self.freshness.entry(flow.clone()).or_default();
         f.known.finished(t.to, ended);
         f.exported = true;
-        self.publisher.flow_freshness(&flow, &f.known);
-        self.publisher.flow_run_finished(key, t.to, seconds);
-        seconds.map(|seconds| (ended, seconds))
+        publisher.flow_freshness(&flow, &f.known);
+        publisher.flow_run_finished(key, t.to, seconds);
+        let (ended, seconds) = seconds.map_or((f64::NAN, f64::NAN), |s| (ended, s));
+        self.forecast.record(key, ended, seconds)
+    }
+
+    /// When the next sweep is due.
+    pub fn next_sweep(&self) -> Instant {
+        self.next_sweep
     }
 
     /// Compares every running execution with its flow's durations: its expected end is exported
     /// when it changes, and an execution that just became overdue has its event staged.
-    pub(super) fn sweep_flow_health(&mut self, wall: SystemTime) {
+    pub fn sweep<'a>(
+        &mut self,
+        running: impl Iterator<Item = (&'a ExecutionKey, &'a mut ExecutionState)>,
+        staged: &mut Staged,
+        publisher: &Publisher,
+        wall: SystemTime,
+    ) {
         let now = Instant::now();
         self.next_sweep = now + SWEEP;
-        for (key, state) in &mut self.executions {
-            if state.status != Status::InProgress {
-                continue;
-            }
+        for (key, state) in running {
             let start = state.observation.as_ref().and_then(|o| o.start_time);
-            let expected = start
-                .and_then(|start| expectation_of(&self.forecast, key, start, &self.flow_health));
+            let expected = start.and_then(|start| self.expectation_of(key, start));
             let (Some(start_time), Some(expectation)) = (start, expected) else {
                 if state.expected_end.get().is_some() {
                     state.expected_end = Seconds::default();
-                    self.publisher.expectation_changed(key, None, false);
+                    publisher.expectation_changed(key, None, false);
                 }
                 continue;
             };
@@ -145,7 +211,7 @@ impl<C: FlowExecutions> Engine<C> {
             let newly_overdue = !state.overdue && running >= expectation.overdue_after;
             if newly_overdue {
                 state.overdue = true;
-                self.staged.push(Change::Overdue(Overdue {
+                staged.push(Change::Overdue(Overdue {
                     key: key.clone(),
                     start_time,
                     running,
@@ -158,8 +224,7 @@ impl<C: FlowExecutions> Engine<C> {
                 state.expected_end = Seconds::of(Some(expectation.expected_end));
                 // A new overdue mark shows once it is committed.
                 let overdue = state.overdue && !newly_overdue;
-                self.publisher
-                    .expectation_changed(key, state.expected_end.get(), overdue);
+                publisher.expectation_changed(key, state.expected_end.get(), overdue);
             }
         }
     }
@@ -168,6 +233,7 @@ impl<C: FlowExecutions> Engine<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Status;
 
     fn settings(factor: f64, min_secs: u64) -> FlowHealthSettings {
         FlowHealthSettings {

@@ -1,15 +1,19 @@
 //! The engine: decides what to ask the API and when, turns every answer into a decision, and
-//! hands whatever must become visible to the [`Publisher`].
+//! hands whatever must become visible to the [`Publisher`]. Like kube-runtime's controller, it is
+//! parts that own their state, and a loop that coordinates them:
 //!
-//! - [`policy`]: the pure decisions (the error table, the verdict on an observed status).
-//! - [`queue`]: the due-time queue; [`pool`]: the requests in flight, paced by [`pacing`].
-//! - [`state`] and [`discovery`]: what is known of each execution and each watched flow.
-//! - [`forecast`]: when runs of a flow tend to end, for adaptive polling; [`flow_health`]: what
-//!   that says about running executions (expected end, overdue) and each flow's freshness.
+//! - [`watch_set`]: what is watched ([`state`] of each execution, [`discovery`] of each
+//!   `[[flow]]`), and how long a terminal execution's series stay;
+//! - [`schedule`]: when each Get and List is due ([`queue`]), and the [`pool`] of requests in
+//!   flight, paced by [`pacing`];
+//! - [`flow_health`]: each flow's recent durations ([`forecast`]) and freshness, and overdue runs;
+//! - [`policy`]: the pure decisions (the error table, the verdict on an observed status, the
+//!   delay after a success).
 //!
-//! The [`Engine`]'s own work is split by concern: `run` (the loop), `watch` (the watch set:
-//! reloads, restores, series lifetimes, `/status`), `observe` (polls, and the one path every
-//! observation takes), `pages` (List pages of watched flows), `overview` (the status page).
+//! The [`Engine`] only coordinates, in three places: `run` (the loop, and changes to the watch
+//! set as a whole), `observe` (answers, and the one path every observation takes to a commit)
+//! and `push` (pushed events). [`EngineHandle`] is how the rest of the daemon asks it something;
+//! it answers with the typed [`views`] and the status page's [`Overview`].
 
 mod discovery;
 mod flow_health;
@@ -18,44 +22,35 @@ mod handle;
 mod observe;
 mod overview;
 mod pacing;
-mod pages;
 mod policy;
 mod pool;
 mod push;
 mod queue;
 pub mod receiver;
 mod run;
+mod schedule;
 mod seen;
 mod state;
 #[cfg(test)]
 mod tests;
 mod views;
-mod watch;
-
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+mod watch_set;
 
 use tokio::sync::oneshot;
 
-use crate::api::FlowExecutions;
-use crate::engine::discovery::FlowWatch;
-use crate::engine::flow_health::FreshnessByFlow;
-use crate::engine::forecast::Forecast;
+use crate::engine::flow_health::FlowHealth;
 pub use crate::engine::handle::{EngineHandle, REPLY_TIMEOUT, Unanswered};
 use crate::engine::observe::Staged;
 pub use crate::engine::overview::{FINISHED_SHOWN, FLOWS_PER_PAGE, Overview, RUNNING_SHOWN};
 #[cfg(test)]
 pub use crate::engine::overview::{Finished, FlowOverview, Running};
-use crate::engine::pacing::BackoffPolicy;
-use crate::engine::pool::{Job, RequestPool};
-use crate::engine::queue::DueQueue;
-use crate::engine::state::ExecutionState;
+use crate::engine::schedule::Schedule;
 pub use crate::engine::views::{
     ExecutionView, FlowView, PushView, ReloadSummary, StatusQuery, StatusView,
 };
-use crate::input::config::{DiscoverySettings, FlowHealthSettings, PollingSettings};
+use crate::engine::watch_set::WatchSet;
+use crate::input::config::{DiscoverySettings, PollingSettings};
 use crate::input::watchlist::Watchlist;
-use crate::model::{ExecutionKey, FlowKey};
 use crate::output::publisher::Publisher;
 use crate::systemd::Watchdog;
 
@@ -115,78 +110,22 @@ impl Finish {
     }
 }
 
+/// The engine: it coordinates its parts, each of which owns its state. See the module doc.
 pub struct Engine<C> {
     polling: PollingSettings,
     discovery: DiscoverySettings,
-    backoff: BackoffPolicy,
-    pool: RequestPool<C>,
-    /// Boxed: the map's nodes stay small (a B-tree leaf holds eleven entries, often half used).
-    executions: BTreeMap<ExecutionKey, Box<ExecutionState>>,
-    flows: BTreeMap<FlowKey, FlowWatch>,
-    /// Polls and List pages, by when they are due.
-    due: DueQueue<Job>,
-    /// Terminal executions whose series go when `retain_terminal` is over.
-    series_drops: DueQueue<ExecutionKey>,
-    series_dropped: HashSet<ExecutionKey>,
-    forecast: Forecast,
-    flow_health: FlowHealthSettings,
-    /// When each flow last succeeded and failed.
-    freshness: FreshnessByFlow,
-    /// When running executions are next compared with their flow's durations.
-    next_sweep: tokio::time::Instant,
+    /// What is watched, and what is known of it.
+    watch: WatchSet,
+    /// When each Get and List is due, and the requests in flight.
+    schedule: Schedule<C>,
+    /// Each flow's recent durations and freshness, and overdue runs.
+    health: FlowHealth,
     publisher: Publisher,
     /// What the engine decided to commit, committed together (see `observe::end_turn`).
     staged: Staged,
-    rng: fastrand::Rng,
     exit_when: ExitWhen,
     watchdog: Watchdog,
     /// Push, when `[push]` names a queue; its news arrive on `push_news`.
     push: Option<push::PushLink>,
     push_news: Option<tokio::sync::mpsc::Receiver<receiver::PushNews>>,
-}
-
-impl<C: FlowExecutions> Engine<C> {
-    pub fn new(
-        client: Arc<C>,
-        polling: PollingSettings,
-        discovery: DiscoverySettings,
-        flow_health: FlowHealthSettings,
-        watchlist: Watchlist,
-        publisher: Publisher,
-        exit_when: ExitWhen,
-    ) -> Self {
-        let pool = RequestPool::new(
-            client,
-            polling.max_requests_per_second,
-            polling.max_in_flight,
-            polling.request_timeout,
-            discovery.page_size,
-        );
-        publisher.metrics().rate_changed(pool.rate());
-        let mut engine = Self {
-            backoff: BackoffPolicy::from_settings(&polling),
-            polling,
-            discovery,
-            pool,
-            executions: BTreeMap::new(),
-            flows: BTreeMap::new(),
-            due: DueQueue::default(),
-            series_drops: DueQueue::default(),
-            series_dropped: HashSet::new(),
-            forecast: Forecast::new(flow_health.history),
-            flow_health,
-            freshness: FreshnessByFlow::new(),
-            next_sweep: tokio::time::Instant::now(),
-            publisher,
-            staged: Staged::default(),
-            rng: fastrand::Rng::new(),
-            exit_when,
-            watchdog: Watchdog::from_env(),
-            push: None,
-            push_news: None,
-        };
-        engine.restore_flow_history();
-        engine.replace(watchlist);
-        engine
-    }
 }

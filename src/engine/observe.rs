@@ -1,7 +1,11 @@
-//! Answers to polls, and the one path every observation takes. Whatever the source (a poll, a
-//! List page, a pushed event), [`Engine::observe`] judges the observed status with the pure
-//! [`policy::judge`], records it, and stages what must become visible; [`Engine::end_turn`]
+//! Answers to Gets and Lists, and the one path every observation takes. Whatever the source (a
+//! poll, a List page, a pushed event), [`Engine::observe`] judges the observed status with the
+//! pure [`policy::judge`], records it, and stages what must become visible; [`Engine::end_turn`]
 //! commits what a turn staged and publishes it, or undoes it when the store did not take it.
+//!
+//! A List page of a watched flow: executions it shows take the observation path, new ones join
+//! the watch set first, and the page's contents decide whether the discovery round goes on (the
+//! rules are in [`crate::engine::discovery`]).
 
 use std::fmt::Display;
 use std::time::{Duration, SystemTime};
@@ -9,15 +13,16 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tracing::Level;
 
-use crate::api::{ApiError, FlowExecutions};
+use crate::api::{ApiError, FlowExecutions, ListPage};
 use crate::engine::Engine;
-use crate::engine::forecast::{Forecast, Plan};
-use crate::engine::pacing::Backoff;
-use crate::engine::policy::{self, Delay, RateFeedback, Verdict};
+use crate::engine::discovery::{Listed, Next, classify_listed};
+use crate::engine::policy::{self, RateFeedback, Verdict};
 use crate::engine::pool::{Answer, Job};
-use crate::engine::state::{ExecutionState, not_found_for};
-use crate::input::config::PollingSettings;
-use crate::model::{ExecutionKey, Observation, ObservedVia, Operation, Outcome, Transition};
+use crate::engine::state::ExecutionState;
+use crate::model::{
+    ApiStatus, ExecutionKey, FlowKey, Observation, ObservedVia, Operation, Outcome, Status,
+    Transition, WatchEntry, unix_seconds,
+};
 use crate::output::internal_events::{CallFailed, CallSucceeded, RateCut, RateRestored};
 use crate::output::publisher::Change;
 
@@ -26,6 +31,8 @@ use crate::output::publisher::Change;
 const COMMIT_WINDOW: Duration = Duration::from_millis(100);
 /// This many staged changes commit at once, whatever their window.
 const COMMIT_BATCH: usize = 512;
+/// A flow the API says does not exist is asked again this many discovery intervals later.
+const NOT_FOUND_INTERVALS: u32 = 10;
 
 /// Changes decided but not committed yet.
 #[derive(Debug, Default)]
@@ -55,6 +62,11 @@ impl Staged {
         self.changes.is_empty() && self.receipts.is_empty()
     }
 
+    /// When the staged changes must be committed: [`COMMIT_WINDOW`] after the first of them.
+    pub(super) fn commit_due(&self) -> Option<Instant> {
+        self.since.map(|since| since + COMMIT_WINDOW)
+    }
+
     fn take(&mut self) -> (Vec<Change>, Vec<String>) {
         self.since = None;
         (
@@ -69,7 +81,8 @@ impl<C: FlowExecutions> Engine<C> {
         match answer {
             Answer::Get(key, Ok(observation), elapsed) => self.polled(key, observation, elapsed),
             Answer::Get(key, Err(error), elapsed) => self.poll_failed(key, error, elapsed),
-            Answer::List(flow, result, elapsed) => self.on_page(flow, result, elapsed),
+            Answer::List(flow, Ok(page), elapsed) => self.listed(flow, page, elapsed),
+            Answer::List(flow, Err(error), elapsed) => self.list_failed(flow, error, elapsed),
             Answer::Lost(job, error) => self.lost(job, &error),
         }
     }
@@ -82,18 +95,17 @@ impl<C: FlowExecutions> Engine<C> {
         {
             self.observe(key, pushed, ObservedVia::Push, SystemTime::now());
         }
-        let at = Instant::now() + self.polling.max_interval;
-        match job {
-            Job::Get(key) if self.executions.get(&key).is_some_and(|s| !s.is_done()) => {
-                self.schedule(&key, at);
-            }
-            job @ Job::List(_) => self.schedule_job(job, at),
-            Job::Get(_) => {}
+        let retry = match &job {
+            Job::Get(key) => self.watch.get(key).is_some_and(|s| !s.is_done()),
+            Job::List(_) => true,
+        };
+        if retry {
+            self.schedule(job, Instant::now() + self.polling.max_interval);
         }
     }
 
     /// Counts and logs a call, and adjusts the global rate to what its answer says.
-    pub(super) fn call_done(
+    fn call_done(
         &mut self,
         operation: Operation,
         subject: &dyn Display,
@@ -123,7 +135,7 @@ impl<C: FlowExecutions> Engine<C> {
             }
         };
         let feedback = RateFeedback::of(error);
-        let Some(rate) = self.pool.feedback(feedback) else {
+        let Some(rate) = self.schedule.feedback(feedback) else {
             return;
         };
         match (feedback, error) {
@@ -141,7 +153,7 @@ impl<C: FlowExecutions> Engine<C> {
     /// A poll answered: the observation takes the one path, and the next poll is planned.
     fn polled(&mut self, key: ExecutionKey, observation: Observation, elapsed: Duration) {
         let previous = self
-            .executions
+            .watch
             .get_mut(&key)
             .and_then(|s| s.last_outcome.replace(Outcome::Success));
         let recovered = previous.is_some_and(|p| p != Outcome::Success);
@@ -157,35 +169,31 @@ impl<C: FlowExecutions> Engine<C> {
         if !self.observe(&key, observation, via, wall) {
             return;
         }
-        let now = Instant::now();
-        let Some(state) = self.executions.get_mut(&key) else {
-            return;
-        };
-        state.attempts += 1;
-        self.plan_next_poll(&key, now, wall);
+        if let Some(state) = self.watch.get_mut(&key) {
+            state.attempts += 1;
+        }
+        self.plan_next_poll(&key, Instant::now(), wall);
     }
 
-    /// Schedules a running execution's next poll by [`poll_delay`]; nothing for one that is done.
+    /// Schedules a running execution's next poll as [`policy::after_success`] decides; nothing
+    /// for one that is done.
     pub(super) fn plan_next_poll(&mut self, key: &ExecutionKey, now: Instant, wall: SystemTime) {
-        let Some(state) = self.executions.get_mut(key).filter(|s| !s.is_done()) else {
+        let reconcile = self.push.as_ref().and_then(|p| p.reconcile_every());
+        let Some(state) = self.watch.get_mut(key).filter(|s| !s.is_done()) else {
             return;
         };
-        let reconcile = self.push.as_ref().and_then(|p| p.reconcile_every());
-        let delay = match reconcile {
-            // Push reports changes: a poll only reconciles, never sooner than the interval.
-            Some(every) if state.status == crate::model::Status::InProgress => {
-                every + every.mul_f64(0.1 * self.rng.f64())
-            }
-            _ => poll_delay(
-                state,
-                &mut self.forecast,
-                &self.polling,
-                &mut self.rng,
-                now,
-                wall,
-            ),
+        let running = state.status == Status::InProgress;
+        let plan = if self.polling.adaptive && running && reconcile.is_none() {
+            let age = state.age(now, wall);
+            age.map(|age| self.health.forecast_mut().plan(key, age))
+        } else {
+            None
         };
-        self.schedule(key, now + delay);
+        let bounds = (self.polling.initial_interval, self.polling.max_interval);
+        let decision = policy::after_success(state.status, reconcile, plan, bounds);
+        if let Some(delay) = self.schedule.delay(decision, &mut state.backoff) {
+            self.schedule(Job::Get(key.clone()), now + delay);
+        }
     }
 
     /// A poll failed: the error table decides, and the decision is applied.
@@ -195,16 +203,8 @@ impl<C: FlowExecutions> Engine<C> {
             self.observe(&key, pushed, ObservedVia::Push, SystemTime::now());
         }
         let now = Instant::now();
-        let (previous, not_found) = match self.executions.get_mut(&key) {
-            Some(state) => {
-                if matches!(error, ApiError::NotFound { .. }) {
-                    state.not_found_since.get_or_insert(now);
-                } else {
-                    state.not_found_since = None;
-                }
-                let previous = state.last_outcome.replace(error.outcome());
-                (previous, not_found_for(state, now).unwrap_or_default())
-            }
+        let (previous, not_found) = match self.watch.get_mut(&key) {
+            Some(state) => state.failed_with(&error, now),
             None => (None, Duration::ZERO),
         };
         let p = &self.polling;
@@ -215,36 +215,29 @@ impl<C: FlowExecutions> Engine<C> {
             p.not_found_grace,
             p.max_interval,
         );
-        self.call_done(Operation::Get, &key, Err((&error, decision.log)), elapsed);
-        let Some(state) = self.executions.get_mut(&key) else {
+        let log = Err((&error, decision.log));
+        self.call_done(Operation::Get, &key, log, elapsed);
+        let Some(state) = self.watch.get_mut(&key) else {
             return;
         };
         state.attempts += u64::from(decision.attempt);
         state.last_error = Some(error.to_string());
-        let wall = SystemTime::now();
         if state.is_done() {
             // Terminal by a pushed change this poll was for: nothing more to decide.
-            return self.unschedule(&Job::Get(key));
+            return self.schedule.remove(&Job::Get(key));
         }
+        let wall = SystemTime::now();
         if let Some(to) = decision.to {
             let t = state.transition_to(to, ObservedVia::Poll, wall);
             self.staged.push(Change::Transition(t));
         }
         if let Some(message) = decision.reject {
-            state.rejected = Some(message.clone());
-            state.next_poll = None;
-            self.staged.push(Change::Rejection {
-                key: key.clone(),
-                status: state.status,
-                observation: state.observation.as_deref().cloned(),
-                message,
-                labels: state.entry.labels.clone(),
-                at: wall,
-            });
+            self.staged.push(state.reject(message, wall));
         }
-        match resolve(decision.next, &mut state.backoff, &mut self.rng) {
-            Some(delay) if !state.is_done() => self.schedule(&key, now + delay),
-            _ => self.unschedule(&Job::Get(key)),
+        let done = state.is_done();
+        match self.schedule.delay(decision.next, &mut state.backoff) {
+            Some(delay) if !done => self.schedule(Job::Get(key), now + delay),
+            _ => self.schedule.remove(&Job::Get(key)),
         }
     }
 
@@ -258,10 +251,10 @@ impl<C: FlowExecutions> Engine<C> {
         via: ObservedVia,
         wall: SystemTime,
     ) -> bool {
-        let Some(state) = self.executions.get_mut(key) else {
+        let Some(state) = self.watch.get_mut(key) else {
             return false;
         };
-        let dropped = observation.drop_unbelievable_times(crate::model::unix_seconds(wall));
+        let dropped = observation.drop_unbelievable_times(unix_seconds(wall));
         state.log_unbelievable(&dropped, via.as_str());
         let verdict = policy::judge(state.status, &observation.status);
         if verdict == Verdict::Stale {
@@ -280,7 +273,7 @@ impl<C: FlowExecutions> Engine<C> {
                 let done = t.to.is_terminal();
                 self.staged.push(Change::Transition(t));
                 if done {
-                    self.unschedule(&Job::Get(key.clone()));
+                    self.schedule.remove(&Job::Get(key.clone()));
                 }
             }
             None if times_changed => {
@@ -297,16 +290,14 @@ impl<C: FlowExecutions> Engine<C> {
         true
     }
 
-    /// When the staged changes must be committed: [`COMMIT_WINDOW`] after the first of them.
-    pub(super) fn commit_due(&self) -> Option<Instant> {
-        self.staged.since.map(|since| since + COMMIT_WINDOW)
-    }
-
     /// Commits the staged changes in one transaction once their window is over, they are many,
     /// or `force` asks for it now; then lets the engine act on what is durable. When the store did
     /// not take them, every one of them is undone.
     pub(super) fn end_turn(&mut self, force: bool) {
-        let due = self.commit_due().is_some_and(|at| at <= Instant::now());
+        let due = self
+            .staged
+            .commit_due()
+            .is_some_and(|at| at <= Instant::now());
         let many = self.staged.changes.len() >= COMMIT_BATCH;
         if self.staged.is_empty() || !(force || due || many) {
             return;
@@ -331,19 +322,15 @@ impl<C: FlowExecutions> Engine<C> {
         }
     }
 
-    /// A terminal transition is durable: the series' lifetime starts, flow health learns of the
-    /// run, and its duration teaches the forecast (which may make spared executions of its flow
-    /// due).
+    /// A terminal transition is durable: the series' lifetime starts, and flow health learns
+    /// of the run (which may make executions the forecast spared due).
     fn committed(&mut self, t: &Transition, now: Instant) {
         if !t.to.is_terminal() {
             return;
         }
-        let key = &t.key;
-        self.drop_series_later(key, now);
-        let run = self.run_finished(t);
-        self.forecast.forget_execution(key);
-        let (ended, seconds) = run.unwrap_or((f64::NAN, f64::NAN));
-        let due = self.forecast.record(key, ended, seconds);
+        self.watch.drop_series_later(&t.key, now);
+        let expected_end = self.watch.get(&t.key).and_then(|s| s.expected_end.get());
+        let due = self.health.learn(t, expected_end, &self.publisher);
         if !due.is_empty() {
             self.reschedule_spared(due, now);
         }
@@ -352,36 +339,13 @@ impl<C: FlowExecutions> Engine<C> {
     /// The store did not take a change: the execution goes back to what the store holds, and is
     /// polled again soon, so the next answer detects the change again.
     fn undo(&mut self, change: Change, now: Instant) {
-        let key = match change {
-            Change::Transition(t) => {
-                if let Some(state) = self.executions.get_mut(&t.key) {
-                    state.revert(&t);
-                }
-                t.key
-            }
-            Change::Rejection { key, .. } => {
-                if let Some(state) = self.executions.get_mut(&key) {
-                    state.rejected = None;
-                }
-                key
-            }
-            Change::Overdue(o) => {
-                // Not overdue as far as the store knows: the next sweep stages it again.
-                if let Some(state) = self.executions.get_mut(&o.key) {
-                    state.overdue = false;
-                }
-                o.key
-            }
-            Change::Observed { key, .. } => {
-                // Forgotten, so the next answer's times differ and are staged again.
-                if let Some(state) = self.executions.get_mut(&key) {
-                    state.observation = None;
-                }
-                key
-            }
+        let key = change.key().clone();
+        let Some(state) = self.watch.get_mut(&key) else {
+            return;
         };
-        if self.executions.get(&key).is_some_and(|s| !s.is_done()) {
-            self.schedule(&key, now + self.polling.initial_interval);
+        state.undo(change);
+        if !state.is_done() {
+            self.schedule(Job::Get(key), now + self.polling.initial_interval);
         }
     }
 
@@ -393,120 +357,195 @@ impl<C: FlowExecutions> Engine<C> {
             "a flow's durations are known: spared executions rescheduled"
         );
         for key in spared {
-            let Some(state) = self.executions.get_mut(&key) else {
+            let job = Job::Get(key.clone());
+            let Some(state) = self.watch.get(&key) else {
                 continue;
             };
-            if state.is_done() || state.slot.is_none() {
+            if state.is_done() || !self.schedule.is_queued(&job) {
                 continue;
             }
             // Never observed: its first poll is now.
             if state.observation.is_none() {
-                self.schedule(&key, now);
+                self.schedule(job, now);
             } else {
                 self.plan_next_poll(&key, now, wall);
             }
         }
     }
-}
 
-/// A [`Delay`] as a duration on `backoff`'s ladder; `None` for [`Delay::Never`].
-pub(super) fn resolve(
-    delay: Delay,
-    backoff: &mut Backoff,
-    rng: &mut fastrand::Rng,
-) -> Option<Duration> {
-    match delay {
-        Delay::Climb => Some(backoff.next_delay(rng)),
-        Delay::Hold { at_least } => Some(backoff.jittered(rng).max(at_least)),
-        Delay::Fixed(d) => Some(d),
-        Delay::Never => None,
+    /// One page of a flow's discovery round.
+    fn listed(&mut self, flow_key: FlowKey, page: ListPage, elapsed: Duration) {
+        let previous = self
+            .watch
+            .flow_mut(&flow_key)
+            .and_then(|f| f.last_outcome.replace(Outcome::Success));
+        let recovered = previous.is_some_and(|p| p != Outcome::Success);
+        self.call_done(Operation::List, &flow_key, Ok(recovered), elapsed);
+        // The flow may have been removed by a reload while its request was in flight.
+        let Some(flow) = self.watch.flow_mut(&flow_key) else {
+            return;
+        };
+        if flow.answered(&page.invalid) {
+            self.publisher.flow_found(&flow_key);
+        }
+        let wall = SystemTime::now();
+        let window_start = flow.window_start(wall);
+        let listed: Vec<Listed> = page
+            .executions
+            .iter()
+            .map(|(key, observation)| {
+                let known = self.watch.contains(key) || self.publisher.is_known(key);
+                classify_listed(known, observation, window_start)
+            })
+            .collect();
+        let found = self.take_listed(&flow_key, &page, &listed, wall);
+        self.after_page(flow_key, page, &listed, found, (window_start, wall));
     }
-}
 
-/// The delay until a successfully polled execution's next poll: around the time runs of its flow
-/// end when the forecast knows (running executions with a start time, `polling.adaptive`), else
-/// the next step of its backoff ladder. Always within `[initial_interval, max_interval]`.
-fn poll_delay(
-    state: &mut ExecutionState,
-    forecast: &mut Forecast,
-    polling: &PollingSettings,
-    rng: &mut fastrand::Rng,
-    now: Instant,
-    wall: SystemTime,
-) -> Duration {
-    if polling.adaptive
-        && state.status == crate::model::Status::InProgress
-        && let Some(age) = state.age(now, wall)
-    {
-        match forecast.plan(&state.entry.key, age) {
-            Plan::In(wait) => {
-                // Clamped as seconds first: absurd API times must not overflow a Duration.
-                let (low, high) = (
-                    polling.initial_interval.as_secs_f64(),
-                    polling.max_interval.as_secs_f64(),
-                );
-                let wait = if wait.is_nan() { high } else { wait };
-                return Duration::from_secs_f64(wait.clamp(low, high));
+    /// Every execution a page shows takes the observation path; new ones join first, and known
+    /// ones that left the watch set while still running come back. Returns how many joined.
+    fn take_listed(
+        &mut self,
+        flow_key: &FlowKey,
+        page: &ListPage,
+        listed: &[Listed],
+        wall: SystemTime,
+    ) -> u64 {
+        let Some(labels) = self.watch.flow(flow_key).map(|f| f.entry.labels.clone()) else {
+            return 0;
+        };
+        let mut found = 0;
+        for ((key, observation), how) in page.executions.iter().zip(listed) {
+            let entry = || WatchEntry {
+                key: key.clone(),
+                labels: labels.clone(),
+            };
+            if self.watch.contains(key) {
+                // Watched already (or the same id twice in one page): one more observation.
+                self.observe(key, observation.clone(), ObservedVia::List, wall);
+            } else if *how == Listed::New {
+                found += u64::from(self.add_discovered(entry(), observation.clone(), wall));
+            } else if *how == Listed::Known {
+                self.adopt(entry(), observation);
             }
-            Plan::Spare => return polling.max_interval,
-            Plan::Dense => return polling.initial_interval,
-            Plan::Ladder => {}
         }
+        found
     }
-    state.backoff.next_delay(rng)
-}
 
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
+    /// Where the round goes after a page: the next page now, or the next round later.
+    fn after_page(
+        &mut self,
+        flow_key: FlowKey,
+        page: ListPage,
+        listed: &[Listed],
+        found: u64,
+        (window_start, wall): (f64, SystemTime),
+    ) {
+        let Some(flow) = self.watch.flow_mut(&flow_key) else {
+            return;
+        };
+        flow.executions_found += found;
+        let judged: Vec<(Listed, &Observation)> = listed
+            .iter()
+            .copied()
+            .zip(page.executions.iter().map(|(_, o)| o))
+            .collect();
+        let max_pages = self.discovery.max_pages_per_round;
+        let next = flow.after_page(&judged, window_start, page.next_token, max_pages);
+        let now = Instant::now();
+        let at = match next {
+            Next::Page(_) => now,
+            Next::Done { resume } => {
+                flow.round_done(wall, resume.is_some());
+                self.publisher
+                    .discovery_round_done(&flow_key, unix_seconds(wall));
+                now + self.discovery.interval
+            }
+        };
+        self.schedule(Job::List(flow_key), at);
+    }
 
-    use super::*;
-    use crate::engine::pacing::BackoffPolicy;
-    use crate::model::{ApiStatus, Status, WatchEntry};
-
-    #[test]
-    fn absurd_api_times_give_a_delay_within_the_bounds_not_a_panic() {
-        let polling = PollingSettings::default();
-        let key = ExecutionKey::new(
-            "8850c54e-e187-4fa7-89d4-6370f165174d",
-            "f",
-            "a1b2c3d4-0000-4000-8000-000000000001",
-        )
-        .expect("valid key");
-        let mut forecast = Forecast::default();
-        for (n, d) in [1e300, 2e300, 3e300].into_iter().enumerate() {
-            let run = ExecutionKey::from_checked(
-                key.instance_id.clone(),
-                key.flow_name.clone(),
-                format!("x{n}"),
-            );
-            forecast.record(&run, n as f64, d);
+    /// A failed List request: the error table decides when to ask again, and whether the flow
+    /// is missing or the round must start over.
+    fn list_failed(&mut self, flow_key: FlowKey, error: ApiError, elapsed: Duration) {
+        let slow = self.discovery.interval * NOT_FOUND_INTERVALS;
+        let (previous, had_token) = match self.watch.flow_mut(&flow_key) {
+            Some(flow) => (
+                flow.last_outcome.replace(error.outcome()),
+                flow.round.as_ref().is_some_and(|r| r.token.is_some()),
+            ),
+            None => (None, false),
+        };
+        let decision =
+            policy::list_failed(&error, previous, had_token, slow, self.polling.max_interval);
+        let log = Err((&error, decision.log));
+        self.call_done(Operation::List, &flow_key, log, elapsed);
+        // The flow may have been removed by a reload while its request was in flight.
+        let Some(flow) = self.watch.flow_mut(&flow_key) else {
+            return;
+        };
+        if flow.failed_with(&error, &decision) {
+            self.publisher.flow_missing(&flow_key);
         }
-        let mut state = ExecutionState::new(
-            WatchEntry {
-                key,
-                labels: BTreeMap::new(),
-            },
-            BackoffPolicy::from_settings(&polling).start(),
-        );
-        state.status = Status::InProgress;
-        state.observation = Some(Box::new(Observation {
-            status: ApiStatus::InProgress,
-            source_info: None,
-            message: None,
-            start_time: Some(-1e300),
-            end_time: None,
-            diagnostic_reports_root_s3_uri: None,
-        }));
-        let mut rng = fastrand::Rng::with_seed(1);
-        let delay = poll_delay(
-            &mut state,
-            &mut forecast,
-            &polling,
-            &mut rng,
-            Instant::now(),
-            SystemTime::now(),
-        );
-        assert_eq!(delay, polling.max_interval);
+        let delay = self.schedule.delay(decision.next, &mut flow.backoff);
+        self.schedule(Job::List(flow_key), Instant::now() + delay.unwrap_or(slow));
+    }
+
+    /// Adds an execution found by discovery: its listed state is its first observation (one
+    /// event from UNKNOWN), and it is polled unless that state is terminal. Returns whether it
+    /// joined.
+    fn add_discovered(
+        &mut self,
+        entry: WatchEntry,
+        observation: Observation,
+        wall: SystemTime,
+    ) -> bool {
+        let key = entry.key.clone();
+        if !self.join_discovered(entry, observation.start_time, wall) {
+            return false;
+        }
+        self.observe(&key, observation, ObservedVia::List, wall);
+        if let Some(state) = self.watch.get(&key) {
+            tracing::info!(execution = %key, status = %state.status, via = "list", "discovered a new execution");
+        }
+        self.plan_next_poll(&key, Instant::now(), wall);
+        true
+    }
+
+    /// Puts a new execution of a watched flow in the watch set, as UNKNOWN and not yet
+    /// scheduled, once the store has recorded it; false when the store did not take it.
+    pub(super) fn join_discovered(
+        &mut self,
+        entry: WatchEntry,
+        start_time: Option<f64>,
+        wall: SystemTime,
+    ) -> bool {
+        let key = entry.key.clone();
+        let now = unix_seconds(wall);
+        let start_time = start_time.filter(|t| crate::model::believable(*t, now));
+        if !self.publisher.record_discovered(&key, wall, start_time) {
+            return false;
+        }
+        let mut state = ExecutionState::new(entry, self.schedule.ladder());
+        state.found_by_discovery = true;
+        self.publisher.execution_discovered(&key, state.status);
+        self.health.export_freshness_of(&key, &self.publisher);
+        self.watch.insert(state);
+        true
+    }
+
+    /// Takes back into the watch set a known execution that left it while it still runs (an
+    /// explicit entry removed while its flow stays watched), without announcing it again.
+    pub(super) fn adopt(&mut self, entry: WatchEntry, observation: &Observation) {
+        if observation.status != ApiStatus::InProgress {
+            return;
+        }
+        let still_running = self
+            .publisher
+            .restored(&entry.key)
+            .is_none_or(|r| !r.status.is_terminal() && r.rejected.is_none());
+        if still_running {
+            self.restore_execution(entry, true, Instant::now());
+        }
     }
 }

@@ -7,10 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use crate::api::FlowExecutions;
-use crate::engine::Engine;
-use crate::engine::flow_health::expectation_of;
-use crate::engine::state::{ExecutionState, executions_by_status};
+use crate::engine::flow_health::FlowHealth;
+use crate::engine::state::ExecutionState;
+use crate::engine::watch_set::WatchSet;
 use crate::model::{FlowKey, SourceInfo, Status, unix_seconds};
 
 /// Flows on one page.
@@ -91,130 +90,131 @@ struct Gathered<'a> {
     overdue: usize,
 }
 
-impl<C: FlowExecutions> Engine<C> {
-    /// The status page's content, from the flow at `offset` (in the page's order).
-    pub(super) fn overview(&self, offset: usize) -> Overview {
-        let wall = SystemTime::now();
-        let now = unix_seconds(wall);
-        let mut gathered: BTreeMap<FlowKey, Gathered<'_>> = self
-            .flows
-            .keys()
-            .map(|k| (k.clone(), Gathered::default()))
-            .collect();
-        let mut current: Option<(FlowKey, Gathered<'_>)> = None;
-        // Executions come in key order, so one flow's are together: one FlowKey per flow.
-        for state in self.executions.values() {
-            let key = &state.entry.key;
-            let same = current.as_ref().is_some_and(|(f, _)| {
-                *f.instance_id == *key.instance_id && *f.flow_name == *key.flow_name
-            });
-            if !same {
-                if let Some((flow, g)) = current.take() {
-                    gathered.insert(flow, g);
-                }
-                let flow = FlowKey::of(key);
-                let g = gathered.remove(&flow).unwrap_or_default();
-                current = Some((flow, g));
-            }
-            if let Some((_, g)) = current.as_mut() {
-                g.add(state);
-            }
-        }
-        if let Some((flow, g)) = current {
-            gathered.insert(flow, g);
-        }
-        let mut flows: Vec<FlowOverview> = gathered
+/// The status page's content, from the flow at `offset` (in the page's order).
+pub fn overview(watch: &WatchSet, health: &FlowHealth, offset: usize) -> Overview {
+    let now = unix_seconds(SystemTime::now());
+    let mut flows: Vec<FlowOverview> = gather(watch)
+        .into_iter()
+        .map(|(key, g)| flow_overview(watch, health, key, g, now))
+        .collect();
+    flows.sort_by(|a, b| {
+        (b.overdue > 0, b.without_recent_success, &a.key).cmp(&(
+            a.overdue > 0,
+            a.without_recent_success,
+            &b.key,
+        ))
+    });
+    let flows_total = flows.len();
+    let offset = offset.min(flows_total.saturating_sub(1));
+    let settings = health.settings();
+    Overview {
+        now,
+        watched: watch.len(),
+        by_status: watch.by_status().into_iter().collect(),
+        overdue: flows.iter().map(|f| f.overdue).sum(),
+        without_recent_success: flows.iter().filter(|f| f.without_recent_success).count(),
+        flows_total,
+        offset,
+        flows: flows
             .into_iter()
-            .map(|(key, g)| self.flow_overview(key, g, now))
-            .collect();
-        flows.sort_by(|a, b| {
-            (b.overdue > 0, b.without_recent_success, &a.key).cmp(&(
-                a.overdue > 0,
-                a.without_recent_success,
-                &b.key,
-            ))
+            .skip(offset)
+            .take(FLOWS_PER_PAGE)
+            .collect(),
+        overdue_factor: settings.overdue_factor,
+        overdue_min: settings.overdue_min,
+        min_history: settings.min_history,
+    }
+}
+
+/// Every watched flow and every flow with watched executions, with those executions.
+fn gather(watch: &WatchSet) -> BTreeMap<FlowKey, Gathered<'_>> {
+    let mut gathered: BTreeMap<FlowKey, Gathered<'_>> = watch
+        .flow_keys()
+        .map(|k| (k.clone(), Gathered::default()))
+        .collect();
+    let mut current: Option<(FlowKey, Gathered<'_>)> = None;
+    // Executions come in key order, so one flow's are together: one FlowKey per flow.
+    for state in watch.executions() {
+        let key = &state.entry.key;
+        let same = current.as_ref().is_some_and(|(f, _)| {
+            *f.instance_id == *key.instance_id && *f.flow_name == *key.flow_name
         });
-        let flows_total = flows.len();
-        let offset = offset.min(flows_total.saturating_sub(1));
-        Overview {
-            now,
-            watched: self.executions.len(),
-            by_status: executions_by_status(self.executions.values().map(|s| &**s))
-                .into_iter()
-                .collect(),
-            overdue: flows.iter().map(|f| f.overdue).sum(),
-            without_recent_success: flows.iter().filter(|f| f.without_recent_success).count(),
-            flows_total,
-            offset,
-            flows: flows
-                .into_iter()
-                .skip(offset)
-                .take(FLOWS_PER_PAGE)
-                .collect(),
-            overdue_factor: self.flow_health.overdue_factor,
-            overdue_min: self.flow_health.overdue_min,
-            min_history: self.flow_health.min_history,
+        if !same {
+            if let Some((flow, g)) = current.take() {
+                gathered.insert(flow, g);
+            }
+            let flow = FlowKey::of(key);
+            let g = gathered.remove(&flow).unwrap_or_default();
+            current = Some((flow, g));
+        }
+        if let Some((_, g)) = current.as_mut() {
+            g.add(state);
         }
     }
-
-    fn flow_overview(&self, key: FlowKey, mut g: Gathered<'_>, now: f64) -> FlowOverview {
-        let freshness = self
-            .freshness
-            .get(&key)
-            .map(|f| f.known)
-            .unwrap_or_default();
-        let entry = self.flows.get(&key).map(|f| &f.entry);
-        let within = entry.and_then(|e| e.expect_success_within);
-        let without_recent_success = within.is_some_and(|w| {
-            freshness
-                .success_or_watched()
-                .is_none_or(|t| now - t > w.as_secs_f64())
-        });
-        let (running_total, finished_total) = (g.running.len(), g.finished.len());
-        let started = |s: &ExecutionState| start_of(s).unwrap_or(f64::INFINITY);
-        g.running.sort_by(|a, b| {
-            b.overdue
-                .cmp(&a.overdue)
-                .then(started(a).total_cmp(&started(b)))
-        });
-        g.running.truncate(RUNNING_SHOWN);
-        let ended = |s: &ExecutionState| end_of(s).unwrap_or(f64::NEG_INFINITY);
-        g.finished.sort_by(|a, b| ended(b).total_cmp(&ended(a)));
-        g.finished.truncate(FINISHED_SHOWN);
-        FlowOverview {
-            median: self.forecast.median(
-                &key.instance_id,
-                &key.flow_name,
-                self.flow_health.min_history,
-            ),
-            samples: self.forecast.samples(&key.instance_id, &key.flow_name),
-            discovered: entry.is_some(),
-            key,
-            last_success: freshness.last_success,
-            last_failure: freshness.last_failure,
-            expect_success_within: within,
-            without_recent_success,
-            running: g.running.iter().map(|s| self.running(s)).collect(),
-            running_total,
-            overdue: g.overdue,
-            finished: g.finished.iter().map(|s| finished(s)).collect(),
-            finished_total,
-        }
+    if let Some((flow, g)) = current {
+        gathered.insert(flow, g);
     }
+    gathered
+}
 
-    fn running(&self, s: &ExecutionState) -> Running {
-        let start = start_of(s);
-        let expected_end = start
-            .and_then(|t| expectation_of(&self.forecast, &s.entry.key, t, &self.flow_health))
-            .map(|e| e.expected_end);
-        Running {
-            execution_id: s.entry.key.execution_id.to_string(),
-            status: s.status,
-            start,
-            expected_end,
-            overdue: s.overdue,
-            labels: s.entry.labels.clone(),
-        }
+fn flow_overview(
+    watch: &WatchSet,
+    health: &FlowHealth,
+    key: FlowKey,
+    mut g: Gathered<'_>,
+    now: f64,
+) -> FlowOverview {
+    let freshness = health.freshness(&key);
+    let entry = watch.flow(&key).map(|f| &f.entry);
+    let within = entry.and_then(|e| e.expect_success_within);
+    let without_recent_success = within.is_some_and(|w| {
+        freshness
+            .success_or_watched()
+            .is_none_or(|t| now - t > w.as_secs_f64())
+    });
+    let (running_total, finished_total) = (g.running.len(), g.finished.len());
+    let started = |s: &ExecutionState| start_of(s).unwrap_or(f64::INFINITY);
+    g.running.sort_by(|a, b| {
+        b.overdue
+            .cmp(&a.overdue)
+            .then(started(a).total_cmp(&started(b)))
+    });
+    g.running.truncate(RUNNING_SHOWN);
+    let ended = |s: &ExecutionState| end_of(s).unwrap_or(f64::NEG_INFINITY);
+    g.finished.sort_by(|a, b| ended(b).total_cmp(&ended(a)));
+    g.finished.truncate(FINISHED_SHOWN);
+    let min_history = health.settings().min_history;
+    FlowOverview {
+        median: health
+            .forecast()
+            .median(&key.instance_id, &key.flow_name, min_history),
+        samples: health.forecast().samples(&key.instance_id, &key.flow_name),
+        discovered: entry.is_some(),
+        key,
+        last_success: freshness.last_success,
+        last_failure: freshness.last_failure,
+        expect_success_within: within,
+        without_recent_success,
+        running: g.running.iter().map(|s| running(health, s)).collect(),
+        running_total,
+        overdue: g.overdue,
+        finished: g.finished.iter().map(|s| finished(s)).collect(),
+        finished_total,
+    }
+}
+
+fn running(health: &FlowHealth, s: &ExecutionState) -> Running {
+    let start = start_of(s);
+    let expected_end = start
+        .and_then(|t| health.expectation_of(&s.entry.key, t))
+        .map(|e| e.expected_end);
+    Running {
+        execution_id: s.entry.key.execution_id.to_string(),
+        status: s.status,
+        start,
+        expected_end,
+        overdue: s.overdue,
+        labels: s.entry.labels.clone(),
     }
 }
 

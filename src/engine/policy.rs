@@ -11,6 +11,7 @@ use std::time::Duration;
 use tracing::Level;
 
 use crate::api::ApiError;
+use crate::engine::forecast::Plan;
 use crate::model::{ApiStatus, Outcome, PushOutcome, Status};
 
 /// What a failed call calls for: one row per line of the error table.
@@ -120,8 +121,43 @@ pub enum Delay {
     Hold { at_least: Duration },
     /// Exactly this long.
     Fixed(Duration),
+    /// This long plus up to a tenth more at random, so many executions spread out.
+    Spread(Duration),
     /// Not again.
     Never,
+}
+
+/// When a running execution that just answered is asked again: every `reconcile` interval (a
+/// tenth spread) while push reports its changes; else around when runs of its flow end, as the
+/// forecast's `plan` says (adaptive polling, an execution whose age is known); else the next step
+/// of its ladder. A forecast wait is clamped to `[initial, max]`, absurd or NaN ones included.
+pub fn after_success(
+    status: Status,
+    reconcile: Option<Duration>,
+    plan: Option<Plan>,
+    (initial, max): (Duration, Duration),
+) -> Delay {
+    if status != Status::InProgress {
+        return Delay::Climb;
+    }
+    if let Some(base) = reconcile {
+        return Delay::Spread(base);
+    }
+    match plan {
+        Some(Plan::In(wait)) => {
+            // Clamped as seconds first: absurd API times must not overflow a Duration.
+            let wait = if wait.is_nan() {
+                max.as_secs_f64()
+            } else {
+                wait
+            };
+            let seconds = wait.clamp(initial.as_secs_f64(), max.as_secs_f64());
+            Delay::Fixed(Duration::from_secs_f64(seconds))
+        }
+        Some(Plan::Spare) => Delay::Fixed(max),
+        Some(Plan::Dense) => Delay::Fixed(initial),
+        Some(Plan::Ladder) | None => Delay::Climb,
+    }
 }
 
 /// How loudly a failed call is logged. The first failure of a kind is logged at warn (error for
@@ -557,5 +593,68 @@ mod tests {
         assert_eq!(judged(Status::Failed, ApiStatus::Succeeded, false), Stale);
         let unknown = ApiStatus::Unrecognised("PAUSED".into());
         assert_eq!(judged(Status::InProgress, unknown, false), Duplicate);
+    }
+
+    #[test]
+    fn after_a_success_push_reconciles_the_forecast_plans_and_the_ladder_is_the_rest() {
+        let bounds = (Duration::from_secs(5), Duration::from_secs(120));
+        let running = Status::InProgress;
+        let every = Some(Duration::from_secs(300));
+        let spread = Delay::Spread(Duration::from_secs(300));
+        assert_eq!(
+            after_success(running, every, Some(Plan::Dense), bounds),
+            spread
+        );
+        assert_eq!(after_success(running, None, None, bounds), Delay::Climb);
+        assert_eq!(
+            after_success(running, None, Some(Plan::Ladder), bounds),
+            Delay::Climb
+        );
+        let fixed = |s: u64| Delay::Fixed(Duration::from_secs(s));
+        assert_eq!(
+            after_success(running, None, Some(Plan::Spare), bounds),
+            fixed(120)
+        );
+        assert_eq!(
+            after_success(running, None, Some(Plan::Dense), bounds),
+            fixed(5)
+        );
+        assert_eq!(
+            after_success(running, None, Some(Plan::In(42.0)), bounds),
+            fixed(42)
+        );
+        for absurd in [1e300, -1e300, f64::NAN, f64::INFINITY] {
+            let delay = after_success(running, None, Some(Plan::In(absurd)), bounds);
+            assert!(
+                matches!(delay, Delay::Fixed(d) if d >= bounds.0 && d <= bounds.1),
+                "{absurd}: {delay:?}"
+            );
+        }
+        assert_eq!(
+            after_success(Status::Unknown, every, Some(Plan::Dense), bounds),
+            Delay::Climb,
+            "an execution not seen running climbs its ladder"
+        );
+    }
+
+    #[test]
+    fn absurd_api_times_give_a_delay_within_the_bounds_not_a_panic() {
+        use crate::engine::forecast::Forecast;
+        use crate::model::ExecutionKey;
+        let key = |n: usize| ExecutionKey::from_checked("i", "f", format!("x{n}"));
+        let mut forecast = Forecast::default();
+        for (n, d) in [1e300, 2e300, 3e300].into_iter().enumerate() {
+            forecast.record(&key(n), n as f64, d);
+        }
+        let bounds = (Duration::from_secs(5), Duration::from_secs(120));
+        for age in [1e300, f64::MAX, 0.0] {
+            let plan = forecast.plan(&key(9), age);
+            let delay = after_success(Status::InProgress, None, Some(plan), bounds);
+            let within = match delay {
+                Delay::Fixed(d) => d >= bounds.0 && d <= bounds.1,
+                other => other == Delay::Climb,
+            };
+            assert!(within, "age {age}: {plan:?} gave {delay:?}");
+        }
     }
 }

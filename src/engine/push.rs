@@ -17,12 +17,11 @@ use crate::api::event::{self, PushedEvent};
 use crate::api::sqs::Received;
 use crate::engine::Engine;
 use crate::engine::policy::{self, Verdict};
+use crate::engine::pool::Job;
 use crate::engine::receiver::{PushChannels, PushNews};
 use crate::engine::seen::Seen;
 use crate::input::push::PushSettings;
-use crate::model::{
-    ExecutionKey, FlowKey, Observation, ObservedVia, PushOutcome, Status, WatchEntry,
-};
+use crate::model::{ExecutionKey, FlowKey, Observation, ObservedVia, PushOutcome, WatchEntry};
 use crate::output::internal_events::{PushMalformed, PushMessage, PushRefused};
 
 /// What is remembered as logged of refused messages (malformed message ids, executions whose
@@ -121,13 +120,11 @@ impl<C: FlowExecutions> Engine<C> {
             return;
         }
         let (now, wall) = (Instant::now(), SystemTime::now());
-        let running: Vec<ExecutionKey> = self
-            .executions
-            .iter()
-            .filter(|(_, s)| s.status == Status::InProgress && s.slot.is_some())
-            .map(|(k, _)| k.clone())
-            .collect();
+        let running = self.watch.in_progress();
         for key in running {
+            if !self.schedule.is_queued(&Job::Get(key.clone())) {
+                continue;
+            }
             self.plan_next_poll(&key, now, wall);
         }
     }
@@ -183,7 +180,7 @@ impl<C: FlowExecutions> Engine<C> {
     fn apply_pushed(&mut self, event: PushedEvent, receipt: String) -> Option<PushOutcome> {
         let wall = SystemTime::now();
         let key = event.key.clone();
-        let joined = !self.executions.contains_key(&key);
+        let joined = !self.watch.contains(&key);
         if joined && !self.join_pushed(&event, wall) {
             let outcome = self.outside_watch_set(&event);
             if outcome.is_some() {
@@ -191,7 +188,7 @@ impl<C: FlowExecutions> Engine<C> {
             }
             return outcome;
         }
-        let state = self.executions.get_mut(&key)?;
+        let state = self.watch.get_mut(&key)?;
         let verdict = policy::judge(state.status, &event.observation.status);
         let outcome = policy::push_outcome(verdict, state.lacks_times_of(&event.observation));
         if outcome != PushOutcome::Applied {
@@ -205,7 +202,8 @@ impl<C: FlowExecutions> Engine<C> {
         }
         let fetch = self.push.as_ref().is_some_and(|p| p.settings.fetch_details);
         let terminal = matches!(verdict, Verdict::Transition(to) if to.is_terminal());
-        if fetch && terminal && state.slot.is_some() {
+        let queued = self.schedule.is_queued(&Job::Get(key.clone()));
+        if fetch && terminal && queued {
             let held = state.held_push.get_or_insert_with(|| {
                 Box::new(HeldPush {
                     observation: event.observation.clone(),
@@ -214,7 +212,7 @@ impl<C: FlowExecutions> Engine<C> {
                 })
             });
             held.receipts.push(receipt);
-            self.schedule(&key, Instant::now());
+            self.schedule(Job::Get(key), Instant::now());
             return None;
         }
         self.observe(&key, event.observation, ObservedVia::Push, wall);
@@ -231,8 +229,8 @@ impl<C: FlowExecutions> Engine<C> {
     fn join_pushed(&mut self, event: &PushedEvent, wall: SystemTime) -> bool {
         let key = &event.key;
         let Some(labels) = self
-            .flows
-            .get(&FlowKey::of(key))
+            .watch
+            .flow(&FlowKey::of(key))
             .map(|f| f.entry.labels.clone())
         else {
             return false;
@@ -243,14 +241,14 @@ impl<C: FlowExecutions> Engine<C> {
         };
         if self.publisher.is_known(key) {
             self.adopt(entry, &event.observation);
-            return self.executions.contains_key(key);
+            return self.watch.contains(key);
         }
         if !self.join_discovered(entry, event.observation.start_time, wall) {
             return false;
         }
         tracing::info!(execution = %key, status = event.observation.status.as_str(), via = "push",
             "discovered a new execution");
-        self.schedule(key, Instant::now());
+        self.schedule(Job::Get(key.clone()), Instant::now());
         true
     }
 
@@ -259,7 +257,7 @@ impl<C: FlowExecutions> Engine<C> {
     /// finished run that has left the watch set); `None` when the store did not take a new one
     /// (the message is left, to come back).
     fn outside_watch_set(&mut self, event: &PushedEvent) -> Option<PushOutcome> {
-        if !self.flows.contains_key(&FlowKey::of(&event.key)) {
+        if self.watch.flow(&FlowKey::of(&event.key)).is_none() {
             return Some(PushOutcome::Unwatched);
         }
         let known = self.publisher.restored(&event.key)?;
@@ -280,7 +278,7 @@ impl<C: FlowExecutions> Engine<C> {
         key: &ExecutionKey,
         fetched: Option<&Observation>,
     ) -> Option<Observation> {
-        let state = self.executions.get_mut(key)?;
+        let state = self.watch.get_mut(key)?;
         let held = state.held_push.take()?;
         // Settled meanwhile (a poll already on its way saw the end): a repeat, not news.
         let applied = if state.status.is_terminal() {

@@ -8,13 +8,14 @@ use std::time::{Duration, SystemTime};
 use crate::engine::views::ExecutionView;
 use tokio::time::Instant;
 
+use crate::api::ApiError;
 use crate::engine::pacing::Backoff;
 use crate::engine::policy::Verdict;
 use crate::engine::push::HeldPush;
-use crate::engine::queue::Slot;
 use crate::model::{
     ApiStatus, Observation, ObservedVia, Outcome, Seconds, Status, Transition, WatchEntry,
 };
+use crate::output::publisher::Change;
 use crate::output::store::Restored;
 
 /// Everything known of one execution.
@@ -41,8 +42,6 @@ pub struct ExecutionState {
     /// When the execution's age (seconds since the API's start time) was first taken, and that
     /// age: later ages count on from it on the monotonic clock.
     pub age_anchor: Option<(Instant, f64)>,
-    /// Its place in the engine's queue, while it is queued.
-    pub slot: Option<Slot>,
     /// Start plus its flow's median duration, while it runs and the flow has enough history.
     pub expected_end: Seconds,
     /// Its overdue event is staged or committed.
@@ -71,7 +70,6 @@ impl ExecutionState {
             backoff,
             found_by_discovery: false,
             age_anchor: None,
-            slot: None,
             expected_end: Seconds::default(),
             overdue: false,
             held_push: None,
@@ -187,9 +185,46 @@ impl ExecutionState {
             "ignoring times before 2000 or more than a day ahead of this clock: the status is applied without them (logged once per execution)");
     }
 
-    /// Undoes a transition the store could not take; the next poll detects it again.
-    pub fn revert(&mut self, t: &Transition) {
-        self.status = t.from;
+    /// A poll failed with `error` at `now`: returns the outcome of the call before, and how long
+    /// the API has said ResourceNotFound without a break.
+    pub fn failed_with(&mut self, error: &ApiError, now: Instant) -> (Option<Outcome>, Duration) {
+        if matches!(error, ApiError::NotFound { .. }) {
+            self.not_found_since.get_or_insert(now);
+        } else {
+            self.not_found_since = None;
+        }
+        let previous = self.last_outcome.replace(error.outcome());
+        let not_found = self
+            .not_found_since
+            .map(|t| now.saturating_duration_since(t));
+        (previous, not_found.unwrap_or_default())
+    }
+
+    /// The API rejected the request as invalid: polling stops, and the rejection is the change.
+    pub fn reject(&mut self, message: String, at: SystemTime) -> Change {
+        self.rejected = Some(message.clone());
+        self.next_poll = None;
+        Change::Rejection {
+            key: self.entry.key.clone(),
+            status: self.status,
+            observation: self.observation.as_deref().cloned(),
+            message,
+            labels: self.entry.labels.clone(),
+            at,
+        }
+    }
+
+    /// Undoes a change the store could not take: back to what the store holds, so the next
+    /// answer detects the change again.
+    pub fn undo(&mut self, change: Change) {
+        match change {
+            Change::Transition(t) => self.status = t.from,
+            Change::Rejection { .. } => self.rejected = None,
+            // Not overdue as far as the store knows: the next sweep stages it again.
+            Change::Overdue(_) => self.overdue = false,
+            // Forgotten, so the next answer's times differ and are staged again.
+            Change::Observed { .. } => self.observation = None,
+        }
     }
 
     /// A copy of what `/status` shows of this execution; `retained` says whether its series
@@ -213,13 +248,6 @@ impl ExecutionState {
             overdue: self.overdue,
         }
     }
-}
-
-/// How long an execution has been in NOT_FOUND limbo, if at all.
-pub fn not_found_for(state: &ExecutionState, now: Instant) -> Option<Duration> {
-    state
-        .not_found_since
-        .map(|t| now.saturating_duration_since(t))
 }
 
 /// How many watched executions have each status (every status listed, zero or not), for

@@ -46,6 +46,17 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The execution it changes.
+    pub fn key(&self) -> &ExecutionKey {
+        match self {
+            Change::Transition(t) => &t.key,
+            Change::Overdue(o) => &o.key,
+            Change::Rejection { key, .. } | Change::Observed { key, .. } => key,
+        }
+    }
+}
+
 /// An event in the outbox, as the line the sinks write.
 struct Written {
     seq: i64,

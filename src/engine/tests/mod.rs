@@ -7,7 +7,7 @@
 //! [`Scripted`]: scripted::Scripted
 
 mod rig;
-mod scripted;
+pub(super) mod scripted;
 
 mod discovery;
 mod flow_health;
