@@ -14,6 +14,7 @@ use toml_edit::Document;
 use crate::input::aws;
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location, SourceText};
 use crate::input::duration::{self, DurationError};
+use crate::input::keys;
 use crate::input::locate::Locator;
 use crate::input::push::{self, PushSettings};
 use crate::input::watchlist::toml_message;
@@ -205,61 +206,6 @@ const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 /// (the wait for one token) runs past what a clock can hold.
 const MIN_REQUEST_RATE: f64 = 0.01;
 
-/// Every key the config accepts, by table; anything else is an error.
-const KNOWN: &[(&str, &[&str])] = &[
-    (
-        "server",
-        &[
-            "listen",
-            "max_connections",
-            "enable_lifecycle",
-            "tls",
-            "basic_auth_users",
-        ],
-    ),
-    ("server.tls", &web::TLS_KEYS),
-    ("aws", &["region", "endpoint_url", "profile"]),
-    (
-        "polling",
-        &[
-            "initial_interval",
-            "max_interval",
-            "multiplier",
-            "max_requests_per_second",
-            "max_in_flight",
-            "request_timeout",
-            "not_found_grace",
-            "retain_terminal",
-            "adaptive",
-        ],
-    ),
-    ("metrics", &["per_execution"]),
-    (
-        "discovery",
-        &["interval", "page_size", "max_pages_per_round"],
-    ),
-    (
-        "flow_health",
-        &["history", "min_history", "overdue_factor", "overdue_min"],
-    ),
-    (
-        "push",
-        &[
-            "queue_url",
-            "endpoint_url",
-            "wait_time",
-            "reconcile_interval",
-            "fetch_details",
-        ],
-    ),
-    ("state", &["path"]),
-    ("events", &["stdout", "file"]),
-    ("log", &["level", "format"]),
-];
-
-/// Tables whose keys are names the operator chooses.
-const OPEN_TABLES: &[&str] = &["server.basic_auth_users"];
-
 /// A duration setting, read with the one [`duration::parse`].
 #[derive(Clone, Copy)]
 struct HumanDuration(Duration);
@@ -297,6 +243,8 @@ impl Settings {
             figment: &figment,
             locator: &locator,
             problems: Vec::new(),
+            #[cfg(test)]
+            read: Vec::new(),
         };
         let settings = reader.settings(config_path);
         match settings {
@@ -327,6 +275,9 @@ struct Reader<'a> {
     figment: &'a Figment,
     locator: &'a Locator<'a>,
     problems: Vec<Diagnostic>,
+    /// Every key read, for the test that the reader reads exactly [`keys::KEYS`].
+    #[cfg(test)]
+    read: Vec<String>,
 }
 
 impl Reader<'_> {
@@ -343,6 +294,8 @@ impl Reader<'_> {
 
     /// The key's value, `None` if it is absent; a value of the wrong type is reported.
     fn get<T: serde::de::DeserializeOwned>(&mut self, key: &str) -> Option<T> {
+        #[cfg(test)]
+        self.read.push(key.to_string());
         let value = self.figment.find_value(key).ok()?;
         match value.deserialize::<T>() {
             Ok(v) => Some(v),
@@ -362,59 +315,36 @@ impl Reader<'_> {
         self.get::<HumanDuration>(key).map_or(default, |d| d.0)
     }
 
-    /// Reports keys and tables the config does not know.
+    /// Reports keys and tables the config does not know ([`keys::KEYS`] says what it knows).
     fn unknown_keys(&mut self) {
         let Ok(root) = self.figment.extract::<figment::value::Dict>() else {
             return;
         };
-        for (name, value) in &root {
-            if name == "watchlist" {
-                continue;
-            }
-            if KNOWN.iter().any(|(table, _)| table == name) {
-                self.unknown_fields(name, value);
-                continue;
-            }
-            let known: Vec<&str> = std::iter::once("watchlist")
-                .chain(KNOWN.iter().map(|(t, _)| *t).filter(|t| !t.contains('.')))
-                .collect();
-            self.problem_at(
-                name,
-                true,
-                format!(
-                    "unknown key `{name}` (expected one of: {})",
-                    known.join(", ")
-                ),
-            );
-        }
+        self.unknown_fields_of("", &root);
     }
 
-    /// Reports the keys of table `name` the config does not know, and of its known subtables.
-    fn unknown_fields(&mut self, name: &str, value: &figment::value::Value) {
-        let Some(table) = value.as_dict() else {
-            self.problem(name, format!("`{name}` must be a table, like [{name}]"));
-            return;
-        };
-        if OPEN_TABLES.contains(&name) {
-            return;
-        }
-        let fields = KNOWN
-            .iter()
-            .find(|(t, _)| *t == name)
-            .map_or(&[][..], |(_, fields)| *fields);
-        for (field, inner) in table {
-            let path = format!("{name}.{field}");
-            if KNOWN.iter().any(|(t, _)| *t == path) || OPEN_TABLES.contains(&path.as_str()) {
-                self.unknown_fields(&path, inner);
-            } else if !fields.contains(&field.as_str()) {
-                self.problem_at(
-                    &path,
-                    true,
-                    format!(
-                        "unknown key `{path}` (expected one of: {})",
-                        fields.join(", ")
-                    ),
+    /// Reports the keys of `table` (`""`: the top level) the config does not know, and those of
+    /// its known subtables.
+    fn unknown_fields_of(&mut self, table: &str, fields: &figment::value::Dict) {
+        let known = keys::fields_of(table);
+        for (field, inner) in fields {
+            let path = if table.is_empty() {
+                field.clone()
+            } else {
+                format!("{table}.{field}")
+            };
+            if !known.contains(&field.as_str()) {
+                let message = format!(
+                    "unknown key `{path}` (expected one of: {})",
+                    known.join(", ")
                 );
+                self.problem_at(&path, true, message);
+            } else if keys::is_table(&path) {
+                match inner.as_dict() {
+                    Some(_) if keys::is_open(&path) => {}
+                    Some(inner) => self.unknown_fields_of(&path, inner),
+                    None => self.problem(&path, format!("`{path}` must be a table, like [{path}]")),
+                }
             }
         }
     }
@@ -910,4 +840,96 @@ pub fn watchlist_path_hint(config_path: &Path) -> Option<PathBuf> {
     } else {
         base.join(path)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::input::keys::{CHOSEN_NAME, KEYS};
+
+    /// Writes `text` as a config file beside an empty watchlist.
+    fn config(dir: &Path, text: &str) -> PathBuf {
+        std::fs::write(dir.join("watchlist.toml"), "").expect("watchlist");
+        let path = dir.join("flowwatch.toml");
+        std::fs::write(&path, text).expect("config");
+        path
+    }
+
+    /// Every key the reader asked for while reading `path`, whatever it found.
+    fn keys_read(path: &Path) -> BTreeSet<String> {
+        let text = std::fs::read_to_string(path).expect("config");
+        let figment = figment(path);
+        let locator = Locator::new(path, &text);
+        let mut reader = Reader {
+            figment: &figment,
+            locator: &locator,
+            problems: Vec::new(),
+            read: Vec::new(),
+        };
+        reader.settings(path);
+        reader.read.into_iter().collect()
+    }
+
+    /// The declared keys, an open table's by the table's path.
+    fn declared() -> BTreeSet<String> {
+        KEYS.iter()
+            .map(|k| {
+                let open = k.path.strip_suffix(CHOSEN_NAME);
+                open.map_or(k.path, |table| table.trim_end_matches('.'))
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_reader_reads_exactly_the_declared_keys() {
+        let dir = tempfile::tempdir().expect("dir");
+        // With [server.tls], whose keys are read only when the table is there.
+        let path = config(
+            dir.path(),
+            "watchlist = \"watchlist.toml\"\n[server.tls]\ncert_file = \"c\"\nkey_file = \"k\"\n",
+        );
+        assert_eq!(keys_read(&path), declared());
+    }
+
+    #[test]
+    fn each_declared_default_is_the_reader_s_default() {
+        let dir = tempfile::tempdir().expect("dir");
+        let minimal = config(dir.path(), "watchlist = \"watchlist.toml\"\n");
+        let defaults = Settings::load(&minimal).expect("the minimal config");
+        let mut text = String::from("watchlist = \"watchlist.toml\"\n");
+        // [server.tls] needs its files; its defaults are checked by the TLS tests.
+        for key in KEYS.iter().filter(|k| !k.path.starts_with("server.tls.")) {
+            if let Some(value) = key.default.toml() {
+                text.push_str(&format!("{} = {value}\n", key.path));
+            }
+        }
+        let spelled_out = config(dir.path(), &text);
+        let settings = Settings::load(&spelled_out).expect("every default, written out");
+        assert_eq!(settings, defaults);
+    }
+
+    #[test]
+    fn docs_configuration_md_lists_exactly_the_declared_keys_with_their_defaults() {
+        let doc = include_str!("../../docs/configuration.md");
+        let section = doc
+            .split("\n## ")
+            .find(|s| s.starts_with("The configuration file"))
+            .expect("docs/configuration.md has a section on the configuration file");
+        let mut documented = BTreeMap::new();
+        for row in section.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let default = cells.get(1).map(|c| c.trim()).unwrap_or_default();
+            for name in cells[0].trim_start_matches("| ").split(", ") {
+                documented.insert(name.trim_matches('`').to_string(), default.to_string());
+            }
+        }
+        let declared: BTreeMap<String, String> = KEYS
+            .iter()
+            .map(|k| (k.path.to_string(), k.default.shown()))
+            .collect();
+        assert_eq!(documented, declared);
+    }
 }

@@ -10,6 +10,7 @@ pub mod aws;
 pub mod config;
 pub mod diagnostic;
 pub mod duration;
+pub mod keys;
 mod locate;
 pub mod push;
 pub mod summary;

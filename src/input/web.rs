@@ -8,9 +8,6 @@ use std::path::{Path, PathBuf};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-/// The keys of `[server.tls]`.
-pub const TLS_KEYS: [&str; 4] = ["cert_file", "key_file", "client_ca_file", "min_version"];
-
 /// `[server.tls]`: serve HTTPS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {

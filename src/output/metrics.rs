@@ -808,4 +808,65 @@ mod tests {
                 .all(|w| execution(w[0]) <= execution(w[1]))
         );
     }
+
+    /// Every family the exposition can carry: each labelled family is given one series first.
+    fn exported_families() -> (Metrics, std::collections::BTreeSet<String>) {
+        let metrics = Metrics::new().expect("metrics");
+        metrics.enable_push().expect("push metrics");
+        let key = ExecutionKey::from_checked("i", "f", "e");
+        metrics.preset_flow_transitions("i", "f");
+        metrics.set_status(&key, Status::Failed);
+        let observation = Observation {
+            status: crate::model::ApiStatus::Failed,
+            source_info: None,
+            message: Some("m".into()),
+            start_time: Some(1.0),
+            end_time: Some(2.0),
+            diagnostic_reports_root_s3_uri: None,
+        };
+        metrics.set_times(&key, &observation);
+        metrics.set_expectation(&key, Some(3.0), true);
+        metrics.set_failure(&key, Some("m"));
+        metrics.flow_finished("i", "f", Status::Failed, Some(1.0));
+        metrics.flow_freshness("i", "f", Some(1.0), Some(2.0));
+        metrics.success_expected_within("i", "f", Some(60.0));
+        metrics.watch_discovered_flow("i", "f");
+        metrics.execution_discovered("i", "f");
+        metrics.discovery_round_done("i", "f", 1.0);
+        metrics.flow_missing("i", "f", true);
+        let names = metrics
+            .render()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .map(str::to_string)
+            .collect();
+        (metrics, names)
+    }
+
+    #[test]
+    fn docs_metrics_md_lists_exactly_the_metrics_flowwatch_exports() {
+        let documented: std::collections::BTreeSet<String> = include_str!("../../docs/metrics.md")
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `flowwatch_"))
+            .filter_map(|l| l.split('`').next())
+            .map(|name| format!("flowwatch_{name}"))
+            .collect();
+        let (metrics, exported) = exported_families();
+        let undocumented: Vec<&String> = exported.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "not in docs/metrics.md: {undocumented:?}"
+        );
+        // A documented family that no series showed must still be registered: registering
+        // another collector of that name is then refused.
+        for name in documented.difference(&exported) {
+            let probe = Gauge::new(name.as_str(), "probe").expect("a valid name");
+            let taken = metrics.registry.register(Box::new(probe)).is_err();
+            assert!(
+                taken,
+                "docs/metrics.md lists {name}, which flowwatch does not register"
+            );
+        }
+    }
 }
