@@ -40,8 +40,6 @@ pub use crate::api::{ApiError, FlowExecutions};
 pub use crate::engine::{ExitWhen, Finish};
 pub use crate::input::config::{DEFAULT_CONFIG_PATH, Settings};
 pub use crate::model::{ApiStatus, ExecutionKey, Observation, Outcome, Status};
-pub use crate::output::store::Store;
-pub use crate::server::http::limits;
 pub use crate::server::shutdown::{Shutdown, on_signals};
 pub use crate::telemetry::init as init_logging;
 
@@ -49,6 +47,8 @@ pub use crate::telemetry::init as init_logging;
 #[doc(hidden)]
 pub mod testing {
     pub use crate::api::{local_client, local_client_in_region};
+    pub use crate::output::store::Store;
+    pub use crate::server::http::limits;
 }
 
 use std::net::SocketAddr;
@@ -67,7 +67,7 @@ use crate::output::health::Health;
 use crate::output::metrics::Metrics;
 use crate::output::publisher::Publisher;
 use crate::output::sinks::Sinks;
-use crate::output::store;
+use crate::output::store::{self, Store};
 use crate::server::auth::BasicAuth;
 use crate::server::http::AppState;
 use crate::server::reload::{Reloader, digest};
@@ -85,17 +85,48 @@ pub enum Error {
     /// Invalid config or watchlist: exit 2.
     #[error("{0}")]
     Config(#[from] Diagnostics),
-    /// The daemon cannot run (cannot listen, cannot open the event file, no AWS region): exit 3.
+    /// The daemon cannot run (cannot listen, cannot open the event file, another flowwatch
+    /// holds the state directory): exit 3. `source` is the failure underneath, when there is one.
+    #[error("{what}{}", .source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
+    Fatal { what: String, source: Option<Cause> },
+}
+
+/// What made the daemon unable to run.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error("{}", model::io_error_text(.0))]
+    Io(#[source] std::io::Error),
     #[error("{0}")]
-    Fatal(String),
+    Metrics(#[from] prometheus::Error),
 }
 
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => 2,
-            Error::Fatal(_) => 3,
+            Error::Fatal { .. } => 3,
         }
+    }
+
+    /// A fatal error with nothing underneath but its own words.
+    fn fatal(what: impl Into<String>) -> Self {
+        Error::Fatal {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    fn fatal_because(what: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        Error::Fatal {
+            what: what.into(),
+            source: Some(cause.into()),
+        }
+    }
+}
+
+impl From<std::io::Error> for Cause {
+    fn from(e: std::io::Error) -> Self {
+        Cause::Io(e)
     }
 }
 
@@ -157,7 +188,7 @@ pub async fn run(
 ) -> Result<Finish, Error> {
     let shared = api::shared_config(&settings.aws, settings.polling.request_timeout)
         .await
-        .map_err(Error::Fatal)?;
+        .map_err(Error::fatal)?;
     check_resolved_region(&settings, shared.region().map(|r| r.as_ref()))?;
     let client = SdkFlowExecutions::from_shared(&shared, &settings.aws);
     let mut options = options;
@@ -227,7 +258,7 @@ pub async fn run_with<C: FlowExecutions>(
             "no state database, but the event file has events: starting afresh, so every transition seen now is announced again (same event ids)");
     }
     let tls = match &settings.server.tls {
-        Some(tls) => Some(Arc::new(Tls::new(tls.clone()).map_err(Error::Fatal)?)),
+        Some(tls) => Some(Arc::new(Tls::new(tls.clone()).map_err(Error::fatal)?)),
         None => None,
     };
     server::open_files::raise_and_report(server::open_files::OpenFiles::needed(
@@ -237,10 +268,10 @@ pub async fn run_with<C: FlowExecutions>(
     let (publisher, metrics, health) = open_outputs(&settings)?;
     let listener = TcpListener::bind(settings.server.listen)
         .await
-        .map_err(|e| fatal_io(&format!("cannot listen on {}", settings.server.listen), &e))?;
+        .map_err(|e| fatal_io(&format!("cannot listen on {}", settings.server.listen), e))?;
     let addr = listener
         .local_addr()
-        .map_err(|e| fatal_io("cannot read the listening address", &e))?;
+        .map_err(|e| fatal_io("cannot read the listening address", e))?;
 
     let (handle, commands) = EngineHandle::channel();
     let reloader = Reloader::new(settings.watchlist.clone(), handle.clone(), metrics.clone());
@@ -339,13 +370,13 @@ async fn with_push<C: FlowExecutions>(
         None => {
             let shared = api::shared_config(&settings.aws, settings.polling.request_timeout)
                 .await
-                .map_err(Error::Fatal)?;
+                .map_err(Error::fatal)?;
             PushQueue::from_shared(&shared, push, settings.polling.request_timeout)
         }
     };
     metrics
         .enable_push()
-        .map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?;
+        .map_err(|e| Error::fatal_because("cannot create metrics", e))?;
     let (channels, deleter) =
         engine::receiver::start(queue, metrics.clone(), health.clone(), shutdown.token());
     Ok((
@@ -398,7 +429,7 @@ fn check_files(settings: &Settings) -> Result<(), Error> {
 fn lock_state(settings: &Settings) -> Result<StateLock, Error> {
     let dir = &settings.state.path;
     StateLock::acquire(dir).map_err(|e| match e {
-        LockError::Held(message) => Error::Fatal(message),
+        LockError::Held(message) => Error::fatal(message),
         LockError::Io(e) => {
             let reason = store::why_not_writable(dir).unwrap_or_else(|| model::io_error_text(&e));
             state_problem(settings, dir.join(files::LOCK_FILE), reason)
@@ -416,7 +447,7 @@ fn state_problem(settings: &Settings, path: std::path::PathBuf, problem: String)
 fn open_outputs(settings: &Settings) -> Result<(Publisher, Arc<Metrics>, Arc<Health>), Error> {
     let metrics = Arc::new(
         Metrics::with_per_execution(settings.metrics.per_execution)
-            .map_err(|e| Error::Fatal(format!("cannot create metrics: {e}")))?,
+            .map_err(|e| Error::fatal_because("cannot create metrics", e))?,
     );
     let file = settings.events.file.as_deref();
     let mut store = Store::open(&settings.state.path)
@@ -432,7 +463,7 @@ fn open_outputs(settings: &Settings) -> Result<(Publisher, Arc<Metrics>, Arc<Hea
     )
     .map_err(|e| {
         let path = file.map(|p| p.display().to_string()).unwrap_or_default();
-        fatal_io(&format!("cannot open event file {path}"), &e)
+        fatal_io(&format!("cannot open event file {path}"), e)
     })?;
     let health = Arc::new(Health::new());
     let publisher = Publisher::new(
@@ -459,6 +490,6 @@ async fn notify_stopping(shutdown: Shutdown) {
     systemd::stopping();
 }
 
-fn fatal_io(what: &str, e: &std::io::Error) -> Error {
-    Error::Fatal(format!("{what}: {}", model::io_error_text(e)))
+fn fatal_io(what: &str, e: std::io::Error) -> Error {
+    Error::fatal_because(what, e)
 }

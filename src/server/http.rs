@@ -23,7 +23,7 @@ use crate::output::health::{Health, Readiness};
 use crate::output::metrics::Metrics;
 use crate::output::series::SeriesCursor;
 use crate::server::auth::BasicAuth;
-use crate::server::reload::Reloader;
+use crate::server::reload::{ReloadError, Reloader};
 use crate::server::shutdown::Shutdown;
 use crate::server::tls::Tls;
 
@@ -499,16 +499,20 @@ async fn reload(State(state): State<AppState>) -> Response {
             .into_response();
     }
     match state.reload.reload().await {
-        Ok(summary) => (
-            StatusCode::OK,
-            axum::Json(json!({"result": "success", "summary": summary})),
-        )
-            .into_response(),
-        Err(error) => (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({"result": "failure", "error": error})),
-        )
-            .into_response(),
+        Ok(s) => {
+            let summary = format!("{} added, {} removed, {} kept", s.added, s.removed, s.kept);
+            let body = json!({"result": "success", "summary": summary});
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        Err(error) => {
+            // The watchlist's own problems are the client's to fix; the rest is this server's.
+            let code = match error {
+                ReloadError::Invalid(_) => StatusCode::BAD_REQUEST,
+                ReloadError::Unread(_) | ReloadError::Engine(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let body = json!({"result": "failure", "error": error.to_string()});
+            (code, axum::Json(body)).into_response()
+        }
     }
 }
 

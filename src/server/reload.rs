@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::EngineHandle;
+use crate::engine::{EngineHandle, ReloadSummary, Unanswered};
+use crate::input::diagnostic::Diagnostics;
 use crate::input::watchlist::Watchlist;
 use crate::output::metrics::Metrics;
 use crate::server::shutdown::Shutdown;
@@ -16,6 +17,19 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// How long reading and validating the watchlist may take: 100,000 entries take about a second
 /// and a half; a read that hangs (a stalled NFS or FUSE mount) is given up after this.
 pub const LOAD_BOUND: Duration = Duration::from_secs(30);
+
+/// Why a reload changed nothing; the old watchlist keeps running in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new watchlist has problems, each with its location.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+    /// The file could not be read in time (a hung mount), or an earlier read is still stuck.
+    #[error("{0}")]
+    Unread(String),
+    #[error(transparent)]
+    Engine(#[from] Unanswered),
+}
 
 #[derive(Clone)]
 pub struct Reloader {
@@ -41,49 +55,41 @@ impl Reloader {
         }
     }
 
-    /// Reads the watchlist and installs it. Resolves to a one-line summary, or to the problems
-    /// that made the new watchlist unusable.
-    pub async fn reload(&self) -> Result<String, String> {
+    /// Reads the watchlist and installs it. Resolves to what changed, or to why nothing did.
+    pub async fn reload(&self) -> Result<ReloadSummary, ReloadError> {
         let _turn = self.one_at_a_time.lock().await;
         let result = self.install().await;
         self.metrics.record_reload(result.is_ok());
         result
     }
 
-    async fn install(&self) -> Result<String, String> {
+    async fn install(&self) -> Result<ReloadSummary, ReloadError> {
         let watchlist = match self.load().await {
             Ok(w) => w,
-            Err(problems) => {
-                tracing::error!("reload refused, the old watchlist keeps running: {problems}");
-                return Err(problems);
+            Err(refused) => {
+                tracing::error!("reload refused, the old watchlist keeps running: {refused}");
+                return Err(refused);
             }
         };
-        let summary = self
-            .engine
-            .replace(watchlist)
-            .await
-            .map_err(|unanswered| unanswered.to_string())?;
+        let summary = self.engine.replace(watchlist).await?;
         tracing::info!(
             added = summary.added,
             removed = summary.removed,
             kept = summary.kept,
             "watchlist reloaded"
         );
-        Ok(format!(
-            "{} added, {} removed, {} kept",
-            summary.added, summary.removed, summary.kept
-        ))
+        Ok(summary)
     }
 
     /// Reads and validates the watchlist on the blocking pool, within [`LOAD_BOUND`]: the
     /// engine, `/livez` and the signals go on meanwhile, whatever the file does.
-    async fn load(&self) -> Result<Watchlist, String> {
+    async fn load(&self) -> Result<Watchlist, ReloadError> {
         use std::sync::atomic::Ordering;
         if self.loading.swap(true, Ordering::AcqRel) {
-            return Err(format!(
+            return Err(ReloadError::Unread(format!(
                 "{}: an earlier read of the watchlist has not finished (a hung mount?)",
                 self.path.display()
-            ));
+            )));
         }
         let (path, loading) = (self.path.clone(), self.loading.clone());
         let load = tokio::task::spawn_blocking(move || {
@@ -92,13 +98,15 @@ impl Reloader {
             watchlist
         });
         match tokio::time::timeout(LOAD_BOUND, load).await {
-            Ok(Ok(watchlist)) => watchlist.map_err(|problems| problems.to_string()),
-            Ok(Err(e)) => Err(format!("reading the watchlist failed: {e}")),
-            Err(_) => Err(format!(
+            Ok(Ok(watchlist)) => watchlist.map_err(ReloadError::Invalid),
+            Ok(Err(e)) => Err(ReloadError::Unread(format!(
+                "reading the watchlist failed: {e}"
+            ))),
+            Err(_) => Err(ReloadError::Unread(format!(
                 "{}: the watchlist was not read within {}s (a hung mount?)",
                 self.path.display(),
                 LOAD_BOUND.as_secs()
-            )),
+            ))),
         }
     }
 

@@ -215,7 +215,7 @@ fn to_statuses(ws: &Workspace) -> Vec<String> {
 /// An execution's store row as an earlier flowwatch left it: rejected for a request its SDK
 /// could not build.
 fn reject_as_an_earlier_version_did(state: &std::path::Path, n: usize) {
-    drop(flowwatch::Store::open(state).expect("a new state database"));
+    drop(flowwatch::testing::Store::open(state).expect("a new state database"));
     rusqlite::Connection::open(state.join("flowwatch.db"))
         .and_then(|c| {
             c.execute(

@@ -96,7 +96,7 @@ fn lay_out(case: &Case, dir: &Path) {
     }
     let db = dir.join("state").join("flowwatch.db");
     if case.state_db_flowwatch {
-        drop(flowwatch::Store::open(&dir.join("state")).expect("a new state database"));
+        drop(flowwatch::testing::Store::open(&dir.join("state")).expect("a new state database"));
     }
     if let Some(sql) = &case.state_db_sql {
         std::fs::create_dir_all(dir.join("state")).expect("state dir");

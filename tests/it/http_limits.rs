@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use flowwatch::limits;
+use flowwatch::testing::limits;
 use flowwatch_fake::FakeServer;
 use flowwatch_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

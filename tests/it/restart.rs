@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use flowwatch::ExecutionKey;
 use flowwatch::Status;
-use flowwatch::Store;
+use flowwatch::testing::Store;
 use flowwatch_fake::FakeServer;
 use flowwatch_testkit::*;
 
