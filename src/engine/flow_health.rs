@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use crate::engine::forecast::Forecast;
-use crate::engine::observe::Staged;
+use crate::engine::staged::Staged;
 use crate::engine::state::ExecutionState;
 use crate::input::config::FlowHealthSettings;
 use crate::model::{

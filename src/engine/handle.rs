@@ -6,10 +6,22 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::Command;
 use crate::engine::overview::Overview;
 use crate::engine::views::{ReloadSummary, StatusQuery, StatusView};
 use crate::input::watchlist::Watchlist;
+
+/// Requests to the engine, sent through an [`EngineHandle`].
+#[derive(Debug)]
+pub enum Command {
+    /// The `/status` document, with the executions the query selects.
+    Status(StatusQuery, oneshot::Sender<StatusView>),
+    /// The status page's content, from the flow at this offset.
+    Overview(usize, oneshot::Sender<Overview>),
+    /// Replace the watchlist: entries that stay keep their state and schedule.
+    Replace(Watchlist, oneshot::Sender<ReloadSummary>),
+    /// Reopen the event file by its path (SIGHUP, after log rotation).
+    ReopenSinks,
+}
 
 /// Requests waiting for the engine beyond this are refused at once rather than queued.
 const WAITING: usize = 16;

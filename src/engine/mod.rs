@@ -30,42 +30,27 @@ pub mod receiver;
 mod run;
 mod schedule;
 mod seen;
+mod staged;
 mod state;
 #[cfg(test)]
 mod tests;
 mod views;
 mod watch_set;
 
-use tokio::sync::oneshot;
-
 use crate::engine::flow_health::FlowHealth;
-pub use crate::engine::handle::{EngineHandle, REPLY_TIMEOUT, Unanswered};
-use crate::engine::observe::Staged;
+pub use crate::engine::handle::{Command, EngineHandle, REPLY_TIMEOUT, Unanswered};
 pub use crate::engine::overview::{FINISHED_SHOWN, FLOWS_PER_PAGE, Overview, RUNNING_SHOWN};
 #[cfg(test)]
 pub use crate::engine::overview::{Finished, FlowOverview, Running};
 use crate::engine::schedule::Schedule;
+use crate::engine::staged::Staged;
 pub use crate::engine::views::{
     ExecutionView, FlowView, PushView, ReloadSummary, StatusQuery, StatusView,
 };
 use crate::engine::watch_set::WatchSet;
 use crate::input::config::{DiscoverySettings, PollingSettings};
-use crate::input::watchlist::Watchlist;
 use crate::output::publisher::Publisher;
 use crate::systemd::Watchdog;
-
-/// Requests to the engine, sent through an [`EngineHandle`].
-#[derive(Debug)]
-pub enum Command {
-    /// The `/status` document, with the executions the query selects.
-    Status(StatusQuery, oneshot::Sender<StatusView>),
-    /// The status page's content, from the flow at this offset.
-    Overview(usize, oneshot::Sender<Overview>),
-    /// Replace the watchlist: entries that stay keep their state and schedule.
-    Replace(Watchlist, oneshot::Sender<ReloadSummary>),
-    /// Reopen the event file by its path (SIGHUP, after log rotation).
-    ReopenSinks,
-}
 
 /// When the engine stops by itself, besides at shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

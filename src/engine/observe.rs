@@ -26,55 +26,8 @@ use crate::model::{
 use crate::output::internal_events::{CallFailed, CallSucceeded, RateCut, RateRestored};
 use crate::output::publisher::Change;
 
-/// How long a staged change may wait for others to commit with it: the changes of answers that
-/// arrive close together share one SQLite transaction and one write per event sink.
-const COMMIT_WINDOW: Duration = Duration::from_millis(100);
-/// This many staged changes commit at once, whatever their window.
-const COMMIT_BATCH: usize = 512;
 /// A flow the API says does not exist is asked again this many discovery intervals later.
 const NOT_FOUND_INTERVALS: u32 = 10;
-
-/// Changes decided but not committed yet.
-#[derive(Debug, Default)]
-pub struct Staged {
-    changes: Vec<Change>,
-    /// Receipts of pushed messages, deleted once the changes are committed.
-    receipts: Vec<String>,
-    /// When the first of them was staged.
-    since: Option<Instant>,
-}
-
-impl Staged {
-    pub(super) fn push(&mut self, change: Change) {
-        self.since.get_or_insert_with(Instant::now);
-        self.changes.push(change);
-    }
-
-    /// A pushed message goes once this turn's changes are committed.
-    pub(super) fn ack(&mut self, receipt: String) {
-        if !receipt.is_empty() {
-            self.since.get_or_insert_with(Instant::now);
-            self.receipts.push(receipt);
-        }
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.changes.is_empty() && self.receipts.is_empty()
-    }
-
-    /// When the staged changes must be committed: [`COMMIT_WINDOW`] after the first of them.
-    pub(super) fn commit_due(&self) -> Option<Instant> {
-        self.since.map(|since| since + COMMIT_WINDOW)
-    }
-
-    fn take(&mut self) -> (Vec<Change>, Vec<String>) {
-        self.since = None;
-        (
-            std::mem::take(&mut self.changes),
-            std::mem::take(&mut self.receipts),
-        )
-    }
-}
 
 impl<C: FlowExecutions> Engine<C> {
     pub(super) fn on_answer(&mut self, answer: Answer) {
@@ -294,12 +247,7 @@ impl<C: FlowExecutions> Engine<C> {
     /// or `force` asks for it now; then lets the engine act on what is durable. When the store did
     /// not take them, every one of them is undone.
     pub(super) fn end_turn(&mut self, force: bool) {
-        let due = self
-            .staged
-            .commit_due()
-            .is_some_and(|at| at <= Instant::now());
-        let many = self.staged.changes.len() >= COMMIT_BATCH;
-        if self.staged.is_empty() || !(force || due || many) {
+        if !self.staged.ready(force, Instant::now()) {
             return;
         }
         let (changes, receipts) = self.staged.take();

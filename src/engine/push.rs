@@ -20,6 +20,7 @@ use crate::engine::policy::{self, Verdict};
 use crate::engine::pool::Job;
 use crate::engine::receiver::{PushChannels, PushNews};
 use crate::engine::seen::Seen;
+use crate::engine::state::HeldPush;
 use crate::input::push::PushSettings;
 use crate::model::{ExecutionKey, FlowKey, Observation, ObservedVia, PushOutcome, WatchEntry};
 use crate::output::internal_events::{PushMalformed, PushMessage, PushRefused};
@@ -63,16 +64,6 @@ impl PushLink {
             fetch_details: self.settings.fetch_details,
         }
     }
-}
-
-/// A pushed terminal change waiting for the one GET that fills in what the event lacks
-/// (`fetch_details`): applied when that poll answers, with its fields, or as pushed if it fails.
-#[derive(Debug)]
-pub struct HeldPush {
-    observation: Observation,
-    receipts: Vec<String>,
-    /// The event's time, for the delay metric.
-    time: Option<f64>,
 }
 
 impl<C: FlowExecutions> Engine<C> {

@@ -11,7 +11,6 @@ use tokio::time::Instant;
 use crate::api::ApiError;
 use crate::engine::pacing::Backoff;
 use crate::engine::policy::Verdict;
-use crate::engine::push::HeldPush;
 use crate::model::{
     ApiStatus, Observation, ObservedVia, Outcome, Seconds, Status, Transition, WatchEntry,
 };
@@ -248,6 +247,16 @@ impl ExecutionState {
             overdue: self.overdue,
         }
     }
+}
+
+/// A pushed terminal change waiting for the one GET that fills in what the event lacks
+/// (`fetch_details`): applied when that poll answers, with its fields, or as pushed if it fails.
+#[derive(Debug)]
+pub struct HeldPush {
+    pub observation: Observation,
+    pub receipts: Vec<String>,
+    /// The event's time, for the delay metric.
+    pub time: Option<f64>,
 }
 
 /// How many watched executions have each status (every status listed, zero or not), for

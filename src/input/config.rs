@@ -15,15 +15,13 @@ use crate::input::aws;
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location, SourceText};
 use crate::input::duration::{self, DurationError};
 use crate::input::keys;
-use crate::input::locate::Locator;
+use crate::input::locate::{ENV_PREFIX, Locator};
 use crate::input::push::{self, PushSettings};
 use crate::input::watchlist::toml_message;
 use crate::input::web::{self, BasicAuthUsers, TlsSettings, TlsVersion};
 
 /// The default config path when neither `--config` nor `FLOWWATCH_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/flowwatch/flowwatch.toml";
-/// The prefix of environment overrides; `__` separates nesting levels.
-pub const ENV_PREFIX: &str = "FLOWWATCH_";
 
 /// Validated settings; nothing here is a raw string that still needs checking.
 #[derive(Debug, Clone, PartialEq)]

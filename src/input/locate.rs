@@ -6,7 +6,8 @@ use std::path::Path;
 use figment::Figment;
 use toml_edit::{Document, Item};
 
-use crate::input::config::ENV_PREFIX;
+/// The prefix of environment overrides; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "FLOWWATCH_";
 use crate::input::diagnostic::{Location, SourceText};
 
 /// Finds where a key path was set: a line and column in the config file, or an environment
