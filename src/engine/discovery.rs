@@ -33,19 +33,25 @@ pub struct FlowWatch {
     pub resume_token: Option<String>,
     /// Executions discovery found in this flow since flowwatch started.
     pub executions_found: u64,
-    pub last_success: Option<SystemTime>,
-    pub next_round: Option<SystemTime>,
-    pub last_error: Option<String>,
-    pub last_outcome: Option<Outcome>,
+    pub lists: Lists,
     /// The API says the flow does not exist.
     pub missing: bool,
     /// Pages of the last completed round.
     pub last_round_pages: u32,
-    /// Paces retries of a failing page.
-    pub backoff: Backoff,
     /// Listed items that break the wire format, already logged at warn: the same one comes
     /// every round. At most [`INVALID_REMEMBERED`].
     pub invalid_logged: Seen,
+}
+
+/// How listing one flow goes: when a round last finished and the next is due, what the last
+/// List said, and the ladder that paces retries of a failing page.
+#[derive(Debug)]
+pub struct Lists {
+    pub last_success: Option<SystemTime>,
+    pub next_round: Option<SystemTime>,
+    pub last_error: Option<String>,
+    pub last_outcome: Option<Outcome>,
+    pub backoff: Backoff,
 }
 
 /// How many invalid listed items a flow remembers having logged.
@@ -88,13 +94,15 @@ impl FlowWatch {
             round: None,
             resume_token: None,
             executions_found: 0,
-            last_success: None,
-            next_round: None,
-            last_error: None,
-            last_outcome: None,
+            lists: Lists {
+                last_success: None,
+                next_round: None,
+                last_error: None,
+                last_outcome: None,
+                backoff,
+            },
             missing: false,
             last_round_pages: 0,
-            backoff,
             invalid_logged: Seen::new(INVALID_REMEMBERED),
         }
     }
@@ -168,8 +176,8 @@ impl FlowWatch {
     /// break the wire format (`invalid`) are logged, each once at warn. Returns whether the flow
     /// was missing until now.
     pub fn answered(&mut self, invalid: &[String]) -> bool {
-        self.last_error = None;
-        self.backoff.reset();
+        self.lists.last_error = None;
+        self.lists.backoff.reset();
         for problem in invalid {
             if self.invalid_logged.first(problem) {
                 tracing::warn!(flow = %self.entry.key, problem = %problem,
@@ -184,7 +192,7 @@ impl FlowWatch {
 
     /// A List failed as `decision` judges `error`. Returns whether the flow just went missing.
     pub fn failed_with(&mut self, error: &ApiError, decision: &ListFailure) -> bool {
-        self.last_error = Some(error.to_string());
+        self.lists.last_error = Some(error.to_string());
         if decision.abandon_round {
             self.abandon_round();
         }
@@ -196,7 +204,7 @@ impl FlowWatch {
     /// A round ended at `wall`; `resumes` when it stopped at the page bound with new executions
     /// still coming, so the next one goes on from there.
     pub fn round_done(&mut self, wall: SystemTime, resumes: bool) {
-        self.last_success = Some(wall);
+        self.lists.last_success = Some(wall);
         let key = &self.entry.key;
         tracing::debug!(flow = %key, pages = self.last_round_pages, "discovery round done");
         if resumes {
@@ -218,10 +226,10 @@ impl FlowWatch {
             round_in_progress: self.round.is_some(),
             last_round_pages: self.last_round_pages,
             resume_token_pending: self.resume_token.is_some(),
-            last_success: self.last_success,
-            next_round: self.next_round,
-            last_outcome: self.last_outcome,
-            last_error: self.last_error.clone(),
+            last_success: self.lists.last_success,
+            next_round: self.lists.next_round,
+            last_outcome: self.lists.last_outcome,
+            last_error: self.lists.last_error.clone(),
         }
     }
 }

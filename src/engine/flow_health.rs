@@ -201,16 +201,16 @@ impl FlowHealth {
             let start = state.observation.as_ref().and_then(|o| o.start_time);
             let expected = start.and_then(|start| self.expectation_of(key, start));
             let (Some(start_time), Some(expectation)) = (start, expected) else {
-                if state.expected_end.get().is_some() {
-                    state.expected_end = Seconds::default();
+                if state.run.expected_end.get().is_some() {
+                    state.run.expected_end = Seconds::default();
                     publisher.expectation_changed(key, None, false);
                 }
                 continue;
             };
             let running = state.age(now, wall).unwrap_or_default();
-            let newly_overdue = !state.overdue && running >= expectation.overdue_after;
+            let newly_overdue = !state.run.overdue && running >= expectation.overdue_after;
             if newly_overdue {
-                state.overdue = true;
+                state.run.overdue = true;
                 staged.push(Change::Overdue(Overdue {
                     key: key.clone(),
                     start_time,
@@ -220,11 +220,11 @@ impl FlowHealth {
                     labels: state.entry.labels.clone(),
                 }));
             }
-            if state.expected_end.get() != Some(expectation.expected_end) {
-                state.expected_end = Seconds::of(Some(expectation.expected_end));
+            if state.run.expected_end.get() != Some(expectation.expected_end) {
+                state.run.expected_end = Seconds::of(Some(expectation.expected_end));
                 // A new overdue mark shows once it is committed.
-                let overdue = state.overdue && !newly_overdue;
-                publisher.expectation_changed(key, state.expected_end.get(), overdue);
+                let overdue = state.run.overdue && !newly_overdue;
+                publisher.expectation_changed(key, state.run.expected_end.get(), overdue);
             }
         }
     }

@@ -108,7 +108,7 @@ impl<C: FlowExecutions> Engine<C> {
         let previous = self
             .watch
             .get_mut(&key)
-            .and_then(|s| s.last_outcome.replace(Outcome::Success));
+            .and_then(|s| s.polls.last_outcome.replace(Outcome::Success));
         let recovered = previous.is_some_and(|p| p != Outcome::Success);
         self.call_done(Operation::Get, &key, Ok(recovered), elapsed);
         let wall = SystemTime::now();
@@ -123,7 +123,7 @@ impl<C: FlowExecutions> Engine<C> {
             return;
         }
         if let Some(state) = self.watch.get_mut(&key) {
-            state.attempts += 1;
+            state.polls.attempts += 1;
         }
         self.plan_next_poll(&key, Instant::now(), wall);
     }
@@ -144,7 +144,7 @@ impl<C: FlowExecutions> Engine<C> {
         };
         let bounds = (self.polling.initial_interval, self.polling.max_interval);
         let decision = policy::after_success(state.status, reconcile, plan, bounds);
-        if let Some(delay) = self.schedule.delay(decision, &mut state.backoff) {
+        if let Some(delay) = self.schedule.delay(decision, &mut state.polls.backoff) {
             self.schedule(Job::Get(key.clone()), now + delay);
         }
     }
@@ -173,8 +173,8 @@ impl<C: FlowExecutions> Engine<C> {
         let Some(state) = self.watch.get_mut(&key) else {
             return;
         };
-        state.attempts += u64::from(decision.attempt);
-        state.last_error = Some(error.to_string());
+        state.polls.attempts += u64::from(decision.attempt);
+        state.polls.last_error = Some(error.to_string());
         if state.is_done() {
             // Terminal by a pushed change this poll was for: nothing more to decide.
             return self.schedule.remove(&Job::Get(key));
@@ -188,7 +188,7 @@ impl<C: FlowExecutions> Engine<C> {
             self.staged.push(state.reject(message, wall));
         }
         let done = state.is_done();
-        match self.schedule.delay(decision.next, &mut state.backoff) {
+        match self.schedule.delay(decision.next, &mut state.polls.backoff) {
             Some(delay) if !done => self.schedule(Job::Get(key), now + delay),
             _ => self.schedule.remove(&Job::Get(key)),
         }
@@ -277,7 +277,10 @@ impl<C: FlowExecutions> Engine<C> {
             return;
         }
         self.watch.drop_series_later(&t.key, now);
-        let expected_end = self.watch.get(&t.key).and_then(|s| s.expected_end.get());
+        let expected_end = self
+            .watch
+            .get(&t.key)
+            .and_then(|s| s.run.expected_end.get());
         let due = self.health.learn(t, expected_end, &self.publisher);
         if !due.is_empty() {
             self.reschedule_spared(due, now);
@@ -326,7 +329,7 @@ impl<C: FlowExecutions> Engine<C> {
         let previous = self
             .watch
             .flow_mut(&flow_key)
-            .and_then(|f| f.last_outcome.replace(Outcome::Success));
+            .and_then(|f| f.lists.last_outcome.replace(Outcome::Success));
         let recovered = previous.is_some_and(|p| p != Outcome::Success);
         self.call_done(Operation::List, &flow_key, Ok(recovered), elapsed);
         // The flow may have been removed by a reload while its request was in flight.
@@ -419,7 +422,7 @@ impl<C: FlowExecutions> Engine<C> {
         let slow = self.discovery.interval * NOT_FOUND_INTERVALS;
         let (previous, had_token) = match self.watch.flow_mut(&flow_key) {
             Some(flow) => (
-                flow.last_outcome.replace(error.outcome()),
+                flow.lists.last_outcome.replace(error.outcome()),
                 flow.round.as_ref().is_some_and(|r| r.token.is_some()),
             ),
             None => (None, false),
@@ -435,7 +438,7 @@ impl<C: FlowExecutions> Engine<C> {
         if flow.failed_with(&error, &decision) {
             self.publisher.flow_missing(&flow_key);
         }
-        let delay = self.schedule.delay(decision.next, &mut flow.backoff);
+        let delay = self.schedule.delay(decision.next, &mut flow.lists.backoff);
         self.schedule(Job::List(flow_key), Instant::now() + delay.unwrap_or(slow));
     }
 

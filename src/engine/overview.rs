@@ -175,8 +175,9 @@ fn flow_overview(
     let (running_total, finished_total) = (g.running.len(), g.finished.len());
     let started = |s: &ExecutionState| start_of(s).unwrap_or(f64::INFINITY);
     g.running.sort_by(|a, b| {
-        b.overdue
-            .cmp(&a.overdue)
+        b.run
+            .overdue
+            .cmp(&a.run.overdue)
             .then(started(a).total_cmp(&started(b)))
     });
     g.running.truncate(RUNNING_SHOWN);
@@ -213,7 +214,7 @@ fn running(health: &FlowHealth, s: &ExecutionState) -> Running {
         status: s.status,
         start,
         expected_end,
-        overdue: s.overdue,
+        overdue: s.run.overdue,
         labels: s.entry.labels.clone(),
     }
 }
@@ -223,7 +224,7 @@ impl<'a> Gathered<'a> {
         if state.is_done() {
             self.finished.push(state);
         } else {
-            self.overdue += usize::from(state.overdue);
+            self.overdue += usize::from(state.run.overdue);
             self.running.push(state);
         }
     }

@@ -183,15 +183,15 @@ impl<C: FlowExecutions> Engine<C> {
                 let Some(state) = self.watch.get_mut(&key) else {
                     return;
                 };
-                state.last_poll = Some(SystemTime::now());
-                state.next_poll = None;
+                state.polls.last_poll = Some(SystemTime::now());
+                state.polls.next_poll = None;
                 Request::Get(key)
             }
             Job::List(flow) => {
                 let Some(watch) = self.watch.flow_mut(&flow) else {
                     return;
                 };
-                watch.next_round = None;
+                watch.lists.next_round = None;
                 let token = watch.next_token();
                 Request::List { flow, token }
             }
@@ -251,8 +251,8 @@ impl<C: FlowExecutions> Engine<C> {
     pub(super) fn schedule(&mut self, job: Job, at: Instant) {
         let next = Some(SystemTime::now() + at.saturating_duration_since(Instant::now()));
         let watched = match &job {
-            Job::Get(key) => self.watch.get_mut(key).map(|s| s.next_poll = next),
-            Job::List(flow) => self.watch.flow_mut(flow).map(|f| f.next_round = next),
+            Job::Get(key) => self.watch.get_mut(key).map(|s| s.polls.next_poll = next),
+            Job::List(flow) => self.watch.flow_mut(flow).map(|f| f.lists.next_round = next),
         };
         if watched.is_some() {
             self.schedule.put(job, at);

@@ -26,18 +26,36 @@ pub struct ExecutionState {
     pub observation: Option<Box<Observation>>,
     /// How the last answer reached flowwatch.
     pub observed_via: Option<ObservedVia>,
+    pub polls: Polls,
+    /// Set when the API rejected the request as invalid: polling has stopped.
+    pub rejected: Option<String>,
+    /// Found by discovery of a `[[flow]]` entry rather than listed in the watchlist.
+    pub found_by_discovery: bool,
+    pub run: RunHealth,
+    /// A pushed terminal change waiting for its GET (`push.fetch_details`).
+    pub held_push: Option<Box<HeldPush>>,
+    unrecognised_seen: Option<String>,
+    /// Times outside the believable window were logged for it (once per execution).
+    unbelievable_logged: bool,
+}
+
+/// How polling one execution goes: its attempts, its ladder, and what the last poll said.
+#[derive(Debug)]
+pub struct Polls {
     /// Polls that counted as attempts (throttled polls do not).
     pub attempts: u64,
     pub last_poll: Option<SystemTime>,
     pub next_poll: Option<SystemTime>,
     pub last_error: Option<String>,
     pub last_outcome: Option<Outcome>,
+    /// Since when the API has said ResourceNotFound without a break.
     pub not_found_since: Option<Instant>,
-    /// Set when the API rejected the request as invalid: polling has stopped.
-    pub rejected: Option<String>,
     pub backoff: Backoff,
-    /// Found by discovery of a `[[flow]]` entry rather than listed in the watchlist.
-    pub found_by_discovery: bool,
+}
+
+/// How a running execution compares with its flow's recent runs.
+#[derive(Debug, Default)]
+pub struct RunHealth {
     /// When the execution's age (seconds since the API's start time) was first taken, and that
     /// age: later ages count on from it on the monotonic clock.
     pub age_anchor: Option<(Instant, f64)>,
@@ -45,11 +63,6 @@ pub struct ExecutionState {
     pub expected_end: Seconds,
     /// Its overdue event is staged or committed.
     pub overdue: bool,
-    /// A pushed terminal change waiting for its GET (`push.fetch_details`).
-    pub held_push: Option<Box<HeldPush>>,
-    unrecognised_seen: Option<String>,
-    /// Times outside the believable window were logged for it (once per execution).
-    unbelievable_logged: bool,
 }
 
 impl ExecutionState {
@@ -59,18 +72,18 @@ impl ExecutionState {
             status: Status::Unknown,
             observation: None,
             observed_via: None,
-            attempts: 0,
-            last_poll: None,
-            next_poll: None,
-            last_error: None,
-            last_outcome: None,
-            not_found_since: None,
+            polls: Polls {
+                attempts: 0,
+                last_poll: None,
+                next_poll: None,
+                last_error: None,
+                last_outcome: None,
+                not_found_since: None,
+                backoff,
+            },
             rejected: None,
-            backoff,
             found_by_discovery: false,
-            age_anchor: None,
-            expected_end: Seconds::default(),
-            overdue: false,
+            run: RunHealth::default(),
             held_push: None,
             unrecognised_seen: None,
             unbelievable_logged: false,
@@ -88,6 +101,7 @@ impl ExecutionState {
     pub fn age(&mut self, now: Instant, wall: SystemTime) -> Option<f64> {
         let start = self.observation.as_ref().and_then(|o| o.start_time)?;
         let (at, age_then) = *self
+            .run
             .age_anchor
             .get_or_insert_with(|| (now, (crate::model::unix_seconds(wall) - start).max(0.0)));
         Some(age_then + now.saturating_duration_since(at).as_secs_f64())
@@ -118,7 +132,7 @@ impl ExecutionState {
         via: ObservedVia,
         wall: SystemTime,
     ) -> (Option<Transition>, Option<String>) {
-        self.not_found_since = None;
+        self.polls.not_found_since = None;
         self.observed_via = Some(via);
         let mut unrecognised = None;
         if let ApiStatus::Unrecognised(raw) = &observation.status {
@@ -126,12 +140,12 @@ impl ExecutionState {
                 self.unrecognised_seen = Some(raw.clone());
                 unrecognised = Some(raw.clone());
             }
-            self.last_error = Some(format!(
+            self.polls.last_error = Some(format!(
                 "unrecognised status {raw:?} from the API: keeping {}",
                 self.status
             ));
         } else {
-            self.last_error = None;
+            self.polls.last_error = None;
         }
         self.observation = Some(Box::new(observation));
         let transition = match verdict {
@@ -145,9 +159,9 @@ impl ExecutionState {
     pub fn transition_to(&mut self, to: Status, via: ObservedVia, wall: SystemTime) -> Transition {
         let from = self.status;
         self.status = to;
-        self.backoff.reset();
+        self.polls.backoff.reset();
         if to.is_terminal() {
-            self.next_poll = None;
+            self.polls.next_poll = None;
         }
         Transition {
             key: self.entry.key.clone(),
@@ -170,7 +184,7 @@ impl ExecutionState {
             self.log_unbelievable(&dropped, "store");
         }
         self.rejected = restored.rejected;
-        self.overdue = restored.overdue;
+        self.run.overdue = restored.overdue;
     }
 
     /// Logs, once per execution, times taken out of an observation for lying outside the
@@ -188,12 +202,13 @@ impl ExecutionState {
     /// the API has said ResourceNotFound without a break.
     pub fn failed_with(&mut self, error: &ApiError, now: Instant) -> (Option<Outcome>, Duration) {
         if matches!(error, ApiError::NotFound { .. }) {
-            self.not_found_since.get_or_insert(now);
+            self.polls.not_found_since.get_or_insert(now);
         } else {
-            self.not_found_since = None;
+            self.polls.not_found_since = None;
         }
-        let previous = self.last_outcome.replace(error.outcome());
+        let previous = self.polls.last_outcome.replace(error.outcome());
         let not_found = self
+            .polls
             .not_found_since
             .map(|t| now.saturating_duration_since(t));
         (previous, not_found.unwrap_or_default())
@@ -202,7 +217,7 @@ impl ExecutionState {
     /// The API rejected the request as invalid: polling stops, and the rejection is the change.
     pub fn reject(&mut self, message: String, at: SystemTime) -> Change {
         self.rejected = Some(message.clone());
-        self.next_poll = None;
+        self.polls.next_poll = None;
         Change::Rejection {
             key: self.entry.key.clone(),
             status: self.status,
@@ -220,7 +235,7 @@ impl ExecutionState {
             Change::Transition(t) => self.status = t.from,
             Change::Rejection { .. } => self.rejected = None,
             // Not overdue as far as the store knows: the next sweep stages it again.
-            Change::Overdue(_) => self.overdue = false,
+            Change::Overdue(_) => self.run.overdue = false,
             // Forgotten, so the next answer's times differ and are staged again.
             Change::Observed { .. } => self.observation = None,
         }
@@ -235,16 +250,16 @@ impl ExecutionState {
             discovered: self.found_by_discovery,
             observed_via: self.observed_via,
             polling: !self.is_done(),
-            attempts: self.attempts,
-            last_poll: self.last_poll,
-            next_poll: self.next_poll,
-            last_outcome: self.last_outcome,
-            last_error: self.last_error.clone(),
+            attempts: self.polls.attempts,
+            last_poll: self.polls.last_poll,
+            next_poll: self.polls.next_poll,
+            last_outcome: self.polls.last_outcome,
+            last_error: self.polls.last_error.clone(),
             rejected: self.rejected.clone(),
             retained,
             observation: self.observation.as_deref().cloned(),
-            expected_end: self.expected_end.get(),
-            overdue: self.overdue,
+            expected_end: self.run.expected_end.get(),
+            overdue: self.run.overdue,
         }
     }
 }
@@ -346,7 +361,8 @@ mod tests {
         let (_, again) = see(&mut s, ApiStatus::Unrecognised("CANCELLED".into()));
         assert!(again.is_none());
         assert!(
-            s.last_error
+            s.polls
+                .last_error
                 .as_deref()
                 .is_some_and(|e| e.contains("CANCELLED"))
         );
