@@ -7,26 +7,27 @@ use super::rig::{Rig, Setup, events_of, key, wall, watchlist};
 use super::scripted::{Scripted, running, succeeded};
 use crate::model::ExecutionKey;
 
-/// Three runs of "orders" that took a minute each, and `running`, started `age` seconds ago.
-fn history_and(api: &Scripted, running_for: f64) -> (Vec<ExecutionKey>, ExecutionKey) {
-    let finished: Vec<ExecutionKey> = (1..=3).map(|n| key("orders", n)).collect();
-    for (n, k) in finished.iter().enumerate() {
+/// An engine watching three runs of "orders" that took a minute each, and one more started
+/// `running_for` seconds ago, 30 s after it started.
+async fn history_and(running_for: f64) -> (Rig, ExecutionKey) {
+    let api = Arc::new(Scripted::default());
+    let mut runs: Vec<ExecutionKey> = (1..=3).map(|n| key("orders", n)).collect();
+    for (n, k) in runs.iter().enumerate() {
         let start = wall() - 7200.0 + n as f64 * 600.0;
         api.gets(k, [succeeded(start, start + 60.0)]);
     }
     let current = key("orders", 4);
     api.gets(&current, [running(wall() - running_for)]);
-    (finished, current)
+    runs.push(current.clone());
+    let all: Vec<&ExecutionKey> = runs.iter().collect();
+    let rig = Rig::start(api, watchlist(&all, &[]), Setup::ladder()).await;
+    rig.until(Duration::from_secs(30)).await;
+    (rig, current)
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_run_far_longer_than_its_flow_s_recent_runs_is_overdue_once() {
-    let api = Arc::new(Scripted::default());
-    let (finished, current) = history_and(&api, 1000.0);
-    let mut all: Vec<&ExecutionKey> = finished.iter().collect();
-    all.push(&current);
-    let rig = Rig::start(api, watchlist(&all, &[]), Setup::ladder()).await;
-    rig.until(Duration::from_secs(30)).await;
+    let (rig, current) = history_and(1000.0).await;
     let view = rig.execution(&current).await.expect("watched");
     assert!(
         view.overdue,
@@ -47,12 +48,7 @@ async fn a_run_far_longer_than_its_flow_s_recent_runs_is_overdue_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_run_within_its_flow_s_usual_time_has_an_expected_end_and_is_not_overdue() {
-    let api = Arc::new(Scripted::default());
-    let (finished, current) = history_and(&api, 30.0);
-    let mut all: Vec<&ExecutionKey> = finished.iter().collect();
-    all.push(&current);
-    let rig = Rig::start(api, watchlist(&all, &[]), Setup::ladder()).await;
-    rig.until(Duration::from_secs(30)).await;
+    let (rig, current) = history_and(30.0).await;
     let view = rig.execution(&current).await.expect("watched");
     assert!(!view.overdue);
     let start = view
