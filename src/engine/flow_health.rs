@@ -153,10 +153,11 @@ impl FlowHealth {
         publisher.flow_freshness(flow, &f.known);
     }
 
-    /// A terminal transition is durable: its flow's durations, freshness and histogram learn of
-    /// it, and the execution, no longer running, is no longer expected to end (`expected_end`
-    /// was its last expectation). Returns the executions the forecast spared until now, which
-    /// the new duration makes due.
+    /// A terminal transition is durable (and the commit exported its flow's duration and
+    /// freshness): the forecast and the freshness the status page shows learn of it, and the
+    /// execution, no longer running, is no longer expected to end (`expected_end` was its last
+    /// expectation). Returns the executions the forecast spared until now, which the new
+    /// duration makes due.
     pub fn learn(
         &mut self,
         t: &Transition,
@@ -167,17 +168,18 @@ impl FlowHealth {
         if let Some(expected_end) = expected_end {
             publisher.expectation_changed(key, Some(expected_end), false);
         }
-        self.forecast.forget_execution(key);
-        let Some((ended, seconds)) = t.run() else {
-            return self.forecast.record(key, f64::NAN, f64::NAN);
+        let run = t.run();
+        if let Some((ended, _)) = run {
+            let f = self.freshness.entry(FlowKey::of(key)).or_default();
+            f.known.finished(t.to, ended);
+            f.exported = true;
+        }
+        // A run without a duration teaches nothing, but still stops counting as a scout.
+        let (ended, seconds) = match run {
+            Some((ended, Some(seconds))) => (ended, seconds),
+            _ => (f64::NAN, f64::NAN),
         };
-        let flow = FlowKey::of(key);
-        let f = self.freshness.entry(flow.clone()).or_default();
-        f.known.finished(t.to, ended);
-        f.exported = true;
-        publisher.flow_freshness(&flow, &f.known);
-        publisher.flow_run_finished(key, t.to, seconds);
-        let (ended, seconds) = seconds.map_or((f64::NAN, f64::NAN), |s| (ended, s));
+        self.forecast.forget_execution(key);
         self.forecast.record(key, ended, seconds)
     }
 

@@ -23,7 +23,7 @@ pub enum Command {
     ReopenSinks,
 }
 
-/// Requests waiting for the engine beyond this are refused at once rather than queued.
+/// At most this many requests wait for the engine; one more waits for room, within its bound.
 const WAITING: usize = 16;
 
 /// How long a view may take: the engine answers between two turns, so far sooner unless it is

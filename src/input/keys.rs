@@ -8,12 +8,12 @@
 pub struct Key {
     /// `polling.max_interval` for `max_interval` in `[polling]`.
     pub path: &'static str,
-    pub default: Default,
+    pub default: KeyDefault,
 }
 
 /// A key's default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Default {
+pub enum KeyDefault {
     /// A TOML string.
     Text(&'static str),
     /// Any other TOML value, as written (`2.0`, `true`, `16`).
@@ -23,22 +23,22 @@ pub enum Default {
 }
 
 #[cfg(test)]
-impl Default {
+impl KeyDefault {
     /// As the reference's table shows it: a value in backticks, words as they are.
     pub fn shown(self) -> String {
         match self {
-            Default::Text(t) => format!("`{}`", if t.is_empty() { "\"\"" } else { t }),
-            Default::Value(v) => format!("`{v}`"),
-            Default::Words(w) => w.to_string(),
+            KeyDefault::Text(t) => format!("`{}`", if t.is_empty() { "\"\"" } else { t }),
+            KeyDefault::Value(v) => format!("`{v}`"),
+            KeyDefault::Words(w) => w.to_string(),
         }
     }
 
     /// As a TOML value, when there is one.
     pub fn toml(self) -> Option<String> {
         match self {
-            Default::Text(t) => Some(format!("{t:?}")),
-            Default::Value(v) => Some(v.to_string()),
-            Default::Words(_) => None,
+            KeyDefault::Text(t) => Some(format!("{t:?}")),
+            KeyDefault::Value(v) => Some(v.to_string()),
+            KeyDefault::Words(_) => None,
         }
     }
 }
@@ -49,21 +49,21 @@ pub const CHOSEN_NAME: &str = "<name>";
 const fn text(path: &'static str, default: &'static str) -> Key {
     Key {
         path,
-        default: Default::Text(default),
+        default: KeyDefault::Text(default),
     }
 }
 
 const fn value(path: &'static str, default: &'static str) -> Key {
     Key {
         path,
-        default: Default::Value(default),
+        default: KeyDefault::Value(default),
     }
 }
 
 const fn words(path: &'static str, default: &'static str) -> Key {
     Key {
         path,
-        default: Default::Words(default),
+        default: KeyDefault::Words(default),
     }
 }
 
@@ -178,10 +178,10 @@ mod tests {
 
     #[test]
     fn defaults_show_as_the_reference_writes_them() {
-        assert_eq!(Default::Text("5s").shown(), "`5s`");
-        assert_eq!(Default::Text("").shown(), "`\"\"`");
-        assert_eq!(Default::Value("2.0").toml().as_deref(), Some("2.0"));
-        assert_eq!(Default::Text("5s").toml().as_deref(), Some("\"5s\""));
-        assert_eq!(Default::Words("none").toml(), None);
+        assert_eq!(KeyDefault::Text("5s").shown(), "`5s`");
+        assert_eq!(KeyDefault::Text("").shown(), "`\"\"`");
+        assert_eq!(KeyDefault::Value("2.0").toml().as_deref(), Some("2.0"));
+        assert_eq!(KeyDefault::Text("5s").toml().as_deref(), Some("\"5s\""));
+        assert_eq!(KeyDefault::Words("none").toml(), None);
     }
 }

@@ -17,7 +17,7 @@ use crate::output::internal_events::{
 };
 use crate::output::metrics::Metrics;
 use crate::output::sinks::Sinks;
-use crate::output::store::{Restored, Store, StoreError};
+use crate::output::store::{FlowOutcomes, Restored, Store, StoreError};
 
 /// How long the sinks get at shutdown to write what they were given.
 const FLUSH_BOUND: Duration = Duration::from_secs(3);
@@ -55,6 +55,14 @@ impl Change {
             Change::Rejection { key, .. } | Change::Observed { key, .. } => key,
         }
     }
+}
+
+/// A run whose end a commit recorded, with what the store now holds of its flow.
+struct FinishedRun {
+    key: ExecutionKey,
+    status: Status,
+    seconds: Option<f64>,
+    outcomes: FlowOutcomes,
 }
 
 /// An event in the outbox, as the line the sinks write.
@@ -191,12 +199,6 @@ impl Publisher {
         );
     }
 
-    /// A committed terminal transition: its duration, when known, joins the flow's histogram.
-    pub fn flow_run_finished(&self, key: &ExecutionKey, status: Status, seconds: Option<f64>) {
-        self.metrics
-            .flow_finished(&key.instance_id, &key.flow_name, status, seconds);
-    }
-
     /// A running execution's expected end changed (or went: `None`), or it ended.
     pub fn expectation_changed(
         &self,
@@ -245,10 +247,10 @@ impl Publisher {
         if changes.is_empty() {
             return true;
         }
-        let events = match self.write(changes) {
-            Ok(events) => {
+        let (events, runs) = match self.write(changes) {
+            Ok(written) => {
                 self.store_recovered();
-                events
+                written
             }
             Err(e) => {
                 self.store_failed(&e);
@@ -258,24 +260,40 @@ impl Publisher {
         for change in changes {
             self.publish(change);
         }
+        for run in &runs {
+            self.run_finished(run);
+        }
         for event in &events {
             self.deliver(event);
         }
         true
     }
 
-    /// The store's half of [`Self::commit`]: each change's row, and its event in the outbox.
-    fn write(&mut self, changes: &[Change]) -> Result<Vec<Written>, StoreError> {
+    /// The store's half of [`Self::commit`]: each change's row, and its event in the outbox;
+    /// and for each finished run, its flow's duration and latest outcomes.
+    fn write(
+        &mut self,
+        changes: &[Change],
+    ) -> Result<(Vec<Written>, Vec<FinishedRun>), StoreError> {
         let batch = self.store.batch()?;
         let mut events = Vec::with_capacity(changes.len());
+        let mut runs = Vec::new();
         for change in changes {
             match change {
                 Change::Transition(t) => {
                     let line = transition_event(t);
                     let seq = batch.transition(&t.key, t.to, t.observation.as_ref(), &line)?;
                     events.push(Written { seq, line });
-                    if let Some((ended, seconds)) = t.run() {
-                        batch.finished(&t.key, t.to, ended, seconds, self.history)?;
+                    if let Some((ended, seconds)) = t.run()
+                        && let Some(outcomes) =
+                            batch.finished(&t.key, t.to, ended, seconds, self.history)?
+                    {
+                        runs.push(FinishedRun {
+                            key: t.key.clone(),
+                            status: t.to,
+                            seconds,
+                            outcomes,
+                        });
                     }
                 }
                 Change::Overdue(o) => {
@@ -304,7 +322,21 @@ impl Publisher {
             }
         }
         batch.commit()?;
-        Ok(events)
+        Ok((events, runs))
+    }
+
+    /// A committed run's flow: its duration joins the flow's histogram, and its latest success
+    /// and failure are exported as the store now holds them.
+    fn run_finished(&self, run: &FinishedRun) {
+        let (instance_id, flow_name) = (&run.key.instance_id, &run.key.flow_name);
+        self.metrics
+            .flow_finished(instance_id, flow_name, run.status, run.seconds);
+        let FlowOutcomes {
+            last_success,
+            last_failure,
+        } = run.outcomes;
+        self.metrics
+            .flow_freshness(instance_id, flow_name, last_success, last_failure);
     }
 
     fn publish(&self, change: &Change) {

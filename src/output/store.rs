@@ -40,6 +40,13 @@ pub struct StoreError {
     pub message: String,
 }
 
+/// A flow's latest success and failure (end times) as the store holds them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FlowOutcomes {
+    pub last_success: Option<f64>,
+    pub last_failure: Option<f64>,
+}
+
 /// What the store knew of an execution.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Restored {
@@ -669,28 +676,34 @@ impl Batch<'_> {
         ended: f64,
         seconds: Option<f64>,
         history: usize,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<FlowOutcomes>, StoreError> {
         let outcome = match status {
             Status::Succeeded => {
                 "INSERT INTO flow_outcomes (instance_id, flow_name, last_success) VALUES (?1, ?2, ?3)
                  ON CONFLICT (instance_id, flow_name)
-                 DO UPDATE SET last_success = max(coalesce(last_success, excluded.last_success), excluded.last_success)"
+                 DO UPDATE SET last_success = max(coalesce(last_success, excluded.last_success), excluded.last_success)
+                 RETURNING last_success, last_failure"
             }
             Status::Failed => {
                 "INSERT INTO flow_outcomes (instance_id, flow_name, last_failure) VALUES (?1, ?2, ?3)
                  ON CONFLICT (instance_id, flow_name)
-                 DO UPDATE SET last_failure = max(coalesce(last_failure, excluded.last_failure), excluded.last_failure)"
+                 DO UPDATE SET last_failure = max(coalesce(last_failure, excluded.last_failure), excluded.last_failure)
+                 RETURNING last_success, last_failure"
             }
-            _ => return Ok(()),
+            _ => return Ok(None),
         };
-        let run = || -> rusqlite::Result<()> {
-            self.tx.prepare_cached(outcome)?.execute(params![
-                key.instance_id,
-                key.flow_name,
-                ended
-            ])?;
+        let run = || -> rusqlite::Result<FlowOutcomes> {
+            let outcomes = self.tx.prepare_cached(outcome)?.query_row(
+                params![key.instance_id, key.flow_name, ended],
+                |row| {
+                    Ok(FlowOutcomes {
+                        last_success: row.get(0)?,
+                        last_failure: row.get(1)?,
+                    })
+                },
+            )?;
             let Some(seconds) = seconds.filter(|s| s.is_finite() && *s > 0.0) else {
-                return Ok(());
+                return Ok(outcomes);
             };
             self.tx
                 .prepare_cached(
@@ -705,9 +718,9 @@ impl Batch<'_> {
                                     ORDER BY ended DESC LIMIT 1 OFFSET ?3 - 1)",
                 )?
                 .execute(params![key.instance_id, key.flow_name, history as i64])?;
-            Ok(())
+            Ok(outcomes)
         };
-        run().map_err(|e| self.error(&e))
+        run().map(Some).map_err(|e| self.error(&e))
     }
 
     /// A running execution became overdue: marked, so its event is never emitted twice.

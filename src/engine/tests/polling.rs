@@ -73,6 +73,22 @@ async fn an_execution_that_ends_is_polled_no_more_and_each_change_is_one_event()
     assert_eq!(view.status, Status::Succeeded);
     assert!(!view.polling);
     assert_eq!(view.attempts, 3);
+    // The commit exported the flow's duration and latest success with it.
+    let exported = |family: &str| {
+        rig.metrics.render().lines().find_map(|line| {
+            let rest = line.strip_prefix(family)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once("} ")?;
+            labels
+                .contains("flow_name=\"orders\"")
+                .then(|| value.parse::<f64>().ok())?
+        })
+    };
+    let ended = exported("flowwatch_flow_last_success_timestamp_seconds");
+    assert!(
+        ended.is_some_and(|t| (t - (start + 50.0)).abs() < 0.001),
+        "{ended:?}"
+    );
+    assert_eq!(exported("flowwatch_flow_duration_seconds_sum"), Some(50.0));
     let (_, events) = rig.stop().await;
     let transitions = events_of(&events, "flowwatch.execution.transition", &k);
     let steps: Vec<(&str, &str)> = transitions

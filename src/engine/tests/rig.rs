@@ -127,7 +127,7 @@ impl Rig {
     /// Stops this engine and starts another on the same state directory.
     pub async fn restart(self, watchlist: Watchlist) -> Self {
         let (api, setup) = (self.api.clone(), self.setup.clone());
-        let dir = self.stop_keeping_state().await;
+        let (_, dir) = self.halt().await;
         Self::start_in(dir, api, watchlist, setup).await
     }
 
@@ -245,15 +245,15 @@ impl Rig {
 
     /// Stops the engine; returns how it finished and the events it wrote.
     pub async fn stop(self) -> (Finish, Vec<serde_json::Value>) {
-        let _ = self.stop.send(());
-        let finish = self.task.await.expect("the engine does not panic");
-        (finish, events(self.dir.path()))
+        let (finish, dir) = self.halt().await;
+        (finish, events(dir.path()))
     }
 
-    async fn stop_keeping_state(self) -> tempfile::TempDir {
+    /// Stops the engine and hands back its state directory.
+    async fn halt(self) -> (Finish, tempfile::TempDir) {
         let _ = self.stop.send(());
-        let _ = self.task.await.expect("the engine does not panic");
-        self.dir
+        let finish = self.task.await.expect("the engine does not panic");
+        (finish, self.dir)
     }
 
     /// Waits for the engine to finish by itself (an [`ExitWhen`] other than `Never`).
