@@ -628,4 +628,44 @@ mod tests {
             assert_eq!(response.status(), StatusCode::OK);
         }
     }
+
+    /// `POST /-/reload` with `watchlist` as the file, and the engine answering when `answers`.
+    async fn reload_answer(watchlist: &str, answers: bool) -> StatusCode {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("watchlist.toml");
+        std::fs::write(&path, watchlist).expect("watchlist");
+        let (handle, mut engine) = EngineHandle::channel();
+        let mut state = state(handle.clone());
+        state.reload = Reloader::new(path, handle, state.metrics.clone());
+        state.lifecycle = true;
+        let served = tokio::spawn(async move {
+            while let Some(command) = engine.recv().await {
+                if let Command::Replace(_, reply) = command
+                    && answers
+                {
+                    let _ = reply.send(crate::engine::ReloadSummary::default());
+                }
+            }
+        });
+        let code = reload(State(state)).await.status();
+        served.abort();
+        code
+    }
+
+    const VALID: &str = "[[execution]]\ninstance_id = \"8850c54e-e187-4fa7-89d4-6370f165174d\"\nflow_name = \"f\"\nexecution_id = \"a1b2c3d4-0000-4000-8000-000000000001\"\n";
+
+    #[tokio::test]
+    async fn a_reload_is_400_for_the_watchlist_s_problems_and_503_for_the_server_s() {
+        assert_eq!(reload_answer(VALID, true).await, StatusCode::OK);
+        assert_eq!(
+            reload_answer("[[execution]]\ninstance_id = \"A\"\n", true).await,
+            StatusCode::BAD_REQUEST,
+            "an invalid watchlist is the client's to fix"
+        );
+        assert_eq!(
+            reload_answer(VALID, false).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "an engine that gives no answer is the server's"
+        );
+    }
 }
