@@ -95,7 +95,7 @@ pub enum Error {
 #[derive(Debug, thiserror::Error)]
 pub enum Cause {
     #[error("{}", model::io_error_text(.0))]
-    Io(#[source] std::io::Error),
+    Io(#[from] std::io::Error),
     #[error("{0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -121,12 +121,6 @@ impl Error {
             what: what.into(),
             source: Some(cause.into()),
         }
-    }
-}
-
-impl From<std::io::Error> for Cause {
-    fn from(e: std::io::Error) -> Self {
-        Cause::Io(e)
     }
 }
 
@@ -268,10 +262,12 @@ pub async fn run_with<C: FlowExecutions>(
     let (publisher, metrics, health) = open_outputs(&settings)?;
     let listener = TcpListener::bind(settings.server.listen)
         .await
-        .map_err(|e| fatal_io(&format!("cannot listen on {}", settings.server.listen), e))?;
+        .map_err(|e| {
+            Error::fatal_because(format!("cannot listen on {}", settings.server.listen), e)
+        })?;
     let addr = listener
         .local_addr()
-        .map_err(|e| fatal_io("cannot read the listening address", e))?;
+        .map_err(|e| Error::fatal_because("cannot read the listening address", e))?;
 
     let (handle, commands) = EngineHandle::channel();
     let reloader = Reloader::new(settings.watchlist.clone(), handle.clone(), metrics.clone());
@@ -463,7 +459,7 @@ fn open_outputs(settings: &Settings) -> Result<(Publisher, Arc<Metrics>, Arc<Hea
     )
     .map_err(|e| {
         let path = file.map(|p| p.display().to_string()).unwrap_or_default();
-        fatal_io(&format!("cannot open event file {path}"), e)
+        Error::fatal_because(format!("cannot open event file {path}"), e)
     })?;
     let health = Arc::new(Health::new());
     let publisher = Publisher::new(
@@ -488,8 +484,4 @@ fn exit_when_done_with_flows(settings: &Settings, flows: usize) -> Error {
 async fn notify_stopping(shutdown: Shutdown) {
     shutdown.requested().await;
     systemd::stopping();
-}
-
-fn fatal_io(what: &str, e: std::io::Error) -> Error {
-    Error::fatal_because(what, e)
 }
