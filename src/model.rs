@@ -161,11 +161,19 @@ impl fmt::Display for FlowKey {
     }
 }
 
+/// Labels one watchlist entry may carry, and the longest name and value (in characters). They
+/// travel in every event and in the `flowwatch_execution_labels` and `flowwatch_flow_labels`
+/// series, so they are bounded where they are read.
+pub const MAX_LABELS: usize = 16;
+pub const MAX_LABEL_NAME_CHARS: usize = 64;
+pub const MAX_LABEL_VALUE_CHARS: usize = 256;
+
 /// One watchlist entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchEntry {
     pub key: ExecutionKey,
-    /// Free-form labels copied into events and `/status` (not into metrics, to bound cardinality).
+    /// Free-form labels (at most [`MAX_LABELS`]), copied into events, `/status` and the
+    /// `flowwatch_execution_labels` series that alerts join on.
     pub labels: BTreeMap<String, String>,
 }
 

@@ -479,7 +479,8 @@ impl<C: FlowExecutions> Engine<C> {
         }
         let mut state = ExecutionState::new(entry, self.schedule.ladder());
         state.found_by_discovery = true;
-        self.publisher.execution_discovered(&key, state.status);
+        self.publisher
+            .execution_discovered(&state.entry, state.status);
         self.health.export_freshness_of(&key, &self.publisher);
         self.watch.insert(state);
         true

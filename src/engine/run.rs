@@ -20,7 +20,7 @@ use crate::engine::schedule::Schedule;
 use crate::engine::staged::Staged;
 use crate::engine::state::ExecutionState;
 use crate::engine::views::{ReloadSummary, StatusQuery, StatusView};
-use crate::engine::watch_set::WatchSet;
+use crate::engine::watch_set::{Kept, WatchSet};
 use crate::engine::{Command, Engine, ExitWhen, Finish};
 use crate::input::config::{DiscoverySettings, FlowHealthSettings, PollingSettings};
 use crate::input::watchlist::Watchlist;
@@ -270,10 +270,18 @@ impl<C: FlowExecutions> Engine<C> {
         let new: Vec<WatchEntry> = watchlist
             .entries
             .into_iter()
-            .filter(|entry| {
-                let kept = self.watch.keep(entry);
-                summary.kept += usize::from(kept);
-                !kept
+            .filter(|entry| match self.watch.keep(entry) {
+                Kept::NotWatched => true,
+                Kept::Same => {
+                    summary.kept += 1;
+                    false
+                }
+                Kept::Relabelled => {
+                    summary.kept += 1;
+                    self.publisher
+                        .execution_relabelled(&entry.key, &entry.labels);
+                    false
+                }
             })
             .collect();
         summary.added = new.len();
@@ -322,7 +330,10 @@ impl<C: FlowExecutions> Engine<C> {
                 .success_expected_within(&entry.key, entry.expect_success_within);
         }
         if flow.entry.labels != entry.labels {
-            self.watch.relabel_discovered(&entry.key, &entry.labels);
+            self.publisher.flow_relabelled(&entry.key, &entry.labels);
+            for key in self.watch.relabel_discovered(&entry.key, &entry.labels) {
+                self.publisher.execution_relabelled(&key, &entry.labels);
+            }
         }
         if let Some(flow) = self.watch.flow_mut(&entry.key) {
             flow.entry = entry;
@@ -346,7 +357,7 @@ impl<C: FlowExecutions> Engine<C> {
         }
         let observation = state.observation.as_deref();
         self.publisher
-            .execution_joined(&key, state.status, observation);
+            .execution_joined(&state.entry, state.status, observation);
         self.health.export_freshness_of(&key, &self.publisher);
         // Never observed, in a flow with no forecast yet, past its scouts: it waits for them
         // (at most max_interval). What the store knows is polled at once.
@@ -387,8 +398,7 @@ impl<C: FlowExecutions> Engine<C> {
         let key = entry.key.clone();
         let wall = SystemTime::now();
         let first_seen = self.publisher.flow_first_seen(&key, wall);
-        self.publisher
-            .flow_joined(&key, entry.expect_success_within);
+        self.publisher.flow_joined(&entry);
         self.health
             .flow_watched_since(&key, first_seen, &self.publisher);
         let labels = entry.labels.clone();

@@ -34,6 +34,17 @@ pub struct Unwanted {
     pub flows: Vec<FlowKey>,
 }
 
+/// What keeping a watchlist entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// It is not watched: it is new.
+    NotWatched,
+    /// Watched, with the same labels.
+    Same,
+    /// Watched, and its labels changed.
+    Relabelled,
+}
+
 impl WatchSet {
     pub fn new(retain_terminal: Duration) -> Self {
         Self {
@@ -146,23 +157,33 @@ impl WatchSet {
     }
 
     /// A watchlist entry already watched keeps its state and takes the entry's labels; it is
-    /// listed now, no longer only discovered. Returns false when it is not watched.
-    pub fn keep(&mut self, entry: &WatchEntry) -> bool {
+    /// listed now, no longer only discovered.
+    pub fn keep(&mut self, entry: &WatchEntry) -> Kept {
         let Some(state) = self.executions.get_mut(&entry.key) else {
-            return false;
+            return Kept::NotWatched;
         };
-        state.entry.labels = entry.labels.clone();
         state.found_by_discovery = false;
-        true
+        if state.entry.labels == entry.labels {
+            return Kept::Same;
+        }
+        state.entry.labels = entry.labels.clone();
+        Kept::Relabelled
     }
 
-    /// The executions `flow` discovered take its new labels.
-    pub fn relabel_discovered(&mut self, flow: &FlowKey, labels: &BTreeMap<String, String>) {
+    /// The executions `flow` discovered take its new labels; returns them.
+    pub fn relabel_discovered(
+        &mut self,
+        flow: &FlowKey,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<ExecutionKey> {
+        let mut relabelled = Vec::new();
         for state in self.executions.values_mut() {
             if state.found_by_discovery && FlowKey::of(&state.entry.key) == *flow {
                 state.entry.labels = labels.clone();
+                relabelled.push(state.entry.key.clone());
             }
         }
+        relabelled
     }
 
     /// `key`'s series go `retain_terminal` after `now`.
@@ -322,12 +343,12 @@ mod tests {
         set.insert(state(entry("orders", 1), true));
         let mut relabelled = entry("orders", 1);
         relabelled.labels.insert("team".into(), "billing".into());
-        assert!(set.keep(&relabelled));
+        assert_eq!(set.keep(&relabelled), Kept::Relabelled);
         let kept = set.get(&relabelled.key).expect("kept");
         assert_eq!(kept.entry.labels["team"], "billing");
         assert!(!kept.found_by_discovery);
         assert!(
-            !set.keep(&entry("orders", 2)),
+            set.keep(&entry("orders", 2)) == Kept::NotWatched,
             "not watched: nothing to keep"
         );
     }

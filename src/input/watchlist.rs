@@ -14,7 +14,8 @@ use toml_edit::{Document, Item, Value};
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location, SourceText, line_of};
 use crate::input::duration::{self, DurationError};
 use crate::model::{
-    ExecutionKey, FlowEntry, FlowKey, Interner, WatchEntry, check_flow_name, check_uuid,
+    ExecutionKey, FlowEntry, FlowKey, Interner, MAX_LABEL_NAME_CHARS, MAX_LABEL_VALUE_CHARS,
+    MAX_LABELS, WatchEntry, check_flow_name, check_uuid,
 };
 
 /// A parsed, validated watchlist.
@@ -414,6 +415,16 @@ impl FieldReader<'_, '_, '_> {
                 ),
             )),
         }
+        if labels.len() > MAX_LABELS {
+            let span = self.fields.get("labels").and_then(|l| l.span());
+            self.problems.push(self.src.at(
+                span,
+                format!(
+                    "at most {MAX_LABELS} labels per entry; found {}",
+                    labels.len()
+                ),
+            ));
+        }
         labels
     }
 }
@@ -514,10 +525,21 @@ fn label(
     problems: &mut Vec<Diagnostic>,
 ) {
     match value {
-        Some(v) if !key.is_empty() => {
+        Some(_) if key.is_empty() => problems.push(src.at(span, "label names must not be empty")),
+        Some(_) if key.chars().count() > MAX_LABEL_NAME_CHARS => problems.push(src.at(
+            span,
+            format!("label name `{key}` is longer than {MAX_LABEL_NAME_CHARS} characters"),
+        )),
+        Some(v) if v.chars().count() > MAX_LABEL_VALUE_CHARS => problems.push(src.at(
+            span,
+            format!(
+                "label `{key}` is longer than {MAX_LABEL_VALUE_CHARS} characters ({})",
+                v.chars().count()
+            ),
+        )),
+        Some(v) => {
             labels.insert(key.to_string(), v.to_string());
         }
-        Some(_) => problems.push(src.at(span, "label names must not be empty")),
         None => problems.push(src.at(
             span,
             format!("label `{key}` must be a string, found {type_name}"),
@@ -733,6 +755,34 @@ mod tests {
         assert_eq!(
             errors,
             vec!["w.toml:5:19: label `team` must be a string, found integer"]
+        );
+    }
+
+    #[test]
+    fn labels_are_bounded_in_number_name_and_value() {
+        let entry = |labels: &str| {
+            format!(
+                "[[execution]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"f\"\nexecution_id = \"{EXECUTION}\"\nlabels = {{ {labels} }}\n"
+            )
+        };
+        let sixteen: Vec<String> = (0..16).map(|i| format!("k{i} = \"v\"")).collect();
+        assert!(parse(&entry(&sixteen.join(", "))).is_ok());
+        let seventeen: Vec<String> = (0..17).map(|i| format!("k{i} = \"v\"")).collect();
+        assert_eq!(
+            parse(&entry(&seventeen.join(", "))).expect_err("17 labels"),
+            vec!["w.toml:5:10: at most 16 labels per entry; found 17"]
+        );
+        let long_value = format!("team = \"{}\"", "é".repeat(257));
+        assert_eq!(
+            parse(&entry(&long_value)).expect_err("long value"),
+            vec!["w.toml:5:19: label `team` is longer than 256 characters (257)"]
+        );
+        assert!(parse(&entry(&format!("team = \"{}\"", "é".repeat(256)))).is_ok());
+        let long_name = format!("{} = \"v\"", "n".repeat(65));
+        let errors = parse(&entry(&long_name)).expect_err("long name");
+        assert!(
+            errors[0].ends_with("is longer than 64 characters"),
+            "{errors:?}"
         );
     }
 }

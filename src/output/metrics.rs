@@ -10,7 +10,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::model::{ExecutionKey, Observation, Operation, Outcome, Status};
+use crate::model::{ExecutionKey, FlowKey, Observation, Operation, Outcome, Status};
+use crate::output::info_labels::FlowLabelSeries;
 use crate::output::push_metrics::PushMetrics;
 #[cfg(test)]
 use crate::output::series::{FAMILIES, ROWS_PER_CHUNK, failure_label};
@@ -38,6 +39,7 @@ pub struct Metrics {
     flow_last_success: GaugeVec,
     flow_last_failure: GaugeVec,
     flow_success_expected_within: GaugeVec,
+    flow_labels: FlowLabelSeries,
     http_connections_closed: IntCounterVec,
     http_auth_rejected: IntCounterVec,
     /// Whether per-execution status and time series are exported.
@@ -162,6 +164,7 @@ impl Metrics {
                 "flowwatch_flow_success_expected_within_seconds",
                 "The expect_success_within of a [[flow]] entry: a success is expected at least this often (seconds).",
             )?,
+            flow_labels: registered(&r, FlowLabelSeries::new()?)?,
             http_connections_closed: counters(
                 &r,
                 "flowwatch_http_connections_closed_total",
@@ -183,6 +186,7 @@ impl Metrics {
         };
         metrics.request_series();
         metrics.build_info()?;
+        metrics.process()?;
         metrics.preset();
         Ok(metrics)
     }
@@ -197,6 +201,16 @@ impl Metrics {
         )?
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
+        Ok(())
+    }
+
+    /// The standard `process_*` families (CPU, memory, file descriptors, threads), which every
+    /// Prometheus client exports and dashboards expect.
+    fn process(&self) -> prometheus::Result<()> {
+        #[cfg(target_os = "linux")]
+        self.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(())
     }
 
@@ -380,6 +394,34 @@ impl Metrics {
         self.series.set_failure(key, message.unwrap_or_default());
     }
 
+    /// Exports the labels of an execution joining the watch set (`flowwatch_execution_labels`,
+    /// beside its other series; with or without `per_execution`, as the alerts join on it).
+    pub fn set_execution_labels(
+        &self,
+        key: &ExecutionKey,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) {
+        self.series.set_labels(key, labels);
+    }
+
+    /// A watched execution's labels changed (a reload); series already dropped stay dropped.
+    pub fn relabel_execution(
+        &self,
+        key: &ExecutionKey,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) {
+        self.series.relabel(key, labels);
+    }
+
+    /// Sets (or, with none, removes) `flowwatch_flow_labels` of a `[[flow]]` entry.
+    pub fn set_flow_labels(
+        &self,
+        flow: &FlowKey,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) {
+        self.flow_labels.set(flow, labels);
+    }
+
     /// Drops the per-execution series (after `retain_terminal`, or when an entry is removed).
     /// Counters stay.
     pub fn drop_execution(&self, key: &ExecutionKey) {
@@ -500,6 +542,10 @@ impl Metrics {
         let _ = self
             .flow_success_expected_within
             .remove_label_values(&labels);
+        self.flow_labels.remove(&FlowKey {
+            instance_id: instance_id.to_string(),
+            flow_name: flow_name.to_string(),
+        });
     }
 }
 
@@ -623,6 +669,32 @@ mod tests {
         assert_eq!(failure_label(&"x".repeat(300)).chars().count(), 256);
     }
 
+    #[test]
+    fn without_per_execution_series_only_failed_and_overdue_executions_carry_their_labels() {
+        let m = Metrics::with_per_execution(false).expect("metrics");
+        let team = [("team".to_string(), "planning".to_string())].into();
+        let [quiet, failed, overdue] =
+            ["quiet", "failed", "overdue"].map(|e| ExecutionKey::from_checked("i", "f", e));
+        for key in [&quiet, &failed, &overdue] {
+            m.set_execution_labels(key, &team);
+            m.set_status(key, Status::InProgress);
+        }
+        m.set_failure(&failed, Some("bad row"));
+        m.set_expectation(&overdue, Some(10.0), true);
+        let text = m.render();
+        let labelled: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("flowwatch_execution_labels{"))
+            .collect();
+        assert_eq!(
+            labelled,
+            [
+                "flowwatch_execution_labels{execution_id=\"failed\",flow_name=\"f\",instance_id=\"i\",label_team=\"planning\"} 1",
+                "flowwatch_execution_labels{execution_id=\"overdue\",flow_name=\"f\",instance_id=\"i\",label_team=\"planning\"} 1",
+            ]
+        );
+    }
+
     fn observation(start: Option<f64>, end: Option<f64>) -> Observation {
         Observation {
             status: crate::model::ApiStatus::InProgress,
@@ -639,6 +711,11 @@ mod tests {
     type TestRow = (ExecutionKey, Status, f64, Option<f64>, Option<&'static str>);
 
     const EXPECTED_AFTER: f64 = 600.5;
+
+    /// The labels of every test row but [`UNLABELLED`], by watchlist key; one value needs
+    /// escaping, and one key sanitising.
+    const LABELS: [(&str, &str); 2] = [("cost-centre", "4\"2\\"), ("team", "planning\nops")];
+    const UNLABELLED: &str = "e-2";
 
     /// The per-execution families as the prometheus crate writes them, for comparison.
     fn by_the_prometheus_crate(rows: &[TestRow]) -> String {
@@ -662,6 +739,10 @@ mod tests {
             "flowwatch_execution_failure_info",
             &[&ids[..], &["message"]].concat(),
         );
+        let labelled = gauge(
+            "flowwatch_execution_labels",
+            &[&ids[..], &["label_cost_centre", "label_team"]].concat(),
+        );
         for (key, current, started, ended, message) in rows {
             let k = [&*key.instance_id, &*key.flow_name, &*key.execution_id];
             for s in Status::ALL {
@@ -679,6 +760,11 @@ mod tests {
             if let Some(m) = message {
                 failure
                     .with_label_values(&[k[0], k[1], k[2], &failure_label(m)])
+                    .set(1.0);
+            }
+            if key.execution_id.as_ref() != UNLABELLED {
+                labelled
+                    .with_label_values(&[k[0], k[1], k[2], LABELS[0].1, LABELS[1].1])
                     .set(1.0);
             }
         }
@@ -732,7 +818,14 @@ mod tests {
             ),
         ];
         let m = Metrics::new().expect("metrics");
+        let labels = LABELS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         for (k, status, start, end, message) in &rows {
+            if k.execution_id.as_ref() != UNLABELLED {
+                m.set_execution_labels(k, &labels);
+            }
             m.set_status(k, *status);
             m.set_times(k, &observation(Some(*start), *end));
             if end.is_none() {
@@ -827,6 +920,14 @@ mod tests {
         metrics.set_times(&key, &observation);
         metrics.set_expectation(&key, Some(3.0), true);
         metrics.set_failure(&key, Some("m"));
+        let team: std::collections::BTreeMap<String, String> =
+            [("team".to_string(), "t".to_string())].into();
+        metrics.set_execution_labels(&key, &team);
+        let flow = FlowKey {
+            instance_id: "i".into(),
+            flow_name: "f".into(),
+        };
+        metrics.set_flow_labels(&flow, &team);
         metrics.flow_finished("i", "f", Status::Failed, Some(1.0));
         metrics.flow_freshness("i", "f", Some(1.0), Some(2.0));
         metrics.success_expected_within("i", "f", Some(60.0));
@@ -848,9 +949,10 @@ mod tests {
     fn docs_metrics_md_lists_exactly_the_metrics_flowwatch_exports() {
         let documented: std::collections::BTreeSet<String> = include_str!("../../docs/metrics.md")
             .lines()
-            .filter_map(|l| l.strip_prefix("| `flowwatch_"))
+            .filter_map(|l| l.strip_prefix("| `"))
             .filter_map(|l| l.split('`').next())
-            .map(|name| format!("flowwatch_{name}"))
+            .filter(|name| name.starts_with("flowwatch_") || name.starts_with("process_"))
+            .map(str::to_string)
             .collect();
         let (metrics, exported) = exported_families();
         let undocumented: Vec<&String> = exported.difference(&documented).collect();

@@ -4,6 +4,7 @@
 pub mod events;
 pub mod files;
 pub mod health;
+pub mod info_labels;
 pub mod internal_events;
 pub mod metrics;
 pub mod outbox;

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::model::{
-    ExecutionKey, FlowKey, Freshness, Observation, Overdue, Status, Transition, unix_seconds,
+    ExecutionKey, FlowEntry, FlowKey, Freshness, Observation, Overdue, Status, Transition,
+    WatchEntry, unix_seconds,
 };
 use crate::output::events::{overdue_event, rejected_event, transition_event};
 use crate::output::health::Health;
@@ -118,13 +119,15 @@ impl Publisher {
     /// An execution joined the watch set with what is known of it: its series start.
     pub fn execution_joined(
         &self,
-        key: &ExecutionKey,
+        entry: &WatchEntry,
         status: Status,
         observation: Option<&Observation>,
     ) {
         let m = &self.metrics;
+        let key = &entry.key;
         m.preset_flow_transitions(&key.instance_id, &key.flow_name);
         m.set_status(key, status);
+        m.set_execution_labels(key, &entry.labels);
         m.watched_moved(None, Some(status));
         if let Some(observation) = observation {
             m.set_times(key, observation);
@@ -141,10 +144,15 @@ impl Publisher {
     }
 
     /// Discovery found an execution of a watched flow: it joins the watch set, and is counted.
-    pub fn execution_discovered(&self, key: &ExecutionKey, status: Status) {
-        self.execution_joined(key, status, None);
+    pub fn execution_discovered(&self, entry: &WatchEntry, status: Status) {
+        self.execution_joined(entry, status, None);
         self.metrics
-            .execution_discovered(&key.instance_id, &key.flow_name);
+            .execution_discovered(&entry.key.instance_id, &entry.key.flow_name);
+    }
+
+    /// A watched execution's labels changed (a reload).
+    pub fn execution_relabelled(&self, key: &ExecutionKey, labels: &BTreeMap<String, String>) {
+        self.metrics.relabel_execution(key, labels);
     }
 
     /// A discovery round of a flow read every page it needed.
@@ -172,11 +180,18 @@ impl Publisher {
     }
 
     /// A `[[flow]]` entry is watched: its series start at zero, and its
-    /// `expect_success_within` is exported.
-    pub fn flow_joined(&self, flow: &FlowKey, expect_success_within: Option<Duration>) {
+    /// `expect_success_within` and labels are exported.
+    pub fn flow_joined(&self, entry: &FlowEntry) {
+        let flow = &entry.key;
         self.metrics
             .watch_discovered_flow(&flow.instance_id, &flow.flow_name);
-        self.success_expected_within(flow, expect_success_within);
+        self.success_expected_within(flow, entry.expect_success_within);
+        self.flow_relabelled(flow, &entry.labels);
+    }
+
+    /// A `[[flow]]` entry's labels (set, or changed by a reload).
+    pub fn flow_relabelled(&self, flow: &FlowKey, labels: &BTreeMap<String, String>) {
+        self.metrics.set_flow_labels(flow, labels);
     }
 
     /// A `[[flow]]` entry's `expect_success_within` (set, changed by a reload, or gone).

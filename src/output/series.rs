@@ -1,5 +1,5 @@
-//! The per-execution families (status, start, end and expected end time, overdue, failure info),
-//! one small row per
+//! The per-execution families (status, start, end and expected end time, overdue, failure info,
+//! labels), one small row per
 //! execution, written out by hand a chunk at a time, so their memory grows by a row per
 //! execution and a scrape never holds the rows' lock for long. Every line is what the prometheus
 //! crate would write for the same series (a unit test in `metrics` compares them).
@@ -15,6 +15,9 @@ use crate::model::{ExecutionKey, Seconds, Status};
 #[derive(Debug, Default)]
 pub struct Series {
     rows: Mutex<BTreeMap<ExecutionKey, SeriesRow>>,
+    /// The label text set last: the executions of one flow, or of one `[[flow]]` entry, usually
+    /// share their labels, and so share this text rather than each keeping a copy.
+    last_labels: Mutex<Option<Arc<str>>>,
 }
 
 impl Series {
@@ -102,8 +105,47 @@ impl Series {
         self.with_row(key, |row| row.failure = Some(message));
     }
 
+    /// Sets the labels of an execution joining the watch set.
+    pub fn set_labels(&self, key: &ExecutionKey, labels: &BTreeMap<String, String>) {
+        let text = self.label_text(labels);
+        self.with_row(key, |row| row.labels = text);
+    }
+
+    /// Changes the labels of an execution whose series are exported (after `retain_terminal`
+    /// they are gone, and stay gone).
+    pub fn relabel(&self, key: &ExecutionKey, labels: &BTreeMap<String, String>) {
+        let text = self.label_text(labels);
+        if let Some(row) = crate::model::lock(&self.rows).get_mut(key) {
+            row.labels = text;
+        }
+    }
+
     pub fn remove(&self, key: &ExecutionKey) {
         crate::model::lock(&self.rows).remove(key);
+    }
+
+    /// `labels` as the text after the ids (`,label_team="planning"`), or `None` when empty.
+    fn label_text(&self, labels: &BTreeMap<String, String>) -> Option<Arc<str>> {
+        if labels.is_empty() {
+            return None;
+        }
+        let mut text = String::new();
+        for (name, value) in crate::output::info_labels::metric_labels(labels) {
+            text.push(',');
+            text.push_str(&name);
+            text.push_str("=\"");
+            escape_label(&mut text, value);
+            text.push('"');
+        }
+        let mut last = crate::model::lock(&self.last_labels);
+        match last.as_ref() {
+            Some(shared) if **shared == *text => Some(shared.clone()),
+            _ => {
+                let shared: Arc<str> = text.into();
+                *last = Some(shared.clone());
+                Some(shared)
+            }
+        }
     }
 }
 
@@ -117,6 +159,8 @@ struct SeriesRow {
     expected_end: Seconds,
     /// The `message` label of `flowwatch_execution_failure_info`.
     failure: Option<Arc<str>>,
+    /// The `label_*` labels of `flowwatch_execution_labels`, as written after the ids.
+    labels: Option<Arc<str>>,
     status: Option<Status>,
     overdue: bool,
 }
@@ -148,9 +192,10 @@ enum FamilyKind {
     ExpectedEnd,
     Overdue,
     Failure,
+    Labels,
 }
 
-pub(super) const FAMILIES: [Family; 6] = [
+pub(super) const FAMILIES: [Family; 7] = [
     Family {
         name: "flowwatch_execution_end_time_seconds",
         help: "End time of the flow execution as reported by the API (unix seconds).",
@@ -165,6 +210,11 @@ pub(super) const FAMILIES: [Family; 6] = [
         name: "flowwatch_execution_failure_info",
         help: "Always 1 for a FAILED flow execution; its message label carries the API's failure message (at most 256 characters).",
         kind: FamilyKind::Failure,
+    },
+    Family {
+        name: "flowwatch_execution_labels",
+        help: "Always 1 for a flow execution with watchlist labels (its own or its [[flow]] entry's), as label_<name>, to join on in alerts.",
+        kind: FamilyKind::Labels,
     },
     Family {
         name: "flowwatch_execution_overdue",
@@ -200,6 +250,14 @@ impl Family {
             FamilyKind::EndTime => row.end.get().is_some(),
             FamilyKind::ExpectedEnd | FamilyKind::Overdue => row.expected_end.get().is_some(),
             FamilyKind::Failure => row.failure.is_some(),
+            // Beside the execution's other series: without per-execution series, only a failed
+            // or overdue execution's, which the alerts join on.
+            FamilyKind::Labels => {
+                row.labels.is_some()
+                    && (row.status.is_some()
+                        || row.failure.is_some()
+                        || row.expected_end.get().is_some())
+            }
         }
     }
 
@@ -257,6 +315,12 @@ impl Family {
                 out.push_str(",message=\"");
                 escape_label(out, message);
                 out.push('"');
+                value(out, 1.0);
+            }
+            FamilyKind::Labels => {
+                let Some(labels) = &row.labels else { return };
+                ids(out);
+                out.push_str(labels);
                 value(out, 1.0);
             }
         }

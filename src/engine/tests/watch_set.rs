@@ -203,3 +203,102 @@ async fn a_status_query_selects_one_flow_and_pages_through_its_executions() {
     );
     rig.stop().await;
 }
+
+/// `key`'s `flowwatch_execution_labels` sample with these `label_*` labels (`,label_team="x"`).
+fn labels_series(key: &ExecutionKey, labels: &str) -> String {
+    format!(
+        "flowwatch_execution_labels{{execution_id=\"{}\",flow_name=\"{}\",instance_id=\"{}\"{labels}}}",
+        key.execution_id, key.flow_name, key.instance_id
+    )
+}
+
+fn team(name: &str) -> std::collections::BTreeMap<String, String> {
+    [("team".to_string(), name.to_string())].into()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_labels_series_follow_the_watchlist_and_go_with_the_execution_s_series() {
+    let api = Arc::new(Scripted::default());
+    let (listed, found) = (key("orders", 1), key("weekly", 2));
+    api.gets(&listed, [succeeded(wall() - 100.0, wall() - 10.0)]);
+    let listing = ListPage {
+        executions: vec![(found.clone(), running(wall() + 1.0).expect("scripted"))],
+        invalid: Vec::new(),
+        next_token: None,
+    };
+    api.lists(&flow_key("weekly"), [Ok(listing)]);
+    api.gets(&found, [running(wall() + 1.0)]);
+    let at = |listed_team: &str, flow_team: &str| {
+        let mut list = watchlist(&[&listed], &[watched_flow("weekly", None)]);
+        list.entries[0].labels = team(listed_team);
+        list.flows[0].labels = team(flow_team);
+        list
+    };
+    let mut setup = Setup::ladder();
+    setup.polling.retain_terminal = Duration::from_secs(600);
+    let rig = Rig::start(api, at("planning", "forecasting"), setup).await;
+    rig.until(Duration::from_secs(10)).await;
+    let flow_series = |team: &str| {
+        format!(
+            "flowwatch_flow_labels{{flow_name=\"weekly\",instance_id=\"{}\",label_team=\"{team}\"}}",
+            listed.instance_id
+        )
+    };
+    assert_eq!(
+        rig.sample(&labels_series(&listed, ",label_team=\"planning\"")),
+        Some(1.0)
+    );
+    assert_eq!(
+        rig.sample(&labels_series(&found, ",label_team=\"forecasting\"")),
+        Some(1.0)
+    );
+    assert_eq!(rig.sample(&flow_series("forecasting")), Some(1.0));
+
+    rig.engine
+        .replace(at("billing", "ops"))
+        .await
+        .expect("the engine answers");
+    assert_eq!(
+        rig.sample(&labels_series(&listed, ",label_team=\"billing\"")),
+        Some(1.0)
+    );
+    assert_eq!(
+        rig.sample(&labels_series(&found, ",label_team=\"ops\"")),
+        Some(1.0)
+    );
+    assert_eq!(rig.sample(&flow_series("ops")), Some(1.0));
+    assert_eq!(rig.sample(&flow_series("forecasting")), None);
+    let text = rig.metrics.render();
+    assert_eq!(
+        text.matches("flowwatch_execution_labels{").count(),
+        2,
+        "{text}"
+    );
+
+    rig.until(Duration::from_secs(620)).await;
+    assert_eq!(
+        rig.sample(&labels_series(&listed, ",label_team=\"billing\"")),
+        None,
+        "gone with the terminal execution's other series"
+    );
+    rig.engine
+        .replace(at("sales", "ops"))
+        .await
+        .expect("the engine answers");
+    assert!(
+        !rig.metrics
+            .render()
+            .contains(&listed.execution_id.to_string()),
+        "a relabel brings no dropped series back"
+    );
+    let mut without_flow = at("sales", "ops");
+    without_flow.flows.clear();
+    rig.engine
+        .replace(without_flow)
+        .await
+        .expect("the engine answers");
+    let text = rig.metrics.render();
+    assert!(!text.contains("flowwatch_flow_labels{"), "{text}");
+    assert!(!text.contains("flowwatch_execution_labels{"), "{text}");
+    rig.stop().await;
+}
