@@ -1,8 +1,10 @@
 //! The whole alerting path, end to end with the real tools: the fake Supply Chain API, the
 //! flowwatch binary, a real Prometheus (1 s scrape and rule evaluation) loading
-//! deploy/prometheus/alerts.yml, a real Alertmanager, and a webhook receiver owned by this test.
-//! One test fails an execution (FlowExecutionFailed); the other has a run go overdue and a flow
-//! go without a recent success (FlowExecutionOverdue, FlowNoRecentSuccess). Needs `prometheus` and `prometheus-alertmanager` (Debian packages) on
+//! deploy/prometheus/alerts.yml, a real Alertmanager routing by deploy/prometheus/alertmanager.yml,
+//! and a webhook receiver owned by this test that records which receiver each notification
+//! reached. One test fails an execution (FlowExecutionFailed, routed to its team); the other has
+//! a run go overdue and a flow go without a recent success (FlowExecutionOverdue,
+//! FlowNoRecentSuccess). Needs `prometheus` and `prometheus-alertmanager` (Debian packages) on
 //! PATH; `bash .ci/test` installs them. Every process is killed when the test ends, pass or fail.
 
 use std::net::SocketAddr;
@@ -16,24 +18,23 @@ use flowwatch_testkit::*;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-/// Alert notifications received by the webhook, with their arrival times.
-type Received = Arc<Mutex<Vec<(Instant, serde_json::Value)>>>;
+/// Alert notifications received by the webhook, with their arrival times and the path they were
+/// posted to (which receiver of the example config routed them).
+type Received = Arc<Mutex<Vec<(Instant, String, serde_json::Value)>>>;
 
 async fn webhook() -> (SocketAddr, Received) {
     let received: Received = Arc::default();
     let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/alerts",
-        post(move |body: String| {
-            let sink = sink.clone();
-            async move {
-                if let Ok(json) = serde_json::from_str(&body) {
-                    sink.lock().expect("lock").push((Instant::now(), json));
-                }
-                "ok"
+    let app = axum::Router::new().fallback(post(move |uri: axum::http::Uri, body: String| {
+        let sink = sink.clone();
+        async move {
+            if let Ok(json) = serde_json::from_str(&body) {
+                let path = uri.path().to_string();
+                sink.lock().expect("lock").push((Instant::now(), path, json));
             }
-        }),
-    );
+            "ok"
+        }
+    }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind webhook");
@@ -42,13 +43,25 @@ async fn webhook() -> (SocketAddr, Received) {
     (addr, received)
 }
 
-/// Firing alerts named `name` received so far: (arrival, the alert).
-fn firing(received: &Received, name: &str) -> Vec<(Instant, serde_json::Value)> {
+/// A firing alert as the webhook received it.
+struct Firing {
+    at: Instant,
+    /// The webhook path of the receiver it was routed to.
+    path: String,
+    alert: serde_json::Value,
+}
+
+/// Firing alerts named `name` received so far.
+fn firing(received: &Received, name: &str) -> Vec<Firing> {
     let mut out = Vec::new();
-    for (at, notification) in received.lock().expect("lock").iter() {
+    for (at, path, notification) in received.lock().expect("lock").iter() {
         for alert in notification["alerts"].as_array().into_iter().flatten() {
             if alert["status"] == "firing" && alert["labels"]["alertname"] == name {
-                out.push((*at, alert.clone()));
+                out.push(Firing {
+                    at: *at,
+                    path: path.clone(),
+                    alert: alert.clone(),
+                });
             }
         }
     }
@@ -84,12 +97,7 @@ impl Stack {
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{alertmanager_port}']\nscrape_configs:\n  - job_name: flowwatch\n    static_configs:\n      - targets: ['127.0.0.1:{flowwatch_port}']\n"
             ),
         );
-        let alertmanager_config = ws.write(
-            "alertmanager.yml",
-            &format!(
-                "route:\n  receiver: hook\n  group_by: [alertname, flow_name, execution_id]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://{hook}/alerts\n        send_resolved: true\n"
-            ),
-        );
+        let alertmanager_config = ws.write("alertmanager.yml", &example_alertmanager(hook));
         let alertmanager = spawn_tool(
             &["prometheus-alertmanager", "alertmanager"],
             &[
@@ -138,12 +146,12 @@ impl Stack {
         name: &str,
         limit: Duration,
         matches: impl Fn(&serde_json::Value) -> bool,
-    ) -> (Instant, serde_json::Value) {
+    ) -> Firing {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(found) = firing(&self.received, name)
                 .into_iter()
-                .find(|(_, alert)| matches(alert))
+                .find(|f| matches(&f.alert))
             {
                 return found;
             }
@@ -166,6 +174,22 @@ impl Stack {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// deploy/prometheus/alertmanager.yml with its receivers' webhooks at `hook` and a first
+/// notification after 1 s rather than 10 s, so a test waits for flowwatch, not for the grouping.
+fn example_alertmanager(hook: SocketAddr) -> String {
+    let path = format!(
+        "{}/deploy/prometheus/alertmanager.yml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let example = std::fs::read_to_string(path).expect("the example alertmanager.yml");
+    for expected in ["http://127.0.0.1:5001/", "group_wait: 10s"] {
+        assert!(example.contains(expected), "{expected} is gone from the example");
+    }
+    example
+        .replace("http://127.0.0.1:5001/", &format!("http://{hook}/"))
+        .replace("group_wait: 10s", "group_wait: 1s")
 }
 
 /// Writes a report line where .ci/test prints it after the run (captured output is hidden).
@@ -191,12 +215,22 @@ async fn a_failed_execution_reaches_the_webhook_as_a_firing_alert_and_a_success_
     let fake = FakeServer::start(script.clone()).await.expect("fake");
     let ws = Workspace::new();
     let config = ws.config(&fake.endpoint_url(), POLLING_FAST, &script);
+    // The failing execution belongs to the planning team; the other has no labels.
+    ws.write(
+        "watchlist.toml",
+        &format!(
+            "[[execution]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"supplier-feed\"\nexecution_id = \"{}\"\nlabels = {{ team = \"planning\", cost-centre = \"4711\" }}\n\n\
+             [[execution]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"daily-orders\"\nexecution_id = \"{}\"\n",
+            execution_id(1),
+            execution_id(2)
+        ),
+    );
     let stack = Stack::start(&ws, &config).await;
 
     // The fake's clock started with it: FAILED is served from FAILS_AT seconds after its start.
     let failed_at = Instant::now() - fake.elapsed() + Duration::from_secs(FAILS_AT);
     let failing = execution_id(1);
-    let (arrival, alert) = stack
+    let Firing { at, path, alert } = stack
         .wait_for(&ws, "FlowExecutionFailed", Duration::from_secs(90), |a| {
             label(a, "execution_id") == failing
         })
@@ -206,7 +240,12 @@ async fn a_failed_execution_reaches_the_webhook_as_a_firing_alert_and_a_success_
         "execution 1 failed",
         "the failure message travels in the alert"
     );
-    let latency = arrival.saturating_duration_since(failed_at);
+    assert_eq!(
+        (label(&alert, "label_team").as_str(), path.as_str()),
+        ("planning", "/teams/planning"),
+        "the owner travels in the alert, and the example routes it to the team"
+    );
+    let latency = at.saturating_duration_since(failed_at);
     report(
         "alert-latency.txt",
         &format!(
@@ -219,7 +258,7 @@ async fn a_failed_execution_reaches_the_webhook_as_a_firing_alert_and_a_success_
     tokio::time::sleep(Duration::from_secs(5)).await;
     let fired: Vec<String> = firing(&stack.received, "FlowExecutionFailed")
         .into_iter()
-        .map(|(_, alert)| label(&alert, "execution_id"))
+        .map(|f| label(&f.alert, "execution_id"))
         .collect();
     assert!(
         !fired.contains(&execution_id(2)),
@@ -258,44 +297,57 @@ async fn an_overdue_run_and_a_flow_without_a_recent_success_reach_the_webhook() 
     let watchlist = std::fs::read_to_string(ws.path("watchlist.toml")).expect("watchlist");
     ws.write(
         "watchlist.toml",
-        &format!("{watchlist}[[flow]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"weekly\"\nsince = \"1d\"\nexpect_success_within = \"1m\"\n"),
+        &format!("{watchlist}[[flow]]\ninstance_id = \"{INSTANCE}\"\nflow_name = \"weekly\"\nsince = \"1d\"\nexpect_success_within = \"1m\"\nlabels = {{ team = \"warehouse\" }}\n"),
     );
     let stack = Stack::start(&ws, &config).await;
     let started = Instant::now() - fake.elapsed();
 
-    let (stale_at, stale) = stack
+    let stale = stack
         .wait_for(&ws, "FlowNoRecentSuccess", Duration::from_secs(60), |a| {
             label(a, "flow_name") == "weekly"
         })
         .await;
-    let summary = stale["annotations"]["summary"].as_str().unwrap_or_default();
+    let summary = stale.alert["annotations"]["summary"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(
+        (label(&stale.alert, "label_team").as_str(), stale.path.as_str()),
+        ("warehouse", "/teams/warehouse"),
+        "the [[flow]] entry's owner travels in the alert and routes it"
+    );
     assert!(
         summary.starts_with("Supply Chain flow weekly has not succeeded for 2h 0m"),
         "{summary}"
     );
     let late = execution_id(4);
-    let (overdue_at, overdue) = stack
+    let overdue = stack
         .wait_for(&ws, "FlowExecutionOverdue", Duration::from_secs(60), |a| {
             label(a, "execution_id") == late
         })
         .await;
-    let description = overdue["annotations"]["description"]
+    let description = overdue.alert["annotations"]["description"]
         .as_str()
         .unwrap_or_default();
+    assert_eq!(
+        (label(&overdue.alert, "label_team").as_str(), overdue.path.as_str()),
+        ("tests", "/alerts"),
+        "a team without a route of its own reaches the shared receiver, its owner named"
+    );
     assert!(
         description.contains(&format!("Execution {late} of flow nightly"))
             && description.contains("was expected to end at 20")
             && description.contains(" late."),
         "{description}"
     );
-    let overdue_latency =
-        overdue_at.saturating_duration_since(started + Duration::from_secs(OVERDUE_AFTER));
+    let overdue_latency = overdue
+        .at
+        .saturating_duration_since(started + Duration::from_secs(OVERDUE_AFTER));
     report(
         "flow-health-alerts.txt",
         &format!(
             "alert latency: FlowExecutionOverdue {:.1} s after the run became overdue; FlowNoRecentSuccess {:.1} s after flowwatch started",
             overdue_latency.as_secs_f64(),
-            stale_at.saturating_duration_since(started).as_secs_f64(),
+            stale.at.saturating_duration_since(started).as_secs_f64(),
         ),
     );
     assert!(
@@ -304,7 +356,7 @@ async fn an_overdue_run_and_a_flow_without_a_recent_success_reach_the_webhook() 
     );
     let wrongly: Vec<String> = firing(&stack.received, "FlowExecutionOverdue")
         .into_iter()
-        .map(|(_, a)| label(&a, "execution_id"))
+        .map(|f| label(&f.alert, "execution_id"))
         .filter(|id| *id != late)
         .collect();
     assert!(
@@ -313,7 +365,7 @@ async fn an_overdue_run_and_a_flow_without_a_recent_success_reach_the_webhook() 
     );
     let stale_flows: Vec<String> = firing(&stack.received, "FlowNoRecentSuccess")
         .into_iter()
-        .map(|(_, a)| label(&a, "flow_name"))
+        .map(|f| label(&f.alert, "flow_name"))
         .collect();
     assert!(
         stale_flows.iter().all(|f| f == "weekly"),
