@@ -442,3 +442,20 @@ pub fn spawn_tool(program: &[&str], args: &[String], log: &Path) -> tokio::proce
         program.join(" or ")
     );
 }
+
+/// A real Prometheus with `config` (prometheus.yml), on a free port, its data and log in `ws`;
+/// killed when dropped. Returns it and its address.
+pub fn spawn_prometheus(ws: &Workspace, config: &str) -> (tokio::process::Child, SocketAddr) {
+    let port = free_port();
+    let config = ws.write("prometheus.yml", config);
+    let prometheus = spawn_tool(
+        &["prometheus"],
+        &[
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", ws.path("prom-data").display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+        ],
+        &ws.path("prometheus.log"),
+    );
+    (prometheus, SocketAddr::from(([127, 0, 0, 1], port)))
+}

@@ -30,7 +30,9 @@ async fn webhook() -> (SocketAddr, Received) {
         async move {
             if let Ok(json) = serde_json::from_str(&body) {
                 let path = uri.path().to_string();
-                sink.lock().expect("lock").push((Instant::now(), path, json));
+                sink.lock()
+                    .expect("lock")
+                    .push((Instant::now(), path, json));
             }
             "ok"
         }
@@ -85,17 +87,10 @@ struct Stack {
 impl Stack {
     async fn start(ws: &Workspace, config: &std::path::Path) -> Self {
         let (hook, received) = webhook().await;
-        let (flowwatch_port, prometheus_port, alertmanager_port) =
-            (free_port(), free_port(), free_port());
+        let (flowwatch_port, alertmanager_port) = (free_port(), free_port());
         let rules = format!(
             "{}/deploy/prometheus/alerts.yml",
             env!("CARGO_MANIFEST_DIR")
-        );
-        let prometheus_config = ws.write(
-            "prometheus.yml",
-            &format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{alertmanager_port}']\nscrape_configs:\n  - job_name: flowwatch\n    static_configs:\n      - targets: ['127.0.0.1:{flowwatch_port}']\n"
-            ),
         );
         let alertmanager_config = ws.write("alertmanager.yml", &example_alertmanager(hook));
         let alertmanager = spawn_tool(
@@ -108,14 +103,11 @@ impl Stack {
             ],
             &ws.path("alertmanager.log"),
         );
-        let prometheus = spawn_tool(
-            &["prometheus"],
-            &[
-                format!("--config.file={}", prometheus_config.display()),
-                format!("--storage.tsdb.path={}", ws.path("prom-data").display()),
-                format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
-            ],
-            &ws.path("prometheus.log"),
+        let (prometheus, _) = spawn_prometheus(
+            ws,
+            &format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{alertmanager_port}']\nscrape_configs:\n  - job_name: flowwatch\n    static_configs:\n      - targets: ['127.0.0.1:{flowwatch_port}']\n"
+            ),
         );
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowwatch"));
         cmd.args(["run", "--config", &config.to_string_lossy()])
@@ -185,7 +177,10 @@ fn example_alertmanager(hook: SocketAddr) -> String {
     );
     let example = std::fs::read_to_string(path).expect("the example alertmanager.yml");
     for expected in ["http://127.0.0.1:5001/", "group_wait: 10s"] {
-        assert!(example.contains(expected), "{expected} is gone from the example");
+        assert!(
+            example.contains(expected),
+            "{expected} is gone from the example"
+        );
     }
     example
         .replace("http://127.0.0.1:5001/", &format!("http://{hook}/"))
@@ -311,7 +306,10 @@ async fn an_overdue_run_and_a_flow_without_a_recent_success_reach_the_webhook() 
         .as_str()
         .unwrap_or_default();
     assert_eq!(
-        (label(&stale.alert, "label_team").as_str(), stale.path.as_str()),
+        (
+            label(&stale.alert, "label_team").as_str(),
+            stale.path.as_str()
+        ),
         ("warehouse", "/teams/warehouse"),
         "the [[flow]] entry's owner travels in the alert and routes it"
     );
@@ -329,7 +327,10 @@ async fn an_overdue_run_and_a_flow_without_a_recent_success_reach_the_webhook() 
         .as_str()
         .unwrap_or_default();
     assert_eq!(
-        (label(&overdue.alert, "label_team").as_str(), overdue.path.as_str()),
+        (
+            label(&overdue.alert, "label_team").as_str(),
+            overdue.path.as_str()
+        ),
         ("tests", "/alerts"),
         "a team without a route of its own reaches the shared receiver, its owner named"
     );

@@ -9,6 +9,7 @@ mod cli;
 mod corpus;
 mod crash;
 mod daemon;
+mod dashboard;
 mod discovery;
 mod flow_health;
 mod forecast;
