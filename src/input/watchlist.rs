@@ -785,4 +785,17 @@ mod tests {
             "{errors:?}"
         );
     }
+
+    #[test]
+    fn docs_name_the_label_bounds_the_reader_applies() {
+        let docs = include_str!("../../docs/dashboards.md");
+        let docs = docs.split_whitespace().collect::<Vec<_>>().join(" ");
+        let bounds = format!(
+            "at most **{MAX_LABELS}** labels per entry, each name at most **{MAX_LABEL_NAME_CHARS}** and each value at most **{MAX_LABEL_VALUE_CHARS}** characters"
+        );
+        assert!(
+            docs.contains(&bounds),
+            "docs/dashboards.md should say: {bounds}"
+        );
+    }
 }

@@ -120,6 +120,31 @@ fn percent_encoded(text: &str) -> String {
     out
 }
 
+#[test]
+fn docs_dashboards_md_lists_every_row_and_panel() {
+    let docs = include_str!("../../docs/dashboards.md").to_lowercase();
+    let mut row = String::new();
+    for panel in dashboard()["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().unwrap_or_default().to_lowercase();
+        if panel["type"] == "row" {
+            row = format!("| {title} |");
+            assert!(
+                docs.contains(&row),
+                "docs/dashboards.md has no row {title:?}"
+            );
+            continue;
+        }
+        let line = docs
+            .lines()
+            .find(|l| l.starts_with(&row))
+            .unwrap_or_default();
+        assert!(
+            line.contains(&title),
+            "docs/dashboards.md's row {row} does not name the panel {title:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_is_valid_and_returns_data_from_the_demo() {
     let ws = Workspace::new();
