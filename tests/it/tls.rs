@@ -176,31 +176,20 @@ async fn real_prometheus_scrapes_over_tls_with_basic_auth_and_a_wrong_password_i
         401
     );
 
-    let prometheus_port = free_port();
     let job = |name: &str, password: &str| {
         format!(
             "  - job_name: {name}\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n    basic_auth:\n      username: {USER}\n      password: '{password}'\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
             ca = ws.path("ca.pem").display()
         )
     };
-    let config = ws.write(
-        "prometheus.yml",
+    let (_prometheus, prometheus) = spawn_prometheus(
+        &ws,
         &format!(
             "global:\n  scrape_interval: 1s\nscrape_configs:\n{}{}",
             job("flowwatch", PASSWORD),
             job("wrong-password", "not it")
         ),
     );
-    let _prometheus = spawn_tool(
-        &["prometheus"],
-        &[
-            format!("--config.file={}", config.display()),
-            format!("--storage.tsdb.path={}", ws.path("prom-data").display()),
-            format!("--web.listen-address=127.0.0.1:{prometheus_port}"),
-        ],
-        &ws.path("prometheus.log"),
-    );
-    let prometheus: std::net::SocketAddr = ([127, 0, 0, 1], prometheus_port).into();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let up = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
