@@ -5,6 +5,8 @@
 //! The engine calls methods that say what happened; no metric is reachable from outside this
 //! module.
 
+use std::collections::BTreeMap;
+
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -396,29 +398,17 @@ impl Metrics {
 
     /// Exports the labels of an execution joining the watch set (`flowwatch_execution_labels`,
     /// beside its other series; with or without `per_execution`, as the alerts join on it).
-    pub fn set_execution_labels(
-        &self,
-        key: &ExecutionKey,
-        labels: &std::collections::BTreeMap<String, String>,
-    ) {
+    pub fn set_execution_labels(&self, key: &ExecutionKey, labels: &BTreeMap<String, String>) {
         self.series.set_labels(key, labels);
     }
 
     /// A watched execution's labels changed (a reload); series already dropped stay dropped.
-    pub fn relabel_execution(
-        &self,
-        key: &ExecutionKey,
-        labels: &std::collections::BTreeMap<String, String>,
-    ) {
+    pub fn relabel_execution(&self, key: &ExecutionKey, labels: &BTreeMap<String, String>) {
         self.series.relabel(key, labels);
     }
 
     /// Sets (or, with none, removes) `flowwatch_flow_labels` of a `[[flow]]` entry.
-    pub fn set_flow_labels(
-        &self,
-        flow: &FlowKey,
-        labels: &std::collections::BTreeMap<String, String>,
-    ) {
+    pub fn set_flow_labels(&self, flow: &FlowKey, labels: &BTreeMap<String, String>) {
         self.flow_labels.set(flow, labels);
     }
 
@@ -920,8 +910,7 @@ mod tests {
         metrics.set_times(&key, &observation);
         metrics.set_expectation(&key, Some(3.0), true);
         metrics.set_failure(&key, Some("m"));
-        let team: std::collections::BTreeMap<String, String> =
-            [("team".to_string(), "t".to_string())].into();
+        let team: BTreeMap<String, String> = [("team".to_string(), "t".to_string())].into();
         metrics.set_execution_labels(&key, &team);
         let flow = FlowKey {
             instance_id: "i".into(),
