@@ -371,11 +371,14 @@ pub enum Outcome {
     TransportError,
     /// The request could not be built here (an invalid region, say): the API never saw it.
     LocalError,
+    /// No credentials to sign with: none found, expired, or an AssumeRole that STS refused.
+    /// The API never saw the request.
+    CredentialsError,
 }
 
 impl Outcome {
     /// In declaration order: metrics index their series by `outcome as usize`.
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Success,
         Outcome::Throttled,
         Outcome::QuotaExceeded,
@@ -387,6 +390,7 @@ impl Outcome {
         Outcome::Timeout,
         Outcome::TransportError,
         Outcome::LocalError,
+        Outcome::CredentialsError,
     ];
 
     pub fn metric_label(self) -> &'static str {
@@ -402,6 +406,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::TransportError => "transport_error",
             Outcome::LocalError => "local_error",
+            Outcome::CredentialsError => "credentials_error",
         }
     }
 }

@@ -78,6 +78,10 @@ pub enum ApiError {
     /// endpoint, say. A fault of this process's configuration, never a verdict on the execution.
     #[error("the request could not be built: {message}")]
     Local { message: String },
+    /// No credentials to sign the request with: none found, expired, or an AssumeRole that STS
+    /// refused (`message` carries STS's words). The API never saw the request.
+    #[error("no usable AWS credentials: {message}")]
+    Credentials { message: String },
 }
 
 impl ApiError {
@@ -93,6 +97,7 @@ impl ApiError {
             ApiError::Timeout => Outcome::Timeout,
             ApiError::Transport { .. } => Outcome::TransportError,
             ApiError::Local { .. } => Outcome::LocalError,
+            ApiError::Credentials { .. } => Outcome::CredentialsError,
         }
     }
 

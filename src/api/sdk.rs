@@ -8,6 +8,7 @@ use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_supplychain::Client;
 use aws_sdk_supplychain::config::SharedCredentialsProvider;
 use aws_sdk_supplychain::config::http::HttpResponse;
@@ -253,6 +254,11 @@ where
             message: too_large.to_string(),
         };
     }
+    if credentials_failure(&error).is_some() {
+        return ApiError::Credentials {
+            message: bounded(&DisplayErrorContext(&error).to_string(), bounds::MESSAGE),
+        };
+    }
     match &error {
         SdkError::TimeoutError(_) => return ApiError::Timeout,
         SdkError::DispatchFailure(failure) => {
@@ -316,6 +322,22 @@ where
     ApiError::Transport {
         message: DisplayErrorContext(&error).to_string(),
     }
+}
+
+/// The credentials provider's failure behind `error`, when that is why the call failed: no
+/// credentials found, expired ones, or an AssumeRole that STS refused. The SDK reports it as a
+/// failed dispatch, though the request never left this process.
+fn credentials_failure<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e CredentialsError> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<CredentialsError>() {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// The AWS configuration of local endpoints: fixed credentials and region, bypassing the

@@ -32,6 +32,9 @@ pub enum ErrorClass {
     /// The request could not be built here (an invalid region, say): retried at
     /// `max_interval`, never an attempt of the execution, never its fate.
     Local,
+    /// No usable credentials (none, expired, or AssumeRole refused): as `Local`, the API never
+    /// saw the request, so it is retried at `max_interval` and leaves the execution untouched.
+    Credentials,
 }
 
 impl ErrorClass {
@@ -50,6 +53,7 @@ impl ErrorClass {
             | ApiError::Timeout
             | ApiError::Transport { .. } => ErrorClass::Transient,
             ApiError::Local { .. } => ErrorClass::Local,
+            ApiError::Credentials { .. } => ErrorClass::Credentials,
         }
     }
 
@@ -62,7 +66,9 @@ impl ErrorClass {
                 at_least: retry_after.unwrap_or_default(),
             },
             ErrorClass::Transient | ErrorClass::NotFound => Delay::Climb,
-            ErrorClass::Denied | ErrorClass::Local => Delay::Fixed(max_interval),
+            ErrorClass::Denied | ErrorClass::Local | ErrorClass::Credentials => {
+                Delay::Fixed(max_interval)
+            }
             ErrorClass::Invalid => Delay::Never,
         }
     }
@@ -72,13 +78,16 @@ impl ErrorClass {
     pub fn needs_operator(self) -> bool {
         matches!(
             self,
-            ErrorClass::Denied | ErrorClass::Invalid | ErrorClass::Local
+            ErrorClass::Denied | ErrorClass::Invalid | ErrorClass::Local | ErrorClass::Credentials
         )
     }
 
     /// Whether the failed call counts as one of the execution's attempts.
     pub fn is_attempt(self) -> bool {
-        !matches!(self, ErrorClass::SlowDown { .. } | ErrorClass::Local)
+        !matches!(
+            self,
+            ErrorClass::SlowDown { .. } | ErrorClass::Local | ErrorClass::Credentials
+        )
     }
 }
 
@@ -453,19 +462,28 @@ mod tests {
         let error = ApiError::Local {
             message: "endpoint params could not be built".to_string(),
         };
+        never_reached_the_api(error, Outcome::LocalError);
+    }
+
+    #[test]
+    fn a_call_without_usable_credentials_is_retried_at_max_interval_and_never_rejects() {
+        let error = ApiError::Credentials {
+            message: "AccessDenied: User is not authorized to perform: sts:AssumeRole".to_string(),
+        };
+        assert_eq!(error.outcome(), Outcome::CredentialsError);
+        never_reached_the_api(error, Outcome::CredentialsError);
+    }
+
+    /// A failure before the request left this process: the execution's state and attempts stay,
+    /// it is asked again at `max_interval`, logged as an error once, and the rate stays.
+    fn never_reached_the_api(error: ApiError, outcome: Outcome) {
         let d = poll(error.clone());
         assert_eq!(d.reject, None, "the API never saw the request");
         assert_eq!(d.to, None);
         assert_eq!(d.next, Delay::Fixed(MAX));
         assert!(!d.attempt, "not the execution's failure");
         assert_eq!(d.log, Level::ERROR);
-        let repeat = poll_failed(
-            &error,
-            Some(Outcome::LocalError),
-            Duration::ZERO,
-            GRACE,
-            MAX,
-        );
+        let repeat = poll_failed(&error, Some(outcome), Duration::ZERO, GRACE, MAX);
         assert_eq!(repeat.log, Level::DEBUG);
         let l = list(error.clone(), true);
         assert!(!l.abandon_round && !l.flow_missing);

@@ -134,6 +134,12 @@ impl Health {
                 inner.recent.len()
             ));
         }
+        if all(|o| o == Outcome::CredentialsError) {
+            return Readiness::NotReady(format!(
+                "no usable AWS credentials on the last {} calls: {last_detail}",
+                inner.recent.len()
+            ));
+        }
         if all(|o| o == Outcome::LocalError) {
             return Readiness::NotReady(format!(
                 "no request could be built on the last {} calls: {last_detail}",
@@ -182,6 +188,14 @@ mod tests {
         }
         assert!(
             matches!(h.readiness(), Readiness::NotReady(r) if r.contains("no request could be built"))
+        );
+        for _ in 0..RECENT {
+            h.record(Outcome::CredentialsError, || {
+                "sts:AssumeRole refused".into()
+            });
+        }
+        assert!(
+            matches!(h.readiness(), Readiness::NotReady(r) if r.contains("no usable AWS credentials") && r.contains("sts:AssumeRole refused"))
         );
     }
 

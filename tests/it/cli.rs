@@ -988,3 +988,72 @@ async fn a_watchlist_replaced_by_a_fifo_is_refused_on_sighup_and_sigterm_still_w
     assert_eq!(out.status.code(), Some(0));
     fake.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_credentials_calls_count_as_credentials_errors_and_never_reach_the_api() {
+    let script = scenario(vec![scripted("daily-orders", 1, &[(0, "IN_PROGRESS")])]);
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), FAST, &script);
+    let mut cmd = flowwatch(&["run", "--config", &config.to_string_lossy()]);
+    // No credentials anywhere the default chain looks.
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/flowwatch-test")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/flowwatch-test")
+        .env("FLOWWATCH_LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn flowwatch");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr: std::net::SocketAddr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let log = serde_json::from_str::<serde_json::Value>(&line).unwrap_or_default();
+            if log["message"] == "flowwatch is listening" {
+                return log["addr"].as_str().and_then(|a| a.parse().ok());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("flowwatch logs its address");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let count = |metrics: &str, outcome: &str| {
+        sample(
+            metrics,
+            "flowwatch_api_requests_total",
+            &[
+                ("operation", "GetDataIntegrationFlowExecution"),
+                ("outcome", outcome),
+            ],
+        )
+        .unwrap_or_default()
+    };
+    eventually(Duration::from_secs(20), "a credentials_error", || async {
+        count(&http(addr, "GET", "/metrics").await.1, "credentials_error") >= 1.0
+    })
+    .await;
+    let metrics = http(addr, "GET", "/metrics").await.1;
+    assert_eq!(count(&metrics, "transport_error"), 0.0, "{metrics}");
+    assert_eq!(fake.stats().requests, 0, "no call reached the API");
+    let (code, body) = http(addr, "GET", "/status").await;
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("no usable AWS credentials"),
+        "the execution's last error says why: {body}"
+    );
+    // Retried at max_interval (1 s here), not on the 200 ms ladder: at most about one call a
+    // second.
+    let before = count(&metrics, "credentials_error");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = count(&http(addr, "GET", "/metrics").await.1, "credentials_error");
+    assert!(
+        (1.0..=5.0).contains(&(after - before)),
+        "{before} then {after} in 3 s"
+    );
+    let _ = child.start_kill();
+    fake.stop().await;
+}
