@@ -333,7 +333,7 @@ async fn measure(run: Run) -> Row {
             retry_after_ms: None,
         }),
         executions,
-        flows: Vec::new(),
+        ..Scenario::default()
     })
     .await
     .expect("fake");
@@ -648,9 +648,8 @@ async fn reload_run(n: usize) {
         .map(|e| (e.flow_name.clone(), e.execution_id.clone()))
         .collect();
     let fake = FakeServer::start(Scenario {
-        rate_limit: None,
         executions,
-        flows: Vec::new(),
+        ..Scenario::default()
     })
     .await
     .expect("fake");

@@ -46,7 +46,7 @@ pub use crate::telemetry::init as init_logging;
 /// What tests reach that the daemon itself never uses.
 #[doc(hidden)]
 pub mod testing {
-    pub use crate::api::{local_client, local_client_in_region};
+    pub use crate::api::{local_client, local_client_as, local_client_in_region};
     pub use crate::output::store::Store;
     pub use crate::server::http::limits;
 }

@@ -3,7 +3,9 @@
 //! `maxResults`/`nextToken` paging, epoch-second timestamps, `x-amzn-errortype` error headers with
 //! the model's HTTP codes, and the `x-amz-retry-after` hint. Each execution follows a scripted
 //! status timeline, with fault windows (errors, throttling, hangs, resets, garbage bodies), behind
-//! an optional global rate limit. It serves the integration tests and `flowwatch demo`.
+//! an optional global rate limit and limits per signer (access key and region, as AWS quotas are
+//! per account and region). It records who signed each call, for each instance. It serves the
+//! integration tests and `flowwatch demo`.
 //!
 //! List answers newest first (by start time, then execution id) with a keyset cursor as token,
 //! so executions that start between two pages neither repeat nor shift later pages. flowwatch
@@ -48,6 +50,43 @@ pub struct Scenario {
     /// with neither an entry here nor an execution does not exist (ResourceNotFoundException).
     #[serde(default, rename = "flow")]
     pub flows: Vec<ScriptedFlow>,
+    /// Limits of one signer each (an access key in a region, as AWS quotas are per account and
+    /// region), on top of `rate_limit`; past one, that signer's requests get ThrottlingException.
+    #[serde(default, rename = "signer_limit")]
+    pub signer_limits: Vec<SignerLimit>,
+}
+
+/// The rate limit of requests signed by `access_key` for `region`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerLimit {
+    pub access_key: String,
+    pub region: String,
+    pub requests_per_second: f64,
+    #[serde(default = "one")]
+    pub burst: f64,
+}
+
+/// Who signed a request: the access key and region of its SigV4 credential scope.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Signer {
+    pub access_key: String,
+    pub region: String,
+}
+
+impl Signer {
+    /// The signer of an `Authorization: AWS4-HMAC-SHA256 Credential=AKID/date/region/scn/…`
+    /// header, if it is one.
+    fn of(authorization: &str) -> Option<Self> {
+        let rest = authorization.strip_prefix("AWS4-HMAC-SHA256 ")?;
+        let credential = rest
+            .split(',')
+            .find_map(|part| part.trim().strip_prefix("Credential="))?;
+        let mut scope = credential.split('/');
+        let access_key = scope.next()?.to_string();
+        let region = scope.nth(1)?.to_string();
+        Some(Self { access_key, region })
+    }
 }
 
 /// A flow as ListDataIntegrationFlowExecutions sees it.
@@ -195,6 +234,11 @@ pub struct FakeStats {
     pub arrivals: Vec<(Duration, String)>,
     /// ListDataIntegrationFlowExecutions requests, by `instance_id/flow_name`.
     pub lists_by_flow: HashMap<String, u64>,
+    /// Signed requests by signer, and of those the throttled ones (by either limit).
+    pub by_signer: BTreeMap<Signer, u64>,
+    pub throttled_by_signer: BTreeMap<Signer, u64>,
+    /// The signers of each instance's requests.
+    pub signers_of_instance: BTreeMap<String, std::collections::BTreeSet<Signer>>,
 }
 
 impl FakeStats {
@@ -242,6 +286,8 @@ struct Shared {
     scenario: Mutex<Indexed>,
     stats: Mutex<FakeStats>,
     bucket: Mutex<(f64, Instant)>,
+    /// Each limited signer's bucket, as `bucket`.
+    signer_buckets: Mutex<HashMap<Signer, (f64, Instant)>>,
     started: Instant,
     started_wall: SystemTime,
     rng: Mutex<fastrand::Rng>,
@@ -266,6 +312,7 @@ impl FakeServer {
             scenario: Mutex::new(Indexed::new(scenario)),
             stats: Mutex::new(FakeStats::default()),
             bucket: Mutex::new((burst, Instant::now())),
+            signer_buckets: Mutex::default(),
             started: Instant::now(),
             started_wall: SystemTime::now(),
             rng: Mutex::new(fastrand::Rng::with_seed(0x5eed)),
@@ -465,36 +512,28 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
             None,
         ));
     };
-    let signed = req
+    let signer = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256 "));
-    if !signed {
+        .and_then(Signer::of);
+    let Some(signer) = signer else {
         return Answer::Respond(error(
             403,
             "AccessDeniedException",
             "Missing Authentication Token: the request is not SigV4-signed",
             None,
         ));
-    }
+    };
+    record_signer(shared, &signer, &route);
 
     let indexed = lock(&shared.scenario);
-    if let Some(limit) = &indexed.scenario.rate_limit {
-        let mut bucket = lock(&shared.bucket);
-        let (tokens, at) = *bucket;
-        let refreshed =
-            (tokens + at.elapsed().as_secs_f64() * limit.requests_per_second).min(limit.burst);
-        if refreshed < 1.0 {
-            *bucket = (refreshed, Instant::now());
-            return Answer::Respond(error(
-                429,
-                "ThrottlingException",
-                "Rate exceeded",
-                limit.retry_after_ms,
-            ));
-        }
-        *bucket = (refreshed - 1.0, Instant::now());
+    if let Some(throttled) = throttle(shared, &indexed.scenario, &signer) {
+        *lock(&shared.stats)
+            .throttled_by_signer
+            .entry(signer)
+            .or_default() += 1;
+        return throttled;
     }
     match route {
         Route::Get {
@@ -524,6 +563,67 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Answer {
             next_token.as_deref(),
         ),
     }
+}
+
+/// Counts a signed request by its signer and the instance it asks about.
+fn record_signer(shared: &Shared, signer: &Signer, route: &Route) {
+    let instance_id = match route {
+        Route::Get { instance_id, .. } | Route::List { instance_id, .. } => instance_id,
+    };
+    let mut stats = lock(&shared.stats);
+    *stats.by_signer.entry(signer.clone()).or_default() += 1;
+    stats
+        .signers_of_instance
+        .entry(instance_id.clone())
+        .or_default()
+        .insert(signer.clone());
+}
+
+/// ThrottlingException when the global limit, or `signer`'s own, has no token left.
+fn throttle(shared: &Shared, scenario: &Scenario, signer: &Signer) -> Option<Answer> {
+    if let Some(limit) = &scenario.rate_limit
+        && !take_token(
+            &mut lock(&shared.bucket),
+            limit.requests_per_second,
+            limit.burst,
+        )
+    {
+        let throttled = error(
+            429,
+            "ThrottlingException",
+            "Rate exceeded",
+            limit.retry_after_ms,
+        );
+        return Some(Answer::Respond(throttled));
+    }
+    let limit = scenario
+        .signer_limits
+        .iter()
+        .find(|l| l.access_key == signer.access_key && l.region == signer.region)?;
+    let mut buckets = lock(&shared.signer_buckets);
+    let bucket = buckets
+        .entry(signer.clone())
+        .or_insert((limit.burst, Instant::now()));
+    (!take_token(bucket, limit.requests_per_second, limit.burst)).then(|| {
+        Answer::Respond(error(
+            429,
+            "ThrottlingException",
+            "Rate exceeded for this account and region",
+            None,
+        ))
+    })
+}
+
+/// Takes a token from a bucket of `burst` refilled at `rate` per second; false when empty.
+fn take_token(bucket: &mut (f64, Instant), rate: f64, burst: f64) -> bool {
+    let (tokens, at) = *bucket;
+    let refreshed = (tokens + at.elapsed().as_secs_f64() * rate).min(burst);
+    if refreshed < 1.0 {
+        *bucket = (refreshed, Instant::now());
+        return false;
+    }
+    *bucket = (refreshed - 1.0, Instant::now());
+    true
 }
 
 fn get_execution(

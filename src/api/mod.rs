@@ -14,7 +14,8 @@ use std::time::Duration;
 use crate::model::{ExecutionKey, FlowKey, Observation, Outcome};
 
 pub use sdk::{
-    SdkFlowExecutions, local_client, local_client_in_region, profile_region, shared_config,
+    SdkFlowExecutions, local_client, local_client_as, local_client_in_region, profile_region,
+    shared_config,
 };
 
 /// The two calls flowwatch makes. The SDK implements them for real; the fake server answers

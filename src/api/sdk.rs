@@ -377,13 +377,32 @@ pub fn local_client_in_region(
     request_timeout: Duration,
     region: &str,
 ) -> SdkFlowExecutions {
+    local_client_as(endpoint_url, request_timeout, "AKIDFLOWWATCHLOCAL", region)
+}
+
+/// A client for a local endpoint that signs with `access_key` for `region`: for tests of what
+/// a fake sees of several accounts and regions.
+pub fn local_client_as(
+    endpoint_url: &str,
+    request_timeout: Duration,
+    access_key: &str,
+    region: &str,
+) -> SdkFlowExecutions {
     let settings = AwsSettings {
         endpoint_url: Some(endpoint_url.to_string()),
         ..AwsSettings::default()
     };
+    let credentials = aws_sdk_supplychain::config::Credentials::new(
+        access_key,
+        "local-fake-secret-not-a-real-key",
+        None,
+        None,
+        "flowwatch-static",
+    );
     let shared = local_config(request_timeout)
         .into_builder()
         .region(aws_config::Region::new(region.to_string()))
+        .credentials_provider(SharedCredentialsProvider::new(credentials))
         .build();
     SdkFlowExecutions::from_shared(&shared, &settings)
 }

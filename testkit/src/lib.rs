@@ -50,9 +50,8 @@ pub fn scripted(flow: &str, n: usize, timeline: &[(u64, &str)]) -> ScriptedExecu
 
 pub fn scenario(executions: Vec<ScriptedExecution>) -> Scenario {
     Scenario {
-        rate_limit: None,
         executions,
-        flows: Vec::new(),
+        ..Scenario::default()
     }
 }
 

@@ -394,3 +394,51 @@ async fn times_outside_2000_to_a_day_ahead_are_left_out_and_the_end_still_counts
     daemon.stop().await;
     fake.stop().await;
 }
+
+#[tokio::test]
+async fn the_fake_names_who_signed_each_call_and_throttles_each_signer_on_its_own() {
+    let mut script = scenario(vec![scripted("flow", 1, &[(0, "IN_PROGRESS")])]);
+    script.signer_limits.push(flowwatch_fake::SignerLimit {
+        access_key: "AKIDTHROTTLED".into(),
+        region: "eu-central-1".into(),
+        requests_per_second: 0.001,
+        burst: 1.0,
+    });
+    let fake = FakeServer::start(script).await.expect("fake");
+    let client = |key: &str, region: &str| {
+        flowwatch::testing::local_client_as(
+            &fake.endpoint_url(),
+            Duration::from_secs(2),
+            key,
+            region,
+        )
+    };
+    let throttled = client("AKIDTHROTTLED", "eu-central-1");
+    let same_key_elsewhere = client("AKIDTHROTTLED", "us-east-1");
+    let other = client("AKIDOTHER", "eu-central-1");
+    assert!(throttled.get(&key(1)).await.is_ok(), "its one token");
+    for _ in 0..3 {
+        let error = throttled.get(&key(1)).await.expect_err("its limit");
+        assert_eq!(error.outcome(), Outcome::Throttled);
+        assert!(same_key_elsewhere.get(&key(1)).await.is_ok());
+        assert!(other.get(&key(1)).await.is_ok());
+    }
+    let stats = fake.stats();
+    let signer = |key: &str, region: &str| flowwatch_fake::Signer {
+        access_key: key.into(),
+        region: region.into(),
+    };
+    assert_eq!(stats.by_signer[&signer("AKIDTHROTTLED", "eu-central-1")], 4);
+    assert_eq!(stats.by_signer[&signer("AKIDTHROTTLED", "us-east-1")], 3);
+    assert_eq!(stats.by_signer[&signer("AKIDOTHER", "eu-central-1")], 3);
+    assert_eq!(
+        stats.throttled_by_signer.keys().collect::<Vec<_>>(),
+        [&signer("AKIDTHROTTLED", "eu-central-1")]
+    );
+    assert_eq!(
+        stats.throttled_by_signer[&signer("AKIDTHROTTLED", "eu-central-1")],
+        3
+    );
+    assert_eq!(stats.signers_of_instance[INSTANCE].len(), 3);
+    fake.stop().await;
+}
