@@ -14,8 +14,10 @@ use toml_edit::Document;
 use crate::input::aws;
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location, SourceText};
 use crate::input::duration::{self, DurationError};
+use crate::input::instances::{self, InstanceSettings};
 use crate::input::keys;
 use crate::input::locate::{ENV_PREFIX, Locator};
+use crate::input::number;
 use crate::input::push::{self, PushSettings};
 use crate::input::watchlist::toml_message;
 use crate::input::web::{self, BasicAuthUsers, TlsSettings, TlsVersion};
@@ -64,6 +66,9 @@ pub struct AwsSettings {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
     pub profile: Option<String>,
+    /// `[[aws.instance]]`: instances with a region, role or endpoint of their own. Any other
+    /// instance goes through the settings above.
+    pub instances: Vec<InstanceSettings>,
 }
 
 impl AwsSettings {
@@ -424,6 +429,7 @@ impl Reader<'_> {
         let endpoint_url: Option<String> = self.get("aws.endpoint_url");
         let profile: Option<String> = self.get("aws.profile");
         let polling = self.polling();
+        let instances = self.instances();
         let metrics = MetricsSettings {
             per_execution: self.or("metrics.per_execution", true),
         };
@@ -483,6 +489,7 @@ impl Reader<'_> {
                 region,
                 endpoint_url,
                 profile,
+                instances,
             },
             polling,
             discovery,
@@ -499,6 +506,28 @@ impl Reader<'_> {
             },
             log,
         })
+    }
+
+    /// `[[aws.instance]]`, read from the file itself: they have no environment overrides.
+    fn instances(&mut self) -> Vec<InstanceSettings> {
+        #[cfg(test)]
+        self.read.push("aws.instance".to_string());
+        let from_environment = self
+            .figment
+            .find_metadata("aws.instance")
+            .is_some_and(|meta| meta.name.contains("environment"));
+        if from_environment {
+            self.problem(
+                "aws.instance",
+                "[[aws.instance]] tables are read from the config file only, not from the environment".into(),
+            );
+        }
+        let Some(doc) = self.locator.document() else {
+            return Vec::new();
+        };
+        let (found, problems) = instances::read(self.locator.source(), doc);
+        self.problems.extend(problems);
+        found
     }
 
     fn polling(&mut self) -> PollingSettings {
@@ -795,16 +824,6 @@ impl Reader<'_> {
     }
 }
 
-/// A number as an operator would write it: `1e-300` rather than three hundred digits.
-fn number(value: f64) -> String {
-    let magnitude = value.abs();
-    if magnitude != 0.0 && !(1e-4..1e15).contains(&magnitude) {
-        format!("{value:e}")
-    } else {
-        value.to_string()
-    }
-}
-
 /// A message in our own words for a value figment could not convert, naming the dotted key.
 fn describe(kind: &figment::error::Kind, key: &str) -> String {
     use figment::error::Kind;
@@ -845,7 +864,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
-    use crate::input::keys::{CHOSEN_NAME, KEYS};
+    use crate::input::keys::{CHOSEN_NAME, EACH, KEYS};
 
     /// Writes `text` as a config file beside an empty watchlist.
     fn config(dir: &Path, text: &str) -> PathBuf {
@@ -875,7 +894,10 @@ mod tests {
         KEYS.iter()
             .map(|k| {
                 let open = k.path.strip_suffix(CHOSEN_NAME);
-                open.map_or(k.path, |table| table.trim_end_matches('.'))
+                let path = open.map_or(k.path, |table| table.trim_end_matches('.'));
+                // The tables of an array are read whole.
+                path.split_once(EACH)
+                    .map_or(path, |(array, _)| array)
                     .to_string()
             })
             .collect()

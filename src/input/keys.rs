@@ -46,6 +46,10 @@ impl KeyDefault {
 /// The last segment of a key whose table's keys are names the operator chooses.
 pub const CHOSEN_NAME: &str = "<name>";
 
+/// Marks an array of tables in a key's path: `aws.instance[].id` is `id` in each
+/// `[[aws.instance]]`.
+pub const EACH: &str = "[]";
+
 const fn text(path: &'static str, default: &'static str) -> Key {
     Key {
         path,
@@ -80,6 +84,11 @@ pub const KEYS: &[Key] = &[
     words("aws.region", "provider chain"),
     words("aws.endpoint_url", "AWS default"),
     words("aws.profile", "provider chain"),
+    words("aws.instance[].id", "(required)"),
+    words("aws.instance[].region", "`aws.region`"),
+    words("aws.instance[].role_arn", "none: the base credentials"),
+    words("aws.instance[].external_id", "none"),
+    words("aws.instance[].endpoint_url", "`aws.endpoint_url`"),
     text("polling.initial_interval", "5s"),
     text("polling.max_interval", "2m"),
     value("polling.multiplier", "2.0"),
@@ -136,6 +145,7 @@ pub fn fields_of(path: &str) -> Vec<&'static str> {
                 .and_then(|r| r.strip_prefix('.'))
         };
         if let Some(field) = rest.and_then(|r| r.split('.').next())
+            && let field = field.trim_end_matches(EACH)
             && !fields.contains(&field)
         {
             fields.push(field);
@@ -174,6 +184,10 @@ mod tests {
             ]
         );
         assert!(fields_of("server").contains(&"basic_auth_users"));
+        assert_eq!(
+            fields_of("aws"),
+            ["region", "endpoint_url", "profile", "instance"]
+        );
     }
 
     #[test]

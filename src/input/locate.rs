@@ -25,6 +25,16 @@ impl<'a> Locator<'a> {
         }
     }
 
+    /// The config file's text, for located diagnostics.
+    pub fn source(&self) -> &SourceText<'a> {
+        &self.src
+    }
+
+    /// The config file as parsed, with spans; `None` when it does not parse.
+    pub fn document(&self) -> Option<&Document<&'a str>> {
+        self.doc.as_ref()
+    }
+
     /// Where `key` was set; for a key that is not in the file, its nearest enclosing table.
     pub fn locate(&self, figment: &Figment, key: &[&str], at_key: bool) -> Location {
         let dotted = key.join(".");

@@ -10,6 +10,7 @@ pub mod aws;
 pub mod config;
 pub mod diagnostic;
 pub mod duration;
+pub mod instances;
 pub mod keys;
 mod locate;
 pub mod push;
@@ -46,3 +47,13 @@ pub fn read_text(path: &Path, max: u64) -> Result<String, String> {
 
 /// The longest a certificate, key or CA file may be.
 pub const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// A number as an operator would write it: `1e-300` rather than three hundred digits.
+pub(crate) fn number(value: f64) -> String {
+    let magnitude = value.abs();
+    if magnitude != 0.0 && !(1e-4..1e15).contains(&magnitude) {
+        format!("{value:e}")
+    } else {
+        value.to_string()
+    }
+}

@@ -31,7 +31,7 @@ pub fn summary(settings: &Settings, watchlist: &Watchlist) -> String {
     if let Some(file) = &settings.events.file {
         sinks.push(file.display().to_string());
     }
-    format!(
+    let text = format!(
         "config ok: {}\n\
          watchlist: {} (executions: {}, discovered flows: {}, flows: {}, instances: {})\n\
          listen: {}\n\
@@ -81,7 +81,47 @@ pub fn summary(settings: &Settings, watchlist: &Watchlist) -> String {
         settings.state.path.display(),
         settings.log.level,
         settings.log.format.as_str(),
-    )
+    );
+    let instances = instances_summary(settings);
+    match text.split_once("\npolling:") {
+        Some((head, tail)) if !instances.is_empty() => {
+            format!("{head}\n{instances}\npolling:{tail}")
+        }
+        _ => text,
+    }
+}
+
+/// A line per `[[aws.instance]]`: its region, its account, and how it is signed.
+fn instances_summary(settings: &Settings) -> String {
+    let aws = &settings.aws;
+    aws.instances
+        .iter()
+        .map(|i| {
+            let region = i
+                .region
+                .clone()
+                .or_else(|| aws.region.clone())
+                .unwrap_or_else(|| "(default provider chain)".into());
+            let signed = match &i.role {
+                Some(role) => format!(
+                    "account {}, assumes {}{}",
+                    role.account_id,
+                    role.arn,
+                    if role.external_id.is_some() {
+                        " with an external id"
+                    } else {
+                        ""
+                    }
+                ),
+                None => "signed with the base credentials".into(),
+            };
+            let endpoint = i.endpoint_url.as_deref().map_or_else(String::new, |u| {
+                format!(", endpoint {}", crate::model::without_userinfo(u))
+            });
+            format!("instance {}: region {region}, {signed}{endpoint}", i.id)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn push_summary(settings: &Settings) -> String {

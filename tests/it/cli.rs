@@ -1057,3 +1057,32 @@ async fn without_credentials_calls_count_as_credentials_errors_and_never_reach_t
     let _ = child.start_kill();
     fake.stop().await;
 }
+
+#[tokio::test]
+async fn check_config_names_each_instance_s_region_account_and_credentials() {
+    let ws = Workspace::new();
+    ws.write_watchlist([("daily-orders", execution_id(1).as_str())].into_iter());
+    let config = ws.write(
+        "flowwatch.toml",
+        "watchlist = \"watchlist.toml\"\n[aws]\nregion = \"us-east-1\"\n\n\
+         [[aws.instance]]\nid = \"8850c54e-e187-4fa7-89d4-6370f165174d\"\nregion = \"eu-central-1\"\n\
+         role_arn = \"arn:aws:iam::222222222222:role/flowwatch-reader\"\nexternal_id = \"not-shown-ext\"\n\n\
+         [[aws.instance]]\nid = \"9960d65f-f298-4fa7-89d4-6370f165174e\"\n",
+    );
+    let (code, out, err) = output(&mut flowwatch(&[
+        "check-config",
+        "--config",
+        &config.to_string_lossy(),
+    ]))
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("instance 8850c54e-e187-4fa7-89d4-6370f165174d: region eu-central-1, account 222222222222, assumes arn:aws:iam::222222222222:role/flowwatch-reader with an external id"),
+        "{out}"
+    );
+    assert!(
+        out.contains("instance 9960d65f-f298-4fa7-89d4-6370f165174e: region us-east-1, signed with the base credentials"),
+        "{out}"
+    );
+    assert!(!out.contains("not-shown-ext"), "{out}");
+}
