@@ -58,7 +58,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::api::SdkFlowExecutions;
+use crate::api::InstanceClients;
 use crate::engine::{Engine, EngineHandle};
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location};
 use crate::input::watchlist::Watchlist;
@@ -184,7 +184,7 @@ pub async fn run(
         .await
         .map_err(Error::fatal)?;
     check_resolved_region(&settings, shared.region().map(|r| r.as_ref()))?;
-    let client = SdkFlowExecutions::from_shared(&shared, &settings.aws);
+    let client = InstanceClients::build(&shared, &settings.aws).await;
     let mut options = options;
     if let Some(push) = &settings.push {
         options.push_queue.get_or_insert_with(|| {

@@ -272,6 +272,55 @@ pub async fn aws_json(
     target: &str,
     body: &Value,
 ) -> Result<Value, String> {
+    let version = if service == "sqs" { "1.0" } else { "1.1" };
+    let request = Request::post("/")
+        .header("content-type", format!("application/x-amz-json-{version}"))
+        .header("x-amz-target", target);
+    let bytes = post(endpoint_url, region, service, request, body.to_string())
+        .await
+        .map_err(|e| format!("{target} {e}"))?;
+    Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// One call of an AWS query protocol (IAM, STS: `Action=CreateUser&…`), as [`aws_json`] makes
+/// its calls. Returns the answer's XML, or the error.
+pub async fn aws_query(
+    endpoint_url: &str,
+    region: &str,
+    service: &str,
+    params: &[(&str, &str)],
+) -> Result<String, String> {
+    let body: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{}={}", form_encoded(k), form_encoded(v)))
+        .collect();
+    let request = Request::post("/").header("content-type", "application/x-www-form-urlencoded");
+    let bytes = post(endpoint_url, region, service, request, body.join("&")).await?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `text` as an `application/x-www-form-urlencoded` value.
+fn form_encoded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// POSTs `body` with the placeholder signature for `service` in `region`; the answer's bytes
+/// when it is a success.
+async fn post(
+    endpoint_url: &str,
+    region: &str,
+    service: &str,
+    request: hyper::http::request::Builder,
+    body: String,
+) -> Result<Bytes, String> {
     let authority = endpoint_url
         .split("://")
         .nth(1)
@@ -287,18 +336,15 @@ pub async fn aws_json(
     tokio::spawn(connection);
     let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let day: String = date.chars().filter(char::is_ascii_digit).take(8).collect();
-    let version = if service == "sqs" { "1.0" } else { "1.1" };
-    let request = Request::post("/")
+    let request = request
         .header("host", &authority)
-        .header("content-type", format!("application/x-amz-json-{version}"))
-        .header("x-amz-target", target)
         .header(
             "authorization",
             format!(
                 "AWS4-HMAC-SHA256 Credential=AKIDFAKE/{day}/{region}/{service}/aws4_request, SignedHeaders=host, Signature=0"
             ),
         )
-        .body(Full::new(Bytes::from(body.to_string())))
+        .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let response = sender
         .send_request(request)
@@ -311,12 +357,11 @@ pub async fn aws_json(
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if status.is_success() {
-        Ok(answer)
+        Ok(bytes)
     } else {
         Err(format!(
-            "{target} answered {status}: {}",
+            "answered {status}: {}",
             String::from_utf8_lossy(&bytes)
         ))
     }

@@ -5,6 +5,7 @@
 
 mod body_limit;
 pub mod event;
+mod instances;
 mod sdk;
 pub mod sqs;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use crate::model::{ExecutionKey, FlowKey, Observation, Outcome};
 
+pub use instances::InstanceClients;
 pub use sdk::{
     SdkFlowExecutions, local_client, local_client_as, local_client_in_region, profile_region,
     shared_config,

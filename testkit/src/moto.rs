@@ -1,7 +1,8 @@
 //! moto's server mode as the independent EventBridge and SQS of the push tests: started on a
 //! loopback port, with a queue (and its dead-letter queue) that an EventBridge rule on the
 //! default bus fills with AWS Supply Chain's status-change events, as
-//! `deploy/aws/flowwatch-events.yaml` sets it up on AWS.
+//! `deploy/aws/flowwatch-events.yaml` sets it up on AWS. In its IAM-auth mode it is also the
+//! independent IAM and STS of the tests of assumed roles.
 
 use std::path::Path;
 use std::time::Duration;
@@ -62,6 +63,62 @@ impl Moto {
         panic!(
             "moto_server did not answer on port {port} within 15 s (pip install 'moto[server]')"
         );
+    }
+
+    /// Starts `moto_server` in its IAM-auth mode: the first `open_actions` calls are served
+    /// without checking who makes them (to set up users and roles), every later one is
+    /// authenticated and allowed only as the caller's IAM policies say.
+    pub async fn start_with_iam(dir: &Path, open_actions: u32) -> Self {
+        let port = free_port();
+        let log = std::fs::File::create(dir.join(format!("moto-{port}.log"))).expect("log");
+        let child = tokio::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", open_actions.to_string())
+            .stdout(std::process::Stdio::from(log.try_clone().expect("log")))
+            .stderr(std::process::Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("moto_server is installed (pip install 'moto[server]'; bash .ci/test does it)");
+        let moto = Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _child: child,
+        };
+        // Its own API answers without spending an action.
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        for _ in 0..300 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok()
+                && crate::http(addr, "GET", "/moto-api/data.json").await.0 == 200
+            {
+                return moto;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("moto_server did not answer on port {port} within 15 s");
+    }
+
+    /// One IAM call (query protocol) that must succeed; its XML answer.
+    pub async fn iam(&self, params: &[(&str, &str)]) -> String {
+        let mut all = params.to_vec();
+        all.push(("Version", "2010-05-08"));
+        flowwatch_fake::aws_query(&self.endpoint, REGION, "iam", &all)
+            .await
+            .unwrap_or_else(|e| panic!("IAM {params:?}: {e}"))
+    }
+
+    /// What moto's STS remembers of each AssumeRole it granted: `role_arn`, `external_id`,
+    /// `session_name`, `access_key_id`.
+    pub async fn assumed_roles(&self) -> Vec<Value> {
+        let addr = self
+            .endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .expect("moto's address");
+        let (_, body) = crate::http(addr, "GET", "/moto-api/data.json").await;
+        let data: Value = serde_json::from_str(&body).unwrap_or_default();
+        data["sts"]["AssumedRole"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     async fn try_call(&self, service: &str, target: &str, body: Value) -> Result<Value, String> {

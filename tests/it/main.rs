@@ -14,6 +14,7 @@ mod discovery;
 mod flow_health;
 mod forecast;
 mod http_limits;
+mod instances;
 mod push;
 mod reload;
 mod restart;

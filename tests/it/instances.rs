@@ -1,0 +1,251 @@
+//! Many accounts and regions from one daemon: `[[aws.instance]]` tables give instances their
+//! own region, role and external id. The flowwatch binary runs against the fake Supply Chain
+//! API, which records who signed each call, and against moto's STS in its IAM-auth mode, where
+//! flowwatch's IAM user may assume one role and is refused another, as its policy says.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use flowwatch_fake::{FakeServer, Signer};
+use flowwatch_testkit::moto::Moto;
+use flowwatch_testkit::*;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+/// An instance reached through role `reader-a` with an external id, in eu-central-1.
+const ROLE_A: &str = "8850c54e-e187-4fa7-89d4-6370f165174d";
+/// An instance whose role flowwatch may not assume.
+const REFUSED: &str = "9960d65f-f298-4fa7-89d4-6370f165174e";
+/// An instance with no table: the base credentials, the base region.
+const BASE: &str = "a1a1a1a1-b2b2-4c3c-8d4d-e5e5e5e5e5e5";
+const MOTO_ACCOUNT: &str = "123456789012";
+
+fn role(name: &str) -> String {
+    format!("arn:aws:iam::{MOTO_ACCOUNT}:role/{name}")
+}
+
+/// In moto: user `flowwatch` with an access key, allowed to assume `reader-a` and nothing else,
+/// and the roles `reader-a` and `reader-b`. Returns the user's key and secret. Six actions,
+/// all before moto starts checking callers.
+async fn iam_setup(moto: &Moto) -> (String, String) {
+    moto.iam(&[("Action", "CreateUser"), ("UserName", "flowwatch")])
+        .await;
+    let key = moto
+        .iam(&[("Action", "CreateAccessKey"), ("UserName", "flowwatch")])
+        .await;
+    let field = |name: &str| {
+        key.split(&format!("<{name}>"))
+            .nth(1)
+            .and_then(|rest| rest.split(&format!("</{name}>")).next())
+            .unwrap_or_else(|| panic!("no {name} in {key}"))
+            .to_string()
+    };
+    let trust = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::{MOTO_ACCOUNT}:user/flowwatch"}},"Action":"sts:AssumeRole"}}]}}"#
+    );
+    for name in ["reader-a", "reader-b"] {
+        moto.iam(&[
+            ("Action", "CreateRole"),
+            ("RoleName", name),
+            ("AssumeRolePolicyDocument", &trust),
+        ])
+        .await;
+    }
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"sts:AssumeRole","Resource":"{}"}}]}}"#,
+        role("reader-a")
+    );
+    moto.iam(&[
+        ("Action", "PutUserPolicy"),
+        ("UserName", "flowwatch"),
+        ("PolicyName", "assume-reader-a"),
+        ("PolicyDocument", &policy),
+    ])
+    .await;
+    (field("AccessKeyId"), field("SecretAccessKey"))
+}
+
+/// One running execution of `flow` in `instance`, ending SUCCEEDED at 2 s.
+fn run_of(instance: &str, flow: &str, n: usize) -> flowwatch_fake::ScriptedExecution {
+    let mut run = scripted(flow, n, &[(0, "IN_PROGRESS"), (2, "SUCCEEDED")]);
+    run.instance_id = instance.to_string();
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_instance_is_signed_by_its_own_role_for_its_own_region_and_a_refused_role_stops_only_its_own()
+ {
+    let ws = Workspace::new();
+    let moto = Moto::start_with_iam(ws.dir.path(), 6).await;
+    let (key, secret) = iam_setup(&moto).await;
+    let runs = vec![
+        run_of(ROLE_A, "orders", 1),
+        run_of(REFUSED, "orders", 2),
+        run_of(BASE, "orders", 3),
+    ];
+    let fake = FakeServer::start(scenario(runs.clone()))
+        .await
+        .expect("fake");
+    let mut watchlist = String::new();
+    for run in &runs {
+        watchlist.push_str(&format!(
+            "[[execution]]\ninstance_id = \"{}\"\nflow_name = \"{}\"\nexecution_id = \"{}\"\n\n",
+            run.instance_id, run.flow_name, run.execution_id
+        ));
+    }
+    ws.write("watchlist.toml", &watchlist);
+    let config = ws.write(
+        "flowwatch.toml",
+        &format!(
+            "watchlist = \"watchlist.toml\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
+             [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n{POLLING}\n\
+             [state]\npath = \"{dir}\"\n[events]\nstdout = false\nfile = \"{dir}/events.jsonl\"\n\
+             [log]\nformat = \"json\"\n\n\
+             [[aws.instance]]\nid = \"{ROLE_A}\"\nregion = \"eu-central-1\"\nrole_arn = \"{a}\"\nexternal_id = \"flowwatch-ext-a\"\n\n\
+             [[aws.instance]]\nid = \"{REFUSED}\"\nrole_arn = \"{b}\"\n",
+            endpoint = fake.endpoint_url(),
+            dir = ws.dir.path().display(),
+            a = role("reader-a"),
+            b = role("reader-b"),
+        ),
+    );
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowwatch"));
+    for (name, _) in std::env::vars() {
+        if is_inherited_override(&name) {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.args(["run", "--config", &config.to_string_lossy()])
+        .env("AWS_ACCESS_KEY_ID", &key)
+        .env("AWS_SECRET_ACCESS_KEY", &secret)
+        .env("AWS_ENDPOINT_URL_STS", &moto.endpoint)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/flowwatch-test")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/flowwatch-test")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn flowwatch");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr: std::net::SocketAddr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let log: Value = serde_json::from_str(&line).unwrap_or_default();
+            if log["message"] == "flowwatch is listening" {
+                return log["addr"].as_str().and_then(|a| a.parse().ok());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("flowwatch logs its address");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            kept.lock().expect("log").push(line);
+        }
+    });
+
+    let status_of = |status: &Value, instance: &str| -> Value {
+        status["executions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["instance_id"] == instance)
+            .cloned()
+            .unwrap_or_default()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the two reachable runs end",
+        || async {
+            let status: Value =
+                serde_json::from_str(&http(addr, "GET", "/status").await.1).unwrap_or_default();
+            [ROLE_A, BASE]
+                .iter()
+                .all(|i| status_of(&status, i)["status"] == "SUCCEEDED")
+        },
+    )
+    .await;
+
+    // Signers: reader-a's assumed keys in eu-central-1 for its instance, the user's own key in
+    // the base region for the other, and no call at all for the refused one.
+    let stats = fake.stats();
+    let signers = |instance: &str| -> Vec<Signer> {
+        stats
+            .signers_of_instance
+            .get(instance)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        signers(BASE),
+        [Signer {
+            access_key: key.clone(),
+            region: "us-east-1".into()
+        }]
+    );
+    let role_a = signers(ROLE_A);
+    assert_eq!(role_a.len(), 1, "{role_a:?}");
+    assert_eq!(role_a[0].region, "eu-central-1");
+    assert_ne!(role_a[0].access_key, key, "signed with the role's keys");
+    assert!(
+        signers(REFUSED).is_empty(),
+        "no Supply Chain call without credentials"
+    );
+
+    // moto's STS granted reader-a with the external id, in session "flowwatch", and those are
+    // the keys that signed: the external id reached STS.
+    let granted = moto.assumed_roles().await;
+    let reader_a: Vec<&Value> = granted
+        .iter()
+        .filter(|r| r["role_arn"] == role("reader-a"))
+        .collect();
+    assert!(!reader_a.is_empty(), "{granted:?}");
+    for grant in &reader_a {
+        assert_eq!(grant["external_id"], "flowwatch-ext-a");
+        assert_eq!(grant["session_name"], "flowwatch");
+    }
+    assert!(
+        reader_a
+            .iter()
+            .any(|g| g["access_key_id"] == role_a[0].access_key.as_str())
+    );
+    assert!(granted.iter().all(|r| r["role_arn"] != role("reader-b")));
+
+    // The refused one: credentials_error, STS's words in /status, its execution untouched.
+    let metrics = http(addr, "GET", "/metrics").await.1;
+    let credentials_errors = sample(
+        &metrics,
+        "flowwatch_api_requests_total",
+        &[
+            ("operation", "GetDataIntegrationFlowExecution"),
+            ("outcome", "credentials_error"),
+        ],
+    )
+    .unwrap_or_default();
+    assert!(credentials_errors >= 1.0, "{metrics}");
+    let status: Value =
+        serde_json::from_str(&http(addr, "GET", "/status").await.1).expect("status");
+    let refused = status_of(&status, REFUSED);
+    assert_eq!(refused["status"], "UNKNOWN", "{refused}");
+    let reason = refused["last_error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("not authorized to perform: sts:AssumeRole"),
+        "STS's words: {refused}"
+    );
+
+    // No secret in the log: not the user's, not the role's.
+    let log = log.lock().expect("log").join("\n");
+    assert!(!log.contains(&secret), "the user's secret is logged");
+    for grant in &granted {
+        let role_secret = grant["secret_access_key"].as_str().unwrap_or("-");
+        assert!(!log.contains(role_secret), "an assumed secret is logged");
+    }
+    let _ = child.start_kill();
+    fake.stop().await;
+}
