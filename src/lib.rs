@@ -59,7 +59,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::api::InstanceClients;
-use crate::engine::{Engine, EngineHandle};
+use crate::engine::{BudgetPlan, Engine, EngineHandle, EngineSettings};
 use crate::input::diagnostic::{Diagnostic, Diagnostics, Location};
 use crate::input::watchlist::Watchlist;
 use crate::output::files::{self, LockError, StateLock};
@@ -176,7 +176,7 @@ pub async fn check_config(config: &std::path::Path) -> Result<String, String> {
 
 /// Runs the daemon against AWS (or `aws.endpoint_url`) until `shutdown` is requested.
 pub async fn run(
-    settings: Settings,
+    mut settings: Settings,
     options: RunOptions,
     shutdown: Shutdown,
 ) -> Result<Finish, Error> {
@@ -184,6 +184,11 @@ pub async fn run(
         .await
         .map_err(Error::fatal)?;
     check_resolved_region(&settings, shared.region().map(|r| r.as_ref()))?;
+    // The region the SDK resolved (from the profile, say) is the base budget's and the base
+    // client's from here on.
+    if settings.aws.region.is_none() {
+        settings.aws.region = shared.region().map(|r| r.to_string());
+    }
     let client = InstanceClients::build(&shared, &settings.aws).await;
     let mut options = options;
     if let Some(push) = &settings.push {
@@ -271,11 +276,20 @@ pub async fn run_with<C: FlowExecutions>(
 
     let (handle, commands) = EngineHandle::channel();
     let reloader = Reloader::new(settings.watchlist.clone(), handle.clone(), metrics.clone());
+    let region = settings.aws.known_region().unwrap_or_default();
+    let engine_settings = EngineSettings {
+        polling: settings.polling.clone(),
+        discovery: settings.discovery.clone(),
+        flow_health: settings.flow_health.clone(),
+        budgets: BudgetPlan::of(
+            &settings.aws,
+            &region,
+            settings.polling.max_requests_per_second,
+        ),
+    };
     let engine = Engine::new(
         client,
-        settings.polling.clone(),
-        settings.discovery.clone(),
-        settings.flow_health.clone(),
+        engine_settings,
         watchlist,
         publisher,
         options.exit_when,

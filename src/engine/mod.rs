@@ -15,6 +15,7 @@
 //! and `push` (pushed events). [`EngineHandle`] is how the rest of the daemon asks it something;
 //! it answers with the typed [`views`] and the status page's [`Overview`].
 
+mod budgets;
 mod discovery;
 mod flow_health;
 mod forecast;
@@ -37,6 +38,7 @@ mod tests;
 mod views;
 mod watch_set;
 
+pub use crate::engine::budgets::BudgetPlan;
 use crate::engine::flow_health::FlowHealth;
 pub use crate::engine::handle::{Command, EngineHandle, REPLY_TIMEOUT, Unanswered};
 pub use crate::engine::overview::{FINISHED_SHOWN, FLOWS_PER_PAGE, Overview, RUNNING_SHOWN};
@@ -48,7 +50,7 @@ pub use crate::engine::views::{
     ExecutionView, FlowView, PushView, ReloadSummary, StatusQuery, StatusView,
 };
 use crate::engine::watch_set::WatchSet;
-use crate::input::config::{DiscoverySettings, PollingSettings};
+use crate::input::config::{DiscoverySettings, FlowHealthSettings, PollingSettings};
 use crate::output::publisher::Publisher;
 use crate::systemd::Watchdog;
 
@@ -96,6 +98,15 @@ impl Finish {
 }
 
 /// The engine: it coordinates its parts, each of which owns its state. See the module doc.
+/// What the engine is set up with: the settings it reads, and its request budgets.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub polling: PollingSettings,
+    pub discovery: DiscoverySettings,
+    pub flow_health: FlowHealthSettings,
+    pub budgets: BudgetPlan,
+}
+
 pub struct Engine<C> {
     polling: PollingSettings,
     discovery: DiscoverySettings,

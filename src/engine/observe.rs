@@ -62,6 +62,7 @@ impl<C: FlowExecutions> Engine<C> {
         &mut self,
         operation: Operation,
         subject: &dyn Display,
+        instance_id: &str,
         result: Result<bool, (&ApiError, Level)>,
         elapsed: Duration,
     ) {
@@ -88,18 +89,25 @@ impl<C: FlowExecutions> Engine<C> {
             }
         };
         let feedback = RateFeedback::of(error);
-        let Some(rate) = self.schedule.feedback(feedback) else {
+        let Some((budget, rate)) = self.schedule.feedback(instance_id, feedback) else {
             return;
         };
+        let (account_id, region) = (budget.account_id.as_str(), budget.region.as_str());
         match (feedback, error) {
             (RateFeedback::Cut { retry_after }, Some(error)) => self.publisher.emit(RateCut {
                 operation,
                 subject,
                 error,
+                account_id,
+                region,
                 rate,
                 retry_after,
             }),
-            _ => self.publisher.emit(RateRestored { rate }),
+            _ => self.publisher.emit(RateRestored {
+                account_id,
+                region,
+                rate,
+            }),
         }
     }
 
@@ -110,7 +118,13 @@ impl<C: FlowExecutions> Engine<C> {
             .get_mut(&key)
             .and_then(|s| s.polls.last_outcome.replace(Outcome::Success));
         let recovered = previous.is_some_and(|p| p != Outcome::Success);
-        self.call_done(Operation::Get, &key, Ok(recovered), elapsed);
+        self.call_done(
+            Operation::Get,
+            &key,
+            &key.instance_id,
+            Ok(recovered),
+            elapsed,
+        );
         let wall = SystemTime::now();
         // A pushed end that waited for this poll is applied now, with the poll's fields,
         // unless the poll contradicts it.
@@ -169,7 +183,7 @@ impl<C: FlowExecutions> Engine<C> {
             p.max_interval,
         );
         let log = Err((&error, decision.log));
-        self.call_done(Operation::Get, &key, log, elapsed);
+        self.call_done(Operation::Get, &key, &key.instance_id, log, elapsed);
         let Some(state) = self.watch.get_mut(&key) else {
             return;
         };
@@ -331,7 +345,13 @@ impl<C: FlowExecutions> Engine<C> {
             .flow_mut(&flow_key)
             .and_then(|f| f.lists.last_outcome.replace(Outcome::Success));
         let recovered = previous.is_some_and(|p| p != Outcome::Success);
-        self.call_done(Operation::List, &flow_key, Ok(recovered), elapsed);
+        self.call_done(
+            Operation::List,
+            &flow_key,
+            &flow_key.instance_id,
+            Ok(recovered),
+            elapsed,
+        );
         // The flow may have been removed by a reload while its request was in flight.
         let Some(flow) = self.watch.flow_mut(&flow_key) else {
             return;
@@ -430,7 +450,13 @@ impl<C: FlowExecutions> Engine<C> {
         let decision =
             policy::list_failed(&error, previous, had_token, slow, self.polling.max_interval);
         let log = Err((&error, decision.log));
-        self.call_done(Operation::List, &flow_key, log, elapsed);
+        self.call_done(
+            Operation::List,
+            &flow_key,
+            &flow_key.instance_id,
+            log,
+            elapsed,
+        );
         // The flow may have been removed by a reload while its request was in flight.
         let Some(flow) = self.watch.flow_mut(&flow_key) else {
             return;

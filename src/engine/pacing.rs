@@ -116,7 +116,7 @@ pub fn startup_offset(index: usize, count: usize, initial_interval: Duration) ->
     initial_interval.mul_f64(index as f64 / count as f64)
 }
 
-/// The one global token bucket. Its rate is cut in half on throttling (at most once a second, so
+/// The token bucket of one budget (an account and region). Its rate is cut in half on throttling (at most once a second, so
 /// a burst of throttled in-flight requests counts as one signal) and grows back additively, by a
 /// twentieth of the configured maximum per successful call. An `x-amz-retry-after` hint pauses it.
 #[derive(Debug)]
@@ -189,6 +189,19 @@ impl RateLimiter {
             };
             tokio::time::sleep(wait.max(Duration::from_micros(100))).await;
         }
+    }
+
+    /// When a token will be there: now, the end of a pause, or when the rate has earned one.
+    pub fn ready_at(&self) -> Instant {
+        let mut b = self.lock();
+        let now = Instant::now();
+        b.refill(now);
+        let earned = if b.tokens >= 1.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64((1.0 - b.tokens) / b.rate)
+        };
+        b.paused_until.map_or(earned, |until| until.max(earned))
     }
 
     /// Takes a token if one is there now, without waiting.

@@ -1,6 +1,5 @@
-//! The request pool: at most `max_in_flight` requests at once, each paced by the one global
-//! [`RateLimiter`], each bounded in time. It sends what the engine takes off its queue and hands
-//! back the answers.
+//! The request pool: at most `max_in_flight` requests at once, whatever their budget, each
+//! bounded in time. It sends what the engine takes off its queues and hands back the answers.
 //!
 //! The requests are futures the engine's own task polls, not tasks of their own: an answer wakes
 //! the engine directly instead of waking a request task that then wakes the engine, and no task
@@ -16,11 +15,9 @@ use std::time::Duration;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use crate::api::{ApiError, FlowExecutions, ListPage};
-use crate::engine::pacing::RateLimiter;
-use crate::engine::policy::RateFeedback;
 use crate::model::{ExecutionKey, FlowKey, Observation};
 
 /// What the engine's queue holds: a Get of one execution (a poll), or the next List page of one
@@ -62,7 +59,6 @@ type InFlight = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
 pub struct RequestPool<C> {
     client: Arc<C>,
-    limiter: Arc<RateLimiter>,
     permits: Arc<Semaphore>,
     requests: FuturesUnordered<InFlight>,
     /// A safety net over the SDK's own timeout: a request can never hang the pool.
@@ -73,14 +69,12 @@ pub struct RequestPool<C> {
 impl<C: FlowExecutions> RequestPool<C> {
     pub fn new(
         client: Arc<C>,
-        max_rate: f64,
         max_in_flight: usize,
         request_timeout: Duration,
         page_size: i32,
     ) -> Self {
         Self {
             client,
-            limiter: Arc::new(RateLimiter::new(max_rate)),
             permits: Arc::new(Semaphore::new(max_in_flight)),
             requests: FuturesUnordered::new(),
             hard_limit: request_timeout + Duration::from_secs(1),
@@ -88,27 +82,19 @@ impl<C: FlowExecutions> RequestPool<C> {
         }
     }
 
-    /// Resolves when `due` has come, a request slot is free and the rate limiter gives a token.
-    /// Cancel-safe: nothing is taken unless it resolves.
-    pub fn turn(&self, due: Option<Instant>) -> impl Future<Output = Option<Turn>> + 'static {
-        let (permits, limiter) = (self.permits.clone(), self.limiter.clone());
-        async move {
-            sleep_until(due?).await;
-            let permit = permits.acquire_owned().await.ok()?;
-            limiter.acquire().await;
-            Some(Turn(permit))
-        }
+    /// The request slots, to wait for one.
+    pub fn permits(&self) -> Arc<Semaphore> {
+        self.permits.clone()
     }
 
-    /// A request slot and a rate token, when both are free now.
-    pub fn try_turn(&self) -> Option<Turn> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
-        self.limiter.try_acquire().then_some(Turn(permit))
+    /// A request slot, when one is free now.
+    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
     }
 
     /// Sends `request` in the slot `turn` holds.
     pub fn send(&mut self, turn: Turn, request: Request) {
-        let Turn(permit) = turn;
+        let Turn { permit, .. } = turn;
         let (client, hard_limit) = (self.client.clone(), self.hard_limit);
         let page_size = self.page_size;
         let (job, call): (Job, InFlight) = match request {
@@ -156,27 +142,24 @@ impl<C: FlowExecutions> RequestPool<C> {
     pub fn in_flight(&self) -> usize {
         self.requests.len()
     }
-
-    /// The global rate, in requests per second.
-    pub fn rate(&self) -> f64 {
-        self.limiter.rate()
-    }
-
-    /// Adjusts the global rate to what an answer says; returns the new rate when it changed.
-    pub fn feedback(&self, feedback: RateFeedback) -> Option<f64> {
-        let before = self.limiter.rate();
-        match feedback {
-            RateFeedback::Cut { retry_after } => self.limiter.on_throttle(retry_after),
-            RateFeedback::Restore => self.limiter.on_success(),
-            RateFeedback::Keep => {}
-        }
-        let after = self.limiter.rate();
-        (after != before).then_some(after)
-    }
 }
 
-/// A request slot and a rate token, ready to send one request.
-pub struct Turn(OwnedSemaphorePermit);
+/// A request slot and a rate token of one budget, ready to send that budget's next request.
+pub struct Turn {
+    permit: OwnedSemaphorePermit,
+    budget: usize,
+}
+
+impl Turn {
+    pub fn new(permit: OwnedSemaphorePermit, budget: usize) -> Self {
+        Self { permit, budget }
+    }
+
+    /// The budget whose token this is: its head job goes.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+}
 
 fn panic_text(panic: &(dyn Any + Send)) -> String {
     panic

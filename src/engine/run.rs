@@ -21,8 +21,7 @@ use crate::engine::staged::Staged;
 use crate::engine::state::ExecutionState;
 use crate::engine::views::{ReloadSummary, StatusQuery, StatusView};
 use crate::engine::watch_set::{Kept, WatchSet};
-use crate::engine::{Command, Engine, ExitWhen, Finish};
-use crate::input::config::{DiscoverySettings, FlowHealthSettings, PollingSettings};
+use crate::engine::{Command, Engine, EngineSettings, ExitWhen, Finish};
 use crate::input::watchlist::Watchlist;
 use crate::model::{ExecutionKey, FlowEntry, WatchEntry, unix_seconds};
 use crate::output::health::HEARTBEAT;
@@ -38,15 +37,23 @@ const LISTED_HISTORY: Duration = Duration::from_secs(366 * 24 * 3600);
 impl<C: FlowExecutions> Engine<C> {
     pub fn new(
         client: std::sync::Arc<C>,
-        polling: PollingSettings,
-        discovery: DiscoverySettings,
-        flow_health: FlowHealthSettings,
+        settings: EngineSettings,
         watchlist: Watchlist,
         mut publisher: Publisher,
         exit_when: ExitWhen,
     ) -> Self {
-        let schedule = Schedule::new(client, &polling, &discovery);
-        publisher.metrics().rate_changed(schedule.rate());
+        let EngineSettings {
+            polling,
+            discovery,
+            flow_health,
+            budgets,
+        } = settings;
+        let schedule = Schedule::new(client, &polling, &discovery, budgets);
+        for (budget, rate) in schedule.rates() {
+            publisher
+                .metrics()
+                .rate_changed(&budget.account_id, &budget.region, rate);
+        }
         let mut engine = Self {
             watch: WatchSet::new(polling.retain_terminal),
             schedule,
@@ -175,7 +182,7 @@ impl<C: FlowExecutions> Engine<C> {
     }
 
     fn send_head(&mut self, turn: Turn) {
-        let Some(job) = self.schedule.pop_head() else {
+        let Some(job) = self.schedule.pop_head(turn.budget()) else {
             return;
         };
         let request = match job {

@@ -1,42 +1,48 @@
-//! The schedule: when each Get and List is due, and the pool that sends them within the rate and
-//! the in-flight bound. It owns the due-time queue and each queued job's place in it, the backoff
-//! policy every ladder starts from, and the randomness of every delay; the engine says what to
-//! schedule, the schedule says when it may go.
+//! The schedule: when each Get and List is due, and the pool that sends them within their
+//! budget's rate and the in-flight bound. It owns the budgets (a due-time queue and a rate
+//! limiter per account and region) and each queued job's place in them, the backoff policy every
+//! ladder starts from, and the randomness of every delay; the engine says what to schedule, the
+//! schedule says when it may go.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, sleep_until};
 
 use crate::api::FlowExecutions;
+use crate::engine::budgets::{BudgetKey, BudgetPlan, Budgets};
 use crate::engine::pacing::{Backoff, BackoffPolicy};
 use crate::engine::policy::{Delay, RateFeedback};
 use crate::engine::pool::{Answer, Job, Request, RequestPool, Turn};
-use crate::engine::queue::{DueQueue, Slot};
+use crate::engine::queue::Slot;
 use crate::input::config::{DiscoverySettings, PollingSettings};
 
 pub struct Schedule<C> {
-    /// Gets and Lists, by when they are due.
-    due: DueQueue<Job>,
-    /// Where each queued job sits in `due`: a job is queued at most once.
-    slots: HashMap<Job, Slot>,
+    /// Gets and Lists, by budget and by when they are due.
+    budgets: Budgets,
+    /// Where each queued job sits, by budget: a job is queued at most once.
+    slots: HashMap<Job, (usize, Slot)>,
     pool: RequestPool<C>,
     backoff: BackoffPolicy,
     rng: fastrand::Rng,
 }
 
 impl<C: FlowExecutions> Schedule<C> {
-    pub fn new(client: Arc<C>, polling: &PollingSettings, discovery: &DiscoverySettings) -> Self {
+    pub fn new(
+        client: Arc<C>,
+        polling: &PollingSettings,
+        discovery: &DiscoverySettings,
+        budgets: BudgetPlan,
+    ) -> Self {
         let pool = RequestPool::new(
             client,
-            polling.max_requests_per_second,
             polling.max_in_flight,
             polling.request_timeout,
             discovery.page_size,
         );
         Self {
-            due: DueQueue::default(),
+            budgets: Budgets::new(budgets),
             slots: HashMap::new(),
             pool,
             backoff: BackoffPolicy::from_settings(polling),
@@ -46,17 +52,16 @@ impl<C: FlowExecutions> Schedule<C> {
 
     /// Queues `job` at `at`, moving it if it was queued.
     pub fn put(&mut self, job: Job, at: Instant) {
-        if let Some(previous) = self.slots.remove(&job) {
-            self.due.remove(&previous);
-        }
-        let slot = self.due.push(at, job.clone());
-        self.slots.insert(job, slot);
+        self.remove(&job);
+        let budget = self.budgets.of_job(&job);
+        let slot = self.budgets.push(budget, at, job.clone());
+        self.slots.insert(job, (budget, slot));
     }
 
     /// Takes `job` out of the queue, if it is there.
     pub fn remove(&mut self, job: &Job) {
-        if let Some(slot) = self.slots.remove(job) {
-            self.due.remove(&slot);
+        if let Some((budget, slot)) = self.slots.remove(job) {
+            self.budgets.remove(budget, &slot);
         }
     }
 
@@ -64,14 +69,14 @@ impl<C: FlowExecutions> Schedule<C> {
         self.slots.contains_key(job)
     }
 
-    /// When the next job is due.
+    /// When the next job of any budget is due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.due.next_due()
+        self.budgets.next_due()
     }
 
     /// Whether anything is queued or in flight.
     pub fn is_busy(&self) -> bool {
-        !self.due.is_empty() || self.pool.in_flight() > 0
+        !self.budgets.is_empty() || self.pool.in_flight() > 0
     }
 
     /// How late the most overdue job is at `now`, in seconds.
@@ -80,21 +85,42 @@ impl<C: FlowExecutions> Schedule<C> {
             .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64())
     }
 
-    /// Resolves when the next job is due and a request slot and a rate token are free; never
-    /// while nothing is queued. Cancel-safe.
+    /// Resolves when the budget that can go first has a due job and a token, and a request slot
+    /// is free; never while nothing is queued. A budget waiting for its token never holds a
+    /// slot, so a throttled account cannot keep the others waiting. Cancel-safe.
     pub fn turn(&self) -> impl Future<Output = Option<Turn>> + 'static {
-        self.pool.turn(self.next_due())
+        let first = self.budgets.first_ready();
+        let limiter = first.map(|(budget, _)| self.budgets.get(budget).limiter.clone());
+        let permits = self.pool.permits();
+        async move {
+            let (budget, at) = first?;
+            sleep_until(at).await;
+            let permit = permits.acquire_owned().await.ok()?;
+            limiter?.acquire().await;
+            Some(Turn::new(permit, budget))
+        }
     }
 
-    /// A slot and a token when a job is due at `now` and both are free at once.
+    /// A slot and a token of a budget whose head job is due at `now`, when both are free at
+    /// once; the budget whose head has waited longest first.
     pub fn try_turn(&self, now: Instant) -> Option<Turn> {
-        self.next_due().filter(|at| *at <= now)?;
-        self.pool.try_turn()
+        let mut due: Vec<(Instant, usize)> = self
+            .budgets
+            .iter()
+            .filter_map(|(i, b)| b.due.next_due().filter(|at| *at <= now).map(|at| (at, i)))
+            .collect();
+        due.sort_unstable();
+        let permit = self.pool.try_permit()?;
+        let budget = due
+            .into_iter()
+            .map(|(_, budget)| budget)
+            .find(|budget| self.budgets.get(*budget).limiter.try_acquire())?;
+        Some(Turn::new(permit, budget))
     }
 
-    /// Takes the job at the head of the queue.
-    pub fn pop_head(&mut self) -> Option<Job> {
-        let job = self.due.pop_first()?;
+    /// Takes the job at the head of `budget`'s queue.
+    pub fn pop_head(&mut self, budget: usize) -> Option<Job> {
+        let job = self.budgets.pop_head(budget)?;
         self.slots.remove(&job);
         Some(job)
     }
@@ -121,14 +147,32 @@ impl<C: FlowExecutions> Schedule<C> {
         self.pool.cancel_all();
     }
 
-    /// The global rate, in requests per second.
+    /// The rate of every budget together, in requests per second.
     pub fn rate(&self) -> f64 {
-        self.pool.rate()
+        self.budgets.iter().map(|(_, b)| b.limiter.rate()).sum()
     }
 
-    /// Adjusts the global rate to what an answer says; returns the new rate when it changed.
-    pub fn feedback(&self, feedback: RateFeedback) -> Option<f64> {
-        self.pool.feedback(feedback)
+    /// Each budget's rate, in requests per second.
+    pub fn rates(&self) -> Vec<(&BudgetKey, f64)> {
+        self.budgets
+            .iter()
+            .map(|(_, b)| (&b.key, b.limiter.rate()))
+            .collect()
+    }
+
+    /// Adjusts the rate of `instance_id`'s budget to what an answer says; returns the budget
+    /// and its new rate when it changed.
+    pub fn feedback(&self, instance_id: &str, feedback: RateFeedback) -> Option<(&BudgetKey, f64)> {
+        let budget = self.budgets.get(self.budgets.of_instance(instance_id));
+        let limiter = &budget.limiter;
+        let before = limiter.rate();
+        match feedback {
+            RateFeedback::Cut { retry_after } => limiter.on_throttle(retry_after),
+            RateFeedback::Restore => limiter.on_success(),
+            RateFeedback::Keep => {}
+        }
+        let after = limiter.rate();
+        (after != before).then_some((&budget.key, after))
     }
 
     /// A fresh backoff ladder, at its first step.
@@ -157,7 +201,8 @@ mod tests {
     fn schedule() -> Schedule<Scripted> {
         let polling = PollingSettings::default();
         let api = Arc::new(Scripted::default());
-        Schedule::new(api, &polling, &DiscoverySettings::default())
+        let plan = BudgetPlan::single("us-east-1", polling.max_requests_per_second);
+        Schedule::new(api, &polling, &DiscoverySettings::default(), plan)
     }
 
     fn job(n: u32) -> Job {
@@ -172,10 +217,10 @@ mod tests {
         s.put(job(2), now + Duration::from_secs(5));
         s.put(job(1), now + Duration::from_secs(1));
         assert_eq!(s.next_due(), Some(now + Duration::from_secs(1)));
-        assert_eq!(s.pop_head(), Some(job(1)));
+        assert_eq!(s.pop_head(0), Some(job(1)));
         assert!(!s.is_queued(&job(1)), "popped jobs are no longer queued");
-        assert_eq!(s.pop_head(), Some(job(2)));
-        assert_eq!(s.pop_head(), None, "job 1 was queued once, not twice");
+        assert_eq!(s.pop_head(0), Some(job(2)));
+        assert_eq!(s.pop_head(0), None, "job 1 was queued once, not twice");
     }
 
     #[tokio::test(start_paused = true)]
@@ -187,7 +232,7 @@ mod tests {
         s.remove(&job(1));
         s.remove(&job(3));
         assert!(s.is_queued(&job(2)) && !s.is_queued(&job(1)));
-        assert_eq!(s.pop_head(), Some(job(2)));
+        assert_eq!(s.pop_head(0), Some(job(2)));
         assert!(!s.is_busy());
     }
 

@@ -429,7 +429,12 @@ impl Reader<'_> {
         let endpoint_url: Option<String> = self.get("aws.endpoint_url");
         let profile: Option<String> = self.get("aws.profile");
         let polling = self.polling();
-        let instances = self.instances();
+        let instances = self.instances(instances::Defaults {
+            region: region
+                .clone()
+                .or_else(|| aws::region_from_environment(|n| std::env::var_os(n)).map(|(_, r)| r)),
+            max_requests_per_second: polling.max_requests_per_second,
+        });
         let metrics = MetricsSettings {
             per_execution: self.or("metrics.per_execution", true),
         };
@@ -509,7 +514,7 @@ impl Reader<'_> {
     }
 
     /// `[[aws.instance]]`, read from the file itself: they have no environment overrides.
-    fn instances(&mut self) -> Vec<InstanceSettings> {
+    fn instances(&mut self, defaults: instances::Defaults) -> Vec<InstanceSettings> {
         #[cfg(test)]
         self.read.push("aws.instance".to_string());
         let from_environment = self
@@ -525,7 +530,7 @@ impl Reader<'_> {
         let Some(doc) = self.locator.document() else {
             return Vec::new();
         };
-        let (found, problems) = instances::read(self.locator.source(), doc);
+        let (found, problems) = instances::read(self.locator.source(), doc, &defaults);
         self.problems.extend(problems);
         found
     }

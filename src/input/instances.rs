@@ -7,8 +7,8 @@ use std::ops::Range;
 
 use toml_edit::{Document, Item, Table};
 
-use crate::input::aws;
 use crate::input::diagnostic::{Diagnostic, SourceText, line_of};
+use crate::input::{aws, number};
 use crate::model::check_uuid;
 
 /// One `[[aws.instance]]` entry, checked.
@@ -22,6 +22,8 @@ pub struct InstanceSettings {
     pub role: Option<Role>,
     /// `None`: `aws.endpoint_url`.
     pub endpoint_url: Option<String>,
+    /// The cap of the instance's account and region. `None`: `polling.max_requests_per_second`.
+    pub max_requests_per_second: Option<f64>,
 }
 
 /// A role to assume with the base credentials.
@@ -34,7 +36,20 @@ pub struct Role {
 }
 
 /// The keys of an entry.
-pub const FIELDS: [&str; 5] = ["id", "region", "role_arn", "external_id", "endpoint_url"];
+pub const FIELDS: [&str; 6] = [
+    "id",
+    "region",
+    "role_arn",
+    "external_id",
+    "endpoint_url",
+    "max_requests_per_second",
+];
+
+/// What an entry falls back to: `aws.region` and `polling.max_requests_per_second`.
+pub struct Defaults {
+    pub region: Option<String>,
+    pub max_requests_per_second: f64,
+}
 
 /// The partitions a role ARN may name.
 const PARTITIONS: [&str; 8] = [
@@ -52,6 +67,7 @@ const PARTITIONS: [&str; 8] = [
 pub fn read(
     src: &SourceText<'_>,
     doc: &Document<&str>,
+    defaults: &Defaults,
 ) -> (Vec<InstanceSettings>, Vec<Diagnostic>) {
     let mut problems = Vec::new();
     let Some(aws) = doc.get("aws").and_then(Item::as_table) else {
@@ -81,28 +97,56 @@ pub fn read(
             instances.push(instance);
         }
     }
-    problems.extend(repeats(src, &instances, &spans));
+    problems.extend(conflicts(src, &instances, &spans, defaults));
     (instances, problems)
 }
 
-/// An entry whose id repeats an earlier one, naming both lines.
-fn repeats(
+/// An entry whose id repeats an earlier one (naming both lines), or whose cap differs from an
+/// earlier entry's of the same account and region: AWS's quotas are per account and region, and
+/// so is flowwatch's budget.
+fn conflicts(
     src: &SourceText<'_>,
     instances: &[InstanceSettings],
     spans: &[Option<Range<usize>>],
+    defaults: &Defaults,
 ) -> Vec<Diagnostic> {
     let mut problems = Vec::new();
     let mut ids: HashMap<&str, usize> = HashMap::new();
+    let mut caps: HashMap<(String, String), (f64, usize)> = HashMap::new();
     for (instance, span) in instances.iter().zip(spans) {
-        let line = line_of(&src.at(span.clone(), "").location).unwrap_or(0);
+        let here = |message: String| src.at(span.clone(), message);
+        let line = line_of(&here(String::new()).location).unwrap_or(0);
         if let Some(first) = ids.insert(&instance.id, line) {
-            problems.push(src.at(
-                span.clone(),
-                format!(
-                    "duplicate [[aws.instance]] for instance {}: already at line {first} (this is line {line})",
-                    instance.id
-                ),
-            ));
+            problems.push(here(format!(
+                "duplicate [[aws.instance]] for instance {}: already at line {first} (this is line {line})",
+                instance.id
+            )));
+            continue;
+        }
+        let account = instance
+            .role
+            .as_ref()
+            .map_or_else(String::new, |r| r.account_id.clone());
+        let region = instance
+            .region
+            .clone()
+            .or_else(|| defaults.region.clone())
+            .unwrap_or_default();
+        let cap = instance
+            .max_requests_per_second
+            .unwrap_or(defaults.max_requests_per_second);
+        match caps.get(&(account.clone(), region.clone())) {
+            Some(&(other, first)) if other != cap => problems.push(here(format!(
+                "max_requests_per_second {} differs from {} at line {first} for the same account ({}) and region ({}): one budget serves both",
+                number(cap),
+                number(other),
+                if account.is_empty() { "the base credentials'" } else { &account },
+                if region.is_empty() { "the provider chain's" } else { &region },
+            ))),
+            Some(_) => {}
+            None => {
+                caps.insert((account, region), (cap, line));
+            }
         }
     }
     problems
@@ -173,11 +217,13 @@ impl Entry<'_, '_, '_> {
                         .map(|p| format!("endpoint_url must be an http:// or https:// URL: it {p}"))
                 })
             });
+        let max_requests_per_second = self.rate();
         Some(InstanceSettings {
             id: id?,
             region,
             role,
             endpoint_url,
+            max_requests_per_second,
         })
     }
 
@@ -217,6 +263,25 @@ impl Entry<'_, '_, '_> {
                 None
             }
         }
+    }
+
+    /// `max_requests_per_second`: a number (an integer is taken too) in the polling cap's range.
+    fn rate(&mut self) -> Option<f64> {
+        let item = self.table.get("max_requests_per_second")?;
+        let rate = item
+            .as_float()
+            .or_else(|| item.as_integer().map(|i| i as f64));
+        let valid = rate.filter(|r| r.is_finite() && (0.01..=10_000.0).contains(r));
+        if valid.is_none() {
+            self.problem(
+                "max_requests_per_second",
+                format!(
+                    "max_requests_per_second must be a number from 0.01 to 10000, not {}",
+                    crate::model::bounded(item.to_string().trim(), 40)
+                ),
+            );
+        }
+        valid
     }
 }
 
@@ -271,7 +336,11 @@ mod tests {
         let path = Path::new("c.toml");
         let src = SourceText::new(path, text);
         let doc = Document::parse(text).expect("toml");
-        let (instances, problems) = read(&src, &doc);
+        let defaults = Defaults {
+            region: Some("us-east-1".into()),
+            max_requests_per_second: 5.0,
+        };
+        let (instances, problems) = read(&src, &doc, &defaults);
         if problems.is_empty() {
             Ok(instances)
         } else {
@@ -282,7 +351,7 @@ mod tests {
     #[test]
     fn an_instance_takes_its_region_role_endpoint_and_cap() {
         let text = format!(
-            "[aws]\nregion = \"us-east-1\"\n\n[[aws.instance]]\nid = \"{ID}\"\nregion = \"eu-central-1\"\nrole_arn = \"arn:aws:iam::222222222222:role/ops/flowwatch-reader\"\nexternal_id = \"flowwatch-prod\"\nendpoint_url = \"https://scn.eu-central-1.amazonaws.com\"\n\n[[aws.instance]]\nid = \"{OTHER}\"\n"
+            "[aws]\nregion = \"us-east-1\"\n\n[[aws.instance]]\nid = \"{ID}\"\nregion = \"eu-central-1\"\nrole_arn = \"arn:aws:iam::222222222222:role/ops/flowwatch-reader\"\nexternal_id = \"flowwatch-prod\"\nendpoint_url = \"https://scn.eu-central-1.amazonaws.com\"\nmax_requests_per_second = 2\n\n[[aws.instance]]\nid = \"{OTHER}\"\n"
         );
         let instances = parse(&text).expect("valid");
         assert_eq!(instances.len(), 2);
@@ -291,6 +360,7 @@ mod tests {
         let role = first.role.as_ref().expect("a role");
         assert_eq!(role.account_id, "222222222222");
         assert_eq!(role.external_id.as_deref(), Some("flowwatch-prod"));
+        assert_eq!(first.max_requests_per_second, Some(2.0));
         assert_eq!(
             instances[1],
             InstanceSettings {
@@ -298,6 +368,7 @@ mod tests {
                 region: None,
                 role: None,
                 endpoint_url: None,
+                max_requests_per_second: None,
             }
         );
     }
@@ -305,17 +376,18 @@ mod tests {
     #[test]
     fn every_problem_names_its_line_and_column() {
         let text = format!(
-            "[[aws.instance]]\nid = \"{ID}\"\nregion = \"EU-Central-1\"\nrole_arn = \"arn:aws:iam::2222:role/r\"\nexternal_id = \"x\"\nendpoint_url = \"ftp://h\"\ncolour = \"blue\"\n\n[[aws.instance]]\nid = \"not-a-uuid\"\nexternal_id = \"lonely-id\"\n"
+            "[[aws.instance]]\nid = \"{ID}\"\nregion = \"EU-Central-1\"\nrole_arn = \"arn:aws:iam::2222:role/r\"\nexternal_id = \"x\"\nendpoint_url = \"ftp://h\"\nmax_requests_per_second = 0\ncolour = \"blue\"\n\n[[aws.instance]]\nid = \"not-a-uuid\"\nexternal_id = \"lonely-id\"\n"
         );
         let problems = parse(&text).expect_err("invalid");
         let expected = [
-            "c.toml:7:1: unknown key `colour` in [[aws.instance]]",
+            "c.toml:8:1: unknown key `colour` in [[aws.instance]]",
+            "c.toml:7:27: max_requests_per_second must be a number from 0.01 to 10000, not 0",
             "c.toml:3:10: \"EU-Central-1\" is not an AWS region name",
             "c.toml:5:15: external_id must be 2 to 1224 characters",
             "c.toml:4:12: role_arn \"arn:aws:iam::2222:role/r\" is not a role ARN: the account must be 12 digits",
             "c.toml:6:16: endpoint_url must be an http:// or https:// URL: it must start with http:// or https://",
-            "c.toml:10:6: invalid id \"not-a-uuid\"",
-            "c.toml:11:15: external_id is sent with AssumeRole: it needs role_arn",
+            "c.toml:11:6: invalid id \"not-a-uuid\"",
+            "c.toml:12:15: external_id is sent with AssumeRole: it needs role_arn",
         ];
         assert_eq!(problems.len(), expected.len(), "{problems:#?}");
         for e in expected {
@@ -324,6 +396,24 @@ mod tests {
                 "missing {e:?} in {problems:#?}"
             );
         }
+    }
+
+    #[test]
+    fn one_budget_takes_one_cap() {
+        let text = format!(
+            "[[aws.instance]]\nid = \"{ID}\"\n\n[[aws.instance]]\nid = \"{OTHER}\"\nmax_requests_per_second = 9.0\n"
+        );
+        assert_eq!(
+            parse(&text).expect_err("invalid"),
+            [
+                "c.toml:4:1: max_requests_per_second 9 differs from 5 at line 1 for the same account (the base credentials') and region (us-east-1): one budget serves both"
+            ]
+        );
+        // Another region is another budget.
+        let text = format!(
+            "[[aws.instance]]\nid = \"{ID}\"\n\n[[aws.instance]]\nid = \"{OTHER}\"\nregion = \"eu-west-1\"\nmax_requests_per_second = 9.0\n"
+        );
+        assert!(parse(&text).is_ok());
     }
 
     #[test]

@@ -89,6 +89,10 @@ pub const KEYS: &[Key] = &[
     words("aws.instance[].role_arn", "none: the base credentials"),
     words("aws.instance[].external_id", "none"),
     words("aws.instance[].endpoint_url", "`aws.endpoint_url`"),
+    words(
+        "aws.instance[].max_requests_per_second",
+        "`polling.max_requests_per_second`",
+    ),
     text("polling.initial_interval", "5s"),
     text("polling.max_interval", "2m"),
     value("polling.multiplier", "2.0"),

@@ -118,7 +118,13 @@ fn instances_summary(settings: &Settings) -> String {
             let endpoint = i.endpoint_url.as_deref().map_or_else(String::new, |u| {
                 format!(", endpoint {}", crate::model::without_userinfo(u))
             });
-            format!("instance {}: region {region}, {signed}{endpoint}", i.id)
+            let cap = i
+                .max_requests_per_second
+                .unwrap_or(settings.polling.max_requests_per_second);
+            format!(
+                "instance {}: region {region}, {signed}{endpoint}, at most {cap} requests/s",
+                i.id
+            )
         })
         .collect::<Vec<_>>()
         .join("\n")

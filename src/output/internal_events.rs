@@ -86,28 +86,34 @@ pub struct RateCut<'a> {
     pub operation: Operation,
     pub subject: &'a dyn Display,
     pub error: &'a dyn Display,
+    /// The budget whose rate was cut (`""`: the base credentials' account).
+    pub account_id: &'a str,
+    pub region: &'a str,
     pub rate: f64,
     pub retry_after: Option<Duration>,
 }
 
 impl InternalEvent for RateCut<'_> {
     fn emit(self, metrics: &Metrics, _health: &Health) {
-        metrics.rate_changed(self.rate);
+        metrics.rate_changed(self.account_id, self.region, self.rate);
         tracing::warn!(subject = %self.subject, operation = self.operation.as_str(), error = %self.error,
+            account_id = self.account_id, region = self.region,
             rate = self.rate, retry_after = %self.retry_after.map_or_else(|| "none".to_string(),
                 |d| humantime::format_duration(d).to_string()),
-            "the API is throttling: global request rate cut");
+            "the API is throttling: the request rate of this account and region is cut");
     }
 }
 
-/// The global rate grew back after answers.
-pub struct RateRestored {
+/// A budget's rate grew back after answers.
+pub struct RateRestored<'a> {
+    pub account_id: &'a str,
+    pub region: &'a str,
     pub rate: f64,
 }
 
-impl InternalEvent for RateRestored {
+impl InternalEvent for RateRestored<'_> {
     fn emit(self, metrics: &Metrics, _health: &Health) {
-        metrics.rate_changed(self.rate);
+        metrics.rate_changed(self.account_id, self.region, self.rate);
     }
 }
 

@@ -28,7 +28,7 @@ pub struct Metrics {
     watched: IntGaugeVec,
     api_requests: IntCounterVec,
     api_duration: HistogramVec,
-    rate_limit: Gauge,
+    rate_limit: GaugeVec,
     schedule_lag: Gauge,
     events: IntCounterVec,
     config_reloads: IntCounterVec,
@@ -90,10 +90,15 @@ impl Metrics {
                 &["operation", "outcome"],
             )?,
             api_duration: registered(&r, api_durations()?)?,
-            rate_limit: gauge(
+            rate_limit: registered(
                 &r,
-                "flowwatch_rate_limit_requests_per_second",
-                "Current rate of the global API token bucket (cut on throttling, restored on success).",
+                GaugeVec::new(
+                    Opts::new(
+                        "flowwatch_rate_limit_requests_per_second",
+                        "Current rate of each account and region's token bucket (cut on throttling, restored on success); account_id is \"\" for the base credentials' account.",
+                    ),
+                    &["account_id", "region"],
+                )?,
             )?,
             schedule_lag: gauge(
                 &r,
@@ -452,8 +457,10 @@ impl Metrics {
     }
 
     /// The global request rate changed.
-    pub fn rate_changed(&self, requests_per_second: f64) {
-        self.rate_limit.set(requests_per_second);
+    pub fn rate_changed(&self, account_id: &str, region: &str, requests_per_second: f64) {
+        self.rate_limit
+            .with_label_values(&[account_id, region])
+            .set(requests_per_second);
     }
 
     /// How long the most overdue queued request has waited (0 when none is overdue).
@@ -614,7 +621,7 @@ mod tests {
                 diagnostic_reports_root_s3_uri: None,
             },
         );
-        m.rate_limit.set(5.0);
+        m.rate_changed("", "us-east-1", 5.0);
         m.set_expectation(&key, Some(100.0), false);
         m.flow_finished("i", "f", Status::Succeeded, Some(42.0));
         m.flow_freshness("i", "f", Some(2.0), Some(1.0));
@@ -634,7 +641,7 @@ mod tests {
             "flowwatch_watched_executions{status=\"UNKNOWN\"} 0",
             "flowwatch_api_requests_total{operation=\"GetDataIntegrationFlowExecution\",outcome=\"throttled\"} 0",
             "flowwatch_api_request_duration_seconds_bucket{",
-            "flowwatch_rate_limit_requests_per_second 5",
+            "flowwatch_rate_limit_requests_per_second{account_id=\"\",region=\"us-east-1\"} 5",
             "flowwatch_schedule_lag_seconds 0",
             "flowwatch_events_total{result=\"failure\",sink=\"file\"} 0",
             "flowwatch_build_info{version=\"",

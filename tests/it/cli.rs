@@ -1077,11 +1077,11 @@ async fn check_config_names_each_instance_s_region_account_and_credentials() {
     .await;
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("instance 8850c54e-e187-4fa7-89d4-6370f165174d: region eu-central-1, account 222222222222, assumes arn:aws:iam::222222222222:role/flowwatch-reader with an external id"),
+        out.contains("instance 8850c54e-e187-4fa7-89d4-6370f165174d: region eu-central-1, account 222222222222, assumes arn:aws:iam::222222222222:role/flowwatch-reader with an external id, at most 5 requests/s"),
         "{out}"
     );
     assert!(
-        out.contains("instance 9960d65f-f298-4fa7-89d4-6370f165174e: region us-east-1, signed with the base credentials"),
+        out.contains("instance 9960d65f-f298-4fa7-89d4-6370f165174e: region us-east-1, signed with the base credentials, at most 5 requests/s"),
         "{out}"
     );
     assert!(!out.contains("not-shown-ext"), "{out}");

@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use flowwatch_fake::{FakeServer, Signer};
+use flowwatch_fake::{FakeServer, Signer, SignerLimit, Step};
 use flowwatch_testkit::moto::Moto;
 use flowwatch_testkit::*;
 use serde_json::Value;
@@ -66,51 +66,14 @@ async fn iam_setup(moto: &Moto) -> (String, String) {
     (field("AccessKeyId"), field("SecretAccessKey"))
 }
 
-/// One running execution of `flow` in `instance`, ending SUCCEEDED at 2 s.
-fn run_of(instance: &str, flow: &str, n: usize) -> flowwatch_fake::ScriptedExecution {
-    let mut run = scripted(flow, n, &[(0, "IN_PROGRESS"), (2, "SUCCEEDED")]);
-    run.instance_id = instance.to_string();
-    run
-}
+type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_instance_is_signed_by_its_own_role_for_its_own_region_and_a_refused_role_stops_only_its_own()
- {
-    let ws = Workspace::new();
-    let moto = Moto::start_with_iam(ws.dir.path(), 6).await;
-    let (key, secret) = iam_setup(&moto).await;
-    let runs = vec![
-        run_of(ROLE_A, "orders", 1),
-        run_of(REFUSED, "orders", 2),
-        run_of(BASE, "orders", 3),
-    ];
-    let fake = FakeServer::start(scenario(runs.clone()))
-        .await
-        .expect("fake");
-    let mut watchlist = String::new();
-    for run in &runs {
-        watchlist.push_str(&format!(
-            "[[execution]]\ninstance_id = \"{}\"\nflow_name = \"{}\"\nexecution_id = \"{}\"\n\n",
-            run.instance_id, run.flow_name, run.execution_id
-        ));
-    }
-    ws.write("watchlist.toml", &watchlist);
-    let config = ws.write(
-        "flowwatch.toml",
-        &format!(
-            "watchlist = \"watchlist.toml\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
-             [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n{POLLING}\n\
-             [state]\npath = \"{dir}\"\n[events]\nstdout = false\nfile = \"{dir}/events.jsonl\"\n\
-             [log]\nformat = \"json\"\n\n\
-             [[aws.instance]]\nid = \"{ROLE_A}\"\nregion = \"eu-central-1\"\nrole_arn = \"{a}\"\nexternal_id = \"flowwatch-ext-a\"\n\n\
-             [[aws.instance]]\nid = \"{REFUSED}\"\nrole_arn = \"{b}\"\n",
-            endpoint = fake.endpoint_url(),
-            dir = ws.dir.path().display(),
-            a = role("reader-a"),
-            b = role("reader-b"),
-        ),
-    );
-
+/// The flowwatch binary on `config` with `env` (and no inherited AWS or flowwatch settings, no
+/// profile, no instance metadata); returns it, its address and its log lines so far.
+async fn spawn(
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, std::net::SocketAddr, Log) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowwatch"));
     for (name, _) in std::env::vars() {
         if is_inherited_override(&name) {
@@ -118,9 +81,7 @@ async fn each_instance_is_signed_by_its_own_role_for_its_own_region_and_a_refuse
         }
     }
     cmd.args(["run", "--config", &config.to_string_lossy()])
-        .env("AWS_ACCESS_KEY_ID", &key)
-        .env("AWS_SECRET_ACCESS_KEY", &secret)
-        .env("AWS_ENDPOINT_URL_STS", &moto.endpoint)
+        .envs(env.iter().copied())
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/nonexistent/flowwatch-test")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/flowwatch-test")
@@ -142,13 +103,89 @@ async fn each_instance_is_signed_by_its_own_role_for_its_own_region_and_a_refuse
     .ok()
     .flatten()
     .expect("flowwatch logs its address");
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Log::default();
     let kept = log.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             kept.lock().expect("log").push(line);
         }
     });
+    (child, addr, log)
+}
+
+/// A config against `endpoint` with `instances` (`[[aws.instance]]` tables) and JSON logs.
+fn config_with(
+    ws: &Workspace,
+    endpoint: &str,
+    polling: &str,
+    instances: &str,
+) -> std::path::PathBuf {
+    ws.write(
+        "flowwatch.toml",
+        &format!(
+            "watchlist = \"watchlist.toml\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
+             [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{endpoint}\"\n{polling}\n\
+             [state]\npath = \"{dir}\"\n[events]\nstdout = false\nfile = \"{dir}/events.jsonl\"\n\
+             [log]\nformat = \"json\"\n\n{instances}",
+            dir = ws.dir.path().display(),
+        ),
+    )
+}
+
+fn write_watchlist(ws: &Workspace, runs: &[flowwatch_fake::ScriptedExecution]) {
+    let mut watchlist = String::new();
+    for run in runs {
+        watchlist.push_str(&format!(
+            "[[execution]]\ninstance_id = \"{}\"\nflow_name = \"{}\"\nexecution_id = \"{}\"\n\n",
+            run.instance_id, run.flow_name, run.execution_id
+        ));
+    }
+    ws.write("watchlist.toml", &watchlist);
+}
+
+/// One running execution of `flow` in `instance`, ending SUCCEEDED at 2 s.
+fn run_of(instance: &str, flow: &str, n: usize) -> flowwatch_fake::ScriptedExecution {
+    let mut run = scripted(flow, n, &[(0, "IN_PROGRESS"), (2, "SUCCEEDED")]);
+    run.instance_id = instance.to_string();
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_instance_is_signed_by_its_own_role_for_its_own_region_and_a_refused_role_stops_only_its_own()
+ {
+    let ws = Workspace::new();
+    let moto = Moto::start_with_iam(ws.dir.path(), 6).await;
+    let (key, secret) = iam_setup(&moto).await;
+    let runs = vec![
+        run_of(ROLE_A, "orders", 1),
+        run_of(REFUSED, "orders", 2),
+        run_of(BASE, "orders", 3),
+    ];
+    let fake = FakeServer::start(scenario(runs.clone()))
+        .await
+        .expect("fake");
+    write_watchlist(&ws, &runs);
+    let config = config_with(
+        &ws,
+        &fake.endpoint_url(),
+        POLLING,
+        &format!(
+            "[[aws.instance]]\nid = \"{ROLE_A}\"\nregion = \"eu-central-1\"\nrole_arn = \"{a}\"\nexternal_id = \"flowwatch-ext-a\"\n\n\
+             [[aws.instance]]\nid = \"{REFUSED}\"\nrole_arn = \"{b}\"\n",
+            a = role("reader-a"),
+            b = role("reader-b"),
+        ),
+    );
+
+    let (mut child, addr, log) = spawn(
+        &config,
+        &[
+            ("AWS_ACCESS_KEY_ID", key.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+            ("AWS_ENDPOINT_URL_STS", moto.endpoint.as_str()),
+        ],
+    )
+    .await;
 
     let status_of = |status: &Value, instance: &str| -> Value {
         status["executions"]
@@ -246,6 +283,92 @@ async fn each_instance_is_signed_by_its_own_role_for_its_own_region_and_a_refuse
         let role_secret = grant["secret_access_key"].as_str().unwrap_or("-");
         assert!(!log.contains(role_secret), "an assumed secret is logged");
     }
+    let _ = child.start_kill();
+    fake.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_one_region_leaves_the_other_s_rate_and_calls_alone() {
+    let ws = Workspace::new();
+    let runs = vec![
+        run_of(ROLE_A, "orders", 1),
+        run_of(ROLE_A, "orders", 2),
+        run_of(BASE, "orders", 3),
+        run_of(BASE, "orders", 4),
+    ];
+    let mut script = scenario(
+        runs.iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.timeline = vec![Step {
+                    at: Duration::ZERO,
+                    status: "IN_PROGRESS".into(),
+                    message: None,
+                }];
+                r
+            })
+            .collect(),
+    );
+    // The base key is throttled hard in eu-central-1, and not at all in us-east-1.
+    script.signer_limits.push(SignerLimit {
+        access_key: "AKIDBUDGETS".into(),
+        region: "eu-central-1".into(),
+        requests_per_second: 0.2,
+        burst: 1.0,
+    });
+    let fake = FakeServer::start(script).await.expect("fake");
+    write_watchlist(&ws, &runs);
+    let polling = "[polling]\ninitial_interval = \"200ms\"\nmax_interval = \"400ms\"\nmax_requests_per_second = 20.0\nrequest_timeout = \"2s\"\n";
+    let config = config_with(
+        &ws,
+        &fake.endpoint_url(),
+        polling,
+        &format!("[[aws.instance]]\nid = \"{ROLE_A}\"\nregion = \"eu-central-1\"\n"),
+    );
+    let (mut child, addr, _log) = spawn(
+        &config,
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIDBUDGETS"),
+            ("AWS_SECRET_ACCESS_KEY", "budgets-test-secret"),
+        ],
+    )
+    .await;
+    let rate = |metrics: &str, region: &str| {
+        sample(
+            metrics,
+            "flowwatch_rate_limit_requests_per_second",
+            &[("account_id", ""), ("region", region)],
+        )
+    };
+    eventually(
+        Duration::from_secs(20),
+        "the throttled region's rate cut",
+        || async {
+            rate(&http(addr, "GET", "/metrics").await.1, "eu-central-1").is_some_and(|r| r < 20.0)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = http(addr, "GET", "/metrics").await.1;
+    assert_eq!(rate(&metrics, "us-east-1"), Some(20.0), "{metrics}");
+    let stats = fake.stats();
+    let signer = |region: &str| Signer {
+        access_key: "AKIDBUDGETS".into(),
+        region: region.into(),
+    };
+    assert!(stats.throttled_by_signer[&signer("eu-central-1")] >= 1);
+    assert_eq!(
+        stats.throttled_by_signer.get(&signer("us-east-1")),
+        None,
+        "never throttled"
+    );
+    // The unthrottled region keeps its pace: about 2.5 polls a second per execution at a 400 ms
+    // ceiling, for 3 s and more.
+    assert!(
+        stats.by_signer[&signer("us-east-1")] >= 10,
+        "{:?}",
+        stats.by_signer
+    );
     let _ = child.start_kill();
     fake.stop().await;
 }

@@ -9,6 +9,7 @@
 mod rig;
 pub(super) mod scripted;
 
+mod budgets;
 mod discovery;
 mod flow_health;
 mod polling;

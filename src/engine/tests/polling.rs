@@ -188,7 +188,7 @@ async fn throttling_halves_the_global_rate_and_successes_grow_it_back() {
     let k = key("orders", 1);
     api.gets(&k, [Err(throttled()), running(wall())]);
     let rig = Rig::start(api.clone(), watchlist(&[&k], &[]), Setup::ladder()).await;
-    let rate = "flowwatch_rate_limit_requests_per_second";
+    let rate = "flowwatch_rate_limit_requests_per_second{account_id=\"\",region=\"us-east-1\"}";
     assert_eq!(rig.sample(rate), Some(5.0));
     rig.wait(SECOND).await;
     assert_eq!(rig.sample(rate), Some(2.5), "cut in half");

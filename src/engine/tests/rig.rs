@@ -13,7 +13,8 @@ use super::scripted::Scripted;
 use crate::api::sqs::Received;
 use crate::engine::receiver::{PushChannels, PushNews};
 use crate::engine::{
-    Engine, EngineHandle, ExecutionView, ExitWhen, Finish, StatusQuery, StatusView,
+    BudgetPlan, Engine, EngineHandle, EngineSettings, ExecutionView, ExitWhen, Finish, StatusQuery,
+    StatusView,
 };
 use crate::input::config::{DiscoverySettings, FlowHealthSettings, PollingSettings};
 use crate::input::push::PushSettings;
@@ -26,6 +27,8 @@ use crate::output::sinks::Sinks;
 use crate::output::store::Store;
 
 pub const INSTANCE: &str = "8850c54e-e187-4fa7-89d4-6370f165174d";
+/// The base region of the engine's budgets.
+pub const REGION: &str = "us-east-1";
 
 /// The `n`-th execution of flow `flow`.
 pub fn key(flow: &str, n: u32) -> ExecutionKey {
@@ -78,6 +81,8 @@ pub struct Setup {
     pub flow_health: FlowHealthSettings,
     pub exit_when: ExitWhen,
     pub push: Option<PushSettings>,
+    /// `None`: one budget, in [`REGION`], at `polling.max_requests_per_second`.
+    pub budgets: Option<BudgetPlan>,
 }
 
 impl Setup {
@@ -142,15 +147,15 @@ impl Rig {
             metrics.enable_push().expect("push metrics");
         }
         let publisher = publisher(dir.path(), &metrics, &setup);
-        let mut engine = Engine::new(
-            api.clone(),
-            setup.polling.clone(),
-            setup.discovery.clone(),
-            setup.flow_health.clone(),
-            watchlist,
-            publisher,
-            setup.exit_when,
-        );
+        let settings = EngineSettings {
+            polling: setup.polling.clone(),
+            discovery: setup.discovery.clone(),
+            flow_health: setup.flow_health.clone(),
+            budgets: setup.budgets.clone().unwrap_or_else(|| {
+                BudgetPlan::single(REGION, setup.polling.max_requests_per_second)
+            }),
+        };
+        let mut engine = Engine::new(api.clone(), settings, watchlist, publisher, setup.exit_when);
         let (mut push_news, mut push_acks) = (None, None);
         if let Some(settings) = setup.push.clone() {
             let (news_tx, news) = mpsc::channel(16);
