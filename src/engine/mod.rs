@@ -47,7 +47,7 @@ pub use crate::engine::overview::{Finished, FlowOverview, Running};
 use crate::engine::schedule::Schedule;
 use crate::engine::staged::Staged;
 pub use crate::engine::views::{
-    ExecutionView, FlowView, PushView, ReloadSummary, StatusQuery, StatusView,
+    ExecutionView, FlowView, InstanceView, PushView, ReloadSummary, StatusQuery, StatusView,
 };
 use crate::engine::watch_set::WatchSet;
 use crate::input::config::{DiscoverySettings, FlowHealthSettings, PollingSettings};

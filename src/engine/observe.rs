@@ -71,6 +71,7 @@ impl<C: FlowExecutions> Engine<C> {
                 self.publisher.emit(CallSucceeded {
                     operation,
                     subject,
+                    instance_id,
                     elapsed,
                     recovered,
                 });
@@ -80,6 +81,7 @@ impl<C: FlowExecutions> Engine<C> {
                 self.publisher.emit(CallFailed {
                     operation,
                     subject,
+                    instance_id,
                     outcome: error.outcome(),
                     error,
                     elapsed,

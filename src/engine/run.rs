@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
 use crate::api::FlowExecutions;
+use crate::engine::budgets::BudgetKey;
 use crate::engine::discovery::FlowWatch;
 use crate::engine::flow_health::FlowHealth;
 use crate::engine::overview::{Overview, overview};
@@ -19,7 +20,7 @@ use crate::engine::receiver::PushNews;
 use crate::engine::schedule::Schedule;
 use crate::engine::staged::Staged;
 use crate::engine::state::ExecutionState;
-use crate::engine::views::{ReloadSummary, StatusQuery, StatusView};
+use crate::engine::views::{InstanceView, ReloadSummary, StatusQuery, StatusView};
 use crate::engine::watch_set::{Kept, WatchSet};
 use crate::engine::{Command, Engine, EngineSettings, ExitWhen, Finish};
 use crate::input::watchlist::Watchlist;
@@ -244,8 +245,47 @@ impl<C: FlowExecutions> Engine<C> {
             limit: query.limit,
             next_offset: (next < total).then_some(next),
             push: self.push.as_ref().map(|p| p.view()),
+            instances: self.instance_views(),
             executions,
         }
+    }
+
+    /// Each watched instance as `/status` shows it.
+    fn instance_views(&self) -> Vec<InstanceView> {
+        self.publisher
+            .health()
+            .instances()
+            .into_iter()
+            .map(|health| {
+                let budget = self.schedule.budget_of(&health.instance_id);
+                InstanceView {
+                    region: budget.region.clone(),
+                    account_id: budget.account_id.clone(),
+                    instance_id: health.instance_id,
+                    up: health.up,
+                    reason: health.reason,
+                }
+            })
+            .collect()
+    }
+
+    /// Tells the publisher which Supply Chain instances the watch set holds now, with the
+    /// region and account of each.
+    fn watch_instances(&mut self) {
+        let instances: Vec<(String, &BudgetKey)> = self
+            .watch
+            .instance_ids()
+            .into_iter()
+            .map(|id| {
+                let budget = self.schedule.budget_of(&id);
+                (id, budget)
+            })
+            .collect();
+        self.publisher.instances_watched(
+            instances
+                .iter()
+                .map(|(id, b)| (id.as_str(), b.region.as_str(), b.account_id.as_str())),
+        );
     }
 
     /// The status page's content, from the flow at `offset`.
@@ -307,6 +347,7 @@ impl<C: FlowExecutions> Engine<C> {
             let offset = startup_offset(i, count, self.polling.initial_interval);
             self.watch_flow(entry, now, now + offset);
         }
+        self.watch_instances();
         summary
     }
 

@@ -147,6 +147,11 @@ impl<C: FlowExecutions> Schedule<C> {
         self.pool.cancel_all();
     }
 
+    /// The account and region whose budget `instance_id`'s calls take.
+    pub fn budget_of(&self, instance_id: &str) -> &BudgetKey {
+        &self.budgets.get(self.budgets.of_instance(instance_id)).key
+    }
+
     /// The rate of every budget together, in requests per second.
     pub fn rate(&self) -> f64 {
         self.budgets.iter().map(|(_, b)| b.limiter.rate()).sum()

@@ -37,7 +37,22 @@ pub struct StatusView {
     pub limit: usize,
     pub next_offset: Option<usize>,
     pub push: Option<PushView>,
+    /// Every Supply Chain instance of the watchlist, with where its calls go and whether they
+    /// get through.
+    pub instances: Vec<InstanceView>,
     pub executions: Vec<ExecutionView>,
+}
+
+/// What `/status` shows of one Supply Chain instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceView {
+    pub instance_id: String,
+    pub region: String,
+    /// `""`: the base credentials' account.
+    pub account_id: String,
+    pub up: bool,
+    /// Why it is down, in the SDK's (or STS's) words; empty while it is up.
+    pub reason: String,
 }
 
 /// What `/status` shows of one execution.

@@ -156,6 +156,21 @@ impl WatchSet {
         Unwanted { executions, flows }
     }
 
+    /// The Supply Chain instances of the watched executions and `[[flow]]` entries.
+    pub fn instance_ids(&self) -> std::collections::BTreeSet<String> {
+        let mut ids: std::collections::BTreeSet<String> =
+            self.flows.keys().map(|f| f.instance_id.clone()).collect();
+        let mut last: Option<&str> = None;
+        for key in self.executions.keys() {
+            // Keys come in instance order: look each instance up once.
+            if last != Some(&*key.instance_id) {
+                ids.insert(key.instance_id.to_string());
+                last = Some(&key.instance_id);
+            }
+        }
+        ids
+    }
+
     /// A watchlist entry already watched keeps its state and takes the entry's labels; it is
     /// listed now, no longer only discovered.
     pub fn keep(&mut self, entry: &WatchEntry) -> Kept {

@@ -1,6 +1,6 @@
 //! Liveness and readiness, fed by the engine and read by `/livez` and `/readyz`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,6 +31,45 @@ struct Inner {
     store_error: Option<String>,
     /// An event sink stuck in a write, in words.
     stalled_sink: Option<String>,
+    /// Each watched Supply Chain instance's recent calls.
+    instances: BTreeMap<String, InstanceCalls>,
+}
+
+/// An instance's recent outcomes, and why its last failure failed.
+#[derive(Debug, Default)]
+struct InstanceCalls {
+    recent: VecDeque<Outcome>,
+    reason: String,
+}
+
+impl InstanceCalls {
+    /// Up unless every recent call failed for want of credentials, access, a buildable
+    /// request or a way to the API. An instance not called yet is up.
+    fn up(&self) -> bool {
+        !self.recent.iter().all(|o| is_down(*o)) || self.recent.is_empty()
+    }
+}
+
+/// Outcomes that say this instance cannot be reached with what flowwatch has, as against
+/// answers of the API (a throttle, a missing execution), which prove it can.
+fn is_down(outcome: Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::CredentialsError
+            | Outcome::AccessDenied
+            | Outcome::TransportError
+            | Outcome::Timeout
+            | Outcome::LocalError
+    )
+}
+
+/// What `/status` shows of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceHealth {
+    pub instance_id: String,
+    pub up: bool,
+    /// Why it is down, in the SDK's (or STS's) words; empty while it is up.
+    pub reason: String,
 }
 
 /// Why the service is not ready.
@@ -57,6 +96,7 @@ impl Health {
                 polling: true,
                 store_error: None,
                 stalled_sink: None,
+                instances: BTreeMap::new(),
             }),
         }
     }
@@ -90,12 +130,65 @@ impl Health {
         self.lock().store_error = error;
     }
 
-    pub fn record(&self, outcome: Outcome, detail: impl FnOnce() -> String) {
+    /// A call's outcome, of `instance`; returns whether the instance is up after it, or `None`
+    /// for an instance not watched (it left while the call was in flight).
+    pub fn record(
+        &self,
+        instance: &str,
+        outcome: Outcome,
+        detail: impl FnOnce() -> String,
+    ) -> Option<bool> {
         let mut inner = self.lock();
+        let detail = detail();
+        let up = match inner.instances.get_mut(instance) {
+            Some(calls) => {
+                if calls.recent.len() == RECENT {
+                    calls.recent.pop_front();
+                }
+                calls.recent.push_back(outcome);
+                if is_down(outcome) {
+                    calls.reason.clone_from(&detail);
+                }
+                Some(calls.up())
+            }
+            None => None,
+        };
         if inner.recent.len() == RECENT {
             inner.recent.pop_front();
         }
-        inner.recent.push_back((outcome, detail()));
+        inner.recent.push_back((outcome, detail));
+        up
+    }
+
+    /// The Supply Chain instances watched now: those that stay keep their recent calls.
+    pub fn set_instances<'a>(&self, ids: impl Iterator<Item = &'a str>) {
+        let mut inner = self.lock();
+        let mut kept = BTreeMap::new();
+        for id in ids {
+            let calls = inner.instances.remove(id).unwrap_or_default();
+            kept.insert(id.to_string(), calls);
+        }
+        inner.instances = kept;
+    }
+
+    /// Each watched instance: up or not, and why not.
+    pub fn instances(&self) -> Vec<InstanceHealth> {
+        self.lock()
+            .instances
+            .iter()
+            .map(|(id, calls)| {
+                let up = calls.up();
+                InstanceHealth {
+                    instance_id: id.clone(),
+                    up,
+                    reason: if up {
+                        String::new()
+                    } else {
+                        calls.reason.clone()
+                    },
+                }
+            })
+            .collect()
     }
 
     /// 200 on `/livez` while the engine loop is beating.
@@ -127,6 +220,10 @@ impl Health {
                 Readiness::Ready
             };
         };
+        // Ready while any instance is up: one account's trouble is its own alert.
+        if inner.instances.values().any(InstanceCalls::up) {
+            return Readiness::Ready;
+        }
         let all = |pred: fn(Outcome) -> bool| inner.recent.iter().all(|(o, _)| pred(*o));
         if all(|o| o == Outcome::AccessDenied) {
             return Readiness::NotReady(format!(
@@ -152,7 +249,15 @@ impl Health {
                 inner.recent.len()
             ));
         }
-        Readiness::Ready
+        if inner.instances.is_empty() {
+            return Readiness::Ready;
+        }
+        let reasons: Vec<String> = inner
+            .instances
+            .iter()
+            .map(|(id, calls)| format!("{id}: {}", calls.reason))
+            .collect();
+        Readiness::NotReady(format!("no instance is up: {}", reasons.join("; ")))
     }
 }
 
@@ -169,28 +274,28 @@ mod tests {
         assert!(
             matches!(h.readiness(), Readiness::NotReady(r) if r.contains("first API response"))
         );
-        h.record(Outcome::AccessDenied, || "denied".into());
+        h.record("i", Outcome::AccessDenied, || "denied".into());
         assert!(matches!(h.readiness(), Readiness::NotReady(r) if r.contains("denied access")));
-        h.record(Outcome::Success, String::new);
+        h.record("i", Outcome::Success, String::new);
         assert_eq!(h.readiness(), Readiness::Ready);
         for _ in 0..RECENT {
-            h.record(Outcome::AccessDenied, || "denied".into());
+            h.record("i", Outcome::AccessDenied, || "denied".into());
         }
         assert!(matches!(h.readiness(), Readiness::NotReady(_)));
-        h.record(Outcome::Throttled, String::new);
+        h.record("i", Outcome::Throttled, String::new);
         assert_eq!(
             h.readiness(),
             Readiness::Ready,
             "throttled still proves access"
         );
         for _ in 0..RECENT {
-            h.record(Outcome::LocalError, || "invalid region".into());
+            h.record("i", Outcome::LocalError, || "invalid region".into());
         }
         assert!(
             matches!(h.readiness(), Readiness::NotReady(r) if r.contains("no request could be built"))
         );
         for _ in 0..RECENT {
-            h.record(Outcome::CredentialsError, || {
+            h.record("i", Outcome::CredentialsError, || {
                 "sts:AssumeRole refused".into()
             });
         }
@@ -210,5 +315,44 @@ mod tests {
         h.beat();
         h.set_stopped();
         assert!(!h.is_live());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_instance_down_leaves_the_service_ready_and_all_down_does_not() {
+        let h = Health::new();
+        h.set_state_restored();
+        h.beat();
+        h.set_instances(["a", "b"].into_iter());
+        assert_eq!(
+            h.record("a", Outcome::CredentialsError, || "sts refused".into()),
+            Some(false)
+        );
+        assert_eq!(h.readiness(), Readiness::Ready, "b has not failed");
+        assert_eq!(h.record("b", Outcome::Throttled, String::new), Some(true));
+        assert_eq!(h.readiness(), Readiness::Ready);
+        for _ in 1..RECENT {
+            h.record("b", Outcome::TransportError, || "reset".into());
+        }
+        assert_eq!(
+            h.record("b", Outcome::TransportError, || "reset".into()),
+            Some(false),
+            "every recent call failed"
+        );
+        assert_eq!(h.record("z", Outcome::Success, String::new), None);
+        assert!(
+            matches!(h.readiness(), Readiness::NotReady(r) if r == "no instance is up: a: sts refused; b: reset")
+        );
+        let instances = h.instances();
+        assert_eq!(instances[0].reason, "sts refused");
+        assert!(!instances[1].up);
+        assert_eq!(h.record("a", Outcome::Success, String::new), Some(true));
+        assert_eq!(h.readiness(), Readiness::Ready);
+        assert_eq!(h.instances()[0].reason, "", "no reason while up");
+        h.set_instances(["b"].into_iter());
+        assert_eq!(h.instances().len(), 1);
+        assert!(
+            !h.instances()[0].up,
+            "an instance that stays keeps its calls"
+        );
     }
 }

@@ -19,6 +19,8 @@ pub trait InternalEvent {
 pub struct CallSucceeded<'a> {
     pub operation: Operation,
     pub subject: &'a dyn Display,
+    /// The Supply Chain instance it was about.
+    pub instance_id: &'a str,
     pub elapsed: Duration,
     /// The call before it failed.
     pub recovered: bool,
@@ -27,7 +29,9 @@ pub struct CallSucceeded<'a> {
 impl InternalEvent for CallSucceeded<'_> {
     fn emit(self, metrics: &Metrics, health: &Health) {
         metrics.record_request(self.operation, Outcome::Success, self.elapsed.as_secs_f64());
-        health.record(Outcome::Success, String::new);
+        if let Some(up) = health.record(self.instance_id, Outcome::Success, String::new) {
+            metrics.instance_up(self.instance_id, up);
+        }
         if self.recovered {
             tracing::info!(subject = %self.subject, operation = self.operation.as_str(),
                 "{} works again", what(self.operation));
@@ -39,6 +43,8 @@ impl InternalEvent for CallSucceeded<'_> {
 pub struct CallFailed<'a> {
     pub operation: Operation,
     pub subject: &'a dyn Display,
+    /// The Supply Chain instance it was about.
+    pub instance_id: &'a str,
     pub outcome: Outcome,
     pub error: &'a dyn Display,
     pub elapsed: Duration,
@@ -48,7 +54,9 @@ pub struct CallFailed<'a> {
 impl InternalEvent for CallFailed<'_> {
     fn emit(self, metrics: &Metrics, health: &Health) {
         metrics.record_request(self.operation, self.outcome, self.elapsed.as_secs_f64());
-        health.record(self.outcome, || self.error.to_string());
+        if let Some(up) = health.record(self.instance_id, self.outcome, || self.error.to_string()) {
+            metrics.instance_up(self.instance_id, up);
+        }
         let (subject, operation, outcome, error) = (
             self.subject,
             self.operation.as_str(),

@@ -44,6 +44,8 @@ pub struct Metrics {
     flow_labels: FlowLabelSeries,
     http_connections_closed: IntCounterVec,
     http_auth_rejected: IntCounterVec,
+    instance_info: IntGaugeVec,
+    instance_up: IntGaugeVec,
     /// Whether per-execution status and time series are exported.
     per_execution: bool,
     /// The request series by operation and outcome, looked up once rather than per request.
@@ -172,6 +174,18 @@ impl Metrics {
                 "The expect_success_within of a [[flow]] entry: a success is expected at least this often (seconds).",
             )?,
             flow_labels: registered(&r, FlowLabelSeries::new()?)?,
+            instance_info: int_gauges(
+                &r,
+                "flowwatch_instance_info",
+                "Always 1 for each Supply Chain instance of the watchlist, with the region and account its calls go to (account_id \"\": the base credentials').",
+                &["instance_id", "region", "account_id"],
+            )?,
+            instance_up: int_gauges(
+                &r,
+                "flowwatch_instance_up",
+                "0 while every recent call about the instance failed for want of credentials, access or a way to the API; else 1.",
+                &["instance_id"],
+            )?,
             http_connections_closed: counters(
                 &r,
                 "flowwatch_http_connections_closed_total",
@@ -415,6 +429,30 @@ impl Metrics {
     /// Sets (or, with none, removes) `flowwatch_flow_labels` of a `[[flow]]` entry.
     pub fn set_flow_labels(&self, flow: &FlowKey, labels: &BTreeMap<String, String>) {
         self.flow_labels.set(flow, labels);
+    }
+
+    /// A Supply Chain instance joined the watchlist: its info series, and up until its calls say
+    /// otherwise.
+    pub fn instance_watched(&self, instance_id: &str, region: &str, account_id: &str) {
+        self.instance_info
+            .with_label_values(&[instance_id, region, account_id])
+            .set(1);
+        self.instance_up.with_label_values(&[instance_id]).set(1);
+    }
+
+    /// A Supply Chain instance left the watchlist: its series go.
+    pub fn instance_left(&self, instance_id: &str, region: &str, account_id: &str) {
+        let _ = self
+            .instance_info
+            .remove_label_values(&[instance_id, region, account_id]);
+        let _ = self.instance_up.remove_label_values(&[instance_id]);
+    }
+
+    /// Whether a watched instance is up, after a call about it.
+    pub fn instance_up(&self, instance_id: &str, up: bool) {
+        self.instance_up
+            .with_label_values(&[instance_id])
+            .set(i64::from(up));
     }
 
     /// Drops the per-execution series (after `retain_terminal`, or when an entry is removed).
@@ -924,6 +962,7 @@ mod tests {
             flow_name: "f".into(),
         };
         metrics.set_flow_labels(&flow, &team);
+        metrics.instance_watched("i", "us-east-1", "");
         metrics.flow_finished("i", "f", Status::Failed, Some(1.0));
         metrics.flow_freshness("i", "f", Some(1.0), Some(2.0));
         metrics.success_expected_within("i", "f", Some(60.0));

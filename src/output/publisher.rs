@@ -81,6 +81,8 @@ pub struct Publisher {
     store_error: Option<String>,
     /// Terminal durations kept per flow (`flow_health.history`).
     history: usize,
+    /// The Supply Chain instances watched, with their region and account.
+    instances: BTreeMap<String, (String, String)>,
 }
 
 impl Publisher {
@@ -98,6 +100,7 @@ impl Publisher {
             health,
             store_error: None,
             history,
+            instances: BTreeMap::new(),
         };
         publisher.restore_counters();
         publisher
@@ -177,6 +180,31 @@ impl Publisher {
     /// A terminal execution's `retain_terminal` is over: its series go; it stays watched.
     pub fn series_expired(&self, key: &ExecutionKey) {
         self.metrics.drop_execution(key);
+    }
+
+    /// The Supply Chain instances watched now, each with its region and account: those that
+    /// joined get their series, those that left lose them, and health tracks the new set.
+    pub fn instances_watched<'a>(
+        &mut self,
+        instances: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+    ) {
+        let now: BTreeMap<String, (String, String)> = instances
+            .map(|(id, region, account)| {
+                (id.to_string(), (region.to_string(), account.to_string()))
+            })
+            .collect();
+        for (id, (region, account)) in &self.instances {
+            if now.get(id) != Some(&(region.clone(), account.clone())) {
+                self.metrics.instance_left(id, region, account);
+            }
+        }
+        for (id, (region, account)) in &now {
+            if self.instances.get(id) != Some(&(region.clone(), account.clone())) {
+                self.metrics.instance_watched(id, region, account);
+            }
+        }
+        self.health.set_instances(now.keys().map(String::as_str));
+        self.instances = now;
     }
 
     /// A `[[flow]]` entry is watched: its series start at zero, and its

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::engine::{ExecutionView, FlowView, PushView, StatusView};
+use crate::engine::{ExecutionView, FlowView, InstanceView, PushView, StatusView};
 use crate::model::{Outcome, rfc3339, rfc3339_from_secs};
 
 /// The whole document.
@@ -24,7 +24,18 @@ pub fn document(view: &StatusView) -> Value {
         "limit": view.limit,
         "next_offset": view.next_offset,
         "push": view.push.as_ref().map(push),
+        "instances": view.instances.iter().map(instance).collect::<Vec<_>>(),
         "executions": view.executions.iter().map(execution).collect::<Vec<_>>(),
+    })
+}
+
+fn instance(i: &InstanceView) -> Value {
+    json!({
+        "instance_id": i.instance_id,
+        "region": i.region,
+        "account_id": i.account_id,
+        "up": i.up,
+        "reason": i.reason,
     })
 }
 

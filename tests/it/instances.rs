@@ -276,6 +276,59 @@ async fn each_instance_is_signed_by_its_own_role_for_its_own_region_and_a_refuse
         "STS's words: {refused}"
     );
 
+    // Each instance's region, account and health, in the metrics and /status; one instance
+    // down leaves the service ready.
+    let metrics = http(addr, "GET", "/metrics").await.1;
+    let up = |instance: &str| {
+        sample(
+            &metrics,
+            "flowwatch_instance_up",
+            &[("instance_id", instance)],
+        )
+    };
+    assert_eq!(
+        (up(ROLE_A), up(BASE), up(REFUSED)),
+        (Some(1.0), Some(1.0), Some(0.0))
+    );
+    let info = |instance: &str, region: &str, account: &str| {
+        sample(
+            &metrics,
+            "flowwatch_instance_info",
+            &[
+                ("instance_id", instance),
+                ("region", region),
+                ("account_id", account),
+            ],
+        )
+    };
+    assert_eq!(
+        info(ROLE_A, "eu-central-1", MOTO_ACCOUNT),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(info(REFUSED, "us-east-1", MOTO_ACCOUNT), Some(1.0));
+    assert_eq!(info(BASE, "us-east-1", ""), Some(1.0));
+    let instances = status["instances"].as_array().cloned().unwrap_or_default();
+    assert_eq!(instances.len(), 3, "{status}");
+    let refused = instances
+        .iter()
+        .find(|i| i["instance_id"] == REFUSED)
+        .expect("the refused instance");
+    assert_eq!(refused["up"], false);
+    assert_eq!(refused["region"], "us-east-1");
+    assert_eq!(refused["account_id"], MOTO_ACCOUNT);
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not authorized to perform: sts:AssumeRole")),
+        "{refused}"
+    );
+    assert_eq!(
+        http(addr, "GET", "/readyz").await.0,
+        200,
+        "other instances are up"
+    );
+
     // No secret in the log: not the user's, not the role's.
     let log = log.lock().expect("log").join("\n");
     assert!(!log.contains(&secret), "the user's secret is logged");

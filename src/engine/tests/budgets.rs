@@ -103,3 +103,47 @@ async fn a_backlog_in_one_account_never_delays_another_s_due_polls() {
     assert!(fine_polls.len() >= 4, "{fine_polls:?}");
     rig.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_instance_is_shown_with_its_budget_and_leaves_with_its_last_entry() {
+    let api = Arc::new(Scripted::default());
+    let (other, base) = (key_in(OTHER, 1), key_in(super::rig::INSTANCE, 2));
+    api.gets(&other, [running(wall())]);
+    api.gets(&base, [running(wall())]);
+    let mut setup = Setup::ladder();
+    setup.budgets = Some(two_budgets(5.0));
+    let rig = Rig::start(api, watchlist(&[&other, &base], &[]), setup).await;
+    rig.until(Duration::from_secs(10)).await;
+    let info = format!(
+        "flowwatch_instance_info{{account_id=\"222222222222\",instance_id=\"{OTHER}\",region=\"eu-central-1\"}}"
+    );
+    assert_eq!(rig.sample(&info), Some(1.0));
+    assert_eq!(
+        rig.sample(&format!("flowwatch_instance_up{{instance_id=\"{OTHER}\"}}")),
+        Some(1.0)
+    );
+    let shown = rig.status().await.instances;
+    assert_eq!(shown.len(), 2);
+    let other_view = shown
+        .iter()
+        .find(|i| i.instance_id == OTHER)
+        .expect("shown");
+    assert_eq!(
+        (
+            other_view.region.as_str(),
+            other_view.account_id.as_str(),
+            other_view.up
+        ),
+        ("eu-central-1", "222222222222", true)
+    );
+    rig.engine
+        .replace(watchlist(&[&base], &[]))
+        .await
+        .expect("the engine answers");
+    assert_eq!(rig.sample(&info), None, "gone with its last entry");
+    let text = rig.metrics.render();
+    let other_series = format!("flowwatch_instance_up{{instance_id=\"{OTHER}\"}}");
+    assert!(!text.contains(&other_series), "{text}");
+    assert_eq!(rig.status().await.instances.len(), 1);
+    rig.stop().await;
+}
