@@ -60,16 +60,28 @@ struct Ids<'a> {
     instance_id: &'a str,
     flow_name: &'a str,
     execution_id: &'a str,
+    region: &'a str,
+    account_id: &'a str,
 }
 
 impl<'a> Ids<'a> {
-    fn of(key: &'a ExecutionKey) -> Self {
+    fn of(key: &'a ExecutionKey, place: Place<'a>) -> Self {
         Self {
             instance_id: &key.instance_id,
             flow_name: &key.flow_name,
             execution_id: &key.execution_id,
+            region: place.region,
+            account_id: place.account_id,
         }
     }
+}
+
+/// Where an execution's instance is: the region and account its calls go to (`account_id` is
+/// `""` for the base credentials').
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Place<'a> {
+    pub region: &'a str,
+    pub account_id: &'a str,
 }
 
 #[derive(Serialize)]
@@ -88,10 +100,10 @@ struct TransitionData<'a> {
 }
 
 /// The event of a status change: one id per execution and target status.
-pub fn transition_event(t: &Transition) -> String {
+pub fn transition_event(t: &Transition, place: Place<'_>) -> String {
     let obs = t.observation.as_ref();
     let data = TransitionData {
-        ids: Ids::of(&t.key),
+        ids: Ids::of(&t.key, place),
         from_status: t.from,
         to_status: t.to,
         observed_via: t.via,
@@ -123,9 +135,10 @@ pub fn rejected_event(
     message: &str,
     at: SystemTime,
     labels: &BTreeMap<String, String>,
+    place: Place<'_>,
 ) -> String {
     let data = RejectedData {
-        ids: Ids::of(key),
+        ids: Ids::of(key, place),
         status,
         message,
         labels,
@@ -146,10 +159,10 @@ struct OverdueData<'a> {
 }
 
 /// The event sent once when a running execution becomes overdue.
-pub fn overdue_event(o: &Overdue) -> String {
+pub fn overdue_event(o: &Overdue, place: Place<'_>) -> String {
     let e = &o.expectation;
     let data = OverdueData {
-        ids: Ids::of(&o.key),
+        ids: Ids::of(&o.key, place),
         start_time: rfc3339_from_secs(o.start_time),
         expected_end_time: rfc3339_from_secs(e.expected_end),
         median_duration_seconds: e.median,
@@ -166,6 +179,11 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use crate::model::{ApiStatus, Observation, S3Source};
+
+    const PLACE: Place<'static> = Place {
+        region: "eu-central-1",
+        account_id: "222222222222",
+    };
 
     #[test]
     fn absurd_api_times_are_written_as_the_epoch_not_a_panic() {
@@ -209,7 +227,7 @@ mod tests {
             labels: BTreeMap::from([("team".to_string(), "planning".to_string())]),
             via: ObservedVia::Poll,
         };
-        let line = transition_event(&t);
+        let line = transition_event(&t, PLACE);
         assert!(!line.contains('\n'), "one event, one line");
         let e: serde_json::Value = serde_json::from_str(&line).expect("JSON");
         assert_eq!(e["specversion"], "1.0");
@@ -229,5 +247,9 @@ mod tests {
         assert_eq!(d["diagnostic_reports_root_s3_uri"], "s3://bucket/diag/");
         assert_eq!(d["labels"]["team"], "planning");
         assert_eq!(d["observed_via"], "poll");
+        assert_eq!(
+            (d["region"].as_str(), d["account_id"].as_str()),
+            (Some("eu-central-1"), Some("222222222222"))
+        );
     }
 }

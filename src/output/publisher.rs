@@ -11,7 +11,7 @@ use crate::model::{
     ExecutionKey, FlowEntry, FlowKey, Freshness, Observation, Overdue, Status, Transition,
     WatchEntry, unix_seconds,
 };
-use crate::output::events::{overdue_event, rejected_event, transition_event};
+use crate::output::events::{Place, overdue_event, rejected_event, transition_event};
 use crate::output::health::Health;
 use crate::output::internal_events::{
     InternalEvent, OverdueCommitted, StoreFailed, StoreRecovered, TransitionCommitted,
@@ -324,7 +324,7 @@ impl Publisher {
         for change in changes {
             match change {
                 Change::Transition(t) => {
-                    let line = transition_event(t);
+                    let line = transition_event(t, place_of(&self.instances, &t.key));
                     let seq = batch.transition(&t.key, t.to, t.observation.as_ref(), &line)?;
                     events.push(Written { seq, line });
                     if let Some((ended, seconds)) = t.run()
@@ -340,7 +340,7 @@ impl Publisher {
                     }
                 }
                 Change::Overdue(o) => {
-                    let line = overdue_event(o);
+                    let line = overdue_event(o, place_of(&self.instances, &o.key));
                     let seq = batch.overdue(&o.key, &line)?;
                     events.push(Written { seq, line });
                 }
@@ -352,7 +352,8 @@ impl Publisher {
                     labels,
                     at,
                 } => {
-                    let line = rejected_event(key, *status, message, *at, labels);
+                    let place = place_of(&self.instances, key);
+                    let line = rejected_event(key, *status, message, *at, labels, place);
                     let seq =
                         batch.rejection(key, *status, observation.as_ref(), message, &line)?;
                     events.push(Written { seq, line });
@@ -486,4 +487,17 @@ impl Publisher {
         let result = self.store.discovered_to_restore(flow, ended_after);
         self.read(result, Vec::new())
     }
+}
+
+/// Where `key`'s instance is, as the watched instances say (nothing for one no longer watched).
+fn place_of<'a>(
+    instances: &'a BTreeMap<String, (String, String)>,
+    key: &ExecutionKey,
+) -> Place<'a> {
+    instances
+        .get(&*key.instance_id)
+        .map_or_else(Place::default, |(region, account_id)| Place {
+            region,
+            account_id,
+        })
 }

@@ -1,6 +1,8 @@
 //! The `/status` document as JSON, from the engine's typed [`StatusView`]. Field names are part
 //! of the contract (docs/http.md).
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value, json};
 
 use crate::engine::{ExecutionView, FlowView, InstanceView, PushView, StatusView};
@@ -8,6 +10,11 @@ use crate::model::{Outcome, rfc3339, rfc3339_from_secs};
 
 /// The whole document.
 pub fn document(view: &StatusView) -> Value {
+    let places: HashMap<&str, &InstanceView> = view
+        .instances
+        .iter()
+        .map(|i| (i.instance_id.as_str(), i))
+        .collect();
     let by_status: Map<String, Value> = view
         .by_status
         .iter()
@@ -25,7 +32,7 @@ pub fn document(view: &StatusView) -> Value {
         "next_offset": view.next_offset,
         "push": view.push.as_ref().map(push),
         "instances": view.instances.iter().map(instance).collect::<Vec<_>>(),
-        "executions": view.executions.iter().map(execution).collect::<Vec<_>>(),
+        "executions": view.executions.iter().map(|e| execution(e, &places)).collect::<Vec<_>>(),
     })
 }
 
@@ -39,13 +46,16 @@ fn instance(i: &InstanceView) -> Value {
     })
 }
 
-fn execution(e: &ExecutionView) -> Value {
+fn execution(e: &ExecutionView, places: &HashMap<&str, &InstanceView>) -> Value {
     let key = &e.entry.key;
     let obs = e.observation.as_ref();
+    let place = places.get(&*key.instance_id);
     json!({
         "instance_id": key.instance_id,
         "flow_name": key.flow_name,
         "execution_id": key.execution_id,
+        "region": place.map(|i| i.region.as_str()),
+        "account_id": place.map(|i| i.account_id.as_str()),
         "status": e.status,
         "origin": if e.discovered { "discovered" } else { "watchlist" },
         "observed_via": e.observed_via,

@@ -328,6 +328,23 @@ async fn each_instance_is_signed_by_its_own_role_for_its_own_region_and_a_refuse
         200,
         "other instances are up"
     );
+    let role_a_run = status_of(&status, ROLE_A);
+    assert_eq!(
+        (&role_a_run["region"], &role_a_run["account_id"]),
+        (&Value::from("eu-central-1"), &Value::from(MOTO_ACCOUNT)),
+        "{role_a_run}"
+    );
+
+    // Events say where each execution's instance is.
+    let ended = ws
+        .events()
+        .into_iter()
+        .find(|e| e["data"]["instance_id"] == ROLE_A && e["data"]["to_status"] == "SUCCEEDED")
+        .expect("the role's run ended");
+    assert_eq!(
+        (&ended["data"]["region"], &ended["data"]["account_id"]),
+        (&Value::from("eu-central-1"), &Value::from(MOTO_ACCOUNT))
+    );
 
     // No secret in the log: not the user's, not the role's.
     let log = log.lock().expect("log").join("\n");
