@@ -384,15 +384,16 @@ async fn with_push<C: FlowExecutions>(
             PushQueue::from_shared(&shared, push, settings.polling.request_timeout)
         }
     };
+    let queue_region = push
+        .queue_region()
+        .or_else(|| settings.aws.known_region())
+        .unwrap_or_default();
     metrics
-        .enable_push()
+        .enable_push(&push.queue_account().unwrap_or_default(), &queue_region)
         .map_err(|e| Error::fatal_because("cannot create metrics", e))?;
     let (channels, deleter) =
         engine::receiver::start(queue, metrics.clone(), health.clone(), shutdown.token());
-    Ok((
-        engine.with_push(channels, push.clone(), settings.aws.known_region()),
-        Some(deleter),
-    ))
+    Ok((engine.with_push(channels, push.clone()), Some(deleter)))
 }
 
 /// Lets the last deletes of applied pushed messages finish, for a bounded time.

@@ -38,9 +38,9 @@ pub struct Origin {
 
 impl Origin {
     /// Why the event cannot come from its instance, if it cannot: its envelope's account or
-    /// region is not its `flowArn`'s, or its region is not `instance_region` (the region
-    /// flowwatch reads the instance in, when known).
-    pub fn problem(&self, instance_region: Option<&str>) -> Option<String> {
+    /// region is not its `flowArn`'s, or its `flowArn`'s region or account is not where flowwatch
+    /// reads the instance (`region` and `account`, each when known).
+    pub fn problem(&self, region: Option<&str>, account: Option<&str>) -> Option<String> {
         let differs = |envelope: &Option<String>, arn: &str| {
             envelope
                 .as_deref()
@@ -60,10 +60,16 @@ impl Origin {
                 bounded(&self.arn_region, 40)
             ));
         }
-        match instance_region {
-            Some(region) if region != self.arn_region => Some(format!(
+        if let Some(region) = region.filter(|r| *r != self.arn_region) {
+            return Some(format!(
                 "its flowArn's region {:?} is not {region:?}, where flowwatch reads the instance",
                 bounded(&self.arn_region, 40)
+            ));
+        }
+        match account {
+            Some(account) if account != self.arn_account => Some(format!(
+                "its flowArn's account {:?} is not {account:?}, the account of the instance's role",
+                bounded(&self.arn_account, 40)
             )),
             _ => None,
         }
@@ -354,23 +360,40 @@ mod tests {
     #[test]
     fn an_envelope_that_contradicts_its_flow_arn_or_the_instance_region_is_named() {
         let event = parse(FAILED).expect("a valid event");
-        assert_eq!(event.origin.problem(None), None);
-        assert_eq!(event.origin.problem(Some("us-east-1")), None);
-        let other_region = event.origin.problem(Some("eu-west-1")).expect("refused");
+        assert_eq!(event.origin.problem(None, None), None);
+        assert_eq!(event.origin.problem(Some("us-east-1"), None), None);
+        let other_region = event
+            .origin
+            .problem(Some("eu-west-1"), None)
+            .expect("refused");
         assert!(other_region.contains("not \"eu-west-1\""), "{other_region}");
+        assert_eq!(
+            event
+                .origin
+                .problem(Some("us-east-1"), Some("123456789012")),
+            None
+        );
+        let other_account = event
+            .origin
+            .problem(Some("us-east-1"), Some("222222222222"))
+            .expect("refused");
+        assert!(
+            other_account.contains("not \"222222222222\""),
+            "{other_account}"
+        );
         let forged = parse(&FAILED.replace(
             r#""account": "123456789012""#,
             r#""account": "666666666666""#,
         ))
         .expect("readable");
-        let problem = forged.origin.problem(None).expect("refused");
+        let problem = forged.origin.problem(None, None).expect("refused");
         assert!(problem.contains("account \"666666666666\""), "{problem}");
         let moved = parse(&FAILED.replace(r#""region": "us-east-1""#, r#""region": "eu-west-1""#))
             .expect("readable");
         assert!(
             moved
                 .origin
-                .problem(None)
+                .problem(None, None)
                 .is_some_and(|p| p.contains("region \"eu-west-1\""))
         );
         let bare = parse(
@@ -380,7 +403,7 @@ mod tests {
         )
         .expect("readable");
         assert_eq!(
-            bare.origin.problem(None),
+            bare.origin.problem(None, None),
             None,
             "an envelope without them names nothing"
         );

@@ -57,7 +57,7 @@ impl<C: FlowExecutions> Engine<C> {
         }
     }
 
-    /// Counts and logs a call, and adjusts the global rate to what its answer says.
+    /// Counts and logs a call, and adjusts its budget's rate to what its answer says.
     fn call_done(
         &mut self,
         operation: Operation,
@@ -66,12 +66,16 @@ impl<C: FlowExecutions> Engine<C> {
         result: Result<bool, (&ApiError, Level)>,
         elapsed: Duration,
     ) {
+        let budget = self.schedule.budget_of(instance_id);
+        let (account_id, region) = (budget.account_id.as_str(), budget.region.as_str());
         let error = match result {
             Ok(recovered) => {
                 self.publisher.emit(CallSucceeded {
                     operation,
                     subject,
                     instance_id,
+                    account_id,
+                    region,
                     elapsed,
                     recovered,
                 });
@@ -82,6 +86,8 @@ impl<C: FlowExecutions> Engine<C> {
                     operation,
                     subject,
                     instance_id,
+                    account_id,
+                    region,
                     outcome: error.outcome(),
                     error,
                     elapsed,

@@ -38,9 +38,6 @@ pub struct PushLink {
     working: bool,
     /// Why receiving fails, while it does.
     failing: Option<String>,
-    /// The region flowwatch reads the instances in, when configured: an event of another is
-    /// not believed.
-    instance_region: Option<String>,
     logged: Seen,
 }
 
@@ -67,21 +64,15 @@ impl PushLink {
 }
 
 impl<C: FlowExecutions> Engine<C> {
-    /// Takes pushed events from `channels`, as `settings` says; events must come from
-    /// `instance_region` when it is given.
-    pub fn with_push(
-        mut self,
-        channels: PushChannels,
-        settings: PushSettings,
-        instance_region: Option<String>,
-    ) -> Self {
+    /// Takes pushed events from `channels`, as `settings` says. An event must come from the
+    /// region (and, with a role, the account) its instance's budget names.
+    pub fn with_push(mut self, channels: PushChannels, settings: PushSettings) -> Self {
         self.push_news = Some(channels.news);
         self.push = Some(PushLink {
             acks: channels.acks,
             settings,
             working: false,
             failing: None,
-            instance_region,
             logged: Seen::new(LOGGED_REMEMBERED),
         });
         self
@@ -126,7 +117,10 @@ impl<C: FlowExecutions> Engine<C> {
             Err(problem) => return self.malformed(&message.message_id, &problem),
         };
         if let Some(link) = self.push.as_mut() {
-            let problem = event.origin.problem(link.instance_region.as_deref());
+            let budget = self.schedule.budget_of(&event.key.instance_id);
+            let known = |s: &str| (!s.is_empty()).then(|| s.to_string());
+            let (region, account) = (known(&budget.region), known(&budget.account_id));
+            let problem = event.origin.problem(region.as_deref(), account.as_deref());
             if let Some(problem) = problem {
                 let first = link.logged.first(&problem);
                 self.publisher.emit(PushRefused {

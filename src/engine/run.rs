@@ -51,9 +51,9 @@ impl<C: FlowExecutions> Engine<C> {
         } = settings;
         let schedule = Schedule::new(client, &polling, &discovery, budgets);
         for (budget, rate) in schedule.rates() {
-            publisher
-                .metrics()
-                .rate_changed(&budget.account_id, &budget.region, rate);
+            let metrics = publisher.metrics();
+            metrics.rate_changed(&budget.account_id, &budget.region, rate);
+            metrics.preset_requests(&budget.account_id, &budget.region);
         }
         let mut engine = Self {
             watch: WatchSet::new(polling.retain_terminal),

@@ -41,6 +41,14 @@ impl PushSettings {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         valid.then(|| (*region).to_string())
     }
+
+    /// The account an AWS queue URL names (`https://sqs.{region}.amazonaws.com/{account}/{name}`).
+    pub fn queue_account(&self) -> Option<String> {
+        let path = self.queue_url.split("://").nth(1)?.split_once('/')?.1;
+        let account = path.split('/').next()?;
+        (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| account.to_string())
+    }
 }
 
 /// Problems of `settings`, each with the key it is about.
@@ -123,6 +131,21 @@ mod tests {
             region("https://vpce-1.sqs.us-east-1.vpce.amazonaws.com/1/q"),
             None
         );
+    }
+
+    #[test]
+    fn the_queue_account_is_the_url_s_twelve_digit_path_segment() {
+        let account = |url| settings(url).queue_account();
+        assert_eq!(
+            account("https://sqs.eu-west-1.amazonaws.com/123456789012/q").as_deref(),
+            Some("123456789012")
+        );
+        assert_eq!(
+            account("http://127.0.0.1:4566/000000000000/q").as_deref(),
+            Some("000000000000")
+        );
+        assert_eq!(account("https://sqs.eu-west-1.amazonaws.com/1/q"), None);
+        assert_eq!(account("https://sqs.eu-west-1.amazonaws.com"), None);
     }
 
     #[test]

@@ -19,8 +19,10 @@ pub trait InternalEvent {
 pub struct CallSucceeded<'a> {
     pub operation: Operation,
     pub subject: &'a dyn Display,
-    /// The Supply Chain instance it was about.
+    /// The Supply Chain instance it was about, and its budget's account and region.
     pub instance_id: &'a str,
+    pub account_id: &'a str,
+    pub region: &'a str,
     pub elapsed: Duration,
     /// The call before it failed.
     pub recovered: bool,
@@ -28,7 +30,14 @@ pub struct CallSucceeded<'a> {
 
 impl InternalEvent for CallSucceeded<'_> {
     fn emit(self, metrics: &Metrics, health: &Health) {
-        metrics.record_request(self.operation, Outcome::Success, self.elapsed.as_secs_f64());
+        let seconds = self.elapsed.as_secs_f64();
+        metrics.record_request(
+            self.operation,
+            Outcome::Success,
+            self.account_id,
+            self.region,
+            seconds,
+        );
         if let Some(up) = health.record(self.instance_id, Outcome::Success, String::new) {
             metrics.instance_up(self.instance_id, up);
         }
@@ -43,8 +52,10 @@ impl InternalEvent for CallSucceeded<'_> {
 pub struct CallFailed<'a> {
     pub operation: Operation,
     pub subject: &'a dyn Display,
-    /// The Supply Chain instance it was about.
+    /// The Supply Chain instance it was about, and its budget's account and region.
     pub instance_id: &'a str,
+    pub account_id: &'a str,
+    pub region: &'a str,
     pub outcome: Outcome,
     pub error: &'a dyn Display,
     pub elapsed: Duration,
@@ -53,7 +64,14 @@ pub struct CallFailed<'a> {
 
 impl InternalEvent for CallFailed<'_> {
     fn emit(self, metrics: &Metrics, health: &Health) {
-        metrics.record_request(self.operation, self.outcome, self.elapsed.as_secs_f64());
+        let seconds = self.elapsed.as_secs_f64();
+        metrics.record_request(
+            self.operation,
+            self.outcome,
+            self.account_id,
+            self.region,
+            seconds,
+        );
         if let Some(up) = health.record(self.instance_id, self.outcome, || self.error.to_string()) {
             metrics.instance_up(self.instance_id, up);
         }
@@ -197,7 +215,7 @@ pub struct QueueCall {
 
 impl InternalEvent for QueueCall {
     fn emit(self, metrics: &Metrics, _health: &Health) {
-        metrics.record_request(self.operation, self.outcome, self.elapsed.as_secs_f64());
+        metrics.record_queue_request(self.operation, self.outcome, self.elapsed.as_secs_f64());
     }
 }
 

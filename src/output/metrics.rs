@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::model::{ExecutionKey, FlowKey, Observation, Operation, Outcome, Status};
@@ -48,8 +48,7 @@ pub struct Metrics {
     instance_up: IntGaugeVec,
     /// Whether per-execution status and time series are exported.
     per_execution: bool,
-    /// The request series by operation and outcome, looked up once rather than per request.
-    request_counts: Vec<IntCounter>,
+    /// The request durations by operation, looked up once rather than per request.
     request_durations: Vec<Histogram>,
     /// The push family, once `[push]` turned it on.
     push: std::sync::OnceLock<PushMetrics>,
@@ -88,8 +87,8 @@ impl Metrics {
             api_requests: counters(
                 &r,
                 "flowwatch_api_requests_total",
-                "API requests by operation and outcome: the Supply Chain API, and SQS for push.",
-                &["operation", "outcome"],
+                "API requests by operation and outcome, and the account and region they went to: the Supply Chain API, and SQS for push.",
+                &["operation", "outcome", "account_id", "region"],
             )?,
             api_duration: registered(&r, api_durations()?)?,
             rate_limit: registered(
@@ -201,7 +200,6 @@ impl Metrics {
             series: Series::default(),
             per_execution,
             registry: r,
-            request_counts: Vec::new(),
             request_durations: Vec::new(),
             push: std::sync::OnceLock::new(),
         };
@@ -235,18 +233,28 @@ impl Metrics {
         Ok(())
     }
 
-    /// The request series of the Supply Chain calls, looked up once here rather than per request.
+    /// The duration series of the Supply Chain calls, looked up once here rather than per request.
     fn request_series(&mut self) {
         for operation in Operation::SUPPLY_CHAIN {
-            let name = operation.as_str();
-            for outcome in Outcome::ALL {
-                let counter = self
-                    .api_requests
-                    .with_label_values(&[name, outcome.metric_label()]);
-                self.request_counts.push(counter);
-            }
             self.request_durations
-                .push(self.api_duration.with_label_values(&[name]));
+                .push(self.api_duration.with_label_values(&[operation.as_str()]));
+        }
+    }
+
+    /// Creates at 0 every Supply Chain request series of an account and region's budget, so the
+    /// first throttle or denial is an increase.
+    pub fn preset_requests(&self, account_id: &str, region: &str) {
+        for operation in Operation::SUPPLY_CHAIN {
+            for outcome in Outcome::ALL {
+                self.api_requests
+                    .with_label_values(&[
+                        operation.as_str(),
+                        outcome.metric_label(),
+                        account_id,
+                        region,
+                    ])
+                    .inc_by(0);
+            }
         }
     }
 
@@ -254,9 +262,6 @@ impl Metrics {
     fn preset(&self) {
         for status in Status::ALL {
             self.watched.with_label_values(&[status.as_str()]).set(0);
-        }
-        for counter in &self.request_counts {
-            counter.reset();
         }
         for reason in ["limit", "header_timeout", "tls_handshake"] {
             self.http_connections_closed
@@ -461,28 +466,47 @@ impl Metrics {
         self.series.remove(key);
     }
 
-    pub fn record_request(&self, operation: Operation, outcome: Outcome, seconds: f64) {
-        if Operation::PUSH.contains(&operation) {
-            if let Some(push) = self.push.get() {
-                push.record_request(operation, outcome, seconds);
-            }
-            return;
-        }
-        let (op, out) = (operation as usize, outcome as usize);
-        if let Some(counter) = self.request_counts.get(op * Outcome::ALL.len() + out) {
-            counter.inc();
-        }
-        if let Some(histogram) = self.request_durations.get(op) {
+    /// A Supply Chain call, to the account and region of its budget.
+    pub fn record_request(
+        &self,
+        operation: Operation,
+        outcome: Outcome,
+        account_id: &str,
+        region: &str,
+        seconds: f64,
+    ) {
+        self.api_requests
+            .with_label_values(&[
+                operation.as_str(),
+                outcome.metric_label(),
+                account_id,
+                region,
+            ])
+            .inc();
+        if let Some(histogram) = self.request_durations.get(operation as usize) {
             histogram.observe(seconds);
+        }
+    }
+
+    /// An SQS call of push, to the queue's account and region.
+    pub fn record_queue_request(&self, operation: Operation, outcome: Outcome, seconds: f64) {
+        if let Some(push) = self.push.get() {
+            push.record_request(operation, outcome, seconds);
         }
     }
 
     /// Registers the push family (`[push]` names a queue); healthy starts at 0 until a first
     /// receive succeeds.
-    pub fn enable_push(&self) -> prometheus::Result<()> {
+    /// `account_id` and `region` are the queue's, as its URL names them.
+    pub fn enable_push(&self, account_id: &str, region: &str) -> prometheus::Result<()> {
         if self.push.get().is_none() {
-            let push =
-                PushMetrics::register(&self.registry, &self.api_requests, &self.api_duration)?;
+            let queue = [account_id, region];
+            let push = PushMetrics::register(
+                &self.registry,
+                &self.api_requests,
+                &self.api_duration,
+                queue,
+            )?;
             push.healthy(false);
             let _ = self.push.set(push);
         }
@@ -645,7 +669,8 @@ mod tests {
     fn the_exposition_has_every_contract_metric() {
         let m = Metrics::new().expect("metrics");
         m.preset_flow_transitions("i", "f");
-        m.record_request(Operation::Get, Outcome::Success, 0.01);
+        m.preset_requests("", "us-east-1");
+        m.record_request(Operation::Get, Outcome::Success, "", "us-east-1", 0.01);
         let key = ExecutionKey::from_checked("i", "f", "e");
         m.set_status(&key, Status::InProgress);
         m.set_times(
@@ -677,7 +702,7 @@ mod tests {
             "flowwatch_execution_end_time_seconds{",
             "flowwatch_transitions_total{flow_name=\"f\",instance_id=\"i\",to_status=\"FAILED\"} 0",
             "flowwatch_watched_executions{status=\"UNKNOWN\"} 0",
-            "flowwatch_api_requests_total{operation=\"GetDataIntegrationFlowExecution\",outcome=\"throttled\"} 0",
+            "flowwatch_api_requests_total{account_id=\"\",operation=\"GetDataIntegrationFlowExecution\",outcome=\"throttled\",region=\"us-east-1\"} 0",
             "flowwatch_api_request_duration_seconds_bucket{",
             "flowwatch_rate_limit_requests_per_second{account_id=\"\",region=\"us-east-1\"} 5",
             "flowwatch_schedule_lag_seconds 0",
@@ -940,7 +965,9 @@ mod tests {
     /// Every family the exposition can carry: each labelled family is given one series first.
     fn exported_families() -> (Metrics, std::collections::BTreeSet<String>) {
         let metrics = Metrics::new().expect("metrics");
-        metrics.enable_push().expect("push metrics");
+        metrics
+            .enable_push("123456789012", "us-east-1")
+            .expect("push metrics");
         let key = ExecutionKey::from_checked("i", "f", "e");
         metrics.preset_flow_transitions("i", "f");
         metrics.set_status(&key, Status::Failed);

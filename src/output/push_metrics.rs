@@ -25,10 +25,12 @@ pub struct PushMetrics {
 }
 
 impl PushMetrics {
+    /// `queue` is the queue's account and region, the labels of its calls' request series.
     pub fn register(
         registry: &Registry,
         requests: &IntCounterVec,
         durations: &HistogramVec,
+        queue: [&str; 2],
     ) -> prometheus::Result<Self> {
         let messages = IntCounterVec::new(
             Opts::new(
@@ -58,9 +60,13 @@ impl PushMetrics {
         let mut request_durations = Vec::new();
         for operation in Operation::PUSH {
             for outcome in Outcome::ALL {
-                request_counts.push(
-                    requests.with_label_values(&[operation.as_str(), outcome.metric_label()]),
-                );
+                let labels = [
+                    operation.as_str(),
+                    outcome.metric_label(),
+                    queue[0],
+                    queue[1],
+                ];
+                request_counts.push(requests.with_label_values(&labels));
             }
             request_durations.push(durations.with_label_values(&[operation.as_str()]));
         }

@@ -260,12 +260,17 @@ async fn each_instance_is_signed_by_its_own_role_for_its_own_region_and_a_refuse
         &metrics,
         "flowwatch_api_requests_total",
         &[
+            ("account_id", MOTO_ACCOUNT),
             ("operation", "GetDataIntegrationFlowExecution"),
             ("outcome", "credentials_error"),
+            ("region", "us-east-1"),
         ],
     )
     .unwrap_or_default();
-    assert!(credentials_errors >= 1.0, "{metrics}");
+    assert!(
+        credentials_errors >= 1.0,
+        "counted for the refused role's account and region: {metrics}"
+    );
     let status: Value =
         serde_json::from_str(&http(addr, "GET", "/status").await.1).expect("status");
     let refused = status_of(&status, REFUSED);

@@ -132,3 +132,81 @@ async fn a_pushed_end_the_api_denies_settles_nothing() {
         .count();
     assert_eq!(failed, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_queue_carries_every_account_s_events_each_checked_against_its_instance() {
+    use crate::input::config::AwsSettings;
+    use crate::input::instances::{InstanceSettings, Role};
+    const MEMBER: &str = "9960d65f-f298-4fa7-89d4-6370f165174e";
+    let api = Arc::new(Scripted::default());
+    let member = ExecutionKey::new(MEMBER, "orders", "a1b2c3d4-0000-4000-8000-000000000007")
+        .expect("a valid key");
+    let (forged, local) = (
+        ExecutionKey::new(MEMBER, "orders", "a1b2c3d4-0000-4000-8000-000000000008")
+            .expect("a valid key"),
+        key("orders", 1),
+    );
+    for k in [&member, &forged, &local] {
+        api.gets(k, [running(wall() - 60.0)]);
+    }
+    let mut setup = Setup::push(RECONCILE, false);
+    let aws = AwsSettings {
+        instances: vec![InstanceSettings {
+            id: MEMBER.into(),
+            region: Some("eu-central-1".into()),
+            role: Some(Role {
+                arn: "arn:aws:iam::222222222222:role/flowwatch-reader".into(),
+                account_id: "222222222222".into(),
+                external_id: None,
+            }),
+            endpoint_url: None,
+            max_requests_per_second: None,
+        }],
+        ..AwsSettings::default()
+    };
+    setup.budgets = Some(crate::engine::BudgetPlan::of(&aws, "us-east-1", 5.0));
+    let rig = Rig::start(api, watchlist(&[&member, &forged, &local], &[]), setup).await;
+    rig.push(PushNews::Working).await;
+    rig.wait(Duration::from_secs(1)).await;
+    let end = Some("2026-12-01T10:05:00Z");
+    for news in [
+        Rig::pushed_from(
+            &member,
+            "SUCCEEDED",
+            START,
+            end,
+            ("222222222222", "eu-central-1"),
+        ),
+        Rig::pushed_from(
+            &forged,
+            "FAILED",
+            START,
+            end,
+            ("333333333333", "eu-central-1"),
+        ),
+        Rig::pushed_from(&forged, "FAILED", START, end, ("222222222222", "us-east-1")),
+        Rig::pushed(&local, "SUCCEEDED", START, end),
+    ] {
+        rig.push(news).await;
+    }
+    rig.wait(Duration::from_secs(1)).await;
+    let status = |k: &ExecutionKey| {
+        let rig = &rig;
+        let k = k.clone();
+        async move { rig.execution(&k).await.map(|v| v.status) }
+    };
+    assert_eq!(
+        status(&member).await,
+        Some(Status::Succeeded),
+        "its account and region"
+    );
+    assert_eq!(status(&local).await, Some(Status::Succeeded));
+    assert_eq!(
+        status(&forged).await,
+        Some(Status::InProgress),
+        "another account, or another region, than its instance's"
+    );
+    assert_eq!(pushed_count(&rig, "applied"), 2.0);
+    assert_eq!(pushed_count(&rig, "unwatched"), 2.0);
+    rig.stop().await;
+}

@@ -144,7 +144,9 @@ impl Rig {
     ) -> Self {
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         if setup.push.is_some() {
-            metrics.enable_push().expect("push metrics");
+            metrics
+                .enable_push("123456789012", REGION)
+                .expect("push metrics");
         }
         let publisher = publisher(dir.path(), &metrics, &setup);
         let settings = EngineSettings {
@@ -160,11 +162,7 @@ impl Rig {
         if let Some(settings) = setup.push.clone() {
             let (news_tx, news) = mpsc::channel(16);
             let (acks, acks_rx) = mpsc::channel(16);
-            engine = engine.with_push(
-                PushChannels { news, acks },
-                settings,
-                Some("us-east-1".into()),
-            );
+            engine = engine.with_push(PushChannels { news, acks }, settings);
             (push_news, push_acks) = (Some(news_tx), Some(acks_rx));
         }
         let (handle, commands) = EngineHandle::channel();
@@ -221,12 +219,23 @@ impl Rig {
 
     /// One pushed EventBridge status change of `key`, as SQS delivers it.
     pub fn pushed(key: &ExecutionKey, status: &str, start: &str, end: Option<&str>) -> PushNews {
+        Self::pushed_from(key, status, start, end, ("123456789012", REGION))
+    }
+
+    /// [`Self::pushed`] from an instance in `account` and `region`.
+    pub fn pushed_from(
+        key: &ExecutionKey,
+        status: &str,
+        start: &str,
+        end: Option<&str>,
+        (account, region): (&str, &str),
+    ) -> PushNews {
         let end = end.map_or(String::new(), |e| format!(r#""endTime": "{e}","#));
         let body = format!(
             r#"{{"version": "0", "id": "{id}", "detail-type": "AWS Supply Chain Data Integration Status Change",
-            "source": "aws.supplychain", "account": "123456789012", "time": "{start}", "region": "us-east-1",
+            "source": "aws.supplychain", "account": "{account}", "time": "{start}", "region": "{region}",
             "resources": [], "detail": {{"version": "1.0", "instanceId": "{instance}",
-            "flowArn": "arn:aws:scn:us-east-1:123456789012:instance/{instance}/data-integration-flows/{flow}",
+            "flowArn": "arn:aws:scn:{region}:{account}:instance/{instance}/data-integration-flows/{flow}",
             "flowExecutionId": "{execution}", "status": "{status}", {end} "startTime": "{start}"}}}}"#,
             id = fastrand::u64(..),
             instance = key.instance_id,
