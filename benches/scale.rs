@@ -15,6 +15,9 @@
 //! FLOWWATCH_BENCH_SCRAPE_SECONDS=15              # scrape /metrics every 15 s, not every second
 //! cargo bench --bench scale -- --only scale --sizes 10000 --pollers flowwatch,baseline --repeat 5
 //!                                   # the scale runs five times over, each poller in turn
+//! cargo bench --bench scale -- --only accounts --sizes 1000
+//!                                   # ten accounts and regions of 1,000 executions each, one
+//!                                   # throttled hard, beside one account (benches/scale/accounts.rs)
 //! ```
 //!
 //! Columns: N; wall time until every execution was detected terminal; API calls (as the server
@@ -42,6 +45,9 @@ use flowwatch_fake::{
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Mutex;
+
+#[path = "scale/accounts.rs"]
+mod accounts;
 
 /// Who polls.
 #[derive(Debug, Clone)]
@@ -163,6 +169,12 @@ fn main() {
         if only.as_deref() == Some("reload") {
             for n in &sizes {
                 reload_run(*n).await;
+            }
+            return;
+        }
+        if only.as_deref() == Some("accounts") {
+            for n in &sizes {
+                accounts::accounts_runs(*n).await;
             }
             return;
         }
