@@ -442,6 +442,28 @@ pub fn spawn_tool(program: &[&str], args: &[String], log: &Path) -> tokio::proce
     );
 }
 
+/// The address a flowwatch binary logs (`log.format = "json"`) once it listens, read off its
+/// stderr `lines` within 30 s; `seen` gets every line read on the way, that one included.
+pub async fn listening_address<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    mut seen: impl FnMut(&str),
+) -> SocketAddr {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen(&line);
+            let log: Value = serde_json::from_str(&line).unwrap_or_default();
+            if log["message"] == "flowwatch is listening" {
+                return log["addr"].as_str().and_then(|a| a.parse().ok());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("flowwatch logs its address")
+}
+
 /// A real Prometheus with `config` (prometheus.yml), on a free port, its data and log in `ws`;
 /// killed when dropped. Returns it and its address.
 pub fn spawn_prometheus(ws: &Workspace, config: &str) -> (tokio::process::Child, SocketAddr) {

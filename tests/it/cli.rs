@@ -298,34 +298,16 @@ async fn spawn_command(mut cmd: Command, fake: &FakeServer, log_level: &str) -> 
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn flowwatch");
     let stderr = child.stderr.take().expect("stderr");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut lines = BufReader::new(stderr).lines();
+    // The lines before the address are handed on too, ahead of the rest.
+    let (tx, early_rx) = tokio::sync::mpsc::unbounded_channel();
+    let addr = listening_address(&mut lines, |line| {
+        let _ = tx.send(line.to_string());
+    })
+    .await;
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    // The lines before the address are handed on too, ahead of the rest.
-    let (early_tx, early_rx) = tokio::sync::mpsc::unbounded_channel();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = rx.recv().await {
-            let log = serde_json::from_str::<serde_json::Value>(&line).unwrap_or_default();
-            let _ = early_tx.send(line);
-            if log["message"] == "flowwatch is listening" {
-                return log["addr"].as_str().and_then(|a| a.parse().ok());
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .expect("flowwatch logs its address");
-    tokio::spawn(async move {
-        while let Some(line) = rx.recv().await {
-            if early_tx.send(line).is_err() {
                 break;
             }
         }
@@ -1006,19 +988,7 @@ async fn without_credentials_calls_count_as_credentials_errors_and_never_reach_t
     let mut child = cmd.spawn().expect("spawn flowwatch");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
-    let addr: std::net::SocketAddr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let log = serde_json::from_str::<serde_json::Value>(&line).unwrap_or_default();
-            if log["message"] == "flowwatch is listening" {
-                return log["addr"].as_str().and_then(|a| a.parse().ok());
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .expect("flowwatch logs its address");
+    let addr = listening_address(&mut lines, |_| {}).await;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     let count = |metrics: &str, outcome: &str| {

@@ -90,19 +90,7 @@ async fn spawn(
         .kill_on_drop(true);
     let mut child = cmd.spawn().expect("spawn flowwatch");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr: std::net::SocketAddr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let log: Value = serde_json::from_str(&line).unwrap_or_default();
-            if log["message"] == "flowwatch is listening" {
-                return log["addr"].as_str().and_then(|a| a.parse().ok());
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .expect("flowwatch logs its address");
+    let addr = listening_address(&mut lines, |_| {}).await;
     let log = Log::default();
     let kept = log.clone();
     tokio::spawn(async move {
