@@ -246,13 +246,7 @@ impl Metrics {
     pub fn preset_requests(&self, account_id: &str, region: &str) {
         for operation in Operation::SUPPLY_CHAIN {
             for outcome in Outcome::ALL {
-                self.api_requests
-                    .with_label_values(&[
-                        operation.as_str(),
-                        outcome.metric_label(),
-                        account_id,
-                        region,
-                    ])
+                self.requests(operation, outcome, account_id, region)
                     .inc_by(0);
             }
         }
@@ -475,17 +469,27 @@ impl Metrics {
         region: &str,
         seconds: f64,
     ) {
-        self.api_requests
-            .with_label_values(&[
-                operation.as_str(),
-                outcome.metric_label(),
-                account_id,
-                region,
-            ])
-            .inc();
+        self.requests(operation, outcome, account_id, region).inc();
         if let Some(histogram) = self.request_durations.get(operation as usize) {
             histogram.observe(seconds);
         }
+    }
+
+    /// The request counter of one operation and outcome in an account and region.
+    fn requests(
+        &self,
+        operation: Operation,
+        outcome: Outcome,
+        account_id: &str,
+        region: &str,
+    ) -> prometheus::IntCounter {
+        let labels = [
+            operation.as_str(),
+            outcome.metric_label(),
+            account_id,
+            region,
+        ];
+        self.api_requests.with_label_values(&labels)
     }
 
     /// An SQS call of push, to the queue's account and region.
