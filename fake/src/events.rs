@@ -299,8 +299,9 @@ pub async fn aws_query(
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// `text` as an `application/x-www-form-urlencoded` value.
-fn form_encoded(text: &str) -> String {
+/// `text` percent-encoded for a form body or a URL's query: every byte but the unreserved ones
+/// as `%XX`.
+pub fn form_encoded(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {

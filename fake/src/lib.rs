@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 mod events;
 mod queue;
-pub use events::{EventPublishing, Published, aws_json, aws_query};
+pub use events::{EventPublishing, Published, aws_json, aws_query, form_encoded};
 pub use queue::{FakeQueue, QueueSender};
 
 /// What the fake serves.

@@ -94,7 +94,7 @@ async fn has_data(prometheus: SocketAddr, expr: &str) -> bool {
     let (code, body) = http(
         prometheus,
         "GET",
-        &format!("/api/v1/query?query={}", percent_encoded(expr)),
+        &format!("/api/v1/query?query={}", flowwatch_fake::form_encoded(expr)),
     )
     .await;
     assert_eq!(code, 200, "Prometheus refused {expr}: {body}");
@@ -105,19 +105,6 @@ async fn has_data(prometheus: SocketAddr, expr: &str) -> bool {
         .flatten()
         .filter_map(|series| series["value"][1].as_str()?.parse::<f64>().ok())
         .any(f64::is_finite)
-}
-
-/// `text` for a URL's query string: every byte but the unreserved ones as `%XX`.
-fn percent_encoded(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() * 3);
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 #[test]

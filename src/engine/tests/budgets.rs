@@ -11,7 +11,7 @@ use crate::input::instances::{InstanceSettings, Role};
 use crate::model::ExecutionKey;
 
 /// An instance in another account (and region), with its own cap.
-const OTHER: &str = "9960d65f-f298-4fa7-89d4-6370f165174e";
+pub(super) const OTHER: &str = "9960d65f-f298-4fa7-89d4-6370f165174e";
 
 fn key_in(instance: &str, n: u32) -> ExecutionKey {
     ExecutionKey::new(
@@ -22,8 +22,9 @@ fn key_in(instance: &str, n: u32) -> ExecutionKey {
     .expect("a valid key")
 }
 
-/// The base budget at 5/s, and `OTHER`'s account in eu-central-1 at `other_rate`.
-fn two_budgets(other_rate: f64) -> BudgetPlan {
+/// The base budget at 5/s, and `OTHER`'s account (222222222222) in eu-central-1 at
+/// `other_rate`.
+pub(super) fn two_budgets(other_rate: f64) -> BudgetPlan {
     let aws = AwsSettings {
         instances: vec![InstanceSettings {
             id: OTHER.into(),

@@ -135,9 +135,7 @@ async fn a_pushed_end_the_api_denies_settles_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn one_queue_carries_every_account_s_events_each_checked_against_its_instance() {
-    use crate::input::config::AwsSettings;
-    use crate::input::instances::{InstanceSettings, Role};
-    const MEMBER: &str = "9960d65f-f298-4fa7-89d4-6370f165174e";
+    use super::budgets::{OTHER as MEMBER, two_budgets};
     let api = Arc::new(Scripted::default());
     let member = ExecutionKey::new(MEMBER, "orders", "a1b2c3d4-0000-4000-8000-000000000007")
         .expect("a valid key");
@@ -150,21 +148,7 @@ async fn one_queue_carries_every_account_s_events_each_checked_against_its_insta
         api.gets(k, [running(wall() - 60.0)]);
     }
     let mut setup = Setup::push(RECONCILE, false);
-    let aws = AwsSettings {
-        instances: vec![InstanceSettings {
-            id: MEMBER.into(),
-            region: Some("eu-central-1".into()),
-            role: Some(Role {
-                arn: "arn:aws:iam::222222222222:role/flowwatch-reader".into(),
-                account_id: "222222222222".into(),
-                external_id: None,
-            }),
-            endpoint_url: None,
-            max_requests_per_second: None,
-        }],
-        ..AwsSettings::default()
-    };
-    setup.budgets = Some(crate::engine::BudgetPlan::of(&aws, "us-east-1", 5.0));
+    setup.budgets = Some(two_budgets(5.0));
     let rig = Rig::start(api, watchlist(&[&member, &forged, &local], &[]), setup).await;
     rig.push(PushNews::Working).await;
     rig.wait(Duration::from_secs(1)).await;
