@@ -499,23 +499,14 @@ async fn measure(run: Run) -> Row {
             .filter_map(|(id, at)| ends.get(id).map(|end| (at - end).max(0.0)))
             .collect();
         pushed.sort_by(f64::total_cmp);
-        let p95 = pushed
-            .get(((pushed.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(f64::NAN);
-        (p95, ends_dropped.len())
+        (percentile(&pushed, 0.95), ends_dropped.len())
     });
     let mut latencies: Vec<f64> = detected
         .iter()
         .filter_map(|(id, at)| ends.get(id).map(|end| (at - end).max(0.0)))
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let pct = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let pct = |q: f64| percentile(&latencies, q);
     Row {
         label: run.poller.label(),
         scenario: match pushed_p95 {
@@ -543,6 +534,14 @@ async fn measure(run: Run) -> Row {
         page,
         pass: 0,
     }
+}
+
+/// The `q` quantile of `sorted` by the nearest rank; NaN when it is empty.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 /// The answered request rate while some execution still waited for its first answer, when the

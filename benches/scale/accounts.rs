@@ -213,10 +213,7 @@ async fn accounts_run(
         .filter_map(|(id, at)| ends.get(id).map(|end| (at - end).max(0.0)))
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let p95 = latencies
-        .get(((latencies.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
-        .copied()
-        .unwrap_or(f64::NAN);
+    let p95 = percentile(&latencies, 0.95);
     let throttled_detected = throttle.then(|| {
         let of_throttled = detected
             .keys()
