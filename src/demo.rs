@@ -48,6 +48,7 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: Shutdown) -> Result<(
         reload_on_sighup: false,
         bound: Some(bound_tx),
         push_queue: None,
+        config_reload: None,
     };
     let daemon = tokio::spawn(crate::run_with(settings, client, options, shutdown));
     if let Ok(addr) = bound_rx.await {

@@ -69,6 +69,7 @@ use crate::output::publisher::Publisher;
 use crate::output::sinks::Sinks;
 use crate::output::store::{self, Store};
 use crate::server::auth::BasicAuth;
+use crate::server::config_reload::ConfigReload;
 use crate::server::http::AppState;
 use crate::server::reload::{Reloader, digest};
 use crate::server::tls::Tls;
@@ -136,6 +137,9 @@ pub struct RunOptions {
     /// The push queue to read when `[push]` names one; `run` builds it from the AWS
     /// configuration when this is `None`.
     pub push_queue: Option<PushQueue>,
+    /// Reload the config file's `[[aws.instance]]` tables with the watchlist (`run` sets this:
+    /// it rebuilds the AWS clients).
+    pub config_reload: Option<ConfigReload>,
 }
 
 /// `flowwatch check-config`: validates the config, the watchlist and the state directory as
@@ -184,20 +188,27 @@ pub async fn run(
         .await
         .map_err(Error::fatal)?;
     check_resolved_region(&settings, shared.region().map(|r| r.as_ref()))?;
+    // As loaded: a reload compares the config file with this.
+    let started = settings.clone();
     // The region the SDK resolved (from the profile, say) is the base budget's and the base
     // client's from here on.
     if settings.aws.region.is_none() {
         settings.aws.region = shared.region().map(|r| r.to_string());
     }
-    let client = InstanceClients::build(&shared, &settings.aws).await;
+    let client = Arc::new(InstanceClients::build(&shared, &settings.aws).await);
     let mut options = options;
+    options.config_reload = Some(ConfigReload::new(
+        started,
+        settings.aws.known_region().unwrap_or_default(),
+        client.clone(),
+    ));
     if let Some(push) = &settings.push {
         options.push_queue.get_or_insert_with(|| {
             PushQueue::from_shared(&shared, push, settings.polling.request_timeout)
         });
     }
     // `run_with` builds the push queue the same way when it is not given one.
-    run_with(settings, Arc::new(client), options, shutdown).await
+    run_with(settings, client, options, shutdown).await
 }
 
 /// The AWS profile's region, when the SDK would take the region from it: `aws.region` and the
@@ -275,7 +286,10 @@ pub async fn run_with<C: FlowExecutions>(
         .map_err(|e| Error::fatal_because("cannot read the listening address", e))?;
 
     let (handle, commands) = EngineHandle::channel();
-    let reloader = Reloader::new(settings.watchlist.clone(), handle.clone(), metrics.clone());
+    let mut reloader = Reloader::new(settings.watchlist.clone(), handle.clone(), metrics.clone());
+    if let Some(config) = options.config_reload {
+        reloader = reloader.with_config(config);
+    }
     let region = settings.aws.known_region().unwrap_or_default();
     let engine_settings = EngineSettings {
         polling: settings.polling.clone(),

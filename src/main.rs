@@ -82,6 +82,7 @@ fn run(config: &Path, exit_when_done: bool) -> ExitCode {
             reload_on_sighup: true,
             bound: None,
             push_queue: None,
+            config_reload: None,
         };
         match flowwatch::run(settings, options, shutdown).await {
             Ok(finish) => ExitCode::from(finish.exit_code()),

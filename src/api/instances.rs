@@ -1,8 +1,10 @@
 //! One Supply Chain client per signer (credentials, region and endpoint), and the
 //! [`FlowExecutions`] that sends each call through its instance's client: an instance with a
-//! `[[aws.instance]]` table through its own, any other through the base client.
+//! `[[aws.instance]]` table through its own, any other through the base client. A reload installs
+//! a new set of instances; a signer that stays keeps its client, and so its cached credentials.
 
 use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
 
 use aws_config::SdkConfig;
 use aws_config::sts::AssumeRoleProvider;
@@ -17,10 +19,20 @@ use crate::model::{ExecutionKey, FlowKey, Observation};
 pub const SESSION_NAME: &str = "flowwatch";
 
 /// The clients of every instance.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct InstanceClients {
+    shared: SdkConfig,
+    /// `aws.endpoint_url`: the endpoint of an instance that names none.
+    endpoint_url: Option<String>,
     base: SdkFlowExecutions,
+    routes: RwLock<Routes>,
+}
+
+/// Which client serves each listed instance, and the client of each signer.
+#[derive(Debug, Default)]
+struct Routes {
     by_instance: HashMap<String, SdkFlowExecutions>,
+    by_signer: HashMap<Signer, SdkFlowExecutions>,
 }
 
 /// What makes two instances share a client: the same role (and external id), region and
@@ -38,26 +50,73 @@ impl InstanceClients {
     /// credentials before they expire. Nothing is called here: a refused role shows at the
     /// first call, as `credentials_error`.
     pub async fn build(shared: &SdkConfig, aws: &AwsSettings) -> Self {
-        let base = SdkFlowExecutions::from_shared(shared, aws);
-        let mut clients: HashMap<Signer, SdkFlowExecutions> = HashMap::new();
-        let mut by_instance = HashMap::new();
-        for instance in &aws.instances {
-            let signer = signer_of(instance);
-            let client = match clients.get(&signer) {
-                Some(client) => client.clone(),
-                None => {
-                    let client = client_of(shared, aws, instance).await;
-                    clients.insert(signer, client.clone());
-                    client
-                }
-            };
-            by_instance.insert(instance.id.clone(), client);
-        }
-        Self { base, by_instance }
+        let clients = Self {
+            shared: shared.clone(),
+            endpoint_url: aws.endpoint_url.clone(),
+            base: SdkFlowExecutions::from_shared(shared, aws),
+            routes: RwLock::default(),
+        };
+        clients.install(&aws.instances).await;
+        clients
     }
 
-    fn client(&self, instance_id: &str) -> &SdkFlowExecutions {
-        self.by_instance.get(instance_id).unwrap_or(&self.base)
+    /// Serves `instances` from now on (a reload): each through a client of its signer, the one
+    /// already built when its signer stays. Calls in flight finish on the client they started
+    /// with.
+    pub async fn install(&self, instances: &[InstanceSettings]) {
+        let built = self.read().by_signer.clone();
+        let mut routes = Routes::default();
+        for instance in instances {
+            let signer = signer_of(instance);
+            let known = routes.by_signer.get(&signer).or_else(|| built.get(&signer));
+            let client = match known {
+                Some(client) => client.clone(),
+                None => self.client_of(instance).await,
+            };
+            routes.by_signer.insert(signer, client.clone());
+            routes.by_instance.insert(instance.id.clone(), client);
+        }
+        *self.routes.write().unwrap_or_else(PoisonError::into_inner) = routes;
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Routes> {
+        self.routes.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn client(&self, instance_id: &str) -> SdkFlowExecutions {
+        self.read()
+            .by_instance
+            .get(instance_id)
+            .unwrap_or(&self.base)
+            .clone()
+    }
+
+    /// The client of one instance: the shared configuration with its region, its role's
+    /// credentials and its endpoint, each where it sets one.
+    async fn client_of(&self, instance: &InstanceSettings) -> SdkFlowExecutions {
+        let shared = &self.shared;
+        let mut config = shared.clone().into_builder();
+        if let Some(region) = &instance.region {
+            config = config.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(role) = &instance.role {
+            let mut provider = AssumeRoleProvider::builder(role.arn.clone())
+                .session_name(SESSION_NAME)
+                .configure(shared);
+            if let Some(external_id) = &role.external_id {
+                provider = provider.external_id(external_id.clone());
+            }
+            let provider = provider.build().await;
+            config = config.credentials_provider(SharedCredentialsProvider::new(provider));
+        }
+        let settings = AwsSettings {
+            endpoint_url: instance
+                .endpoint_url
+                .clone()
+                .or_else(|| self.endpoint_url.clone()),
+            ..AwsSettings::default()
+        };
+        SdkFlowExecutions::from_shared(&config.build(), &settings)
     }
 }
 
@@ -70,37 +129,6 @@ fn signer_of(instance: &InstanceSettings) -> Signer {
         instance.region.clone(),
         instance.endpoint_url.clone(),
     )
-}
-
-/// The client of one instance: `shared` with its region, its role's credentials and its
-/// endpoint, each where it sets one.
-async fn client_of(
-    shared: &SdkConfig,
-    aws: &AwsSettings,
-    instance: &InstanceSettings,
-) -> SdkFlowExecutions {
-    let mut config = shared.clone().into_builder();
-    if let Some(region) = &instance.region {
-        config = config.region(aws_config::Region::new(region.clone()));
-    }
-    if let Some(role) = &instance.role {
-        let mut provider = AssumeRoleProvider::builder(role.arn.clone())
-            .session_name(SESSION_NAME)
-            .configure(shared);
-        if let Some(external_id) = &role.external_id {
-            provider = provider.external_id(external_id.clone());
-        }
-        let provider = provider.build().await;
-        config = config.credentials_provider(SharedCredentialsProvider::new(provider));
-    }
-    let settings = AwsSettings {
-        endpoint_url: instance
-            .endpoint_url
-            .clone()
-            .or_else(|| aws.endpoint_url.clone()),
-        ..AwsSettings::default()
-    };
-    SdkFlowExecutions::from_shared(&config.build(), &settings)
 }
 
 impl FlowExecutions for InstanceClients {

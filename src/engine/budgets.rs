@@ -4,6 +4,7 @@
 //! queue that others share. The in-flight bound stays one for the process.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
@@ -79,12 +80,19 @@ fn base(region: &str) -> BudgetKey {
     }
 }
 
+/// What a new plan changed: the budgets gone, and those new or with a new cap (with it).
+#[derive(Debug, Default, PartialEq)]
+pub struct BudgetChanges {
+    pub left: Vec<BudgetKey>,
+    pub joined: Vec<(BudgetKey, f64)>,
+}
+
 /// One budget: its key, its queue of due jobs and its rate.
 #[derive(Debug)]
 pub struct Budget {
     pub key: BudgetKey,
     pub due: DueQueue<Job>,
-    pub limiter: std::sync::Arc<RateLimiter>,
+    pub limiter: Arc<RateLimiter>,
 }
 
 /// Every budget, and which serves each instance.
@@ -96,19 +104,56 @@ pub struct Budgets {
 
 impl Budgets {
     pub fn new(plan: BudgetPlan) -> Self {
+        Self::build(plan, |_, _| None)
+    }
+
+    /// The budgets of `plan`, with nothing queued, and what changed from these: a budget whose
+    /// account, region and cap stay keeps its limiter, so its AIMD rate and tokens carry on.
+    pub fn successor(&self, plan: BudgetPlan) -> (Self, BudgetChanges) {
+        let left = self
+            .budgets
+            .iter()
+            .filter(|b| !plan.budgets.iter().any(|(key, _)| *key == b.key))
+            .map(|b| b.key.clone())
+            .collect();
+        let mut joined = Vec::new();
+        let next = Self::build(plan, |key, rate| {
+            let kept = self
+                .budgets
+                .iter()
+                .find(|b| b.key == *key && b.limiter.max_rate() == rate)
+                .map(|b| b.limiter.clone());
+            if kept.is_none() {
+                joined.push((key.clone(), rate));
+            }
+            kept
+        });
+        (next, BudgetChanges { left, joined })
+    }
+
+    /// Budgets for `plan`, each with the limiter `reuse` gives for its key and cap, or a new one.
+    fn build(
+        plan: BudgetPlan,
+        mut reuse: impl FnMut(&BudgetKey, f64) -> Option<Arc<RateLimiter>>,
+    ) -> Self {
         let budgets = plan
             .budgets
             .into_iter()
             .map(|(key, rate)| Budget {
+                limiter: reuse(&key, rate).unwrap_or_else(|| Arc::new(RateLimiter::new(rate))),
                 key,
                 due: DueQueue::default(),
-                limiter: std::sync::Arc::new(RateLimiter::new(rate)),
             })
             .collect();
         Self {
             budgets,
             of_instance: plan.of_instance,
         }
+    }
+
+    /// Every queued job with its slot, the budgets emptied.
+    pub fn into_jobs(self) -> impl Iterator<Item = (Slot, Job)> {
+        self.budgets.into_iter().flat_map(|b| b.due.into_items())
     }
 
     /// The budget that pays for `job`.
@@ -218,5 +263,45 @@ mod tests {
         );
         assert_eq!(of("unlisted"), 0);
         assert_ne!(of("c"), of("a"));
+    }
+
+    #[test]
+    fn a_new_plan_keeps_the_limiter_of_a_budget_that_stays_and_names_what_changed() {
+        let one = |region: &str, rate: f64| AwsSettings {
+            instances: vec![InstanceSettings {
+                max_requests_per_second: Some(rate),
+                ..instance("a", Some("222222222222"), Some(region))
+            }],
+            ..AwsSettings::default()
+        };
+        let budgets = Budgets::new(BudgetPlan::of(&one("eu-west-1", 2.0), "us-east-1", 5.0));
+        budgets.get(1).limiter.on_throttle(None);
+        let cut = budgets.get(1).limiter.rate();
+        assert!(cut < 2.0);
+
+        let (same, changes) =
+            budgets.successor(BudgetPlan::of(&one("eu-west-1", 2.0), "us-east-1", 5.0));
+        assert_eq!(changes, BudgetChanges::default());
+        assert!(Arc::ptr_eq(&same.get(1).limiter, &budgets.get(1).limiter));
+        assert_eq!(same.get(1).limiter.rate(), cut, "the cut carries on");
+
+        let (capped, changes) =
+            budgets.successor(BudgetPlan::of(&one("eu-west-1", 3.0), "us-east-1", 5.0));
+        let key = BudgetKey {
+            account_id: "222222222222".into(),
+            region: "eu-west-1".into(),
+        };
+        assert_eq!(
+            changes.joined,
+            [(key.clone(), 3.0)],
+            "a new cap, a new limiter"
+        );
+        assert_eq!(capped.get(1).limiter.rate(), 3.0);
+
+        let (moved, changes) =
+            budgets.successor(BudgetPlan::of(&one("eu-central-1", 2.0), "us-east-1", 5.0));
+        assert_eq!(changes.left, [key]);
+        assert_eq!(changes.joined.len(), 1);
+        assert_eq!(moved.get(moved.of_instance("a")).key.region, "eu-central-1");
     }
 }

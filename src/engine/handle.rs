@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::engine::budgets::BudgetPlan;
 use crate::engine::overview::Overview;
 use crate::engine::views::{ReloadSummary, StatusQuery, StatusView};
 use crate::input::watchlist::Watchlist;
@@ -17,8 +18,13 @@ pub enum Command {
     Status(StatusQuery, oneshot::Sender<StatusView>),
     /// The status page's content, from the flow at this offset.
     Overview(usize, oneshot::Sender<Overview>),
-    /// Replace the watchlist: entries that stay keep their state and schedule.
-    Replace(Watchlist, oneshot::Sender<ReloadSummary>),
+    /// Replace the watchlist, and the request budgets when the instances changed: entries that
+    /// stay keep their state and schedule.
+    Replace(
+        Watchlist,
+        Option<BudgetPlan>,
+        oneshot::Sender<ReloadSummary>,
+    ),
     /// Reopen the event file by its path (SIGHUP, after log rotation).
     ReopenSinks,
 }
@@ -64,10 +70,15 @@ impl EngineHandle {
             .await
     }
 
-    /// Installs `watchlist`. Waits as long as the engine takes: a reload is applied whole or
-    /// not at all, and the caller needs to know which.
-    pub async fn replace(&self, watchlist: Watchlist) -> Result<ReloadSummary, Unanswered> {
-        self.ask(|tx| Command::Replace(watchlist, tx), None).await
+    /// Installs `watchlist`, with `budgets` when the instances changed. Waits as long as the
+    /// engine takes: a reload is applied whole or not at all, and the caller needs to know which.
+    pub async fn replace(
+        &self,
+        watchlist: Watchlist,
+        budgets: Option<BudgetPlan>,
+    ) -> Result<ReloadSummary, Unanswered> {
+        self.ask(|tx| Command::Replace(watchlist, budgets, tx), None)
+            .await
     }
 
     /// Asks the sinks to reopen their files (after log rotation); does not wait for it.

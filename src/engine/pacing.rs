@@ -167,6 +167,11 @@ impl RateLimiter {
     }
 
     /// The current rate in requests per second.
+    /// The cap the rate climbs back to.
+    pub fn max_rate(&self) -> f64 {
+        self.max_rate
+    }
+
     pub fn rate(&self) -> f64 {
         self.lock().rate
     }

@@ -63,6 +63,11 @@ impl<T> DueQueue<T> {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+
+    /// Every item with its slot, in order.
+    pub fn into_items(self) -> impl Iterator<Item = (Slot, T)> {
+        self.items.into_iter()
+    }
 }
 
 #[cfg(test)]

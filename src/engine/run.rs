@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
 use crate::api::FlowExecutions;
-use crate::engine::budgets::BudgetKey;
+use crate::engine::budgets::{BudgetKey, BudgetPlan};
 use crate::engine::discovery::FlowWatch;
 use crate::engine::flow_health::FlowHealth;
 use crate::engine::overview::{Overview, overview};
@@ -51,9 +51,7 @@ impl<C: FlowExecutions> Engine<C> {
         } = settings;
         let schedule = Schedule::new(client, &polling, &discovery, budgets);
         for (budget, rate) in schedule.rates() {
-            let metrics = publisher.metrics();
-            metrics.rate_changed(&budget.account_id, &budget.region, rate);
-            metrics.preset_requests(&budget.account_id, &budget.region);
+            budget_joined(&publisher, budget, rate);
         }
         let mut engine = Self {
             watch: WatchSet::new(polling.retain_terminal),
@@ -164,7 +162,10 @@ impl<C: FlowExecutions> Engine<C> {
             Command::Overview(offset, reply) => {
                 let _ = reply.send(self.overview(offset));
             }
-            Command::Replace(watchlist, reply) => {
+            Command::Replace(watchlist, budgets, reply) => {
+                if let Some(plan) = budgets {
+                    self.replan(plan);
+                }
                 let summary = self.replace(watchlist);
                 let _ = reply.send(summary);
             }
@@ -304,6 +305,25 @@ impl<C: FlowExecutions> Engine<C> {
         if watched.is_some() {
             self.schedule.put(job, at);
         }
+    }
+
+    /// Installs new request budgets (a reload changed the instances): queued jobs move to their
+    /// instance's budget, and the series of budgets that went, or came, follow.
+    fn replan(&mut self, plan: BudgetPlan) {
+        let changes = self.schedule.replan(plan);
+        for budget in &changes.left {
+            self.publisher
+                .metrics()
+                .budget_left(&budget.account_id, &budget.region);
+        }
+        for (budget, rate) in &changes.joined {
+            budget_joined(&self.publisher, budget, *rate);
+        }
+        tracing::info!(
+            left = changes.left.len(),
+            joined = changes.joined.len(),
+            "request budgets changed with the instances"
+        );
     }
 
     /// Installs a new watchlist. New entries' first polls are spread over `initial_interval`.
@@ -499,4 +519,11 @@ async fn next_news(news: &mut Option<mpsc::Receiver<PushNews>>) -> Option<PushNe
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// A budget's series start: its rate, and its request counters at zero.
+fn budget_joined(publisher: &Publisher, budget: &BudgetKey, rate: f64) {
+    let metrics = publisher.metrics();
+    metrics.rate_changed(&budget.account_id, &budget.region, rate);
+    metrics.preset_requests(&budget.account_id, &budget.region);
 }

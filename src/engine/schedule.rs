@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
 
 use crate::api::FlowExecutions;
-use crate::engine::budgets::{BudgetKey, BudgetPlan, Budgets};
+use crate::engine::budgets::{BudgetChanges, BudgetKey, BudgetPlan, Budgets};
 use crate::engine::pacing::{Backoff, BackoffPolicy};
 use crate::engine::policy::{Delay, RateFeedback};
 use crate::engine::pool::{Answer, Job, Request, RequestPool, Turn};
@@ -63,6 +63,21 @@ impl<C: FlowExecutions> Schedule<C> {
         if let Some((budget, slot)) = self.slots.remove(job) {
             self.budgets.remove(budget, &slot);
         }
+    }
+
+    /// Installs the budgets of `plan` (a reload changed the instances): every queued job moves,
+    /// at its due time, to the budget `plan` gives its instance. Requests in flight finish as
+    /// they are; their answers adjust the rate of the budget their instance has now.
+    pub fn replan(&mut self, plan: BudgetPlan) -> BudgetChanges {
+        let (next, changes) = self.budgets.successor(plan);
+        let old = std::mem::replace(&mut self.budgets, next);
+        self.slots.clear();
+        let mut jobs: Vec<(Slot, Job)> = old.into_jobs().collect();
+        jobs.sort_by_key(|(slot, _)| *slot);
+        for ((at, _), job) in jobs {
+            self.put(job, at);
+        }
+        changes
     }
 
     pub fn is_queued(&self, job: &Job) -> bool {

@@ -30,14 +30,17 @@ type Span = Option<std::ops::Range<usize>>;
 impl Watchlist {
     /// Reads and validates the watchlist file.
     pub fn load(path: &Path) -> Result<Self, Diagnostics> {
-        let text =
-            crate::input::read_text(path, crate::input::MAX_WATCHLIST_BYTES).map_err(|e| {
-                Diagnostics(vec![Diagnostic::new(
-                    Location::Path(path.to_path_buf()),
-                    format!("cannot read watchlist: {e}"),
-                )])
-            })?;
-        Self::parse(path, &text)
+        Self::parse(path, &Self::read(path)?)
+    }
+
+    /// The watchlist file's text, within [`crate::input::MAX_WATCHLIST_BYTES`].
+    pub fn read(path: &Path) -> Result<String, Diagnostics> {
+        crate::input::read_text(path, crate::input::MAX_WATCHLIST_BYTES).map_err(|e| {
+            Diagnostics(vec![Diagnostic::new(
+                Location::Path(path.to_path_buf()),
+                format!("cannot read watchlist: {e}"),
+            )])
+        })
     }
 
     /// Validates watchlist text; `path` is only used to name locations.

@@ -529,6 +529,12 @@ impl Metrics {
             .set(requests_per_second);
     }
 
+    /// A budget's account and region are no longer served (a reload): its rate series goes. Its
+    /// request counters stay, as history.
+    pub fn budget_left(&self, account_id: &str, region: &str) {
+        let _ = self.rate_limit.remove_label_values(&[account_id, region]);
+    }
+
     /// How long the most overdue queued request has waited (0 when none is overdue).
     pub fn schedule_lag(&self, seconds: f64) {
         self.schedule_lag.set(seconds);

@@ -499,9 +499,8 @@ async fn reload(State(state): State<AppState>) -> Response {
             .into_response();
     }
     match state.reload.reload().await {
-        Ok(s) => {
-            let summary = format!("{} added, {} removed, {} kept", s.added, s.removed, s.kept);
-            let body = json!({"result": "success", "summary": summary});
+        Ok(reloaded) => {
+            let body = json!({"result": "success", "summary": reloaded.to_string()});
             (StatusCode::OK, axum::Json(body)).into_response()
         }
         Err(error) => {
@@ -640,7 +639,7 @@ mod tests {
         state.lifecycle = true;
         let served = tokio::spawn(async move {
             while let Some(command) = engine.recv().await {
-                if let Command::Replace(_, reply) = command
+                if let Command::Replace(_, _, reply) = command
                     && answers
                 {
                     let _ = reply.send(crate::engine::ReloadSummary::default());

@@ -212,6 +212,7 @@ impl Daemon {
             reload_on_sighup: false,
             bound: Some(tx),
             push_queue,
+            config_reload: None,
         };
         let task = tokio::spawn(flowwatch::run_with(
             settings,
@@ -405,6 +406,16 @@ pub fn peak_in_window(arrivals: &[f64], window: f64) -> usize {
 /// (32768-60999), where every port-0 bind of the tests draws from, and never twice in one test
 /// binary: a port handed out and released cannot be taken by another test's socket before the
 /// process it is for binds it.
+/// Sends signal `name` (`HUP`, `TERM`, …) to `child`.
+pub fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);

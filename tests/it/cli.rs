@@ -315,15 +315,6 @@ async fn spawn_command(mut cmd: Command, fake: &FakeServer, log_level: &str) -> 
     (child, addr, early_rx)
 }
 
-fn signal(child: &Child, name: &str) {
-    let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_daemon_cleanly_and_sighup_reloads_the_watchlist() {
     let script = scenario(vec![

@@ -435,3 +435,127 @@ async fn throttling_one_region_leaves_the_other_s_rate_and_calls_alone() {
     let _ = child.start_kill();
     fake.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloading_the_config_file_adds_and_removes_an_instance_without_a_restart() {
+    let ws = Workspace::new();
+    let running = |instance: &str, n: usize| {
+        let mut run = scripted("orders", n, &[(0, "IN_PROGRESS")]);
+        run.instance_id = instance.to_string();
+        run
+    };
+    let runs = vec![running(ROLE_A, 1), running(BASE, 2)];
+    let fake = FakeServer::start(scenario(runs.clone()))
+        .await
+        .expect("fake");
+    write_watchlist(&ws, &runs);
+    let polling = "[polling]\ninitial_interval = \"200ms\"\nmax_interval = \"400ms\"\nrequest_timeout = \"2s\"\n";
+    let endpoint = fake.endpoint_url();
+    let config = config_with(&ws, &endpoint, polling, "");
+    let (mut child, addr, log) = spawn(
+        &config,
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIDRELOAD"),
+            ("AWS_SECRET_ACCESS_KEY", "reload-test-secret"),
+        ],
+    )
+    .await;
+    let calls_in = |region: &str| {
+        let signer = Signer {
+            access_key: "AKIDRELOAD".into(),
+            region: region.into(),
+        };
+        fake.stats().by_signer.get(&signer).copied().unwrap_or(0)
+    };
+    let metric = |name: &'static str, labels: Vec<(&'static str, &'static str)>| async move {
+        sample(&http(addr, "GET", "/metrics").await.1, name, &labels)
+    };
+    let info_in = |region: &'static str| {
+        metric(
+            "flowwatch_instance_info",
+            vec![
+                ("instance_id", ROLE_A),
+                ("region", region),
+                ("account_id", ""),
+            ],
+        )
+    };
+    eventually(Duration::from_secs(10), "both polled", || async {
+        calls_in("us-east-1") >= 4
+    })
+    .await;
+    assert_eq!(calls_in("eu-central-1"), 0);
+
+    // Added: its calls go to its own region, at its own cap, from the same process.
+    let table = |region: &str| {
+        format!(
+            "[[aws.instance]]\nid = \"{ROLE_A}\"\nregion = \"{region}\"\nmax_requests_per_second = 3.0\n"
+        )
+    };
+    config_with(&ws, &endpoint, polling, &table("eu-central-1"));
+    signal(&child, "HUP");
+    eventually(
+        Duration::from_secs(10),
+        "the instance's calls in its region",
+        || async { calls_in("eu-central-1") >= 3 },
+    )
+    .await;
+    assert_eq!(info_in("eu-central-1").await, Some(1.0));
+    assert_eq!(info_in("us-east-1").await, None);
+    let rate = |region: &'static str| {
+        metric(
+            "flowwatch_rate_limit_requests_per_second",
+            vec![("account_id", ""), ("region", region)],
+        )
+    };
+    assert_eq!(rate("eu-central-1").await, Some(3.0));
+    assert_eq!(rate("us-east-1").await, Some(5.0));
+
+    // A config with a problem is refused whole: the instance stays as it was.
+    config_with(&ws, &endpoint, polling, &table("Nowhere_1"));
+    signal(&child, "HUP");
+    eventually(Duration::from_secs(10), "the reload refused", || async {
+        metric("flowwatch_config_last_reload_successful", vec![]).await == Some(0.0)
+    })
+    .await;
+    assert_eq!(info_in("eu-central-1").await, Some(1.0));
+    let before = calls_in("eu-central-1");
+    eventually(Duration::from_secs(10), "its calls go on", || async {
+        calls_in("eu-central-1") > before
+    })
+    .await;
+
+    // Removed, by saving the file alone (the file watch): back to the base region and budget.
+    config_with(&ws, &endpoint, polling, "");
+    eventually(
+        Duration::from_secs(10),
+        "the instance back on the base",
+        || async { info_in("us-east-1").await == Some(1.0) },
+    )
+    .await;
+    assert_eq!(info_in("eu-central-1").await, None);
+    assert_eq!(rate("eu-central-1").await, None, "no budget there any more");
+    let (left_at, base_before) = (calls_in("eu-central-1"), calls_in("us-east-1"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        calls_in("eu-central-1") <= left_at + 1,
+        "at most a call in flight when it left"
+    );
+    assert!(calls_in("us-east-1") > base_before);
+    assert!(
+        child.try_wait().expect("state").is_none(),
+        "never restarted"
+    );
+    let status: Value =
+        serde_json::from_str(&http(addr, "GET", "/status").await.1).expect("status");
+    assert_eq!(status["executions_total"], 2, "{status}");
+
+    let log = log.lock().expect("log").join("\n");
+    assert!(log.contains("instances_added"), "{log}");
+    assert!(
+        log.contains("Nowhere_1"),
+        "the refusal names the bad region: {log}"
+    );
+    let _ = child.start_kill();
+    fake.stop().await;
+}

@@ -178,3 +178,32 @@ async fn a_configmap_update_that_swaps_the_data_symlink_is_reloaded() {
     daemon.stop().await;
     fake.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_file_put_back_after_a_reload_by_request_is_reloaded_again() {
+    let script = three();
+    let fake = FakeServer::start(script.clone()).await.expect("fake");
+    let ws = Workspace::new();
+    let config = ws.config(&fake.endpoint_url(), POLLING, &script);
+    let first = watchlist_text(&[("keep", 1), ("drop", 2)]);
+    ws.write("watchlist.toml", &first);
+    let daemon = Daemon::start(&config, &fake, false).await;
+    assert_eq!(watched(&daemon).await, ["drop", "keep"]);
+
+    // Changed and reloaded by request, then put back before the file watch looks: what runs
+    // differs from the file, though the file is as it was at start.
+    ws.write(
+        "watchlist.toml",
+        &watchlist_text(&[("keep", 1), ("add", 3)]),
+    );
+    let (code, body) = http(daemon.addr, "POST", "/-/reload").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(watched(&daemon).await, ["add", "keep"]);
+    ws.write("watchlist.toml", &first);
+    eventually(Duration::from_secs(10), "the file put back", || async {
+        watched(&daemon).await == ["drop", "keep"]
+    })
+    .await;
+    daemon.stop().await;
+    fake.stop().await;
+}

@@ -138,7 +138,7 @@ async fn each_instance_is_shown_with_its_budget_and_leaves_with_its_last_entry()
         ("eu-central-1", "222222222222", true)
     );
     rig.engine
-        .replace(watchlist(&[&base], &[]))
+        .replace(watchlist(&[&base], &[]), None)
         .await
         .expect("the engine answers");
     assert_eq!(rig.sample(&info), None, "gone with its last entry");
@@ -146,5 +146,55 @@ async fn each_instance_is_shown_with_its_budget_and_leaves_with_its_last_entry()
     let other_series = format!("flowwatch_instance_up{{instance_id=\"{OTHER}\"}}");
     assert!(!text.contains(&other_series), "{text}");
     assert_eq!(rig.status().await.instances.len(), 1);
+    rig.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_moves_an_instance_to_its_new_budget_and_back_and_its_polls_go_on() {
+    let api = Arc::new(Scripted::default());
+    let (other, base) = (key_in(OTHER, 1), key_in(super::rig::INSTANCE, 2));
+    api.gets(&other, [running(wall())]);
+    api.gets(&base, [running(wall())]);
+    let both = || watchlist(&[&other, &base], &[]);
+    let rig = Rig::start(api.clone(), both(), Setup::ladder()).await;
+    let info = |account: &str, region: &str| {
+        rig.sample(&format!(
+            "flowwatch_instance_info{{account_id=\"{account}\",instance_id=\"{OTHER}\",region=\"{region}\"}}"
+        ))
+    };
+    rig.until(Duration::from_secs(10)).await;
+    assert_eq!(info("", REGION), Some(1.0), "on the base credentials first");
+
+    rig.engine
+        .replace(both(), Some(two_budgets(0.5)))
+        .await
+        .expect("the engine answers");
+    assert_eq!(info("", REGION), None);
+    assert_eq!(info("222222222222", "eu-central-1"), Some(1.0));
+    assert_eq!(rate_of(&rig, "222222222222", "eu-central-1"), Some(0.5));
+    assert_eq!(rate_of(&rig, "", REGION), Some(5.0));
+    let polled = |key: &ExecutionKey| api.gets_of(key, rig.start).len();
+    let (other_before, base_before) = (polled(&other), polled(&base));
+    rig.until(Duration::from_secs(300)).await;
+    assert!(
+        polled(&other) > other_before,
+        "its queued poll moved with it"
+    );
+    assert!(polled(&base) > base_before);
+
+    rig.engine
+        .replace(both(), Some(BudgetPlan::single(REGION, 5.0)))
+        .await
+        .expect("the engine answers");
+    assert_eq!(info("", REGION), Some(1.0), "back on the base credentials");
+    assert_eq!(
+        rate_of(&rig, "222222222222", "eu-central-1"),
+        None,
+        "a budget no instance uses shows no rate"
+    );
+    let other_before = polled(&other);
+    rig.until(Duration::from_secs(600)).await;
+    assert!(polled(&other) > other_before);
+    assert_eq!(rig.status().await.executions_total, 2);
     rig.stop().await;
 }

@@ -83,7 +83,7 @@ async fn a_reload_keeps_what_stays_adds_what_is_new_and_forgets_what_went() {
     assert!(attempts >= 3);
     let summary = rig
         .engine
-        .replace(watchlist(&[&stays, &new], &[]))
+        .replace(watchlist(&[&stays, &new], &[]), None)
         .await
         .expect("the engine answers");
     assert_eq!(
@@ -128,7 +128,7 @@ async fn a_reload_that_drops_a_flow_takes_its_discovered_executions_with_it() {
     rig.until(Duration::from_secs(10)).await;
     assert_eq!(rig.status().await.watched, 1);
     rig.engine
-        .replace(watchlist(&[], &[]))
+        .replace(watchlist(&[], &[]), None)
         .await
         .expect("the engine answers");
     let status = rig.status().await;
@@ -255,7 +255,7 @@ async fn the_labels_series_follow_the_watchlist_and_go_with_the_execution_s_seri
     assert_eq!(rig.sample(&flow_series("forecasting")), Some(1.0));
 
     rig.engine
-        .replace(at("billing", "ops"))
+        .replace(at("billing", "ops"), None)
         .await
         .expect("the engine answers");
     assert_eq!(
@@ -282,7 +282,7 @@ async fn the_labels_series_follow_the_watchlist_and_go_with_the_execution_s_seri
         "gone with the terminal execution's other series"
     );
     rig.engine
-        .replace(at("sales", "ops"))
+        .replace(at("sales", "ops"), None)
         .await
         .expect("the engine answers");
     assert!(
@@ -294,7 +294,7 @@ async fn the_labels_series_follow_the_watchlist_and_go_with_the_execution_s_seri
     let mut without_flow = at("sales", "ops");
     without_flow.flows.clear();
     rig.engine
-        .replace(without_flow)
+        .replace(without_flow, None)
         .await
         .expect("the engine answers");
     let text = rig.metrics.render();
