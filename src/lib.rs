@@ -28,6 +28,7 @@ mod api;
 #[cfg(feature = "demo")]
 pub mod demo;
 mod engine;
+pub mod ha;
 mod input;
 mod model;
 mod output;

@@ -272,7 +272,11 @@ pub async fn aws_json(
     target: &str,
     body: &Value,
 ) -> Result<Value, String> {
-    let version = if service == "sqs" { "1.0" } else { "1.1" };
+    let version = if matches!(service, "sqs" | "dynamodb") {
+        "1.0"
+    } else {
+        "1.1"
+    };
     let request = Request::post("/")
         .header("content-type", format!("application/x-amz-json-{version}"))
         .header("x-amz-target", target);

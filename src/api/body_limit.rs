@@ -1,6 +1,6 @@
 //! A bound on the size of an API answer: each response body is read through [`Limited`], which
 //! fails the read past its limit ([`MAX_BODY_BYTES`] for Supply Chain, [`MAX_SQS_BODY_BYTES`]
-//! for SQS) without keeping the excess. The SDK then drops the
+//! for SQS, [`MAX_DYNAMODB_BODY_BYTES`] for DynamoDB) without keeping the excess. The SDK then drops the
 //! connection, and the call counts as `internal_error`: one huge (or endless) answer cannot
 //! grow flowwatch's memory, an event, a database row or `/status`.
 
@@ -20,6 +20,10 @@ pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
 /// escaped in JSON. An EventBridge event is at most 256 KiB.
 pub const MAX_SQS_BODY_BYTES: u64 = 24 * 1024 * 1024;
 
+/// The largest DynamoDB answer body flowwatch reads: a Query page holds at most 1 MB of items,
+/// which their JSON encoding can about double.
+pub const MAX_DYNAMODB_BODY_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The read of an answer stopped at its limit.
 #[derive(Debug, thiserror::Error)]
 #[error("the answer is larger than {0} bytes; it was not read further")]
@@ -32,6 +36,7 @@ pub struct BodyLimit(u64);
 impl BodyLimit {
     pub const API: BodyLimit = BodyLimit(MAX_BODY_BYTES);
     pub const SQS: BodyLimit = BodyLimit(MAX_SQS_BODY_BYTES);
+    pub const DYNAMODB: BodyLimit = BodyLimit(MAX_DYNAMODB_BODY_BYTES);
 }
 
 impl Intercept for BodyLimit {

@@ -4,6 +4,7 @@
 //! events it holds ([`event`]).
 
 mod body_limit;
+pub mod dynamodb;
 pub mod event;
 mod instances;
 mod sdk;

@@ -17,7 +17,7 @@ pub const REGION: &str = "us-east-1";
 /// A running moto server; stopped when dropped.
 pub struct Moto {
     pub endpoint: String,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
 }
 
 /// A queue of the push tests.
@@ -48,7 +48,7 @@ impl Moto {
         );
         let moto = Self {
             endpoint: format!("http://127.0.0.1:{port}"),
-            _child: child,
+            child,
         };
         for _ in 0..300 {
             if moto
@@ -81,7 +81,7 @@ impl Moto {
             .expect("moto_server is installed (pip install 'moto[server]'; bash .ci/test does it)");
         let moto = Self {
             endpoint: format!("http://127.0.0.1:{port}"),
-            _child: child,
+            child,
         };
         // Its own API answers without spending an action.
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -94,6 +94,38 @@ impl Moto {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("moto_server did not answer on port {port} within 15 s");
+    }
+
+    /// Freezes moto (SIGSTOP): every call to it hangs until [`Moto::resume`].
+    pub fn pause(&self) {
+        crate::signal(&self.child, "STOP");
+    }
+
+    pub fn resume(&self) {
+        crate::signal(&self.child, "CONT");
+    }
+
+    /// A DynamoDB table, on demand, with `keys` (name, `HASH` or `RANGE`) of type string.
+    pub async fn create_table(&self, name: &str, keys: &[(&str, &str)]) {
+        let schema: Vec<Value> = keys
+            .iter()
+            .map(|(key, kind)| json!({ "AttributeName": key, "KeyType": kind }))
+            .collect();
+        let attributes: Vec<Value> = keys
+            .iter()
+            .map(|(key, _)| json!({ "AttributeName": key, "AttributeType": "S" }))
+            .collect();
+        self.call(
+            "dynamodb",
+            "DynamoDB_20120810.CreateTable",
+            json!({
+                "TableName": name,
+                "KeySchema": schema,
+                "AttributeDefinitions": attributes,
+                "BillingMode": "PAY_PER_REQUEST",
+            }),
+        )
+        .await;
     }
 
     /// One IAM call (query protocol) that must succeed; its XML answer.

@@ -15,6 +15,7 @@ mod flow_health;
 mod forecast;
 mod http_limits;
 mod instances;
+mod lease;
 mod push;
 mod reload;
 mod restart;
