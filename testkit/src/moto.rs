@@ -137,6 +137,31 @@ impl Moto {
             .unwrap_or_else(|e| panic!("IAM {params:?}: {e}"))
     }
 
+    /// IAM user `name` with an access key and the inline policy `policy` (a JSON document);
+    /// returns the key and its secret. Three IAM actions.
+    pub async fn user(&self, name: &str, policy: &str) -> (String, String) {
+        self.iam(&[("Action", "CreateUser"), ("UserName", name)])
+            .await;
+        let key = self
+            .iam(&[("Action", "CreateAccessKey"), ("UserName", name)])
+            .await;
+        let field = |tag: &str| {
+            key.split(&format!("<{tag}>"))
+                .nth(1)
+                .and_then(|rest| rest.split(&format!("</{tag}>")).next())
+                .unwrap_or_else(|| panic!("no {tag} in {key}"))
+                .to_string()
+        };
+        self.iam(&[
+            ("Action", "PutUserPolicy"),
+            ("UserName", name),
+            ("PolicyName", "flowwatch"),
+            ("PolicyDocument", policy),
+        ])
+        .await;
+        (field("AccessKeyId"), field("SecretAccessKey"))
+    }
+
     /// What moto's STS remembers of each AssumeRole it granted: `role_arn`, `external_id`,
     /// `session_name`, `access_key_id`.
     pub async fn assumed_roles(&self) -> Vec<Value> {

@@ -24,7 +24,13 @@ struct Replica {
 
 impl Replica {
     fn start(moto: &Moto, id: &str) -> Self {
-        let table = StateTable::local(&moto.endpoint, TABLE, Duration::from_secs(1));
+        Self::on(
+            StateTable::local(&moto.endpoint, TABLE, Duration::from_secs(1)),
+            id,
+        )
+    }
+
+    fn on(table: StateTable, id: &str) -> Self {
         let settings = LeaseSettings {
             replica_id: id.to_string(),
             duration: LEASE,
@@ -272,4 +278,129 @@ async fn a_missing_table_and_one_with_another_key_schema_are_named() {
     moto.create_table(TABLE, &[("pk", "HASH"), ("sk", "RANGE")])
         .await;
     assert_eq!(check(TABLE).await, Ok(()));
+}
+
+/// The actions of the replica policy in deploy/aws/flowwatch-state.yaml.
+fn template_actions() -> Vec<String> {
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/aws/flowwatch-state.yaml"
+    ))
+    .expect("the template");
+    template
+        .lines()
+        .map(str::trim)
+        .filter_map(|line| line.strip_prefix("- dynamodb:"))
+        .map(|action| format!("dynamodb:{action}"))
+        .collect()
+}
+
+/// `table` on moto's DynamoDB, signed by the IAM user with `key` and `secret`.
+fn table_as(moto: &Moto, table: &str, key: &str, secret: &str) -> StateTable {
+    let credentials = aws_credential_types::Credentials::new(key, secret, None, None, "test");
+    let shared = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(credentials),
+        )
+        .build();
+    StateTable::from_shared(
+        &shared,
+        table,
+        None,
+        Some(&moto.endpoint),
+        Duration::from_secs(1),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_template_s_replica_policy_is_enough_to_lead_and_one_without_update_item_is_not() {
+    let ws = Workspace::new();
+    // Two tables and two users (three IAM actions each) before moto checks callers.
+    let moto = Moto::start_with_iam(ws.dir.path(), 8).await;
+    moto.create_table(TABLE, &[("pk", "HASH"), ("sk", "RANGE")])
+        .await;
+    moto.create_table("lacking", &[("pk", "HASH"), ("sk", "RANGE")])
+        .await;
+    let mut actions = template_actions();
+    assert!(actions.len() >= 5, "{actions:?}");
+    // AWS authorizes a transaction by its items' actions (PutItem, ConditionCheckItem, …);
+    // moto asks about the operation itself, which IAM does not have.
+    actions.push("dynamodb:TransactWriteItems".into());
+    // The template's actions; moto checks actions, not DynamoDB resource ARNs (it asks about
+    // "*"), so the template's scope to its table is cfn-lint's to check, not this test's.
+    let policy = |actions: &[String]| {
+        json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow",
+            "Action": actions,
+            "Resource": "*",
+        }]})
+        .to_string()
+    };
+    let (key, secret) = moto.user("replica", &policy(&actions)).await;
+    let without_update: Vec<String> = actions
+        .iter()
+        .filter(|a| *a != "dynamodb:UpdateItem")
+        .cloned()
+        .collect();
+    let (lacking_key, lacking_secret) = moto.user("lacking", &policy(&without_update)).await;
+
+    let table = table_as(&moto, TABLE, &key, &secret);
+    assert_eq!(table.check().await, Ok(()), "DescribeTable is allowed");
+    let replica = Replica::on(table, "a");
+    let replicas = [replica];
+    one_leader(&replicas, Duration::from_secs(10)).await;
+    assert_eq!(
+        watch_leaders(&replicas, LEASE + Duration::from_secs(1)).await,
+        [0],
+        "renewals are allowed"
+    );
+    let fence = replicas[0].fence().expect("leads");
+    let fenced = table_as(&moto, TABLE, &key, &secret);
+    let put = aws_sdk_dynamodb::types::Put::builder()
+        .table_name(TABLE)
+        .item(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("probe".into()),
+        )
+        .item(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("probe".into()),
+        )
+        .build()
+        .expect("put");
+    let written = fenced
+        .client()
+        .transact_write_items()
+        .transact_items(fence_check(TABLE, &fence).expect("check"))
+        .transact_items(
+            aws_sdk_dynamodb::types::TransactWriteItem::builder()
+                .put(put)
+                .build(),
+        )
+        .send()
+        .await;
+    assert!(written.is_ok(), "a fenced write is allowed: {written:?}");
+
+    // Without UpdateItem the lease can be created but not renewed: the replica steps down.
+    let lacking = Replica::on(
+        table_as(&moto, "lacking", &lacking_key, &lacking_secret),
+        "b",
+    );
+    let mut leadership = lacking.leadership.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        leadership.wait_for(|l| l.is_leader()),
+    )
+    .await
+    .expect("it creates the lease")
+    .expect("the lease runs");
+    tokio::time::timeout(LEASE, leadership.wait_for(|l| !l.is_leader()))
+        .await
+        .expect("it steps down within the lease: renewals are refused")
+        .expect("the lease runs");
+    let [replica] = replicas;
+    replica.stop().await;
+    lacking.stop().await;
 }
