@@ -3,5 +3,9 @@
 //! write of its state carries the lease's [`lease::Fence`].
 
 pub mod lease;
+pub mod member;
+pub mod replica;
+
+pub use crate::output::replication;
 
 pub use crate::api::dynamodb::{Failure, StateTable, TableError, failure};

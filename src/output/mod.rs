@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod publisher;
 pub mod push_metrics;
+pub mod replication;
 pub mod series;
 pub mod sinks;
 pub mod store;

@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::model::{ExecutionKey, FlowKey, Observation, Status};
+use crate::output::replication::{self, Replica, Ship};
 
 /// The database file inside `state.path`.
 pub const DB_FILE: &str = "flowwatch.db";
@@ -71,6 +72,9 @@ pub struct Store {
     path: PathBuf,
     /// The enabled event sinks: each keeps its own place in the outbox.
     sinks: Vec<&'static str>,
+    /// The replica of the database in the shared table, with `[state] backend = "dynamodb"`:
+    /// every change is shipped to it before it commits here.
+    replica: Option<Replica>,
 }
 
 impl std::fmt::Debug for Store {
@@ -100,9 +104,73 @@ impl Store {
             conn,
             path,
             sinks: Vec::new(),
+            replica: None,
         };
         store.init().map_err(|e| store.error(&e))?;
         Ok(store)
+    }
+
+    /// A new database in `dir` holding exactly `rows` (table, row as JSON), read from the shared
+    /// table when this replica takes the lead: what the database held before is gone, and every
+    /// change from here on is shipped through `ship` before it commits.
+    pub fn restore<'a>(
+        dir: &Path,
+        rows: impl IntoIterator<Item = (&'a str, &'a str)>,
+        ship: Ship,
+    ) -> Result<Self, StoreError> {
+        let path = dir.join(DB_FILE);
+        for file in [DB_FILE, "flowwatch.db-wal", "flowwatch.db-shm"] {
+            match std::fs::remove_file(dir.join(file)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError {
+                        path,
+                        message: format!("cannot replace it: {}", crate::model::io_error_text(&e)),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let mut store = Self::open(dir)?;
+        let tx = store
+            .conn
+            .unchecked_transaction()
+            .map_err(|e| store.error(&e))?;
+        replication::restore(&tx, rows).map_err(|message| StoreError {
+            path: path.clone(),
+            message: format!("the shared table: {message}"),
+        })?;
+        tx.commit().map_err(|e| store.error(&e))?;
+        replication::install_triggers(&store.conn).map_err(|e| store.error(&e))?;
+        store.replica = Some(Replica::new(ship));
+        Ok(store)
+    }
+
+    /// Keeps the rows a write outside a batch changed, for the next shipment.
+    fn hold_changes(&mut self) -> Result<(), StoreError> {
+        let Some(replica) = &mut self.replica else {
+            return Ok(());
+        };
+        let changes = replication::take_changes(&self.conn).map_err(|e| StoreError {
+            path: self.path.clone(),
+            message: describe(&e),
+        })?;
+        replica.hold(changes);
+        Ok(())
+    }
+
+    /// Ships what writes outside a batch changed, and the outbox rows every sink has written
+    /// since: the replica's own commit, between the engine's.
+    pub fn sync_replica(&mut self) -> Result<(), StoreError> {
+        self.hold_changes()?;
+        let Some(replica) = &mut self.replica else {
+            return Ok(());
+        };
+        replica
+            .ship(&self.conn, Vec::new())
+            .map_err(|message| StoreError {
+                path: self.path.clone(),
+                message: format!("the shared table did not take the changes: {message}"),
+            })
     }
 
     /// Checks an existing database without changing it (for `check-config`). A missing one is
@@ -126,6 +194,11 @@ impl Store {
                 path,
                 message: describe(&e),
             })
+    }
+
+    /// The connection, for the replication of its row changes.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     fn error(&self, e: &rusqlite::Error) -> StoreError {
@@ -394,7 +467,7 @@ impl Store {
 
     /// When flowwatch first watched `flow`, recording `now` if this is the first time.
     pub fn flow_first_seen(
-        &self,
+        &mut self,
         flow: &FlowKey,
         now: SystemTime,
     ) -> Result<SystemTime, StoreError> {
@@ -404,6 +477,7 @@ impl Store {
                 params![flow.instance_id, flow.flow_name, crate::model::unix_seconds(now)],
             )
             .map_err(|e| self.error(&e))?;
+        self.hold_changes()?;
         let first_seen: f64 = self
             .conn
             .query_row(
@@ -421,14 +495,14 @@ impl Store {
 
     /// Forgets when a flow was first watched (its `[[flow]]` entry was removed): watching it
     /// again starts from then. What was discovered stays known, so nothing is announced twice.
-    pub fn forget_flow(&self, flow: &FlowKey) -> Result<(), StoreError> {
+    pub fn forget_flow(&mut self, flow: &FlowKey) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "DELETE FROM flows WHERE instance_id = ?1 AND flow_name = ?2",
                 params![flow.instance_id, flow.flow_name],
             )
-            .map(|_| ())
-            .map_err(|e| self.error(&e))
+            .map_err(|e| self.error(&e))?;
+        self.hold_changes()
     }
 
     /// Whether flowwatch has seen this execution: it has a state, or it was discovered.
@@ -452,7 +526,7 @@ impl Store {
     /// Records a discovered execution, so it is never announced again and comes back to the
     /// watch set after a restart.
     pub fn record_discovered(
-        &self,
+        &mut self,
         key: &ExecutionKey,
         now: SystemTime,
         start_time: Option<f64>,
@@ -463,8 +537,8 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![key.instance_id, key.flow_name, key.execution_id, crate::model::unix_seconds(now), start_time],
             )
-            .map(|_| ())
-            .map_err(|e| self.error(&e))
+            .map_err(|e| self.error(&e))?;
+        self.hold_changes()
     }
 
     /// The discovered executions of `flow` that belong in the watch set after a restart: those
@@ -539,10 +613,12 @@ impl Store {
             tx.commit()?;
             Ok(n)
         };
-        run(&mut self.conn).map_err(|e| StoreError {
+        let pruned = run(&mut self.conn).map_err(|e| StoreError {
             path,
             message: describe(&e),
-        })
+        })?;
+        self.hold_changes()?;
+        Ok(pruned)
     }
 
     /// Every stored transition count: (instance_id, flow_name, to_status, count).
@@ -599,7 +675,8 @@ impl Store {
         run(&mut self.conn).map_err(|e| StoreError {
             path,
             message: describe(&e),
-        })
+        })?;
+        self.hold_changes()
     }
 
     /// Starts a batch: everything written through it commits in one transaction, or not at all.
@@ -613,6 +690,7 @@ impl Store {
             tx,
             path,
             sinks: &self.sinks,
+            replica: self.replica.as_mut(),
         })
     }
 }
@@ -623,6 +701,7 @@ pub struct Batch<'a> {
     tx: rusqlite::Transaction<'a>,
     path: &'a Path,
     sinks: &'a [&'static str],
+    replica: Option<&'a mut Replica>,
 }
 
 impl Batch<'_> {
@@ -744,12 +823,31 @@ impl Batch<'_> {
         self.upsert(key, status, Some(observation), None)
     }
 
+    /// The rows this batch changed so far, for a replica (see `output::replication`).
+    #[cfg(test)]
+    pub fn changes(&self) -> Result<Vec<replication::RowChange>, StoreError> {
+        replication::take_changes(&self.tx).map_err(|e| self.error(&e))
+    }
+
+    /// Commits, after shipping the batch to the replica when there is one: what the replica
+    /// refused is not committed here either.
     pub fn commit(self) -> Result<(), StoreError> {
-        let path = self.path;
-        self.tx.commit().map_err(|e| StoreError {
+        let Batch {
+            tx, path, replica, ..
+        } = self;
+        let fail = |message: String| StoreError {
             path: path.to_path_buf(),
-            message: describe(&e),
-        })
+            message,
+        };
+        if let Some(replica) = replica {
+            let changes = replication::take_changes(&tx).map_err(|e| fail(describe(&e)))?;
+            replica.ship(&tx, changes).map_err(|message| {
+                fail(format!(
+                    "the shared table did not take the commit: {message}"
+                ))
+            })?;
+        }
+        tx.commit().map_err(|e| fail(describe(&e)))
     }
 
     fn upsert(

@@ -103,9 +103,8 @@ async fn watch_leaders(replicas: &[Replica], span: Duration) -> Vec<usize> {
     seen
 }
 
-/// A write of the leader's state under `fence`, as the store makes them.
-async fn fenced_write(moto: &Moto, fence: &Fence) -> Result<(), Failure> {
-    let table = StateTable::local(&moto.endpoint, TABLE, Duration::from_secs(1));
+/// A write of the leader's state under `fence` through `table`, as the store makes them.
+async fn fenced_write(table: &StateTable, fence: &Fence) -> Result<(), Failure> {
     let put = aws_sdk_dynamodb::types::Put::builder()
         .table_name(TABLE)
         .item(
@@ -131,6 +130,10 @@ async fn fenced_write(moto: &Moto, fence: &Fence) -> Result<(), Failure> {
         .await
         .map(drop)
         .map_err(|e| flowwatch::ha::failure(&e))
+}
+
+fn local_table(moto: &Moto) -> StateTable {
+    StateTable::local(&moto.endpoint, TABLE, Duration::from_secs(1))
 }
 
 async fn moto_with_table(ws: &Workspace) -> Moto {
@@ -168,7 +171,7 @@ async fn one_replica_leads_and_a_standby_takes_over_within_the_lease_when_it_die
     assert!(beats >= 3, "renewed every second: {lease}");
     let old = replicas[first].fence().expect("the leader's fence");
     assert_eq!(
-        fenced_write(&moto, &old).await,
+        fenced_write(&local_table(&moto), &old).await,
         Ok(()),
         "the leader commits"
     );
@@ -185,11 +188,11 @@ async fn one_replica_leads_and_a_standby_takes_over_within_the_lease_when_it_die
     let new = replicas[next].fence().expect("the new fence");
     assert_eq!(new.term, old.term + 1);
     assert_eq!(
-        fenced_write(&moto, &old).await,
+        fenced_write(&local_table(&moto), &old).await,
         Err(Failure::Conflict),
         "the old leader's writes are fenced off"
     );
-    assert_eq!(fenced_write(&moto, &new).await, Ok(()));
+    assert_eq!(fenced_write(&local_table(&moto), &new).await, Ok(()));
     for replica in replicas {
         replica.stop().await;
     }
@@ -357,31 +360,8 @@ async fn the_template_s_replica_policy_is_enough_to_lead_and_one_without_update_
         "renewals are allowed"
     );
     let fence = replicas[0].fence().expect("leads");
-    let fenced = table_as(&moto, TABLE, &key, &secret);
-    let put = aws_sdk_dynamodb::types::Put::builder()
-        .table_name(TABLE)
-        .item(
-            "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S("probe".into()),
-        )
-        .item(
-            "sk",
-            aws_sdk_dynamodb::types::AttributeValue::S("probe".into()),
-        )
-        .build()
-        .expect("put");
-    let written = fenced
-        .client()
-        .transact_write_items()
-        .transact_items(fence_check(TABLE, &fence).expect("check"))
-        .transact_items(
-            aws_sdk_dynamodb::types::TransactWriteItem::builder()
-                .put(put)
-                .build(),
-        )
-        .send()
-        .await;
-    assert!(written.is_ok(), "a fenced write is allowed: {written:?}");
+    let written = fenced_write(&table_as(&moto, TABLE, &key, &secret), &fence).await;
+    assert_eq!(written, Ok(()), "a fenced write is allowed");
 
     // Without UpdateItem the lease can be created but not renewed: the replica steps down.
     let lacking = Replica::on(

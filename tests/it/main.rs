@@ -18,6 +18,7 @@ mod instances;
 mod lease;
 mod push;
 mod reload;
+mod replica;
 mod restart;
 mod soak;
 mod state_faults;

@@ -1,0 +1,177 @@
+//! This replica's part in high availability: the lease and every call to the shared table run on
+//! a thread of their own, with a runtime of their own. The engine's store ships its commits
+//! from the engine's thread and waits for the answer ([`Member::shipper`]); that wait never
+//! holds up the lease's renewals, and no wait outlasts the lease.
+
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, timeout_at};
+
+use crate::api::dynamodb::{Failure, StateTable, TableError};
+use crate::ha::lease::{Fence, Leadership, Lease, LeaseSettings};
+use crate::ha::replica;
+use crate::output::replication::{RowChange, Ship};
+
+/// Rows as the table holds them: (table, row as JSON).
+pub type Rows = Vec<(&'static str, String)>;
+
+enum Job {
+    Ship {
+        changes: Vec<RowChange>,
+        fence: Fence,
+        until: Instant,
+        reply: std_mpsc::Sender<Result<usize, Failure>>,
+    },
+    Load(oneshot::Sender<Result<Rows, Failure>>),
+}
+
+/// The thread that holds the lease and talks to the table.
+pub struct Member {
+    jobs: mpsc::UnboundedSender<Job>,
+    leadership: watch::Receiver<Leadership>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Member {
+    /// Starts the thread, which checks the table and then runs the lease: it stands by and
+    /// leads in turn until [`Member::stop`]. A table that is missing or not flowwatch's is an
+    /// error here.
+    pub async fn start(table: StateTable, settings: LeaseSettings) -> Result<Self, TableError> {
+        let name = table.name().to_string();
+        let unusable = |message: String| TableError::Unreadable {
+            table: name.clone(),
+            region: String::new(),
+            message,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| unusable(format!("cannot start a runtime for it: {e}")))?;
+        let (lease, leadership) = Lease::new(table.clone(), settings);
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel();
+        let (checked, check) = oneshot::channel();
+        let work = async move {
+            let usable = table.check().await;
+            let go = usable.is_ok();
+            let _ = checked.send(usable);
+            if go {
+                serve(table, lease, queue, stopped).await;
+            }
+        };
+        let thread = std::thread::Builder::new()
+            .name("flowwatch-ha".into())
+            .spawn(move || runtime.block_on(work))
+            .map_err(|e| unusable(format!("cannot start its thread: {e}")))?;
+        let member = Self {
+            jobs,
+            leadership,
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        match check.await {
+            Ok(Ok(())) => Ok(member),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(unusable("its thread stopped".into())),
+        }
+    }
+
+    /// Whether this replica leads, as it changes.
+    pub fn leadership(&self) -> watch::Receiver<Leadership> {
+        self.leadership.clone()
+    }
+
+    /// Every row the table holds.
+    pub async fn load(&self) -> Result<Rows, Failure> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Load(reply))
+            .map_err(|_| Failure::Other("the HA thread has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| Failure::Other("the HA thread has stopped".into()))?
+    }
+
+    /// How the store ships its commits: under the lease held now, waiting at most until the
+    /// lease could end. Not leading, it ships nothing.
+    pub fn shipper(&self) -> Ship {
+        let (jobs, leadership) = (self.jobs.clone(), self.leadership.clone());
+        Box::new(move |changes: &[RowChange]| {
+            let (fence, until) = match &*leadership.borrow() {
+                Leadership::Leader { fence, until, .. } => (fence.clone(), *until),
+                Leadership::Standby => return Err("this replica does not lead".to_string()),
+            };
+            let (reply, answer) = std_mpsc::channel();
+            let job = Job::Ship {
+                changes: changes.to_vec(),
+                fence,
+                until,
+                reply,
+            };
+            jobs.send(job)
+                .map_err(|_| "the HA thread has stopped".to_string())?;
+            let wait = until.saturating_duration_since(Instant::now()) + Duration::from_millis(50);
+            match answer.recv_timeout(wait) {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(Failure::Conflict)) => Err("another replica holds the lease".into()),
+                Ok(Err(Failure::Other(e))) => Err(e),
+                Err(_) => Err("the lease could end before the table answered".into()),
+            }
+        })
+    }
+
+    /// Stops the thread; a leader releases the lease first.
+    pub fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The thread's work: the lease, and each job as it comes.
+async fn serve(
+    table: StateTable,
+    lease: Lease,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    stopped: oneshot::Receiver<()>,
+) {
+    let lease = tokio::spawn(lease.run(async {
+        let _ = stopped.await;
+    }));
+    let jobs = async {
+        while let Some(job) = queue.recv().await {
+            let table = table.clone();
+            tokio::spawn(async move { run(&table, job).await });
+        }
+    };
+    tokio::select! {
+        _ = lease => {}
+        () = jobs => {}
+    }
+}
+
+async fn run(table: &StateTable, job: Job) {
+    match job {
+        Job::Ship {
+            changes,
+            fence,
+            until,
+            reply,
+        } => {
+            let shipped = timeout_at(until, replica::ship(table, &fence, &changes))
+                .await
+                .unwrap_or_else(|_| Err(Failure::Other("the table did not answer in time".into())));
+            let _ = reply.send(shipped);
+        }
+        Job::Load(reply) => {
+            let _ = reply.send(replica::load(table).await);
+        }
+    }
+}
