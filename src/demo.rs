@@ -49,6 +49,7 @@ pub async fn run(listen: SocketAddr, hold: bool, shutdown: Shutdown) -> Result<(
         bound: Some(bound_tx),
         push_queue: None,
         config_reload: None,
+        term: None,
     };
     let daemon = tokio::spawn(crate::run_with(settings, client, options, shutdown));
     if let Ok(addr) = bound_rx.await {

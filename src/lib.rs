@@ -141,6 +141,20 @@ pub struct RunOptions {
     /// Reload the config file's `[[aws.instance]]` tables with the watchlist (`run` sets this:
     /// it rebuilds the AWS clients).
     pub config_reload: Option<ConfigReload>,
+    /// This run is one term of this replica as the leader of replicas sharing state.
+    pub term: Option<LeaderTerm>,
+}
+
+/// One term of this replica as the leader of replicas sharing state (`[state] backend =
+/// "dynamodb"`): it runs the daemon on the state the table holds, until the lease is lost.
+#[derive(Debug)]
+pub struct LeaderTerm {
+    /// The state as the table held it at takeover; every commit is shipped under the lease.
+    store: Store,
+    replica: server::http::Replica,
+    /// How often this replica took or lost the lead since the process started, this term's
+    /// taking included.
+    leader_changes: u64,
 }
 
 /// `flowwatch check-config`: validates the config, the watchlist and the state directory as
@@ -199,10 +213,38 @@ pub async fn run(
     let client = Arc::new(InstanceClients::build(&shared, &settings.aws).await);
     let mut options = options;
     options.config_reload = Some(ConfigReload::new(
-        started,
+        started.clone(),
         settings.aws.known_region().unwrap_or_default(),
         client.clone(),
     ));
+    if let Some(dynamo) = settings.state.dynamodb.clone() {
+        let region = dynamo
+            .region
+            .clone()
+            .or_else(|| settings.aws.region.clone());
+        let table = ha::StateTable::from_shared(
+            &shared,
+            &dynamo.table,
+            region.as_deref(),
+            dynamo.endpoint_url.as_deref(),
+            settings.polling.request_timeout,
+        );
+        let lease = ha::lease::LeaseSettings {
+            replica_id: dynamo.replica_id.clone(),
+            duration: dynamo.lease_duration,
+        };
+        let member = ha::member::Member::start(table, lease)
+            .await
+            .map_err(|e| Error::fatal(e.to_string()))?;
+        let replicas = Replicas {
+            member,
+            replica_id: dynamo.replica_id,
+            shared,
+            client,
+            started,
+        };
+        return run_replicated(settings, replicas, options, shutdown).await;
+    }
     if let Some(push) = &settings.push {
         options.push_queue.get_or_insert_with(|| {
             PushQueue::from_shared(&shared, push, settings.polling.request_timeout)
@@ -210,6 +252,210 @@ pub async fn run(
     }
     // `run_with` builds the push queue the same way when it is not given one.
     run_with(settings, client, options, shutdown).await
+}
+
+/// What a replica of several sharing state keeps across its terms as leader.
+struct Replicas {
+    member: ha::member::Member,
+    replica_id: String,
+    shared: aws_config::SdkConfig,
+    client: Arc<InstanceClients>,
+    /// The config as loaded, for each term's reloads.
+    started: Settings,
+}
+
+/// Runs a replica of several sharing state: it stands by, and when it takes the lease it
+/// restores the state the table holds and runs the daemon on it until the lease is lost (then
+/// it stands by again) or shutdown is requested (then a leader releases the lease).
+async fn run_replicated(
+    settings: Settings,
+    replicas: Replicas,
+    mut options: RunOptions,
+    shutdown: Shutdown,
+) -> Result<Finish, Error> {
+    let stopping = tokio::spawn(notify_stopping(shutdown.clone()));
+    let replica = server::http::Replica {
+        replica_id: replicas.replica_id.clone(),
+        leadership: replicas.member.leadership(),
+    };
+    let mut changes = 0;
+    let finish = loop {
+        stand_by(&settings, &replica, changes, &mut options.bound, &shutdown).await?;
+        if shutdown.is_requested() {
+            break Ok(Finish::Shutdown);
+        }
+        changes += 1;
+        let term = match take_over(&settings, &replicas, &replica, changes).await {
+            Ok(term) => term,
+            Err(e) => break Err(e),
+        };
+        let finish = lead(&settings, &replicas, term, &options, &shutdown).await;
+        if shutdown.is_requested() || finish.is_err() {
+            break finish;
+        }
+        if matches!(finish, Ok(Finish::AllDone { .. })) {
+            break finish;
+        }
+        changes += 1;
+        tracing::warn!("the lease is lost: standing by");
+    };
+    let member = replicas.member;
+    let _ = tokio::task::spawn_blocking(move || member.stop()).await;
+    stopping.abort();
+    finish
+}
+
+/// Serves a standby's endpoints (no engine; `/readyz` says `standby`) until this replica leads
+/// or shutdown is requested.
+async fn stand_by(
+    settings: &Settings,
+    replica: &server::http::Replica,
+    changes: u64,
+    bound: &mut Option<oneshot::Sender<SocketAddr>>,
+    shutdown: &Shutdown,
+) -> Result<(), Error> {
+    let metrics = Arc::new(
+        Metrics::with_per_execution(settings.metrics.per_execution)
+            .map_err(|e| Error::fatal_because("cannot create metrics", e))?,
+    );
+    metrics
+        .enable_leadership(false, changes)
+        .map_err(|e| Error::fatal_because("cannot create metrics", e))?;
+    let health = Arc::new(Health::new());
+    let (listener, addr) = listen(settings).await?;
+    let (handle, commands) = EngineHandle::channel();
+    let app = server::http::app(AppState {
+        metrics: metrics.clone(),
+        health: health.clone(),
+        engine: handle.clone(),
+        reload: Reloader::new(settings.watchlist.clone(), handle, metrics.clone()),
+        lifecycle: settings.server.enable_lifecycle,
+        status_gate: Arc::new(tokio::sync::Semaphore::new(1)),
+        auth: BasicAuth::new(settings.server.basic_auth_users.clone(), metrics.clone()),
+        replica: Some(replica.clone()),
+    });
+    let stop = shutdown.child();
+    let server = tokio::spawn(server::http::serve(
+        listener,
+        app,
+        settings.server.max_connections,
+        tls_of(settings)?,
+        metrics,
+        stop.clone(),
+    ));
+    if let Some(bound) = bound.take() {
+        let _ = bound.send(addr);
+        systemd::ready(&format!("standing by; serving on {addr}"));
+    }
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), %addr, replica = %replica.replica_id,
+        "flowwatch is listening");
+    tracing::info!(replica = %replica.replica_id, "standing by: another replica leads");
+    let mut leadership = replica.leadership.clone();
+    let until = async {
+        tokio::select! {
+            _ = leadership.wait_for(ha::lease::Leadership::is_leader) => {}
+            () = shutdown.requested() => {}
+        }
+    };
+    server::standby::answer(commands, health, settings.flow_health.clone(), until).await;
+    stop.request();
+    let _ = tokio::time::timeout(HTTP_SHUTDOWN_BOUND, server).await;
+    Ok(())
+}
+
+/// The state the table holds, restored into this replica's database, for a term as leader.
+async fn take_over(
+    settings: &Settings,
+    replicas: &Replicas,
+    replica: &server::http::Replica,
+    changes: u64,
+) -> Result<LeaderTerm, Error> {
+    let started = std::time::Instant::now();
+    let rows = replicas
+        .member
+        .load()
+        .await
+        .map_err(|e| Error::fatal(format!("cannot read the state table: {e:?}")))?;
+    let store = Store::restore(
+        &settings.state.path,
+        rows.iter().map(|(table, row)| (*table, row.as_str())),
+        replicas.member.shipper(),
+    )
+    .map_err(|e| state_problem(settings, e.path, e.message))?;
+    tracing::info!(
+        rows = rows.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "took the lead: the state is restored from the table"
+    );
+    Ok(LeaderTerm {
+        store,
+        replica: replica.clone(),
+        leader_changes: changes,
+    })
+}
+
+/// Runs the daemon for one term as leader: until the lease is lost, or shutdown.
+async fn lead(
+    settings: &Settings,
+    replicas: &Replicas,
+    term: LeaderTerm,
+    options: &RunOptions,
+    shutdown: &Shutdown,
+) -> Result<Finish, Error> {
+    let term_stop = shutdown.child();
+    let mut leadership = term.replica.leadership.clone();
+    let lost = tokio::spawn({
+        let stop = term_stop.clone();
+        async move {
+            let _ = leadership.wait_for(|l| !l.is_leader()).await;
+            stop.request();
+        }
+    });
+    let push_queue = settings.push.as_ref().map(|push| {
+        PushQueue::from_shared(&replicas.shared, push, settings.polling.request_timeout)
+    });
+    let region = settings.aws.known_region().unwrap_or_default();
+    let options = RunOptions {
+        exit_when: options.exit_when,
+        reload_on_sighup: options.reload_on_sighup,
+        bound: None,
+        push_queue,
+        config_reload: Some(ConfigReload::new(
+            replicas.started.clone(),
+            region,
+            replicas.client.clone(),
+        )),
+        term: Some(term),
+    };
+    let finish = run_with(
+        settings.clone(),
+        replicas.client.clone(),
+        options,
+        term_stop,
+    )
+    .await;
+    lost.abort();
+    finish
+}
+
+/// The listener of `server.listen`, and the address it got.
+async fn listen(settings: &Settings) -> Result<(TcpListener, SocketAddr), Error> {
+    let listener = TcpListener::bind(settings.server.listen)
+        .await
+        .map_err(|e| {
+            Error::fatal_because(format!("cannot listen on {}", settings.server.listen), e)
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::fatal_because("cannot read the listening address", e))?;
+    Ok((listener, addr))
+}
+
+fn tls_of(settings: &Settings) -> Result<Option<Arc<Tls>>, Error> {
+    match &settings.server.tls {
+        Some(tls) => Ok(Some(Arc::new(Tls::new(tls.clone()).map_err(Error::fatal)?))),
+        None => Ok(None),
+    }
 }
 
 /// The AWS profile's region, when the SDK would take the region from it: `aws.region` and the
@@ -268,23 +514,26 @@ pub async fn run_with<C: FlowExecutions>(
         tracing::warn!(state = %settings.state.path.display(),
             "no state database, but the event file has events: starting afresh, so every transition seen now is announced again (same event ids)");
     }
-    let tls = match &settings.server.tls {
-        Some(tls) => Some(Arc::new(Tls::new(tls.clone()).map_err(Error::fatal)?)),
-        None => None,
-    };
+    let tls = tls_of(&settings)?;
     server::open_files::raise_and_report(server::open_files::OpenFiles::needed(
         settings.server.max_connections,
         settings.polling.max_in_flight + usize::from(settings.push.is_some()) * 2,
     ));
-    let (publisher, metrics, health) = open_outputs(&settings)?;
-    let listener = TcpListener::bind(settings.server.listen)
-        .await
-        .map_err(|e| {
-            Error::fatal_because(format!("cannot listen on {}", settings.server.listen), e)
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::fatal_because("cannot read the listening address", e))?;
+    let (store, replica, leader_changes) = match options.term {
+        Some(term) => (
+            Some(term.store),
+            Some(term.replica),
+            Some(term.leader_changes),
+        ),
+        None => (None, None, None),
+    };
+    let (publisher, metrics, health) = open_outputs(&settings, store)?;
+    if let Some(changes) = leader_changes {
+        metrics
+            .enable_leadership(true, changes)
+            .map_err(|e| Error::fatal_because("cannot create metrics", e))?;
+    }
+    let (listener, addr) = listen(&settings).await?;
 
     let (handle, commands) = EngineHandle::channel();
     let mut reloader = Reloader::new(settings.watchlist.clone(), handle.clone(), metrics.clone());
@@ -332,6 +581,7 @@ pub async fn run_with<C: FlowExecutions>(
         lifecycle: settings.server.enable_lifecycle,
         status_gate: Arc::new(tokio::sync::Semaphore::new(1)),
         auth,
+        replica: replica.clone(),
     });
     let server = tokio::spawn(server::http::serve(
         listener,
@@ -344,17 +594,26 @@ pub async fn run_with<C: FlowExecutions>(
     if let Some(bound) = options.bound {
         let _ = bound.send(addr);
     }
-    systemd::ready(&format!(
-        "watching {entry_count} executions and {flow_count} flows; serving on {addr}"
-    ));
-    let stopping = tokio::spawn(notify_stopping(shutdown.clone()));
+    // A leader's term is not the service's life: the replicas' loop tells systemd.
+    let term = replica.is_some();
+    if !term {
+        systemd::ready(&format!(
+            "watching {entry_count} executions and {flow_count} flows; serving on {addr}"
+        ));
+    }
+    let shutdown_for_systemd = shutdown.clone();
+    let stopping = tokio::spawn(async move {
+        if !term {
+            notify_stopping(shutdown_for_systemd).await;
+        }
+    });
     let sighup = options
         .reload_on_sighup
         .then(|| tokio::spawn(reloader.clone().on_sighup(shutdown.clone())));
     let file_watch = tokio::spawn(reloader.on_change(watched_digest, shutdown.clone()));
 
     let finish = engine.run(commands, shutdown.requested()).await;
-    if !shutdown.is_requested() {
+    if !shutdown.is_requested() && !term {
         // Every execution is terminal (--exit-when-done): stopping on our own.
         stopping.abort();
         systemd::stopping();
@@ -470,14 +729,21 @@ fn state_problem(settings: &Settings, path: std::path::PathBuf, problem: String)
     )]))
 }
 
-fn open_outputs(settings: &Settings) -> Result<(Publisher, Arc<Metrics>, Arc<Health>), Error> {
+/// `store`: the state restored for a leader's term; else the database in `state.path`.
+fn open_outputs(
+    settings: &Settings,
+    store: Option<Store>,
+) -> Result<(Publisher, Arc<Metrics>, Arc<Health>), Error> {
     let metrics = Arc::new(
         Metrics::with_per_execution(settings.metrics.per_execution)
             .map_err(|e| Error::fatal_because("cannot create metrics", e))?,
     );
     let file = settings.events.file.as_deref();
-    let mut store = Store::open(&settings.state.path)
-        .map_err(|e| state_problem(settings, e.path, e.message))?;
+    let mut store = match store {
+        Some(store) => store,
+        None => Store::open(&settings.state.path)
+            .map_err(|e| state_problem(settings, e.path, e.message))?,
+    };
     store
         .set_sinks(&Sinks::enabled(settings.events.stdout, file.is_some()))
         .map_err(|e| state_problem(settings, e.path, e.message))?;

@@ -83,6 +83,7 @@ fn run(config: &Path, exit_when_done: bool) -> ExitCode {
             bound: None,
             push_queue: None,
             config_reload: None,
+            term: None,
         };
         match flowwatch::run(settings, options, shutdown).await {
             Ok(finish) => ExitCode::from(finish.exit_code()),

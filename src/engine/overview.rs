@@ -40,6 +40,25 @@ pub struct Overview {
     pub min_history: usize,
 }
 
+impl Overview {
+    /// The page of a replica that watches nothing (a standby), with the rules it would apply.
+    pub fn nothing_watched(rules: &crate::input::config::FlowHealthSettings) -> Self {
+        Self {
+            now: unix_seconds(SystemTime::now()),
+            watched: 0,
+            by_status: Status::ALL.into_iter().map(|s| (s, 0)).collect(),
+            overdue: 0,
+            without_recent_success: 0,
+            flows_total: 0,
+            offset: 0,
+            flows: Vec::new(),
+            overdue_factor: rules.overdue_factor,
+            overdue_min: rules.overdue_min,
+            min_history: rules.min_history,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlowOverview {
     pub key: FlowKey,

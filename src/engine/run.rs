@@ -117,7 +117,10 @@ impl<C: FlowExecutions> Engine<C> {
                     let running = self.watch.running_mut();
                     self.health.sweep(running, &mut self.staged, &self.publisher, wall);
                 }
-                _ = heartbeat.tick() => self.publisher.check_sinks(),
+                _ = heartbeat.tick() => {
+                    self.publisher.check_sinks();
+                    self.publisher.sync_replica();
+                }
             }
             self.end_turn(false);
         };

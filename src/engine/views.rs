@@ -43,6 +43,29 @@ pub struct StatusView {
     pub executions: Vec<ExecutionView>,
 }
 
+impl StatusView {
+    /// The document of a replica that watches nothing (a standby).
+    pub fn nothing_watched(query: &StatusQuery) -> Self {
+        Self {
+            watched: 0,
+            flows: Vec::new(),
+            by_status: crate::model::Status::ALL
+                .into_iter()
+                .map(|s| (s, 0))
+                .collect(),
+            in_flight: 0,
+            rate_limit_requests_per_second: 0.0,
+            executions_total: 0,
+            offset: query.offset,
+            limit: query.limit,
+            next_offset: None,
+            push: None,
+            instances: Vec::new(),
+            executions: Vec::new(),
+        }
+    }
+}
+
 /// What `/status` shows of one Supply Chain instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceView {

@@ -105,6 +105,9 @@ impl Member {
                 Leadership::Leader { fence, until, .. } => (fence.clone(), *until),
                 Leadership::Standby => return Err("this replica does not lead".to_string()),
             };
+            if until <= Instant::now() {
+                return Err("the lease could have ended: this replica stops leading".into());
+            }
             let (reply, answer) = std_mpsc::channel();
             let job = Job::Ship {
                 changes: changes.to_vec(),

@@ -19,6 +19,8 @@ use crate::input::keys;
 use crate::input::locate::{ENV_PREFIX, Locator};
 use crate::input::number;
 use crate::input::push::{self, PushSettings};
+pub use crate::input::state::StateSettings;
+use crate::input::state::{self, DynamoSettings};
 use crate::input::watchlist::toml_message;
 use crate::input::web::{self, BasicAuthUsers, TlsSettings, TlsVersion};
 
@@ -162,11 +164,6 @@ impl Default for FlowHealthSettings {
             overdue_min: Duration::from_secs(600),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct StateSettings {
-    pub path: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -442,6 +439,7 @@ impl Reader<'_> {
         let flow_health = self.flow_health();
         let push = self.push();
         let state_path: PathBuf = self.or("state.path", PathBuf::from("/var/lib/flowwatch"));
+        let dynamodb = self.dynamodb();
         let events_stdout = self.or("events.stdout", true);
         let events_file: PathBuf = self.or(
             "events.file",
@@ -503,6 +501,7 @@ impl Reader<'_> {
             metrics,
             state: StateSettings {
                 path: relative_to_config(&state_path),
+                dynamodb,
             },
             events: EventSettings {
                 stdout: events_stdout,
@@ -589,6 +588,61 @@ impl Reader<'_> {
             return None;
         }
         for (key, problem) in push::check(&settings) {
+            self.problem(key, problem);
+        }
+        Some(settings)
+    }
+
+    /// `[state.dynamodb]`, read when `state.backend = "dynamodb"`; with SQLite the table must
+    /// not be there, so a config that meant HA never runs on one replica's files by mistake.
+    fn dynamodb(&mut self) -> Option<DynamoSettings> {
+        let backend = self.or("state.backend", "sqlite".to_string());
+        let table_given = self.figment.find_value("state.dynamodb").is_ok();
+        match backend.as_str() {
+            "dynamodb" => {}
+            "sqlite" => {
+                if table_given {
+                    self.problem_at(
+                        "state.dynamodb",
+                        true,
+                        "[state.dynamodb] is read only with state.backend = \"dynamodb\"".into(),
+                    );
+                }
+                return None;
+            }
+            other => {
+                self.problem(
+                    "state.backend",
+                    format!(
+                        "state.backend must be one of {}, not {:?}",
+                        state::BACKENDS.join(", "),
+                        crate::model::bounded(other, 80)
+                    ),
+                );
+                return None;
+            }
+        }
+        let settings = DynamoSettings {
+            table: self.or(
+                "state.dynamodb.table",
+                DynamoSettings::DEFAULT_TABLE.to_string(),
+            ),
+            region: self
+                .get::<String>("state.dynamodb.region")
+                .filter(|r| !r.is_empty()),
+            endpoint_url: self
+                .get::<String>("state.dynamodb.endpoint_url")
+                .filter(|u| !u.is_empty()),
+            lease_duration: self.duration(
+                "state.dynamodb.lease_duration",
+                DynamoSettings::DEFAULT_LEASE,
+            ),
+            replica_id: match self.get::<String>("state.dynamodb.replica_id") {
+                Some(id) if !id.is_empty() => id,
+                _ => state::host_name().unwrap_or_default(),
+            },
+        };
+        for (key, problem) in state::check(&settings) {
             self.problem(key, problem);
         }
         Some(settings)
@@ -869,7 +923,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
-    use crate::input::keys::{CHOSEN_NAME, EACH, KEYS};
+    use crate::input::keys::{CHOSEN_NAME, EACH, KEYS, Key};
 
     /// Writes `text` as a config file beside an empty watchlist.
     fn config(dir: &Path, text: &str) -> PathBuf {
@@ -911,10 +965,12 @@ mod tests {
     #[test]
     fn the_reader_reads_exactly_the_declared_keys() {
         let dir = tempfile::tempdir().expect("dir");
-        // With [server.tls], whose keys are read only when the table is there.
+        // With [server.tls], whose keys are read only when the table is there, and the
+        // DynamoDB backend, whose table's keys are read only with it.
         let path = config(
             dir.path(),
-            "watchlist = \"watchlist.toml\"\n[server.tls]\ncert_file = \"c\"\nkey_file = \"k\"\n",
+            "watchlist = \"watchlist.toml\"\n[server.tls]\ncert_file = \"c\"\nkey_file = \"k\"\n\
+             [state]\nbackend = \"dynamodb\"\n",
         );
         assert_eq!(keys_read(&path), declared());
     }
@@ -925,8 +981,13 @@ mod tests {
         let minimal = config(dir.path(), "watchlist = \"watchlist.toml\"\n");
         let defaults = Settings::load(&minimal).expect("the minimal config");
         let mut text = String::from("watchlist = \"watchlist.toml\"\n");
-        // [server.tls] needs its files; its defaults are checked by the TLS tests.
-        for key in KEYS.iter().filter(|k| !k.path.starts_with("server.tls.")) {
+        // [server.tls] needs its files; its defaults are checked by the TLS tests. The keys of
+        // [state.dynamodb] are read only with its backend: they are checked with it below.
+        let dynamodb = |k: &&Key| k.path.starts_with("state.dynamodb.");
+        for key in KEYS
+            .iter()
+            .filter(|k| !k.path.starts_with("server.tls.") && !dynamodb(k))
+        {
             if let Some(value) = key.default.toml() {
                 text.push_str(&format!("{} = {value}\n", key.path));
             }
@@ -934,6 +995,18 @@ mod tests {
         let spelled_out = config(dir.path(), &text);
         let settings = Settings::load(&spelled_out).expect("every default, written out");
         assert_eq!(settings, defaults);
+
+        let backend = "watchlist = \"watchlist.toml\"\nstate.backend = \"dynamodb\"\n";
+        let minimal = Settings::load(&config(dir.path(), backend)).expect("minimal");
+        let mut text = backend.to_string();
+        for key in KEYS.iter().filter(dynamodb) {
+            if let Some(value) = key.default.toml() {
+                text.push_str(&format!("{} = {value}\n", key.path));
+            }
+        }
+        let spelled_out = Settings::load(&config(dir.path(), &text)).expect("written out");
+        assert_eq!(spelled_out.state, minimal.state);
+        assert!(minimal.state.dynamodb.is_some());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod instances;
 pub mod keys;
 mod locate;
 pub mod push;
+pub mod state;
 pub mod summary;
 pub mod watchlist;
 pub mod web;

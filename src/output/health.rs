@@ -33,6 +33,8 @@ struct Inner {
     stalled_sink: Option<String>,
     /// Each watched Supply Chain instance's recent calls.
     instances: BTreeMap<String, InstanceCalls>,
+    /// A replica standing by while another leads.
+    standby: bool,
 }
 
 /// An instance's recent outcomes, and why its last failure failed.
@@ -76,6 +78,8 @@ pub struct InstanceHealth {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
     Ready,
+    /// A replica that stands by while another leads: ready to take over, and so ready.
+    Standby,
     NotReady(String),
 }
 
@@ -97,6 +101,7 @@ impl Health {
                 store_error: None,
                 stalled_sink: None,
                 instances: BTreeMap::new(),
+                standby: false,
             }),
         }
     }
@@ -192,6 +197,11 @@ impl Health {
     }
 
     /// 200 on `/livez` while the engine loop is beating.
+    /// This replica stands by while another leads: it runs no engine, and is ready.
+    pub fn set_standby(&self) {
+        self.lock().standby = true;
+    }
+
     pub fn is_live(&self) -> bool {
         let inner = self.lock();
         !inner.stopped && inner.heartbeat.is_some_and(|t| t.elapsed() < STALE_AFTER)
@@ -203,6 +213,9 @@ impl Health {
         let inner = self.lock();
         if inner.stopped {
             return Readiness::NotReady("shutting down".into());
+        }
+        if inner.standby {
+            return Readiness::Standby;
         }
         if !inner.state_restored || inner.heartbeat.is_none() {
             return Readiness::NotReady("starting: state not restored yet".into());

@@ -517,6 +517,23 @@ impl Metrics {
         Ok(())
     }
 
+    /// Registers the leadership of replicas on shared state: whether this one leads, and how
+    /// often that changed since the process started.
+    pub fn enable_leadership(&self, leader: bool, changes: u64) -> prometheus::Result<()> {
+        let gauge = prometheus::IntGauge::new(
+            "flowwatch_leader",
+            "1 while this replica leads the replicas sharing the state table, else 0",
+        )?;
+        gauge.set(i64::from(leader));
+        let counter = prometheus::IntCounter::new(
+            "flowwatch_leader_changes_total",
+            "Times this replica took or lost the lead since it started",
+        )?;
+        counter.inc_by(changes);
+        self.registry.register(Box::new(gauge))?;
+        self.registry.register(Box::new(counter))
+    }
+
     /// The push family, when enabled.
     pub fn push(&self) -> Option<&PushMetrics> {
         self.push.get()
@@ -978,6 +995,9 @@ mod tests {
         metrics
             .enable_push("123456789012", "us-east-1")
             .expect("push metrics");
+        metrics
+            .enable_leadership(true, 1)
+            .expect("leadership metrics");
         let key = ExecutionKey::from_checked("i", "f", "e");
         metrics.preset_flow_transitions("i", "f");
         metrics.set_status(&key, Status::Failed);

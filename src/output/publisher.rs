@@ -426,6 +426,13 @@ impl Publisher {
         }
     }
 
+    /// Ships to the shared table what writes outside a commit changed, and lets go of the
+    /// events every sink has written (`[state] backend = "dynamodb"`; nothing otherwise).
+    pub fn sync_replica(&mut self) {
+        let result = self.store.sync_replica();
+        self.read(result, ());
+    }
+
     /// A store read's answer, or `fallback` (with the failure reported) when it failed.
     fn read<T>(&mut self, result: Result<T, StoreError>, fallback: T) -> T {
         result.unwrap_or_else(|e| {

@@ -65,6 +65,27 @@ pub struct AppState {
     pub status_gate: Arc<Semaphore>,
     /// `[server.basic_auth_users]`, when any.
     pub auth: Option<Arc<BasicAuth>>,
+    /// This replica, when replicas share state (`[state] backend = "dynamodb"`).
+    pub replica: Option<Replica>,
+}
+
+/// A replica of several sharing state: its name, and whether it leads.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    pub replica_id: String,
+    pub leadership: tokio::sync::watch::Receiver<crate::ha::lease::Leadership>,
+}
+
+impl Replica {
+    /// `/status`'s `replica`: `replica_id`, `leader`, and `since` when it leads.
+    fn json(&self) -> serde_json::Value {
+        use crate::ha::lease::Leadership;
+        let (leader, since) = match &*self.leadership.borrow() {
+            Leadership::Leader { since, .. } => (true, Some(crate::model::rfc3339(*since))),
+            Leadership::Standby => (false, None),
+        };
+        json!({"replica_id": self.replica_id, "leader": leader, "since": since})
+    }
 }
 
 pub fn app(state: AppState) -> Router {
@@ -373,6 +394,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Readiness::Ready => {
             (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response()
         }
+        Readiness::Standby => (
+            StatusCode::OK,
+            axum::Json(json!({"status": "ready", "reason": "standby"})),
+        )
+            .into_response(),
         Readiness::NotReady(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({"status": "not ready", "reason": reason})),
@@ -403,8 +429,15 @@ async fn status(State(state): State<AppState>, RawQuery(query): RawQuery) -> Res
         Ok(view) => view,
         Err(unanswered) => return engine_unavailable(unanswered),
     };
+    let replica = state.replica.as_ref().map(Replica::json);
     // Built and encoded on the blocking pool: neither holds up the engine's thread.
-    let encode = move || serde_json::to_vec(&super::status_json::document(&view));
+    let encode = move || {
+        let mut document = super::status_json::document(&view);
+        if let (Some(replica), Some(fields)) = (replica, document.as_object_mut()) {
+            fields.insert("replica".into(), replica);
+        }
+        serde_json::to_vec(&document)
+    };
     match tokio::task::spawn_blocking(encode).await {
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         _ => unavailable("the status document could not be built"),
@@ -585,6 +618,7 @@ mod tests {
             lifecycle: false,
             status_gate: Arc::new(Semaphore::new(1)),
             auth: None,
+            replica: None,
         }
     }
 

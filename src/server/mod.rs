@@ -9,5 +9,6 @@ pub mod open_files;
 mod page;
 pub mod reload;
 pub mod shutdown;
+pub mod standby;
 mod status_json;
 pub mod tls;

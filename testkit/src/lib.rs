@@ -213,6 +213,7 @@ impl Daemon {
             bound: Some(tx),
             push_queue,
             config_reload: None,
+            term: None,
         };
         let task = tokio::spawn(flowwatch::run_with(
             settings,
@@ -273,19 +274,31 @@ impl Daemon {
 
 /// One HTTP/1.1 request with `Connection: close`; returns the status code and body.
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    try_http(addr, method, path)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path} at {addr}: {e}"))
+}
+
+/// [`http`], with a failed connection or exchange as an error rather than a panic: for a
+/// server that is between two listeners.
+pub async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await.expect("send");
+    stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read");
+    stream.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw).to_string();
     let code = text
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .expect("a status line");
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {text:?}")))?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let chunked = head
         .lines()
@@ -295,7 +308,7 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     } else {
         body.to_string()
     };
-    (code, body)
+    Ok((code, body))
 }
 
 /// The body of a `Transfer-Encoding: chunked` response (`/metrics` streams its body).
@@ -406,6 +419,45 @@ pub fn peak_in_window(arrivals: &[f64], window: f64) -> usize {
 /// (32768-60999), where every port-0 bind of the tests draws from, and never twice in one test
 /// binary: a port handed out and released cannot be taken by another test's socket before the
 /// process it is for binds it.
+/// The lines a daemon logged so far.
+pub type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// The flowwatch binary `bin` on `config` with `env` (and no inherited AWS or flowwatch
+/// settings, no profile, no instance metadata); returns it, its address and its log lines so
+/// far.
+pub async fn spawn_daemon(
+    bin: &str,
+    config: &Path,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, SocketAddr, Log) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut cmd = tokio::process::Command::new(bin);
+    for (name, _) in std::env::vars() {
+        if is_inherited_override(&name) {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.args(["run", "--config", &config.to_string_lossy()])
+        .envs(env.iter().copied())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/flowwatch-test")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/flowwatch-test")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("spawn flowwatch");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = listening_address(&mut lines, |_| {}).await;
+    let log = Log::default();
+    let kept = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            kept.lock().expect("log").push(line);
+        }
+    });
+    (child, addr, log)
+}
+
 /// Sends signal `name` (`HUP`, `TERM`, …) to `child`.
 pub fn signal(child: &tokio::process::Child, name: &str) {
     let pid = child.id().expect("running").to_string();

@@ -3,15 +3,12 @@
 //! API, which records who signed each call, and against moto's STS in its IAM-auth mode, where
 //! flowwatch's IAM user may assume one role and is refused another, as its policy says.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use flowwatch_fake::{FakeServer, Signer, SignerLimit, Step};
 use flowwatch_testkit::moto::Moto;
 use flowwatch_testkit::*;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 /// An instance reached through role `reader-a` with an external id, in eu-central-1.
 const ROLE_A: &str = "8850c54e-e187-4fa7-89d4-6370f165174d";
@@ -46,41 +43,6 @@ async fn iam_setup(moto: &Moto) -> (String, String) {
         .await;
     }
     user
-}
-
-type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
-
-/// The flowwatch binary on `config` with `env` (and no inherited AWS or flowwatch settings, no
-/// profile, no instance metadata); returns it, its address and its log lines so far.
-async fn spawn(
-    config: &std::path::Path,
-    env: &[(&str, &str)],
-) -> (tokio::process::Child, std::net::SocketAddr, Log) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowwatch"));
-    for (name, _) in std::env::vars() {
-        if is_inherited_override(&name) {
-            cmd.env_remove(name);
-        }
-    }
-    cmd.args(["run", "--config", &config.to_string_lossy()])
-        .envs(env.iter().copied())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/nonexistent/flowwatch-test")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/flowwatch-test")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("spawn flowwatch");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let addr = listening_address(&mut lines, |_| {}).await;
-    let log = Log::default();
-    let kept = log.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            kept.lock().expect("log").push(line);
-        }
-    });
-    (child, addr, log)
 }
 
 /// A config against `endpoint` with `instances` (`[[aws.instance]]` tables) and JSON logs.
@@ -147,7 +109,8 @@ async fn each_instance_is_signed_by_its_own_role_for_its_own_region_and_a_refuse
         ),
     );
 
-    let (mut child, addr, log) = spawn(
+    let (mut child, addr, log) = spawn_daemon(
+        env!("CARGO_BIN_EXE_flowwatch"),
         &config,
         &[
             ("AWS_ACCESS_KEY_ID", key.as_str()),
@@ -370,7 +333,8 @@ async fn throttling_one_region_leaves_the_other_s_rate_and_calls_alone() {
         polling,
         &format!("[[aws.instance]]\nid = \"{ROLE_A}\"\nregion = \"eu-central-1\"\n"),
     );
-    let (mut child, addr, _log) = spawn(
+    let (mut child, addr, _log) = spawn_daemon(
+        env!("CARGO_BIN_EXE_flowwatch"),
         &config,
         &[
             ("AWS_ACCESS_KEY_ID", "AKIDBUDGETS"),
@@ -434,7 +398,8 @@ async fn reloading_the_config_file_adds_and_removes_an_instance_without_a_restar
     let polling = "[polling]\ninitial_interval = \"200ms\"\nmax_interval = \"400ms\"\nrequest_timeout = \"2s\"\n";
     let endpoint = fake.endpoint_url();
     let config = config_with(&ws, &endpoint, polling, "");
-    let (mut child, addr, log) = spawn(
+    let (mut child, addr, log) = spawn_daemon(
+        env!("CARGO_BIN_EXE_flowwatch"),
         &config,
         &[
             ("AWS_ACCESS_KEY_ID", "AKIDRELOAD"),

@@ -13,6 +13,7 @@ mod dashboard;
 mod discovery;
 mod flow_health;
 mod forecast;
+mod ha;
 mod http_limits;
 mod instances;
 mod lease;
