@@ -19,6 +19,8 @@
 //!   metrics and event sinks), the health state, and the checks and lock of the state files.
 //! - `server`: HTTP routes and limits, TLS, basic auth, the status page, reloads, and the
 //!   [`Shutdown`] every task listens for.
+//! - `ha`: replicas on shared state: the DynamoDB table, the fenced lease in it, the replica of
+//!   the state database, and the thread that drives them ([`ha::member::Member`]).
 //! - `systemd`, `telemetry`: notifications to systemd, and logging.
 //!
 //! The binary (`main.rs`) only parses the command line and maps the result to an exit code.

@@ -78,7 +78,7 @@ pub fn summary(settings: &Settings, watchlist: &Watchlist) -> String {
         } else {
             sinks.join(", ")
         },
-        settings.state.path.display(),
+        state_summary(settings),
         settings.log.level,
         settings.log.format.as_str(),
     );
@@ -88,6 +88,23 @@ pub fn summary(settings: &Settings, watchlist: &Watchlist) -> String {
             format!("{head}\n{instances}\npolling:{tail}")
         }
         _ => text,
+    }
+}
+
+/// The state directory, and the shared table with the lease when replicas share state.
+fn state_summary(settings: &Settings) -> String {
+    let path = settings.state.path.display();
+    match &settings.state.dynamodb {
+        None => format!("{path} (SQLite)"),
+        Some(d) => format!(
+            "{path}, shared with other replicas in DynamoDB table {} (region {}), lease {} as replica {}",
+            d.table,
+            d.region
+                .clone()
+                .unwrap_or_else(|| "of aws.region".to_string()),
+            humantime::format_duration(d.lease_duration),
+            d.replica_id
+        ),
     }
 }
 
