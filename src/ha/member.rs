@@ -1,7 +1,7 @@
 //! This replica's part in high availability: the lease and every call to the shared table run on
 //! a thread of their own, with a runtime of their own. The engine's store ships its commits
 //! from the engine's thread and waits for the answer ([`Member::shipper`]); that wait never
-//! holds up the lease's renewals, and no wait outlasts the lease.
+//! holds up the lease's renewals, and lasts at most [`SHIP_WAIT`], never past the lease.
 
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
@@ -14,6 +14,12 @@ use crate::api::dynamodb::{Failure, StateTable, TableError};
 use crate::ha::lease::{Fence, Leadership, Lease, LeaseSettings};
 use crate::ha::replica;
 use crate::output::replication::{RowChange, Ship};
+
+/// How long a commit waits for the table at most. The engine's thread waits with it, so a slow
+/// table holds up the engine (and the HTTP server on its runtime) no longer than this; a commit
+/// not answered by then fails here, and the engine makes it again next turn (every row is
+/// whole, so a shipment that still lands is harmless).
+pub const SHIP_WAIT: Duration = Duration::from_secs(2);
 
 /// Rows as the table holds them: (table, row as JSON).
 pub type Rows = Vec<(&'static str, String)>;
@@ -117,12 +123,15 @@ impl Member {
             };
             jobs.send(job)
                 .map_err(|_| "the HA thread has stopped".to_string())?;
-            let wait = until.saturating_duration_since(Instant::now()) + Duration::from_millis(50);
+            let wait = until.saturating_duration_since(Instant::now()).min(SHIP_WAIT);
             match answer.recv_timeout(wait) {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(Failure::Conflict)) => Err("another replica holds the lease".into()),
                 Ok(Err(Failure::Other(e))) => Err(e),
-                Err(_) => Err("the lease could end before the table answered".into()),
+                Err(_) => Err(format!(
+                    "the table did not answer within {} s",
+                    wait.as_secs_f64()
+                )),
             }
         })
     }
