@@ -157,6 +157,8 @@ pub struct LeaderTerm {
     /// How often this replica took or lost the lead since the process started, this term's
     /// taking included.
     leader_changes: u64,
+    /// The calls to the table, which this term's metrics count too.
+    table_calls: Arc<ha::member::TableCalls>,
 }
 
 /// `flowwatch check-config`: validates the config, the watchlist and the state directory as
@@ -282,7 +284,15 @@ async fn run_replicated(
     };
     let mut changes = 0;
     let finish = loop {
-        stand_by(&settings, &replica, changes, &mut options.bound, &shutdown).await?;
+        let calls = replicas.member.calls();
+        stand_by(
+            &settings,
+            &replica,
+            (changes, calls),
+            &mut options.bound,
+            &shutdown,
+        )
+        .await?;
         if shutdown.is_requested() {
             break Ok(Finish::Shutdown);
         }
@@ -309,10 +319,12 @@ async fn run_replicated(
 
 /// Serves a standby's endpoints (no engine; `/readyz` says `standby`) until this replica leads
 /// or shutdown is requested.
+/// `(changes, calls)`: how often this replica took or lost the lead, and its calls to the
+/// table, which the standby's metrics count too.
 async fn stand_by(
     settings: &Settings,
     replica: &server::http::Replica,
-    changes: u64,
+    (changes, calls): (u64, Arc<ha::member::TableCalls>),
     bound: &mut Option<oneshot::Sender<SocketAddr>>,
     shutdown: &Shutdown,
 ) -> Result<(), Error> {
@@ -323,6 +335,7 @@ async fn stand_by(
     metrics
         .enable_leadership(false, changes)
         .map_err(|e| Error::fatal_because("cannot create metrics", e))?;
+    calls.count_into(metrics.clone());
     let health = Arc::new(Health::new());
     let (listener, addr) = listen(settings).await?;
     let (handle, commands) = EngineHandle::channel();
@@ -393,6 +406,7 @@ async fn take_over(
         store,
         replica: replica.clone(),
         leader_changes: changes,
+        table_calls: replicas.member.calls(),
     })
 }
 
@@ -521,19 +535,20 @@ pub async fn run_with<C: FlowExecutions>(
         settings.server.max_connections,
         settings.polling.max_in_flight + usize::from(settings.push.is_some()) * 2,
     ));
-    let (store, replica, leader_changes) = match options.term {
+    let (store, replica, leader) = match options.term {
         Some(term) => (
             Some(term.store),
             Some(term.replica),
-            Some(term.leader_changes),
+            Some((term.leader_changes, term.table_calls)),
         ),
         None => (None, None, None),
     };
     let (publisher, metrics, health) = open_outputs(&settings, store)?;
-    if let Some(changes) = leader_changes {
+    if let Some((changes, table_calls)) = leader {
         metrics
             .enable_leadership(true, changes)
             .map_err(|e| Error::fatal_because("cannot create metrics", e))?;
+        table_calls.count_into(metrics.clone());
     }
     let (listener, addr) = listen(&settings).await?;
 

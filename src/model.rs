@@ -422,6 +422,18 @@ pub enum Operation {
     ReceiveMessage,
     /// SQS, for push: the messages applied and committed leave the queue.
     DeleteMessageBatch,
+    /// DynamoDB, replicas on shared state: the table's check at start-up.
+    DescribeTable,
+    /// DynamoDB: a standby's read of the lease.
+    GetItem,
+    /// DynamoDB: the lease created.
+    PutItem,
+    /// DynamoDB: the lease taken over, renewed or released.
+    UpdateItem,
+    /// DynamoDB: a commit of the leader's state, fenced by the lease.
+    TransactWriteItems,
+    /// DynamoDB: a page of the state read at takeover.
+    Query,
 }
 
 impl Operation {
@@ -436,6 +448,12 @@ impl Operation {
             Operation::List => "ListDataIntegrationFlowExecutions",
             Operation::ReceiveMessage => "ReceiveMessage",
             Operation::DeleteMessageBatch => "DeleteMessageBatch",
+            Operation::DescribeTable => "DescribeTable",
+            Operation::GetItem => "GetItem",
+            Operation::PutItem => "PutItem",
+            Operation::UpdateItem => "UpdateItem",
+            Operation::TransactWriteItems => "TransactWriteItems",
+            Operation::Query => "Query",
         }
     }
 }

@@ -1,15 +1,19 @@
 //! The state table on DynamoDB that replicas share: its client, the check of its key schema, and
 //! what a failed call means to the lease (a condition that did not hold, or anything else).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{KeySchemaElement, KeyType, ScalarAttributeType, TableDescription};
 use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::retry::ProvideErrorKind;
 
 use super::body_limit::BodyLimit;
-use super::sdk::{local_config, timeouts};
+use super::sdk::{classify, local_config, timeouts};
+use crate::model::{Operation, Outcome};
 
 /// The partition key and sort key every item has, both strings.
 pub const PARTITION_KEY: &str = "pk";
@@ -21,6 +25,17 @@ pub struct StateTable {
     client: Client,
     name: String,
     region: String,
+    observer: Observer,
+}
+
+/// Told of every call to the table, with its outcome (for `flowwatch_api_requests_total`).
+#[derive(Clone, Default)]
+pub struct Observer(Option<Arc<dyn Fn(Operation, Outcome) + Send + Sync>>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Observer" } else { "None" })
+    }
 }
 
 /// Why the table cannot be used; the daemon exits 3 with this.
@@ -81,7 +96,56 @@ impl StateTable {
             client: Client::from_conf(config),
             name: name.to_string(),
             region,
+            observer: Observer::default(),
         }
+    }
+
+    /// The same table, telling `observer` of every call from here on.
+    pub fn observed(
+        mut self,
+        observer: impl Fn(Operation, Outcome) + Send + Sync + 'static,
+    ) -> Self {
+        self.observer = Observer(Some(Arc::new(observer)));
+        self
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// A call's result as the lease and the replica see it, with its outcome told to the
+    /// observer.
+    pub fn judge<T, E>(
+        &self,
+        operation: Operation,
+        result: Result<T, SdkError<E, HttpResponse>>,
+    ) -> Result<T, Failure>
+    where
+        E: ProvideErrorMetadata + ProvideErrorKind + std::error::Error + 'static,
+    {
+        let (result, outcome) = match result {
+            Ok(value) => (Ok(value), Outcome::Success),
+            Err(error) => {
+                let judged = failure(&error);
+                let outcome = match (&judged, error.code()) {
+                    (Failure::Conflict, _) => Outcome::Conflict,
+                    (
+                        _,
+                        Some(
+                            "ProvisionedThroughputExceededException"
+                            | "RequestLimitExceeded"
+                            | "ThrottlingException",
+                        ),
+                    ) => Outcome::Throttled,
+                    _ => classify(error).outcome(),
+                };
+                (Err(judged), outcome)
+            }
+        };
+        if let Some(observer) = &self.observer.0 {
+            observer(operation, outcome);
+        }
+        result
     }
 
     /// The table `name` at a local `endpoint_url` with static test credentials: for tests and
@@ -107,6 +171,14 @@ impl StateTable {
             .table_name(&self.name)
             .send()
             .await;
+        if let Some(observer) = &self.observer.0 {
+            let outcome = match &described {
+                Ok(_) => Outcome::Success,
+                Err(e) if e.code() == Some("ResourceNotFoundException") => Outcome::NotFound,
+                Err(_) => Outcome::InternalError,
+            };
+            observer(Operation::DescribeTable, outcome);
+        }
         let table = match described {
             Ok(answer) => answer.table,
             Err(e) if e.code() == Some("ResourceNotFoundException") => {

@@ -18,7 +18,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, TransactWriteItem}
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until, timeout_at};
 
-use crate::api::dynamodb::{Failure, PARTITION_KEY, SORT_KEY, StateTable, failure};
+use crate::api::dynamodb::{Failure, PARTITION_KEY, SORT_KEY, StateTable};
+use crate::model::Operation;
 
 /// The lease item's `pk` and `sk`.
 pub const LEASE_KEY: &str = "lease";
@@ -264,8 +265,8 @@ impl Lease {
             .set_key(Some(lease_key()))
             .consistent_read(true)
             .send()
-            .await
-            .map_err(|e| failure(&e))?;
+            .await;
+        let answer = self.table.judge(Operation::GetItem, answer)?;
         answer.item.map(|item| record_of(&item)).transpose()
     }
 
@@ -274,20 +275,21 @@ impl Lease {
         item.insert("holder".into(), s(&self.settings.replica_id));
         item.insert("term".into(), n(1));
         item.insert("beat".into(), n(0));
-        self.table
+        let created = self
+            .table
             .client()
             .put_item()
             .table_name(self.table.name())
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)")
             .send()
-            .await
-            .map(drop)
-            .map_err(|e| failure(&e))
+            .await;
+        self.table.judge(Operation::PutItem, created).map(drop)
     }
 
     async fn take_over(&self, from: &Record) -> Result<(), Failure> {
-        self.table
+        let taken = self
+            .table
             .client()
             .update_item()
             .table_name(self.table.name())
@@ -300,9 +302,8 @@ impl Lease {
             .expression_attribute_values(":term", n(from.term))
             .expression_attribute_values(":beat", n(from.beat))
             .send()
-            .await
-            .map(drop)
-            .map_err(|e| failure(&e))
+            .await;
+        self.table.judge(Operation::UpdateItem, taken).map(drop)
     }
 
     async fn renew(&self, fence: &Fence) -> Result<(), Failure> {
@@ -331,7 +332,8 @@ impl Lease {
         name: &str,
         value: AttributeValue,
     ) -> Result<(), Failure> {
-        self.table
+        let updated = self
+            .table
             .client()
             .update_item()
             .table_name(self.table.name())
@@ -342,9 +344,8 @@ impl Lease {
             .expression_attribute_values(":term", n(fence.term))
             .expression_attribute_values(name, value)
             .send()
-            .await
-            .map(drop)
-            .map_err(|e| failure(&e))
+            .await;
+        self.table.judge(Operation::UpdateItem, updated).map(drop)
     }
 }
 

@@ -1,9 +1,12 @@
 //! This replica's part in high availability: the lease and every call to the shared table run on
 //! a thread of their own, with a runtime of their own. The engine's store ships its commits
 //! from the engine's thread and waits for the answer ([`Member::shipper`]); that wait never
-//! holds up the lease's renewals, and lasts at most [`SHIP_WAIT`], never past the lease.
+//! holds up the lease's renewals, and lasts at most [`SHIP_WAIT`] a transaction, never past the
+//! lease.
 
+use std::collections::HashMap;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -13,12 +16,14 @@ use tokio::time::{Instant, timeout_at};
 use crate::api::dynamodb::{Failure, StateTable, TableError};
 use crate::ha::lease::{Fence, Leadership, Lease, LeaseSettings};
 use crate::ha::replica;
+use crate::model::{Operation, Outcome};
+use crate::output::metrics::Metrics;
 use crate::output::replication::{RowChange, Ship};
 
-/// How long a commit waits for the table at most. The engine's thread waits with it, so a slow
-/// table holds up the engine (and the HTTP server on its runtime) no longer than this; a commit
-/// not answered by then fails here, and the engine makes it again next turn (every row is
-/// whole, so a shipment that still lands is harmless).
+/// How long a commit waits for each of its transactions at most. The engine's thread waits with
+/// it, so a slow table holds up the engine (and the HTTP server on its runtime) no longer than
+/// this; a commit not answered by then fails here, and the engine makes it again next turn
+/// (every row is whole, so a shipment that still lands is harmless).
 pub const SHIP_WAIT: Duration = Duration::from_secs(2);
 
 /// Rows as the table holds them: (table, row as JSON).
@@ -34,9 +39,50 @@ enum Job {
     Load(oneshot::Sender<Result<Rows, Failure>>),
 }
 
+/// Every call to the table since the process started, by operation and outcome; and the
+/// metrics of the phase (standing by, or a term as leader) that count them now. Each phase has
+/// metrics of its own, which start from these counts, so the counters never go back.
+#[derive(Default)]
+pub struct TableCalls {
+    inner: Mutex<Calls>,
+}
+
+#[derive(Default)]
+struct Calls {
+    counts: HashMap<(Operation, Outcome), u64>,
+    metrics: Option<Arc<Metrics>>,
+    region: String,
+}
+
+impl std::fmt::Debug for TableCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TableCalls")
+    }
+}
+
+impl TableCalls {
+    fn note(&self, operation: Operation, outcome: Outcome) {
+        let mut calls = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        *calls.counts.entry((operation, outcome)).or_default() += 1;
+        if let Some(metrics) = &calls.metrics {
+            metrics.table_calls(operation, outcome, &calls.region, 1);
+        }
+    }
+
+    /// Counts into `metrics` from now on, starting from every call so far.
+    pub fn count_into(&self, metrics: Arc<Metrics>) {
+        let mut calls = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        for ((operation, outcome), n) in &calls.counts {
+            metrics.table_calls(*operation, *outcome, &calls.region, *n);
+        }
+        calls.metrics = Some(metrics);
+    }
+}
+
 /// The thread that holds the lease and talks to the table.
 pub struct Member {
     jobs: mpsc::UnboundedSender<Job>,
+    calls: Arc<TableCalls>,
     leadership: watch::Receiver<Leadership>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -57,6 +103,14 @@ impl Member {
             .enable_all()
             .build()
             .map_err(|e| unusable(format!("cannot start a runtime for it: {e}")))?;
+        let calls = Arc::new(TableCalls::default());
+        calls
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .region = table.region().to_string();
+        let noted = calls.clone();
+        let table = table.observed(move |operation, outcome| noted.note(operation, outcome));
         let (lease, leadership) = Lease::new(table.clone(), settings);
         let (jobs, queue) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel();
@@ -75,6 +129,7 @@ impl Member {
             .map_err(|e| unusable(format!("cannot start its thread: {e}")))?;
         let member = Self {
             jobs,
+            calls,
             leadership,
             stop: Some(stop),
             thread: Some(thread),
@@ -84,6 +139,11 @@ impl Member {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(unusable("its thread stopped".into())),
         }
+    }
+
+    /// The calls to the table, for each phase's metrics.
+    pub fn calls(&self) -> Arc<TableCalls> {
+        self.calls.clone()
     }
 
     /// Whether this replica leads, as it changes.
@@ -123,7 +183,10 @@ impl Member {
             };
             jobs.send(job)
                 .map_err(|_| "the HA thread has stopped".to_string())?;
-            let wait = until.saturating_duration_since(Instant::now()).min(SHIP_WAIT);
+            let transactions = changes.len().div_ceil(replica::WRITES_PER_TRANSACTION);
+            let wait = until
+                .saturating_duration_since(Instant::now())
+                .min(SHIP_WAIT * u32::try_from(transactions).unwrap_or(u32::MAX));
             match answer.recv_timeout(wait) {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(Failure::Conflict)) => Err("another replica holds the lease".into()),

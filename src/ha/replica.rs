@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 
-use crate::api::dynamodb::{Failure, PARTITION_KEY, SORT_KEY, StateTable, failure};
+use crate::api::dynamodb::{Failure, PARTITION_KEY, SORT_KEY, StateTable};
 use crate::ha::lease::{Fence, fence_check};
+use crate::model::Operation;
 use crate::output::replication::{MIRRORED, RowChange};
 
 /// Writes per transaction: DynamoDB takes 100 actions, one of which is the lease's check.
@@ -40,7 +41,8 @@ pub async fn ship(
         for change in chunk {
             request = request.transact_items(write_of(table.name(), change, now)?);
         }
-        request.send().await.map_err(|e| failure(&e))?;
+        let sent = request.send().await;
+        table.judge(Operation::TransactWriteItems, sent)?;
         transactions += 1;
     }
     Ok(transactions)
@@ -64,8 +66,8 @@ pub async fn load(table: &StateTable) -> Result<Vec<(&'static str, String)>, Fai
                 .consistent_read(true)
                 .set_exclusive_start_key(start)
                 .send()
-                .await
-                .map_err(|e| failure(&e))?;
+                .await;
+            let page = table.judge(Operation::Query, page)?;
             for item in page.items() {
                 match item.get(ROW) {
                     Some(AttributeValue::S(row)) => rows.push((mirrored.table, row.clone())),

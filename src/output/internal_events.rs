@@ -104,6 +104,10 @@ fn what(operation: Operation) -> &'static str {
         Operation::List => "discovery",
         Operation::ReceiveMessage => "receiving pushed events",
         Operation::DeleteMessageBatch => "deleting applied pushed events",
+        Operation::DescribeTable => "checking the state table",
+        Operation::GetItem | Operation::PutItem | Operation::UpdateItem => "the lease",
+        Operation::TransactWriteItems => "committing to the state table",
+        Operation::Query => "reading the state table",
     }
 }
 

@@ -517,6 +517,12 @@ impl Metrics {
         Ok(())
     }
 
+    /// `n` more calls to the state table of replicas on shared state (its account is not
+    /// known: `""`).
+    pub fn table_calls(&self, operation: Operation, outcome: Outcome, region: &str, n: u64) {
+        self.requests(operation, outcome, "", region).inc_by(n);
+    }
+
     /// Registers the leadership of replicas on shared state: whether this one leads, and how
     /// often that changed since the process started.
     pub fn enable_leadership(&self, leader: bool, changes: u64) -> prometheus::Result<()> {

@@ -177,11 +177,34 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_no_transition_is_lost(
             "{metrics}"
         );
         assert_eq!(calls_by(&fake, &standby.id), 0, "a standby calls nobody");
+        let reads = sample(
+            &metrics,
+            "flowwatch_api_requests_total",
+            &[("operation", "GetItem"), ("outcome", "success")],
+        );
+        assert!(reads >= Some(1.0), "it reads the lease: {metrics}");
         let status = standby.status().await;
         assert_eq!(status["replica"]["replica_id"], standby.id.as_str());
     }
     let leader_metrics = replicas[first].get("/metrics").await.1;
     assert_eq!(sample(&leader_metrics, "flowwatch_leader", &[]), Some(1.0));
+    assert_eq!(
+        sample(&leader_metrics, "flowwatch_leader_changes_total", &[]),
+        Some(1.0)
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the leader's renewals counted",
+        || async {
+            let metrics = replicas[first].get("/metrics").await.1;
+            sample(
+                &metrics,
+                "flowwatch_api_requests_total",
+                &[("operation", "UpdateItem"), ("outcome", "success")],
+            ) >= Some(1.0)
+        },
+    )
+    .await;
 
     eventually(Duration::from_secs(10), "the runs seen started", || async {
         replicas[first].events().len() >= 3
@@ -290,6 +313,75 @@ async fn a_leader_frozen_past_its_lease_is_replaced_and_when_it_thaws_it_publish
         .filter(|e| e["data"]["to_status"] != "IN_PROGRESS")
         .count();
     assert_eq!(ends, 2, "the new leader published both ends");
+    for replica in replicas.iter_mut() {
+        let _ = replica.child.start_kill();
+    }
+    fake.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_table_is_frozen_no_replica_leads_or_publishes_and_after_exactly_one_leads() {
+    let ws = Workspace::new();
+    let (fake, moto) = setup(&ws, &[(10, "SUCCEEDED"), (12, "FAILED")]).await;
+    let mut replicas = Vec::new();
+    for id in ["a", "b"] {
+        replicas.push(Replica::start(&ws, id, &fake, &moto).await);
+    }
+    let first = leader(&replicas, Duration::from_secs(15)).await;
+    eventually(Duration::from_secs(10), "the runs seen started", || async {
+        replicas[first].events().len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    moto.pause();
+    let paused_at = Instant::now();
+    let written = |replicas: &[Replica]| replicas.iter().map(|r| r.events().len()).sum::<usize>();
+    let before = written(&replicas);
+    eventually(
+        LEASE + Duration::from_secs(2),
+        "the leader stands by",
+        || async { !replicas[first].leads().await },
+    )
+    .await;
+    println!(
+        "the leader stood by {:?} after the table froze",
+        paused_at.elapsed()
+    );
+    // Past both ends (at 10 and 12 s): the API says so, but the table cannot take it.
+    while paused_at.elapsed() < Duration::from_secs(14) {
+        for replica in &replicas {
+            assert!(
+                !replica.leads().await,
+                "{} leads with the table frozen",
+                replica.id
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(written(&replicas), before, "nothing published while frozen");
+
+    moto.resume();
+    let resumed_at = Instant::now();
+    let next = leader(&replicas, LEASE * 4).await;
+    println!(
+        "a leader {:?} after the table came back",
+        resumed_at.elapsed()
+    );
+    eventually(Duration::from_secs(20), "the ends published", || async {
+        replicas[next]
+            .events()
+            .iter()
+            .filter(|e| e["data"]["to_status"] != "IN_PROGRESS")
+            .count()
+            == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut leading = 0;
+    for replica in &replicas {
+        leading += usize::from(replica.leads().await);
+    }
+    assert_eq!(leading, 1, "exactly one leads");
     for replica in replicas.iter_mut() {
         let _ = replica.child.start_kill();
     }
