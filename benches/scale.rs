@@ -18,6 +18,9 @@
 //! cargo bench --bench scale -- --only accounts --sizes 1000
 //!                                   # ten accounts and regions of 1,000 executions each, one
 //!                                   # throttled hard, beside one account (benches/scale/accounts.rs)
+//! cargo bench --bench scale -- --only takeover --sizes 1000,10000
+//!                                   # a standby's takeover from the shared table in moto's
+//!                                   # DynamoDB: lease end to first poll (benches/scale/takeover.rs)
 //! ```
 //!
 //! Columns: N; wall time until every execution was detected terminal; API calls (as the server
@@ -48,6 +51,8 @@ use tokio::sync::Mutex;
 
 #[path = "scale/accounts.rs"]
 mod accounts;
+#[path = "scale/takeover.rs"]
+mod takeover;
 
 /// Who polls.
 #[derive(Debug, Clone)]
@@ -169,6 +174,13 @@ fn main() {
         if only.as_deref() == Some("reload") {
             for n in &sizes {
                 reload_run(*n).await;
+            }
+            return;
+        }
+        if only.as_deref() == Some("takeover") {
+            takeover::takeover_header();
+            for n in &sizes {
+                takeover::takeover_run(*n).await;
             }
             return;
         }
