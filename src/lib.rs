@@ -285,10 +285,12 @@ async fn run_replicated(
     let mut changes = 0;
     let finish = loop {
         let calls = replicas.member.calls();
+        let signals = options.reload_on_sighup;
         stand_by(
             &settings,
             &replica,
             (changes, calls),
+            signals,
             &mut options.bound,
             &shutdown,
         )
@@ -325,6 +327,7 @@ async fn stand_by(
     settings: &Settings,
     replica: &server::http::Replica,
     (changes, calls): (u64, Arc<ha::member::TableCalls>),
+    reload_on_sighup: bool,
     bound: &mut Option<oneshot::Sender<SocketAddr>>,
     shutdown: &Shutdown,
 ) -> Result<(), Error> {
@@ -339,11 +342,12 @@ async fn stand_by(
     let health = Arc::new(Health::new());
     let (listener, addr) = listen(settings).await?;
     let (handle, commands) = EngineHandle::channel();
+    let reloader = Reloader::new(settings.watchlist.clone(), handle.clone(), metrics.clone());
     let app = server::http::app(AppState {
         metrics: metrics.clone(),
         health: health.clone(),
-        engine: handle.clone(),
-        reload: Reloader::new(settings.watchlist.clone(), handle, metrics.clone()),
+        engine: handle,
+        reload: reloader.clone(),
         lifecycle: settings.server.enable_lifecycle,
         status_gate: Arc::new(tokio::sync::Semaphore::new(1)),
         auth: BasicAuth::new(settings.server.basic_auth_users.clone(), metrics.clone()),
@@ -358,6 +362,9 @@ async fn stand_by(
         metrics,
         stop.clone(),
     ));
+    // SIGHUP's default is to end the process: a standby takes it too (the files are read again
+    // at takeover).
+    let sighup = reload_on_sighup.then(|| tokio::spawn(reloader.on_sighup(stop.clone())));
     if let Some(bound) = bound.take() {
         let _ = bound.send(addr);
         systemd::ready(&format!("standing by; serving on {addr}"));
@@ -374,6 +381,9 @@ async fn stand_by(
     };
     server::standby::answer(commands, health, settings.flow_health.clone(), until).await;
     stop.request();
+    if let Some(task) = sighup {
+        task.abort();
+    }
     let _ = tokio::time::timeout(HTTP_SHUTDOWN_BOUND, server).await;
     Ok(())
 }

@@ -155,6 +155,26 @@ async fn setup(ws: &Workspace, ends: &[(u64, &str)]) -> (FakeServer, Moto) {
     (fake, moto)
 }
 
+/// Two replicas on runs that end as `ends` say, once one leads and has published the runs'
+/// starts (and a second more, for them to leave the table's outbox); returns which leads.
+async fn two_leading(
+    ws: &Workspace,
+    ends: &[(u64, &str)],
+) -> (FakeServer, Moto, Vec<Replica>, usize) {
+    let (fake, moto) = setup(ws, ends).await;
+    let mut replicas = Vec::new();
+    for id in ["a", "b"] {
+        replicas.push(Replica::start(ws, id, &fake, &moto).await);
+    }
+    let first = leader(&replicas, Duration::from_secs(15)).await;
+    eventually(Duration::from_secs(10), "the runs seen started", || async {
+        replicas[first].events().len() >= ends.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    (fake, moto, replicas, first)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_within_the_lease_and_no_transition_is_lost() {
     let ws = Workspace::new();
@@ -186,6 +206,15 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_no_transition_is_lost(
         let status = standby.status().await;
         assert_eq!(status["replica"]["replica_id"], standby.id.as_str());
     }
+    // SIGHUP (systemctl reload) leaves a standby standing by, alive.
+    let standby = (first + 1) % replicas.len();
+    signal(&replicas[standby].child, "HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        replicas[standby].child.try_wait().expect("state").is_none(),
+        "a standby survives SIGHUP"
+    );
+    assert!(!replicas[standby].leads().await);
     let leader_metrics = replicas[first].get("/metrics").await.1;
     assert_eq!(sample(&leader_metrics, "flowwatch_leader", &[]), Some(1.0));
     assert_eq!(
@@ -265,17 +294,8 @@ async fn a_killed_leader_is_replaced_within_the_lease_and_no_transition_is_lost(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_frozen_past_its_lease_is_replaced_and_when_it_thaws_it_publishes_nothing() {
     let ws = Workspace::new();
-    let (fake, moto) = setup(&ws, &[(12, "SUCCEEDED"), (14, "FAILED")]).await;
-    let mut replicas = Vec::new();
-    for id in ["a", "b"] {
-        replicas.push(Replica::start(&ws, id, &fake, &moto).await);
-    }
-    let first = leader(&replicas, Duration::from_secs(15)).await;
-    eventually(Duration::from_secs(10), "the runs seen started", || async {
-        replicas[first].events().len() >= 2
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (fake, _moto, mut replicas, first) =
+        two_leading(&ws, &[(12, "SUCCEEDED"), (14, "FAILED")]).await;
     signal(&replicas[first].child, "STOP");
     let frozen_events = replicas[first].events().len();
     let other = 1 - first;
@@ -322,17 +342,8 @@ async fn a_leader_frozen_past_its_lease_is_replaced_and_when_it_thaws_it_publish
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_the_table_is_frozen_no_replica_leads_or_publishes_and_after_exactly_one_leads() {
     let ws = Workspace::new();
-    let (fake, moto) = setup(&ws, &[(10, "SUCCEEDED"), (12, "FAILED")]).await;
-    let mut replicas = Vec::new();
-    for id in ["a", "b"] {
-        replicas.push(Replica::start(&ws, id, &fake, &moto).await);
-    }
-    let first = leader(&replicas, Duration::from_secs(15)).await;
-    eventually(Duration::from_secs(10), "the runs seen started", || async {
-        replicas[first].events().len() >= 2
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (fake, moto, mut replicas, first) =
+        two_leading(&ws, &[(10, "SUCCEEDED"), (12, "FAILED")]).await;
     moto.pause();
     let paused_at = Instant::now();
     let written = |replicas: &[Replica]| replicas.iter().map(|r| r.events().len()).sum::<usize>();
