@@ -398,3 +398,43 @@ async fn while_the_table_is_frozen_no_replica_leads_or_publishes_and_after_exact
     }
     fake.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_table_stops_the_daemon_with_exit_code_3_naming_it() {
+    let ws = Workspace::new();
+    let fake = FakeServer::start(scenario(vec![scripted("orders", 1, &[(0, "IN_PROGRESS")])]))
+        .await
+        .expect("fake");
+    ws.write_watchlist([("orders", execution_id(1).as_str())].into_iter());
+    let moto = Moto::start(ws.dir.path()).await;
+    let config = ws.write(
+        "flowwatch.toml",
+        &format!(
+            "watchlist = \"watchlist.toml\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
+             [aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n\
+             [state]\npath = \"{}\"\nbackend = \"dynamodb\"\n\
+             [state.dynamodb]\ntable = \"flowwatch-missing\"\nendpoint_url = \"{}\"\n",
+            fake.endpoint_url(),
+            ws.dir.path().display(),
+            moto.endpoint
+        ),
+    );
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowwatch"))
+        .args(["run", "--config", &config.to_string_lossy()])
+        .env("AWS_ACCESS_KEY_ID", "AKIDMISSING")
+        .env("AWS_SECRET_ACCESS_KEY", "missing-table-secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("exits within 30 s")
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("DynamoDB table \"flowwatch-missing\" does not exist"),
+        "{stderr}"
+    );
+    assert_eq!(fake.stats().requests, 0, "no Supply Chain call");
+    fake.stop().await;
+}

@@ -204,6 +204,13 @@ async fn each_instance_is_signed_by_its_own_role_for_its_own_region_and_a_refuse
         credentials_errors >= 1.0,
         "counted for the refused role's account and region: {metrics}"
     );
+    // The outcome counts of every budget, for the record.
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("flowwatch_api_requests_total{") && !l.ends_with(" 0"))
+    {
+        println!("{line}");
+    }
     let status: Value =
         serde_json::from_str(&http(addr, "GET", "/status").await.1).expect("status");
     let refused = status_of(&status, REFUSED);
