@@ -655,27 +655,7 @@ fn spawn_flowwatch(config: &Path, dir: &Path) -> tokio::process::Child {
 /// ten entries shorter, reloaded with SIGHUP; twice. Prints each step's time, the slowest
 /// `/livez` answer and the peak RSS, against the Deployment's memory limit.
 async fn reload_run(n: usize) {
-    let executions = generate(&Generated {
-        count: n,
-        flows: (n / 200).max(5),
-        seed: 7,
-        durations: Durations::Uniform {
-            min: Duration::from_secs(7200),
-            max: Duration::from_secs(7200),
-        },
-        failed_share: 0.0,
-        start_within: Duration::from_secs(1),
-    });
-    let keys: Vec<(String, String)> = executions
-        .iter()
-        .map(|e| (e.flow_name.clone(), e.execution_id.clone()))
-        .collect();
-    let fake = FakeServer::start(Scenario {
-        executions,
-        ..Scenario::default()
-    })
-    .await
-    .expect("fake");
+    let (fake, keys) = running_for_hours(n, 7).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let listen = free_port();
     let config = write_flowwatch_files(
@@ -789,6 +769,33 @@ const DEPLOYMENT_MEMORY_LIMIT_MIB: u32 = 384;
 
 fn log_file(dir: &Path, name: &str) -> Stdio {
     std::fs::File::create(dir.join(name)).map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
+/// The fake with `n` executions that all run for two hours (generated from `seed`), and their
+/// (flow, execution id) pairs.
+async fn running_for_hours(n: usize, seed: u64) -> (FakeServer, Vec<(String, String)>) {
+    let executions = generate(&Generated {
+        count: n,
+        flows: (n / 200).max(5),
+        seed,
+        durations: Durations::Uniform {
+            min: Duration::from_secs(7200),
+            max: Duration::from_secs(7200),
+        },
+        failed_share: 0.0,
+        start_within: Duration::from_secs(1),
+    });
+    let keys: Vec<(String, String)> = executions
+        .iter()
+        .map(|e| (e.flow_name.clone(), e.execution_id.clone()))
+        .collect();
+    let fake = FakeServer::start(Scenario {
+        executions,
+        ..Scenario::default()
+    })
+    .await
+    .expect("fake");
+    (fake, keys)
 }
 
 #[allow(clippy::too_many_arguments)]

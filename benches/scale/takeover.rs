@@ -16,27 +16,7 @@ const LEASE: Duration = Duration::from_secs(3);
 const BATCH: usize = 25;
 
 pub async fn takeover_run(n: usize) {
-    let executions = generate(&Generated {
-        count: n,
-        flows: (n / 200).max(5),
-        seed: 11,
-        durations: Durations::Uniform {
-            min: Duration::from_secs(7200),
-            max: Duration::from_secs(7200),
-        },
-        failed_share: 0.0,
-        start_within: Duration::from_secs(1),
-    });
-    let keys: Vec<(String, String)> = executions
-        .iter()
-        .map(|e| (e.flow_name.clone(), e.execution_id.clone()))
-        .collect();
-    let fake = FakeServer::start(Scenario {
-        executions,
-        ..Scenario::default()
-    })
-    .await
-    .expect("fake");
+    let (fake, keys) = running_for_hours(n, 11).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let moto = flowwatch_testkit::moto::Moto::start(dir.path()).await;
     moto.create_table("flowwatch", &[("pk", "HASH"), ("sk", "RANGE")])
