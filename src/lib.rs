@@ -321,6 +321,7 @@ async fn run_replicated(
 
 /// Serves a standby's endpoints (no engine; `/readyz` says `standby`) until this replica leads
 /// or shutdown is requested.
+///
 /// `(changes, calls)`: how often this replica took or lost the lead, and its calls to the
 /// table, which the standby's metrics count too.
 async fn stand_by(
@@ -400,7 +401,7 @@ async fn take_over(
         .member
         .load()
         .await
-        .map_err(|e| Error::fatal(format!("cannot read the state table: {e:?}")))?;
+        .map_err(|e| Error::fatal(format!("cannot read the state table: {e}")))?;
     let store = Store::restore(
         &settings.state.path,
         rows.iter().map(|(table, row)| (*table, row.as_str())),
@@ -440,26 +441,24 @@ async fn lead(
     let push_queue = settings.push.as_ref().map(|push| {
         PushQueue::from_shared(&replicas.shared, push, settings.polling.request_timeout)
     });
+    // The instances as the config file has them now: a reload in an earlier term changed them
+    // for the process, as it does for a single replica. Every other key, as at start.
+    let (mut settings, mut started) = (settings.clone(), replicas.started.clone());
+    if let Ok(now) = Settings::load(&settings.config_path) {
+        settings.aws.instances = now.aws.instances.clone();
+        started.aws.instances = now.aws.instances;
+    }
+    replicas.client.install(&settings.aws.instances).await;
     let region = settings.aws.known_region().unwrap_or_default();
     let options = RunOptions {
         exit_when: options.exit_when,
         reload_on_sighup: options.reload_on_sighup,
         bound: None,
         push_queue,
-        config_reload: Some(ConfigReload::new(
-            replicas.started.clone(),
-            region,
-            replicas.client.clone(),
-        )),
+        config_reload: Some(ConfigReload::new(started, region, replicas.client.clone())),
         term: Some(term),
     };
-    let finish = run_with(
-        settings.clone(),
-        replicas.client.clone(),
-        options,
-        term_stop,
-    )
-    .await;
+    let finish = run_with(settings, replicas.client.clone(), options, term_stop).await;
     lost.abort();
     finish
 }

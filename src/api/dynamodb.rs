@@ -62,12 +62,14 @@ pub enum TableError {
 }
 
 /// What a failed call means.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
     /// A condition of the write did not hold: someone else changed the item first.
+    #[error("a condition on the lease did not hold: another replica changed it first")]
     Conflict,
     /// Anything else (throttling, a timeout, no way to the table, refused access), in the SDK's
     /// words: tried again later.
+    #[error("{0}")]
     Other(String),
 }
 
