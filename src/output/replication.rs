@@ -128,8 +128,6 @@ pub fn take_changes(conn: &Connection) -> rusqlite::Result<Vec<RowChange>> {
 
 /// The row with `key` as a JSON object of every column, if it exists.
 fn row_now(conn: &Connection, mirrored: &Mirrored, key: &str) -> rusqlite::Result<Option<String>> {
-    let columns = columns_of(conn, mirrored.table)?;
-    let object: Vec<String> = columns.iter().map(|c| format!("'{c}', {c}")).collect();
     let matches: Vec<String> = mirrored
         .key
         .iter()
@@ -137,8 +135,8 @@ fn row_now(conn: &Connection, mirrored: &Mirrored, key: &str) -> rusqlite::Resul
         .map(|(i, c)| format!("{c} = json_extract(?1, '$[{i}]')"))
         .collect();
     let sql = format!(
-        "SELECT json_object({}) FROM main.{} WHERE {}",
-        object.join(", "),
+        "SELECT {} FROM main.{} WHERE {}",
+        row_as_json(conn, mirrored.table)?,
         mirrored.table,
         matches.join(" AND ")
     );
@@ -146,6 +144,36 @@ fn row_now(conn: &Connection, mirrored: &Mirrored, key: &str) -> rusqlite::Resul
     conn.prepare_cached(&sql)?
         .query_row([key], |r| r.get(0))
         .optional()
+}
+
+/// The SQL of a row of `table` as a JSON object of every column.
+fn row_as_json(conn: &Connection, table: &str) -> rusqlite::Result<String> {
+    let object: Vec<String> = columns_of(conn, table)?
+        .iter()
+        .map(|c| format!("'{c}', {c}"))
+        .collect();
+    Ok(format!("json_object({})", object.join(", ")))
+}
+
+/// Every mirrored row of the database, as JSON objects, in order, by table: what a replica
+/// holds of it (an operator's check, and the tests' comparison of two databases).
+pub fn mirrored_rows(
+    conn: &Connection,
+) -> rusqlite::Result<std::collections::BTreeMap<&'static str, Vec<String>>> {
+    let mut tables = std::collections::BTreeMap::new();
+    for mirrored in MIRRORED {
+        let sql = format!(
+            "SELECT {} FROM main.{} ORDER BY 1",
+            row_as_json(conn, mirrored.table)?,
+            mirrored.table
+        );
+        let rows = conn
+            .prepare(&sql)?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        tables.insert(mirrored.table, rows);
+    }
+    Ok(tables)
 }
 
 /// The columns of `table`, in order.
@@ -310,27 +338,8 @@ mod tests {
         .expect("a valid key")
     }
 
-    /// Every mirrored table's rows, as JSON objects, by table.
     fn contents(conn: &Connection) -> BTreeMap<&'static str, Vec<String>> {
-        MIRRORED
-            .iter()
-            .map(|m| {
-                let columns = columns_of(conn, m.table).expect("columns");
-                let object: Vec<String> = columns.iter().map(|c| format!("'{c}', {c}")).collect();
-                let rows: Vec<String> = conn
-                    .prepare(&format!(
-                        "SELECT json_object({}) FROM {} ORDER BY 1",
-                        object.join(", "),
-                        m.table
-                    ))
-                    .expect("select")
-                    .query_map([], |r| r.get(0))
-                    .expect("rows")
-                    .collect::<Result<_, _>>()
-                    .expect("rows");
-                (m.table, rows)
-            })
-            .collect()
+        mirrored_rows(conn).expect("rows")
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use flowwatch::ha::lease::{Leadership, LeaseSettings};
 use flowwatch::ha::member::Member;
-use flowwatch::ha::replication::{MIRRORED, columns_of};
+use flowwatch::ha::replication::mirrored_rows;
 use flowwatch::ha::{StateTable, TableError};
 use flowwatch::testing::Store;
 use flowwatch::{ExecutionKey, Status};
@@ -46,26 +46,7 @@ fn key(n: usize) -> ExecutionKey {
 /// Every mirrored table's rows in the database in `dir`, by table.
 fn contents(dir: &std::path::Path) -> BTreeMap<&'static str, Vec<String>> {
     let conn = rusqlite::Connection::open(dir.join("flowwatch.db")).expect("db");
-    MIRRORED
-        .iter()
-        .map(|m| {
-            let columns = columns_of(&conn, m.table).expect("columns");
-            let object: Vec<String> = columns.iter().map(|c| format!("'{c}', {c}")).collect();
-            let sql = format!(
-                "SELECT json_object({}) FROM {} ORDER BY 1",
-                object.join(", "),
-                m.table
-            );
-            let rows = conn
-                .prepare(&sql)
-                .expect("select")
-                .query_map([], |r| r.get(0))
-                .expect("rows")
-                .collect::<Result<Vec<String>, _>>()
-                .expect("rows");
-            (m.table, rows)
-        })
-        .collect()
+    mirrored_rows(&conn).expect("rows")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
