@@ -196,8 +196,9 @@ impl Store {
             })
     }
 
-    /// The connection, for the replication of its row changes.
-    pub fn connection(&self) -> &Connection {
+    /// The connection, for the tests of the replication of its row changes.
+    #[cfg(test)]
+    pub(crate) fn connection(&self) -> &Connection {
         &self.conn
     }
 
