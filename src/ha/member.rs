@@ -34,7 +34,7 @@ enum Job {
         changes: Vec<RowChange>,
         fence: Fence,
         until: Instant,
-        reply: std_mpsc::Sender<Result<usize, Failure>>,
+        reply: std_mpsc::Sender<Result<(), Failure>>,
     },
     Load(oneshot::Sender<Result<Rows, Failure>>),
 }
@@ -50,6 +50,8 @@ pub struct TableCalls {
 #[derive(Default)]
 struct Calls {
     counts: HashMap<(Operation, Outcome), u64>,
+    /// Write units of the commits ([`replica::write_units`]) and the lease's writes.
+    write_units: u64,
     metrics: Option<Arc<Metrics>>,
     region: String,
 }
@@ -64,8 +66,25 @@ impl TableCalls {
     fn note(&self, operation: Operation, outcome: Outcome) {
         let mut calls = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         *calls.counts.entry((operation, outcome)).or_default() += 1;
+        // The lease's own writes: one small item each, 1 write unit.
+        if outcome == Outcome::Success
+            && matches!(operation, Operation::PutItem | Operation::UpdateItem)
+        {
+            calls.write_units += 1;
+            if let Some(metrics) = &calls.metrics {
+                metrics.state_write_units(1);
+            }
+        }
         if let Some(metrics) = &calls.metrics {
             metrics.table_calls(operation, outcome, &calls.region, 1);
+        }
+    }
+
+    fn charged(&self, units: u64) {
+        let mut calls = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        calls.write_units += units;
+        if let Some(metrics) = &calls.metrics {
+            metrics.state_write_units(units);
         }
     }
 
@@ -75,6 +94,7 @@ impl TableCalls {
         for ((operation, outcome), n) in &calls.counts {
             metrics.table_calls(*operation, *outcome, &calls.region, *n);
         }
+        metrics.state_write_units(calls.write_units);
         calls.metrics = Some(metrics);
     }
 }
@@ -109,7 +129,7 @@ impl Member {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .region = table.region().to_string();
-        let noted = calls.clone();
+        let (noted, charged) = (calls.clone(), calls.clone());
         let table = table.observed(move |operation, outcome| noted.note(operation, outcome));
         let (lease, leadership) = Lease::new(table.clone(), settings);
         let (jobs, queue) = mpsc::unbounded_channel();
@@ -120,7 +140,7 @@ impl Member {
             let go = usable.is_ok();
             let _ = checked.send(usable);
             if go {
-                serve(table, lease, queue, stopped).await;
+                serve(table, lease, queue, stopped, charged).await;
             }
         };
         let thread = std::thread::Builder::new()
@@ -216,14 +236,15 @@ async fn serve(
     lease: Lease,
     mut queue: mpsc::UnboundedReceiver<Job>,
     stopped: oneshot::Receiver<()>,
+    calls: Arc<TableCalls>,
 ) {
     let lease = tokio::spawn(lease.run(async {
         let _ = stopped.await;
     }));
     let jobs = async {
         while let Some(job) = queue.recv().await {
-            let table = table.clone();
-            tokio::spawn(async move { run(&table, job).await });
+            let (table, calls) = (table.clone(), calls.clone());
+            tokio::spawn(async move { run(&table, job, &calls).await });
         }
     };
     tokio::select! {
@@ -232,7 +253,7 @@ async fn serve(
     }
 }
 
-async fn run(table: &StateTable, job: Job) {
+async fn run(table: &StateTable, job: Job, calls: &TableCalls) {
     match job {
         Job::Ship {
             changes,
@@ -240,7 +261,8 @@ async fn run(table: &StateTable, job: Job) {
             until,
             reply,
         } => {
-            let shipped = timeout_at(until, replica::ship(table, &fence, &changes))
+            let charged = |units| calls.charged(units);
+            let shipped = timeout_at(until, replica::ship(table, &fence, &changes, charged))
                 .await
                 .unwrap_or_else(|_| Err(Failure::Other("the table did not answer in time".into())));
             let _ = reply.send(shipped);

@@ -22,17 +22,17 @@ pub const OUTBOX_TTL: Duration = Duration::from_secs(14 * 24 * 3600);
 /// The attribute that holds a row.
 const ROW: &str = "row";
 
-/// Ships `changes` under `fence`; returns how many transactions it took. A transaction the
-/// lease's check refused is [`Failure::Conflict`]: this replica no longer leads. Transactions
-/// before a failed one stay committed; every change is a whole row, so shipping them again is
-/// harmless.
+/// Ships `changes` under `fence`, calling `charged` with each transaction's write units as it
+/// commits. A transaction the lease's check refused is [`Failure::Conflict`]: this replica no
+/// longer leads. Transactions before a failed one stay committed; every change is a whole row,
+/// so shipping them again is harmless.
 pub async fn ship(
     table: &StateTable,
     fence: &Fence,
     changes: &[RowChange],
-) -> Result<usize, Failure> {
+    charged: impl Fn(u64),
+) -> Result<(), Failure> {
     let now = SystemTime::now();
-    let mut transactions = 0;
     for chunk in changes.chunks(WRITES_PER_TRANSACTION) {
         let mut request = table
             .client()
@@ -43,9 +43,31 @@ pub async fn ship(
         }
         let sent = request.send().await;
         table.judge(Operation::TransactWriteItems, sent)?;
-        transactions += 1;
+        charged(CHECK_UNITS + chunk.iter().map(write_units).sum::<u64>());
     }
-    Ok(transactions)
+    Ok(())
+}
+
+/// The lease's condition check in a transaction: its item is far under 1 KB.
+const CHECK_UNITS: u64 = 2;
+
+/// What DynamoDB charges a change in a transaction: 2 write units per KB of the item (its
+/// attributes' names and values), at least one KB. A delete is charged by the item it removes,
+/// which this replica does not read back: counted as one KB.
+pub fn write_units(change: &RowChange) -> u64 {
+    let key = PARTITION_KEY.len() + change.table.len() + SORT_KEY.len() + change.key.len();
+    let size = match &change.row {
+        Some(row) => {
+            let ttl = if change.table == "outbox" {
+                "expires_at".len() + 11
+            } else {
+                0
+            };
+            key + ROW.len() + row.len() + ttl
+        }
+        None => 0,
+    };
+    2 * (size as u64).div_ceil(1024).max(1)
 }
 
 /// Every mirrored row the table holds, as (table, row), read a page at a time with strongly
@@ -121,4 +143,29 @@ fn write_of(
     Ok(TransactWriteItem::builder()
         .put(put.build().map_err(built)?)
         .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(table: &'static str, row: Option<usize>) -> RowChange {
+        RowChange {
+            table,
+            key: r#"["a"]"#.into(),
+            row: row.map(|n| "x".repeat(n)),
+        }
+    }
+
+    #[test]
+    fn a_transactional_write_costs_two_units_a_kilobyte_of_item_at_least_one() {
+        assert_eq!(write_units(&change("executions", Some(300))), 2);
+        assert_eq!(
+            write_units(&change("executions", Some(1010))),
+            4,
+            "past 1 KB with its key"
+        );
+        assert_eq!(write_units(&change("outbox", Some(2100))), 6);
+        assert_eq!(write_units(&change("outbox", None)), 2);
+    }
 }

@@ -52,6 +52,8 @@ pub struct Metrics {
     request_durations: Vec<Histogram>,
     /// The push family, once `[push]` turned it on.
     push: std::sync::OnceLock<PushMetrics>,
+    /// Write units the state table was charged, once replicas share state.
+    state_write_units: std::sync::OnceLock<prometheus::IntCounter>,
 }
 
 const FLOW_LABELS: [&str; 2] = ["instance_id", "flow_name"];
@@ -202,6 +204,7 @@ impl Metrics {
             registry: r,
             request_durations: Vec::new(),
             push: std::sync::OnceLock::new(),
+            state_write_units: std::sync::OnceLock::new(),
         };
         metrics.request_series();
         metrics.build_info()?;
@@ -523,8 +526,8 @@ impl Metrics {
         self.requests(operation, outcome, "", region).inc_by(n);
     }
 
-    /// Registers the leadership of replicas on shared state: whether this one leads, and how
-    /// often that changed since the process started.
+    /// Registers the leadership of replicas on shared state: whether this one leads, how often
+    /// that changed since the process started, and the write units its commits cost.
     pub fn enable_leadership(&self, leader: bool, changes: u64) -> prometheus::Result<()> {
         let gauge = prometheus::IntGauge::new(
             "flowwatch_leader",
@@ -536,8 +539,22 @@ impl Metrics {
             "Times this replica took or lost the lead since it started",
         )?;
         counter.inc_by(changes);
+        let units = prometheus::IntCounter::new(
+            "flowwatch_state_write_units_total",
+            "Write request units the state table was charged for this replica's commits and its lease, as DynamoDB counts them from the items' sizes",
+        )?;
         self.registry.register(Box::new(gauge))?;
-        self.registry.register(Box::new(counter))
+        self.registry.register(Box::new(counter))?;
+        self.registry.register(Box::new(units.clone()))?;
+        let _ = self.state_write_units.set(units);
+        Ok(())
+    }
+
+    /// `n` more write units charged by the state table.
+    pub fn state_write_units(&self, n: u64) {
+        if let Some(units) = self.state_write_units.get() {
+            units.inc_by(n);
+        }
     }
 
     /// The push family, when enabled.
