@@ -20,7 +20,10 @@
 //!                                   # throttled hard, beside one account (benches/scale/accounts.rs)
 //! cargo bench --bench scale -- --only takeover --sizes 1000,10000
 //!                                   # a standby's takeover from the shared table in moto's
-//!                                   # DynamoDB: lease end to first poll (benches/scale/takeover.rs)
+//!                                   # DynamoDB: lease end to first poll (benches/scale/shared_state.rs)
+//! cargo bench --bench scale -- --only state-cost --sizes 1000
+//!                                   # CPU per execution on SQLite and on the shared table, and the
+//!                                   # table's write units per execution
 //! ```
 //!
 //! Columns: N; wall time until every execution was detected terminal; API calls (as the server
@@ -51,8 +54,8 @@ use tokio::sync::Mutex;
 
 #[path = "scale/accounts.rs"]
 mod accounts;
-#[path = "scale/takeover.rs"]
-mod takeover;
+#[path = "scale/shared_state.rs"]
+mod shared_state;
 
 /// Who polls.
 #[derive(Debug, Clone)]
@@ -177,10 +180,16 @@ fn main() {
             }
             return;
         }
-        if only.as_deref() == Some("takeover") {
-            takeover::takeover_header();
+        if only.as_deref() == Some("state-cost") {
             for n in &sizes {
-                takeover::takeover_run(*n).await;
+                shared_state::state_cost_runs(*n).await;
+            }
+            return;
+        }
+        if only.as_deref() == Some("takeover") {
+            shared_state::takeover_header();
+            for n in &sizes {
+                shared_state::takeover_run(*n).await;
             }
             return;
         }

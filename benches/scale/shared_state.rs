@@ -1,9 +1,14 @@
+//! Replicas on shared state, against moto's DynamoDB.
+//!
 //! `--only takeover`: how long a standby takes from the end of the old leader's lease to its
 //! first poll, with N running executions in the shared table (moto's DynamoDB). The table holds
 //! what an old leader left (each execution IN_PROGRESS, its transition counted, nothing waiting
 //! in the outbox) and a lease it renewed for the last time just before the standby started; the
 //! standby (a release flowwatch with a 3 s lease) waits the lease out, reads the table, restores
 //! it and starts polling.
+//!
+//! `--only state-cost`: CPU per execution on SQLite and on the shared table, and the table's
+//! write units per execution.
 
 use futures_util::StreamExt as _;
 use serde_json::json;
@@ -139,4 +144,122 @@ async fn seed(moto: &flowwatch_testkit::moto::Moto, keys: &[(String, String)]) {
 
 fn item(table: &str, key: &serde_json::Value, row: &serde_json::Value) -> serde_json::Value {
     json!({"pk": {"S": table}, "sk": {"S": key.to_string()}, "row": {"S": row.to_string()}})
+}
+
+/// `--only state-cost`: N executions that start and end within two minutes, watched by one
+/// flowwatch on SQLite and then by one on the shared table (moto's DynamoDB, a single replica):
+/// CPU per execution of each, and what the shared table was charged.
+pub async fn state_cost_runs(n: usize) {
+    println!("\nstate backends, {n} executions ending within 2 minutes:");
+    println!(
+        "| backend | CPU ms / execution | peak RSS MiB | TransactWriteItems / execution | write units / execution |"
+    );
+    println!("|---|---|---|---|---|");
+    for shared in [false, true] {
+        state_cost_run(n, shared).await;
+    }
+}
+
+async fn state_cost_run(n: usize, shared: bool) {
+    let executions = generate(&Generated {
+        count: n,
+        flows: 5,
+        seed: 13,
+        durations: Durations::Uniform {
+            min: Duration::from_secs(20),
+            max: Duration::from_secs(90),
+        },
+        failed_share: 0.1,
+        start_within: Duration::from_secs(10),
+    });
+    let keys: Vec<(String, String)> = executions
+        .iter()
+        .map(|e| (e.flow_name.clone(), e.execution_id.clone()))
+        .collect();
+    let fake = FakeServer::start(Scenario {
+        executions,
+        ..Scenario::default()
+    })
+    .await
+    .expect("fake");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let moto = if shared {
+        let moto = flowwatch_testkit::moto::Moto::start(dir.path()).await;
+        moto.create_table("flowwatch", &[("pk", "HASH"), ("sk", "RANGE")])
+            .await;
+        Some(moto)
+    } else {
+        None
+    };
+    let listen = free_port();
+    let table = moto.as_ref().map_or_else(String::new, |moto| {
+        format!(
+            "[state.dynamodb]\ntable = \"flowwatch\"\nendpoint_url = \"{}\"\nreplica_id = \"only\"\n",
+            moto.endpoint
+        )
+    });
+    let config = write_flowwatch_files(
+        dir.path(),
+        listen,
+        &fake.endpoint_url(),
+        &keys,
+        true,
+        true,
+        200.0,
+        16,
+        &table,
+    );
+    if shared {
+        let text = std::fs::read_to_string(&config).expect("config");
+        let text = text.replacen("[state]\n", "[state]\nbackend = \"dynamodb\"\n", 1);
+        std::fs::write(&config, text).expect("config");
+    }
+    let mut child = spawn_flowwatch(&config, dir.path());
+    let pid = child.id().expect("child pid");
+    let started = Instant::now();
+    loop {
+        let status = fetch(listen, "/status?limit=1")
+            .await
+            .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok());
+        let ended = status.as_ref().is_some_and(|s| {
+            s["watched"] == n
+                && s["by_status"]["IN_PROGRESS"] == 0
+                && s["by_status"]["UNKNOWN"] == 0
+        });
+        if ended {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "not every execution ended in 15 minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // A second for the last events to leave the table's outbox.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let metrics = fetch(listen, "/metrics")
+        .await
+        .map(|body| String::from_utf8_lossy(&body).to_string())
+        .unwrap_or_default();
+    let sum = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let transactions = sum(
+        "flowwatch_api_requests_total{account_id=\"\",operation=\"TransactWriteItems\",outcome=\"success\"",
+    );
+    let units = sum("flowwatch_state_write_units_total");
+    let (rss, cpu) = process_usage(pid);
+    println!(
+        "| {} | {:.3} | {:.1} | {:.2} | {:.1} |",
+        if shared { "dynamodb (moto)" } else { "sqlite" },
+        cpu * 1000.0 / n as f64,
+        rss,
+        transactions / n as f64,
+        units / n as f64
+    );
+    let _ = child.kill().await;
 }
