@@ -19,8 +19,6 @@ pub struct ConfigReload {
     region: String,
     clients: Arc<InstanceClients>,
     installed: Vec<InstanceSettings>,
-    /// A fingerprint of the config file's content at start, for the file watch.
-    seen: Option<u64>,
 }
 
 /// What a reload changed in the instances, by id.
@@ -53,25 +51,16 @@ impl ConfigReload {
     /// `started` is the config as loaded, before the SDK resolved a region; `region` is the
     /// resolved one.
     pub fn new(started: Settings, region: String, clients: Arc<InstanceClients>) -> Self {
-        let seen = crate::input::read_text(&started.config_path, crate::input::MAX_CONFIG_BYTES)
-            .ok()
-            .map(|text| super::reload::digest(text.as_bytes()));
         Self {
             installed: started.aws.instances.clone(),
             started,
             region,
             clients,
-            seen,
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.started.config_path
-    }
-
-    /// The config file's fingerprint at start.
-    pub fn seen(&self) -> Option<u64> {
-        self.seen
     }
 
     /// Installs the instances of `settings` (the config file read again and validated): the

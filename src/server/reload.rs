@@ -88,8 +88,13 @@ impl Reloader {
         }
     }
 
-    /// Reloads the config file's `[[aws.instance]]` tables too.
+    /// Reloads the config file's `[[aws.instance]]` tables too; the file watch follows the
+    /// config file from its content now.
     pub fn with_config(mut self, config: ConfigReload) -> Self {
+        let path = config.path().to_path_buf();
+        if let Ok(text) = crate::input::read_text(&path, crate::input::MAX_CONFIG_BYTES) {
+            self.remember(&[(path, digest(text.as_bytes()))]);
+        }
         self.config = Some(Arc::new(tokio::sync::Mutex::new(config)));
         self
     }
@@ -195,12 +200,8 @@ impl Reloader {
         if let Some(digest) = watchlist_seen {
             self.remember(&[(self.path.clone(), digest)]);
         }
-        if let Some(config) = &self.config {
-            let config = config.lock().await;
-            files.push(WatchedFile::new(config.path().to_path_buf()));
-            if let Some(digest) = config.seen() {
-                self.remember(&[(config.path().to_path_buf(), digest)]);
-            }
+        if let Some(config) = self.config_path().await {
+            files.push(WatchedFile::new(config));
         }
         loop {
             tokio::select! {
