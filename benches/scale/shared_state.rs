@@ -246,7 +246,9 @@ async fn state_cost_run(n: usize, shared: bool) {
             .lines()
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+            .sum::<f64>()
+            // An empty sum is -0.0.
+            + 0.0
     };
     let transactions = sum(
         "flowwatch_api_requests_total{account_id=\"\",operation=\"TransactWriteItems\",outcome=\"success\"",
