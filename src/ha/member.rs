@@ -241,10 +241,11 @@ async fn serve(
     let lease = tokio::spawn(lease.run(async {
         let _ = stopped.await;
     }));
+    // One job at a time, in the order sent: a shipment the engine gave up waiting for may
+    // still land, and must land before the next one, or older rows would overwrite newer.
     let jobs = async {
         while let Some(job) = queue.recv().await {
-            let (table, calls) = (table.clone(), calls.clone());
-            tokio::spawn(async move { run(&table, job, &calls).await });
+            run(&table, job, &calls).await;
         }
     };
     tokio::select! {
