@@ -783,7 +783,7 @@ fn log_file(dir: &Path, name: &str) -> Stdio {
 /// The fake with `n` executions that all run for two hours (generated from `seed`), and their
 /// (flow, execution id) pairs.
 async fn running_for_hours(n: usize, seed: u64) -> (FakeServer, Vec<(String, String)>) {
-    let executions = generate(&Generated {
+    fake_of(&Generated {
         count: n,
         flows: (n / 200).max(5),
         seed,
@@ -793,7 +793,13 @@ async fn running_for_hours(n: usize, seed: u64) -> (FakeServer, Vec<(String, Str
         },
         failed_share: 0.0,
         start_within: Duration::from_secs(1),
-    });
+    })
+    .await
+}
+
+/// The fake with the executions `spec` generates, and their (flow, execution id) pairs.
+async fn fake_of(spec: &Generated) -> (FakeServer, Vec<(String, String)>) {
+    let executions = generate(spec);
     let keys: Vec<(String, String)> = executions
         .iter()
         .map(|e| (e.flow_name.clone(), e.execution_id.clone()))

@@ -23,9 +23,7 @@ const BATCH: usize = 25;
 pub async fn takeover_run(n: usize) {
     let (fake, keys) = running_for_hours(n, 11).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let moto = flowwatch_testkit::moto::Moto::start(dir.path()).await;
-    moto.create_table("flowwatch", &[("pk", "HASH"), ("sk", "RANGE")])
-        .await;
+    let moto = table_in_moto(dir.path()).await;
     let seeding = Instant::now();
     seed(&moto, &keys).await;
     let seeded = seeding.elapsed();
@@ -46,9 +44,7 @@ pub async fn takeover_run(n: usize) {
             LEASE.as_secs()
         ),
     );
-    let text = std::fs::read_to_string(&config).expect("config");
-    let text = text.replacen("[state]\n", "[state]\nbackend = \"dynamodb\"\n", 1);
-    std::fs::write(&config, text).expect("config");
+    on_the_shared_table(&config);
 
     // The old leader's last renewal, now; its lease ends LEASE later.
     moto.call(
@@ -161,7 +157,7 @@ pub async fn state_cost_runs(n: usize) {
 }
 
 async fn state_cost_run(n: usize, shared: bool) {
-    let executions = generate(&Generated {
+    let (fake, keys) = fake_of(&Generated {
         count: n,
         flows: 5,
         seed: 13,
@@ -171,23 +167,11 @@ async fn state_cost_run(n: usize, shared: bool) {
         },
         failed_share: 0.1,
         start_within: Duration::from_secs(10),
-    });
-    let keys: Vec<(String, String)> = executions
-        .iter()
-        .map(|e| (e.flow_name.clone(), e.execution_id.clone()))
-        .collect();
-    let fake = FakeServer::start(Scenario {
-        executions,
-        ..Scenario::default()
     })
-    .await
-    .expect("fake");
+    .await;
     let dir = tempfile::tempdir().expect("tempdir");
     let moto = if shared {
-        let moto = flowwatch_testkit::moto::Moto::start(dir.path()).await;
-        moto.create_table("flowwatch", &[("pk", "HASH"), ("sk", "RANGE")])
-            .await;
-        Some(moto)
+        Some(table_in_moto(dir.path()).await)
     } else {
         None
     };
@@ -210,9 +194,7 @@ async fn state_cost_run(n: usize, shared: bool) {
         &table,
     );
     if shared {
-        let text = std::fs::read_to_string(&config).expect("config");
-        let text = text.replacen("[state]\n", "[state]\nbackend = \"dynamodb\"\n", 1);
-        std::fs::write(&config, text).expect("config");
+        on_the_shared_table(&config);
     }
     let mut child = spawn_flowwatch(&config, dir.path());
     let pid = child.id().expect("child pid");
@@ -264,4 +246,19 @@ async fn state_cost_run(n: usize, shared: bool) {
         units / n as f64
     );
     let _ = child.kill().await;
+}
+
+/// moto's DynamoDB with the state table, its files in `dir`.
+async fn table_in_moto(dir: &Path) -> flowwatch_testkit::moto::Moto {
+    let moto = flowwatch_testkit::moto::Moto::start(dir).await;
+    moto.create_table("flowwatch", &[("pk", "HASH"), ("sk", "RANGE")])
+        .await;
+    moto
+}
+
+/// Sets `backend = "dynamodb"` in the config [`write_flowwatch_files`] wrote.
+fn on_the_shared_table(config: &Path) {
+    let text = std::fs::read_to_string(config).expect("config");
+    let text = text.replacen("[state]\n", "[state]\nbackend = \"dynamodb\"\n", 1);
+    std::fs::write(config, text).expect("config");
 }
