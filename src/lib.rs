@@ -215,13 +215,45 @@ pub async fn run(
         settings.aws.region = shared.region().map(|r| r.to_string());
     }
     let client = Arc::new(InstanceClients::build(&shared, &settings.aws).await);
+    if let Some(dynamo) = settings.state.dynamodb.clone() {
+        let replicas = Replicas::start(&settings, dynamo, shared, client, started).await?;
+        return run_replicated(settings, replicas, options, shutdown).await;
+    }
     let mut options = options;
     options.config_reload = Some(ConfigReload::new(
-        started.clone(),
+        started,
         settings.aws.known_region().unwrap_or_default(),
         client.clone(),
     ));
-    if let Some(dynamo) = settings.state.dynamodb.clone() {
+    if let Some(push) = &settings.push {
+        options.push_queue.get_or_insert_with(|| {
+            PushQueue::from_shared(&shared, push, settings.polling.request_timeout)
+        });
+    }
+    // `run_with` builds the push queue the same way when it is not given one.
+    run_with(settings, client, options, shutdown).await
+}
+
+/// What a replica of several sharing state keeps across its terms as leader.
+struct Replicas {
+    member: ha::member::Member,
+    replica_id: String,
+    shared: aws_config::SdkConfig,
+    client: Arc<InstanceClients>,
+    /// The config as loaded, for each term's reloads.
+    started: Settings,
+}
+
+impl Replicas {
+    /// This replica's thread for the lease and the table of `dynamo`, once the table is found
+    /// to be flowwatch's.
+    async fn start(
+        settings: &Settings,
+        dynamo: input::state::DynamoSettings,
+        shared: aws_config::SdkConfig,
+        client: Arc<InstanceClients>,
+        started: Settings,
+    ) -> Result<Self, Error> {
         let region = dynamo
             .region
             .clone()
@@ -240,32 +272,14 @@ pub async fn run(
         let member = ha::member::Member::start(table, lease)
             .await
             .map_err(|e| Error::fatal(e.to_string()))?;
-        let replicas = Replicas {
+        Ok(Self {
             member,
             replica_id: dynamo.replica_id,
             shared,
             client,
             started,
-        };
-        return run_replicated(settings, replicas, options, shutdown).await;
+        })
     }
-    if let Some(push) = &settings.push {
-        options.push_queue.get_or_insert_with(|| {
-            PushQueue::from_shared(&shared, push, settings.polling.request_timeout)
-        });
-    }
-    // `run_with` builds the push queue the same way when it is not given one.
-    run_with(settings, client, options, shutdown).await
-}
-
-/// What a replica of several sharing state keeps across its terms as leader.
-struct Replicas {
-    member: ha::member::Member,
-    replica_id: String,
-    shared: aws_config::SdkConfig,
-    client: Arc<InstanceClients>,
-    /// The config as loaded, for each term's reloads.
-    started: Settings,
 }
 
 /// Runs a replica of several sharing state: it stands by, and when it takes the lease it
